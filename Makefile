@@ -1,0 +1,64 @@
+# kaitopy developer targets. Every target works on a fresh machine after `make install`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help install install-inference binaries cluster-up cluster-down cluster-status test test-unit \
+        test-integration test-e2e lint manifests check-manifests run bench bench-inference clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+install: $(PY)  ## create .venv and install kaitopy with its dev tools
+	$(PIP) install -q -e '.[dev]'
+
+binaries:  ## get or build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok
+	bash hack/ensure-binaries.sh
+
+cluster-up:  ## start the local control plane (reuses a running one)
+	$(PYTHON) hack/localcluster.py up
+
+cluster-down:  ## stop every process of the local control plane and remove its data
+	$(PYTHON) hack/localcluster.py down
+
+cluster-status:  ## show the local control plane's processes and health
+	$(PYTHON) hack/localcluster.py status
+
+test: install binaries  ## all tests: unit, integration and e2e
+	$(PY) -m pytest tests
+
+test-unit: install  ## unit tests only (no cluster)
+	$(PY) -m pytest -m unit tests
+
+test-integration: install binaries  ## integration tests against the control plane
+	$(PY) -m pytest -m integration tests
+
+test-e2e: install binaries  ## end-to-end tests (operator + control plane)
+	$(PY) -m pytest -m e2e tests
+
+lint: install  ## ruff and mypy --strict on src, import layering
+	$(VENV)/bin/ruff check src tests hack
+	$(VENV)/bin/ruff format --check src tests hack
+	$(VENV)/bin/mypy --strict src
+	$(VENV)/bin/lint-imports
+
+manifests: install  ## regenerate manifests/crds from the pydantic models
+	@if [ -f hack/gen_manifests.py ]; then $(PY) hack/gen_manifests.py; else echo "no generator yet"; fi
+
+run: install binaries cluster-up  ## the main job on the local control plane
+	$(VENV)/bin/kaitopy --help
+	@echo "local control plane: KUBECONFIG=$$($(PYTHON) hack/localcluster.py kubeconfig)"
+
+bench: install binaries  ## benchmarks (prints figures and ratios; writes bench/results/*.json)
+	@mkdir -p bench/results
+	@shopt -s nullglob; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:  ## remove the virtual environment and caches (not the binary cache)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from kaitopy.cli import main
+
+raise SystemExit(main())
