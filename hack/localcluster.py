@@ -121,12 +121,33 @@ def make_pki(pki: Path) -> None:
     pki.mkdir(parents=True, exist_ok=True)
     if (pki / "admin.crt").exists():
         return
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
-            "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=kaitopy-local-ca", cwd=pki)
-    sans = ",".join([
-        "IP:127.0.0.1", "IP:10.0.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
-        "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local",
-    ])
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=kaitopy-local-ca",
+        cwd=pki,
+    )
+    sans = ",".join(
+        [
+            "IP:127.0.0.1",
+            "IP:10.0.0.1",
+            "DNS:localhost",
+            "DNS:kubernetes",
+            "DNS:kubernetes.default",
+            "DNS:kubernetes.default.svc",
+            "DNS:kubernetes.default.svc.cluster.local",
+        ]
+    )
     clients = {
         "apiserver": ("/CN=kube-apiserver", f"subjectAltName={sans}"),
         "admin": ("/O=system:masters/CN=kaitopy-admin", None),
@@ -135,13 +156,42 @@ def make_pki(pki: Path) -> None:
         "kwok": ("/O=system:masters/CN=kwok", None),
     }
     for name, (subject, ext) in clients.items():
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-                "-out", f"{name}.csr", "-subj", subject, cwd=pki)
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            subject,
+            cwd=pki,
+        )
         extra = ["-extfile", "/dev/stdin"] if ext else []
         subprocess.run(
-            ["openssl", "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "3650", "-out", f"{name}.crt", *extra],
-            cwd=pki, check=True, capture_output=True, input=(ext or "").encode(),
+            [
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                f"{name}.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "3650",
+                "-out",
+                f"{name}.crt",
+                *extra,
+            ],
+            cwd=pki,
+            check=True,
+            capture_output=True,
+            input=(ext or "").encode(),
         )
     openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
@@ -154,14 +204,24 @@ def write_kubeconfig(path: Path, pki: Path, user: str, port: int) -> None:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "kaitopy-local", "cluster": {
-            "server": f"https://127.0.0.1:{port}",
-            "certificate-authority-data": b64("ca.crt"),
-        }}],
-        "users": [{"name": user, "user": {
-            "client-certificate-data": b64(f"{user}.crt"),
-            "client-key-data": b64(f"{user}.key"),
-        }}],
+        "clusters": [
+            {
+                "name": "kaitopy-local",
+                "cluster": {
+                    "server": f"https://127.0.0.1:{port}",
+                    "certificate-authority-data": b64("ca.crt"),
+                },
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate-data": b64(f"{user}.crt"),
+                    "client-key-data": b64(f"{user}.key"),
+                },
+            }
+        ],
         "contexts": [{"name": "kaitopy-local", "context": {"cluster": "kaitopy-local", "user": user}}],
         "current-context": "kaitopy-local",
     }
@@ -195,8 +255,14 @@ def start(name: str, argv: list[str], root: Path) -> int:
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
     with open(logs / f"{name}.log", "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=root)
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=root,
+        )
     return proc.pid
 
 
@@ -219,8 +285,9 @@ def wait_for(what: str, check: object, state: State, timeout: float = START_TIME
             return
         for name, pid in state.pids.items():
             if not pid_runs(pid, name):
-                raise SystemExit(f"{name} exited while waiting for {what}; see "
-                                 f"{cluster_dir() / 'logs' / (name + '.log')}")
+                raise SystemExit(
+                    f"{name} exited while waiting for {what}; see {cluster_dir() / 'logs' / (name + '.log')}"
+                )
         time.sleep(0.3)
     raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
 
@@ -255,33 +322,57 @@ def up() -> Path:
 
     etcd_url = f"http://127.0.0.1:{ports['etcd']}"
     peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
-    state.pids["etcd"] = start("etcd", [
-        b("etcd"), "--name=kaitopy", f"--data-dir={root / 'etcd'}",
-        f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-        f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-        f"--initial-cluster=kaitopy={peer_url}",
-        # A throwaway test store: durability across power loss buys nothing and fsync costs a lot.
-        "--unsafe-no-fsync", "--quota-backend-bytes=4294967296", "--log-level=warn",
-    ], root)
+    state.pids["etcd"] = start(
+        "etcd",
+        [
+            b("etcd"),
+            "--name=kaitopy",
+            f"--data-dir={root / 'etcd'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=kaitopy={peer_url}",
+            # A throwaway test store: durability across power loss buys nothing and fsync costs a lot.
+            "--unsafe-no-fsync",
+            "--quota-backend-bytes=4294967296",
+            "--log-level=warn",
+        ],
+        root,
+    )
     state.save(state_path)
     wait_for("etcd", lambda: http_ok(f"{etcd_url}/health"), state)
 
     api = ports["apiserver"]
-    audit = [f"--audit-policy-file={HACK_DIR / 'audit-policy.yaml'}",
-             f"--audit-log-path={root / 'logs' / 'audit.log'}",
-             "--audit-log-maxsize=200", "--audit-log-maxbackup=2"]
-    state.pids["kube-apiserver"] = start("kube-apiserver", [
-        b("kube-apiserver"), f"--etcd-servers={etcd_url}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api}",
-        f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-        f"--client-ca-file={pki / 'ca.crt'}",
-        f"--service-account-key-file={pki / 'sa.pub'}",
-        f"--service-account-signing-key-file={pki / 'sa.key'}",
-        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
-        "--authorization-mode=Node,RBAC", "--allow-privileged=true",
-        "--profiling=false", "--v=1", *audit,
-    ], root)
+    audit = [
+        f"--audit-policy-file={HACK_DIR / 'audit-policy.yaml'}",
+        f"--audit-log-path={root / 'logs' / 'audit.log'}",
+        "--audit-log-maxsize=200",
+        "--audit-log-maxbackup=2",
+    ]
+    state.pids["kube-apiserver"] = start(
+        "kube-apiserver",
+        [
+            b("kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={api}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=1",
+            *audit,
+        ],
+        root,
+    )
     state.save(state_path)
     write_kubeconfig(root / "kubeconfig", pki, "admin", api)
     write_kubeconfig(root / "controller-manager.kubeconfig", pki, "controller-manager", api)
@@ -289,34 +380,60 @@ def up() -> Path:
     write_kubeconfig(root / "kwok.kubeconfig", pki, "kwok", api)
     wait_for("kube-apiserver /readyz", lambda: http_ok(f"https://127.0.0.1:{api}/readyz", pki), state)
 
-    state.pids["kube-controller-manager"] = start("kube-controller-manager", [
-        b("kube-controller-manager"), f"--kubeconfig={root / 'controller-manager.kubeconfig'}",
-        "--secure-port=0", "--leader-elect=false", "--use-service-account-credentials=true",
-        f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
-        f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
-        # Benchmarks create thousands of objects: client-side throttling would dominate them.
-        "--kube-api-qps=200", "--kube-api-burst=400", "--v=1",
-    ], root)
-    state.pids["kube-scheduler"] = start("kube-scheduler", [
-        b("kube-scheduler"), f"--kubeconfig={root / 'scheduler.kubeconfig'}",
-        "--secure-port=0", "--leader-elect=false", "--v=1",
-    ], root)
-    state.pids["kwok"] = start("kwok", [
-        b("kwok"), f"--kubeconfig={root / 'kwok.kubeconfig'}",
-        "--manage-all-nodes=false",
-        "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-        "--node-lease-duration-seconds=40",
-        f"--cidr={POD_CIDR}", "--node-ip=127.0.0.1",
-        f"--server-address=127.0.0.1:{ports['kwok']}",
-    ], root)
+    state.pids["kube-controller-manager"] = start(
+        "kube-controller-manager",
+        [
+            b("kube-controller-manager"),
+            f"--kubeconfig={root / 'controller-manager.kubeconfig'}",
+            "--secure-port=0",
+            "--leader-elect=false",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # Benchmarks create thousands of objects: client-side throttling would dominate them.
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
+            "--v=1",
+        ],
+        root,
+    )
+    state.pids["kube-scheduler"] = start(
+        "kube-scheduler",
+        [
+            b("kube-scheduler"),
+            f"--kubeconfig={root / 'scheduler.kubeconfig'}",
+            "--secure-port=0",
+            "--leader-elect=false",
+            "--v=1",
+        ],
+        root,
+    )
+    state.pids["kwok"] = start(
+        "kwok",
+        [
+            b("kwok"),
+            f"--kubeconfig={root / 'kwok.kubeconfig'}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--node-lease-duration-seconds=40",
+            f"--cidr={POD_CIDR}",
+            "--node-ip=127.0.0.1",
+            f"--server-address=127.0.0.1:{ports['kwok']}",
+        ],
+        root,
+    )
     state.save(state_path)
     wait_for("the default service account", lambda: default_sa_exists(root), state)
     for name, pid in state.pids.items():
         if not pid_runs(pid, name):
             raise SystemExit(f"{name} exited during start-up; see {root / 'logs' / (name + '.log')}")
-    log(f"cluster up in {time.monotonic() - t0:.1f}s: https://127.0.0.1:{api} "
-        f"(KUBECONFIG={root / 'kubeconfig'})")
+    log(
+        f"cluster up in {time.monotonic() - t0:.1f}s: https://127.0.0.1:{api} "
+        f"(KUBECONFIG={root / 'kubeconfig'})"
+    )
     return root / "kubeconfig"
 
 
@@ -337,9 +454,7 @@ def down() -> None:
             if pid and pid_runs(pid, name):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(
-            pid_runs(pid, name) for name, pid in state.pids.items()
-        ):
+        while time.monotonic() < deadline and any(pid_runs(pid, name) for name, pid in state.pids.items()):
             time.sleep(0.2)
         for name, pid in state.pids.items():
             if pid_runs(pid, name):
@@ -360,14 +475,18 @@ def status() -> int:
         pid = state.pids.get(name, -1)
         print(f"{name:<24} pid {pid:<8} {'running' if pid_runs(pid, name) else 'NOT RUNNING'}")
     ready = http_ok(f"https://127.0.0.1:{state.ports['apiserver']}/readyz", root / "pki")
-    print(f"{'apiserver /readyz':<24} https://127.0.0.1:{state.ports['apiserver']} "
-          f"{'ok' if ready else 'NOT READY'}")
+    print(
+        f"{'apiserver /readyz':<24} https://127.0.0.1:{state.ports['apiserver']} "
+        f"{'ok' if ready else 'NOT READY'}"
+    )
     print(f"{'kubeconfig':<24} {root / 'kubeconfig'}")
     return 0 if healthy(state, root) else 1
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["up", "down", "status", "kubeconfig"])
     args = parser.parse_args()
     if args.command == "up":

@@ -47,8 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if module_name is not None:
         # Re-parse with the subcommand's own arguments, imported only now.
         module = importlib.import_module(module_name)
-        sub_parser = argparse.ArgumentParser(prog=f"kaitopy {args.command}",
-                                             description=SUBCOMMANDS[args.command][1])
+        sub_parser = argparse.ArgumentParser(
+            prog=f"kaitopy {args.command}", description=SUBCOMMANDS[args.command][1]
+        )
         module.add_arguments(sub_parser)
         sub_args = sub_parser.parse_args(list(argv if argv is not None else sys.argv[1:])[1:])
         run: Callable[[argparse.Namespace], int] = module.run

@@ -24,7 +24,10 @@ class Cluster:
         exe = str(self.bin_dir / "kubectl") if self.bin_dir else "kubectl"
         proc = subprocess.run(
             [exe, f"--kubeconfig={self.kubeconfig}", *args],
-            input=input, capture_output=True, text=True, timeout=120,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
@@ -32,8 +35,9 @@ class Cluster:
 
 
 def _local(command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(LOCALCLUSTER), command],
-                          capture_output=True, text=True, timeout=3600)
+    return subprocess.run(
+        [sys.executable, str(LOCALCLUSTER), command], capture_output=True, text=True, timeout=3600
+    )
 
 
 def acquire() -> Cluster:
