@@ -241,14 +241,21 @@ def free_port() -> int:
 
 
 def pid_runs(pid: int, binary: str) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    # A zombie has exited; only its parent has not reaped it yet.
-    state = stat.rsplit(")", 1)[1].split()[0]
-    return state != "Z" and os.path.basename(cmdline) == binary
+    for _ in range(50):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        # A zombie has exited; only its parent has not reaped it yet.
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        if cmdline:
+            return os.path.basename(cmdline) == binary
+        # Empty while the kernel is still inside execve (the vfork parent is released before the
+        # new argument block is published): look again in a moment.
+        time.sleep(0.02)
+    return False
 
 
 def start(name: str, argv: list[str], root: Path) -> int:
@@ -448,21 +455,26 @@ def down() -> None:
     root = cluster_dir()
     state = State.load(root / "state.json")
     if state is not None:
-        # Reverse start order: clients first, etcd last.
-        for name in reversed(COMPONENTS):
-            pid = state.pids.get(name)
-            if pid and pid_runs(pid, name):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(pid_runs(pid, name) for name, pid in state.pids.items()):
-            time.sleep(0.2)
-        for name, pid in state.pids.items():
-            if pid_runs(pid, name):
-                log(f"{name} ignored SIGTERM; killing it")
-                os.kill(pid, signal.SIGKILL)
+        # Reverse start order, one stage at a time: the apiserver shuts down cleanly only while
+        # etcd still answers, and its clients go first so that none of them hangs on it.
+        for stage in (("kwok", "kube-scheduler", "kube-controller-manager"), ("kube-apiserver",), ("etcd",)):
+            stop_all({name: state.pids[name] for name in stage if name in state.pids})
     if root.exists():
         shutil.rmtree(root)
     log("cluster down")
+
+
+def stop_all(pids: dict[str, int], grace_s: float = 15.0) -> None:
+    for name, pid in pids.items():
+        if pid_runs(pid, name):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(pid_runs(pid, name) for name, pid in pids.items()):
+        time.sleep(0.1)
+    for name, pid in pids.items():
+        if pid_runs(pid, name):
+            log(f"{name} ignored SIGTERM for {grace_s:.0f}s; killing it")
+            os.kill(pid, signal.SIGKILL)
 
 
 def status() -> int:
