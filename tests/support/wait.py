@@ -17,8 +17,10 @@ async def eventually(
     timeout: float = 60.0,
     interval: float = 0.25,
     what: str = "condition",
+    stop_on: tuple[type[BaseException], ...] = (),
 ) -> T:
-    """Call `probe` until `until(result)` holds; on timeout fail with the last result seen."""
+    """Call `probe` until `until(result)` holds; on timeout fail with the last result seen.
+    Exceptions of the `stop_on` types propagate at once instead of being retried."""
     deadline = time.monotonic() + timeout
     last: T | None = None
     last_error: BaseException | None = None
@@ -28,6 +30,8 @@ async def eventually(
             last_error = None
             if until(last):
                 return last
+        except stop_on:
+            raise
         except Exception as exc:  # the thing may not exist yet; report the last error on timeout
             last_error = exc
         if time.monotonic() >= deadline:

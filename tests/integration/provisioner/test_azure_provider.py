@@ -1,0 +1,230 @@
+"""The azure provider through the real azure-mgmt-containerservice client, against the ARM-shaped
+test server: launch, poll, resume from the continuation token, failures, deletion."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from kaitopy.provisioner.azure import AzureConfigError, AzureSettings
+from kaitopy.provisioner.cloudprovider import (
+    CloudProviderError,
+    InsufficientCapacityError,
+    InvalidLaunchRequestError,
+    LaunchRequest,
+    QuotaExceededError,
+    SkuNotAvailableError,
+    Taint,
+)
+from tests.support.azure import provider_for
+from tests.support.fake_arm import Behavior, FakeArm
+from tests.support.tls import make_server_cert
+from tests.support.wait import eventually
+
+
+@pytest.fixture
+async def arm(tmp_path: Path) -> AsyncIterator[FakeArm]:
+    server = FakeArm(make_server_cert(tmp_path / "tls"), behavior=Behavior(create_seconds=0.3))
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def request(name: str = "ws0a1b2c3d4", sku: str = "Standard_NC24ads_A100_v4") -> LaunchRequest:
+    return LaunchRequest(
+        claim_name=name,
+        instance_type=sku,
+        labels={"kaito.sh/workspace": "phi"},
+        taints=[Taint("sku", "NoSchedule", "gpu")],
+        startup_taints=[Taint("karpenter.sh/unregistered", "NoExecute")],
+        storage_gib=256,
+    )
+
+
+async def test_launch_polls_until_the_pool_succeeds(arm: FakeArm) -> None:
+    provider = provider_for(arm)
+    try:
+        req = request()
+        token = await provider.begin_launch(req)
+        assert token.startswith("lro:")
+        first = await provider.poll_launch(req, token)
+        assert not first.done
+        assert "being created" in first.message
+        done = await eventually(
+            lambda: provider.poll_launch(req, token),
+            until=lambda p: p.done,
+            timeout=10,
+            what="pool succeeded",
+        )
+        assert done.instance is not None
+        assert done.instance.state == "running"
+        assert done.instance.labels == {"kubernetes.azure.com/agentpool": req.claim_name}
+        props = arm.pools[req.claim_name]["properties"]
+        assert props["vmSize"] == "Standard_NC24ads_A100_v4"
+        assert props["mode"] == "User" and props["count"] == 1 and props["osDiskSizeGB"] == 256
+        assert props["nodeLabels"]["kaito.sh/machine-type"] == "gpu"
+        assert props["nodeLabels"]["kaito.sh/workspace"] == "phi"
+        assert props["nodeTaints"] == ["sku=gpu:NoSchedule", "karpenter.sh/unregistered:NoExecute"]
+        assert arm.created_total[req.claim_name] == 1
+    finally:
+        await provider.close()
+
+
+async def test_a_restarted_provider_resumes_from_the_token_without_a_second_put(arm: FakeArm) -> None:
+    req = request()
+    first = provider_for(arm)
+    token = await first.begin_launch(req)
+    await first.close()  # the operator died here, the token was saved on the NodeClaim
+    second = provider_for(arm)
+    try:
+        await eventually(
+            lambda: second.poll_launch(req, token),
+            until=lambda p: p.done,
+            timeout=10,
+            what="resumed launch done",
+        )
+        assert arm.requests[("PUT", req.claim_name)] == 1
+    finally:
+        await second.close()
+
+
+async def test_begin_launch_on_a_pool_being_created_adopts_it(arm: FakeArm) -> None:
+    provider = provider_for(arm)
+    try:
+        req = request()
+        await provider.begin_launch(req)
+        # A restart between the PUT and saving the token: the second PUT meets a 409 and follows the pool.
+        token = await provider.begin_launch(req)
+        assert token == "adopt"
+        await eventually(
+            lambda: provider.poll_launch(req, token),
+            until=lambda p: p.done,
+            timeout=10,
+            what="adopted launch done",
+        )
+        assert arm.created_total[req.claim_name] == 1
+    finally:
+        await provider.close()
+
+
+@pytest.mark.parametrize(
+    ("behavior", "error"),
+    [
+        (Behavior(quota={"Standard_NC24ads_A100_v4": 0}), QuotaExceededError),
+        (Behavior(no_capacity_skus={"Standard_NC24ads_A100_v4"}), InsufficientCapacityError),
+    ],
+)
+async def test_async_failures_are_terminal_with_their_reason(
+    tmp_path: Path, behavior: Behavior, error: type[Exception]
+) -> None:
+    arm = FakeArm(make_server_cert(tmp_path / "tls"), behavior=behavior)
+    await arm.start()
+    provider = provider_for(arm)
+    try:
+        req = request()
+        token = await provider.begin_launch(req)
+        with pytest.raises(error) as info:
+            await eventually(
+                lambda: provider.poll_launch(req, token),
+                until=lambda p: p.done,
+                timeout=10,
+                what="failure",
+                stop_on=(error,),
+            )
+        assert "Standard_NC24ads_A100_v4" in str(info.value)
+    finally:
+        await provider.close()
+        await arm.stop()
+
+
+async def test_synchronous_failures(tmp_path: Path) -> None:
+    arm = FakeArm(
+        make_server_cert(tmp_path / "tls"), behavior=Behavior(unavailable_skus={"Standard_ND96isr_H200_v5"})
+    )
+    await arm.start()
+    provider = provider_for(arm)
+    try:
+        with pytest.raises(SkuNotAvailableError, match="not available"):
+            await provider.begin_launch(request(sku="Standard_ND96isr_H200_v5"))
+        with pytest.raises(InvalidLaunchRequestError, match="agent pool name"):
+            await provider.begin_launch(request(name="Not-A-Pool-Name"))
+        assert ("PUT", "Not-A-Pool-Name") not in arm.requests  # refused before any API call
+    finally:
+        await provider.close()
+        await arm.stop()
+
+
+async def test_throttling_and_5xx_are_retried_by_the_client(arm: FakeArm) -> None:
+    arm.behavior.throttle_next = 1
+    arm.behavior.throttle_retry_after_s = 0
+    arm.behavior.fail_next_5xx = 1
+    provider = provider_for(arm)
+    try:
+        token = await provider.begin_launch(request())
+        assert token.startswith("lro:")
+        assert arm.requests[("PUT", "throttled")] == 1 and arm.requests[("PUT", "5xx")] == 1
+    finally:
+        await provider.close()
+
+
+async def test_persistent_server_errors_are_retryable_not_terminal(arm: FakeArm) -> None:
+    arm.behavior.fail_next_5xx = 100
+    provider = provider_for(arm, retry_total=1)
+    try:
+        with pytest.raises(CloudProviderError) as info:
+            await provider.get("ws0a1b2c3d4")
+        assert not isinstance(info.value, QuotaExceededError)
+    finally:
+        await provider.close()
+
+
+async def test_delete_get_and_list(arm: FakeArm) -> None:
+    provider = provider_for(arm)
+    try:
+        req = request()
+        token = await provider.begin_launch(req)
+        await eventually(
+            lambda: provider.poll_launch(req, token), until=lambda p: p.done, timeout=10, what="up"
+        )
+        listed = await provider.list()
+        assert [(i.name, i.claim_name) for i in listed] == [(req.claim_name, req.claim_name)]
+        assert listed[0].created_at is not None
+        await provider.begin_delete(req.claim_name)
+        await provider.begin_delete(req.claim_name)  # idempotent while Deleting
+        seen = await provider.get(req.claim_name)
+        assert seen is not None and seen.state == "deleting"
+        await eventually(
+            lambda: provider.get(req.claim_name), until=lambda i: i is None, timeout=10, what="gone"
+        )
+        await provider.begin_delete(req.claim_name)  # and once gone
+        assert await provider.list() == []
+    finally:
+        await provider.close()
+
+
+async def test_deleting_mid_launch_cancels_the_creation(arm: FakeArm) -> None:
+    arm.behavior.create_seconds = 5
+    provider = provider_for(arm)
+    try:
+        req = request()
+        await provider.begin_launch(req)
+        await provider.begin_delete(req.claim_name)
+        await eventually(
+            lambda: provider.get(req.claim_name), until=lambda i: i is None, timeout=10, what="gone"
+        )
+        assert arm.pools == {}
+    finally:
+        await provider.close()
+
+
+def test_settings_from_env_name_what_is_missing() -> None:
+    with pytest.raises(AzureConfigError) as info:
+        AzureSettings.from_env({"ARM_SUBSCRIPTION_ID": "s", "LOCATION": "eastus"})
+    message = str(info.value)
+    for var in ("ARM_RESOURCE_GROUP", "AZURE_CLUSTER_NAME", "AZURE_TENANT_ID", "AZURE_CLIENT_ID"):
+        assert var in message
+    assert "ARM_SUBSCRIPTION_ID" not in message
+    full = dict.fromkeys(AzureSettings.ENV, "x")
+    assert AzureSettings.from_env(full).cluster_name == "x"
