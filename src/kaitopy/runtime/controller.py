@@ -77,7 +77,7 @@ class Controller:
             for i in range(n):
                 tg.create_task(self._worker(), name=f"{self.name} worker {i}")
             if self.settings.resync_period and self.primary is not None:
-                tg.create_task(self._resync(self.primary, self.settings.resync_period))
+                tg.create_task(self._resync(self.settings.resync_period))
 
     async def shutdown(self, drain_timeout: float) -> bool:
         """Stop taking work and wait up to `drain_timeout` s for reconciles in flight. True if drained."""
@@ -88,12 +88,20 @@ class Controller:
             log.warning("reconciles still running at shutdown", extra={"controller": self.name})
             return False
 
-    async def _resync(self, informer: Informer, period: float) -> None:
+    def requeue_all(self) -> int:
+        """Enqueue every object of the primary kind (what the periodic resync does); returns how many."""
+        if self.primary is None:
+            return 0
+        keys = self.primary.store.keys()
+        for key in keys:
+            ns, _, name = key.rpartition("/")
+            self.queue.add(Request(ns, name))
+        return len(keys)
+
+    async def _resync(self, period: float) -> None:
         while not self.queue.shutting_down:
             await asyncio.sleep(period * (1 + random.random() * self.settings.resync_jitter))
-            for key in list(informer.store.keys()):
-                ns, _, name = key.rpartition("/")
-                self.queue.add(Request(ns, name))
+            self.requeue_all()
 
     async def _worker(self) -> None:
         while True:
