@@ -1,0 +1,106 @@
+"""Objects are plain JSON: `dict` when you own them, read-only `Obj` views when the cache owns them.
+
+The cache hands out frozen objects (mappings are `MappingProxyType`, lists are tuples) so no reader
+can corrupt what other controllers see, and no read pays for a deep copy. Call `thaw()` to get a
+mutable deep copy you may edit and send back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+Obj = Mapping[str, Any]
+"""A Kubernetes object as read-only JSON (what the cache and the watcher hand out)."""
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _freeze_value(value: Any) -> Any:
+    if type(value) is list:
+        return tuple(_freeze_value(v) for v in value)
+    return value
+
+
+def _freeze_hook(d: dict[str, Any]) -> Obj:
+    # json calls this bottom-up, so nested mappings are frozen already; only lists remain.
+    for k, v in d.items():
+        if type(v) is list:
+            d[k] = _freeze_value(v)
+    return MappingProxyType(d)
+
+
+def loads_frozen(data: bytes | str) -> Any:
+    """Parse JSON straight into frozen objects (one pass, no copy)."""
+    return json.loads(data, object_hook=_freeze_hook)
+
+
+def freeze(value: Any) -> Any:
+    """A read-only deep view of plain JSON data."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A mutable deep copy (dicts and lists) of frozen or plain JSON data."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> bytes:
+    """JSON-encode plain or frozen data."""
+    return json.dumps(value, default=_encode_frozen, separators=(",", ":")).encode()
+
+
+def _encode_frozen(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def meta(obj: Obj) -> Obj:
+    m: Obj = obj.get("metadata") or {}
+    return m
+
+
+def name_of(obj: Obj) -> str:
+    return str(meta(obj).get("name", ""))
+
+
+def namespace_of(obj: Obj) -> str:
+    return str(meta(obj).get("namespace") or "")
+
+
+def key_of(obj: Obj) -> str:
+    """The cache key: 'namespace/name', or 'name' for cluster-scoped objects (as client-go)."""
+    ns = namespace_of(obj)
+    return f"{ns}/{name_of(obj)}" if ns else name_of(obj)
+
+
+def strip_noise(obj: Obj) -> Obj:
+    """Default ingest transform: drop managedFields and the last-applied annotation.
+
+    They are often the bulk of an object's bytes and no controller logic should read them.
+    """
+    m = obj.get("metadata")
+    if not m:
+        return obj
+    annotations = m.get("annotations")
+    if "managedFields" not in m and not (annotations and LAST_APPLIED in annotations):
+        return obj
+    new_meta = {k: v for k, v in m.items() if k != "managedFields"}
+    if annotations and LAST_APPLIED in annotations:
+        new_meta["annotations"] = MappingProxyType(
+            {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+        )
+    new_obj = dict(obj)
+    new_obj["metadata"] = MappingProxyType(new_meta)
+    return MappingProxyType(new_obj)
