@@ -8,11 +8,8 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
-
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.api_client import ApiClient
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from kaitopy.provisioner.cloudprovider import (
     NODECLAIM_LABEL,
@@ -26,6 +23,7 @@ from kaitopy.provisioner.cloudprovider import (
     QuotaExceededError,
     SkuNotAvailableError,
 )
+from kaitopy.runtime import AlreadyExists, ApiError, Client, NotFound, kinds
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 _FAILURES: dict[str, type[LaunchFailedError]] = {
@@ -69,9 +67,9 @@ class KwokProvider:
     name = "kwok"
 
     def __init__(
-        self, api: ApiClient, shape_for: Callable[[str], NodeShape], settings: KwokSettings | None = None
+        self, client: Client, shape_for: Callable[[str], NodeShape], settings: KwokSettings | None = None
     ) -> None:
-        self._core = client.CoreV1Api(api)
+        self._client = client
         self._shape_for = shape_for
         self.settings = settings or KwokSettings()
 
@@ -94,14 +92,12 @@ class KwokProvider:
         left = started + self.settings.launch_delay_s - time.time()
         if left > 0:
             return LaunchProgress(None, f"simulated launch of {request.claim_name}: {left:.0f}s left")
-        node = self._node_for(request)
         try:
-            await self._core.create_node(node)  # type: ignore[arg-type]  # a dict body is sent as is
-        except ApiException as err:
-            if err.status != 409:  # 409: created before a restart; the same node is fine
-                raise CloudProviderError(
-                    f"creating node {request.claim_name}: {err.reason}", cause=err
-                ) from err
+            await self._client.create(kinds.NODE, self._node_for(request))
+        except AlreadyExists:
+            pass  # created before a restart: the same node is fine
+        except ApiError as err:
+            raise CloudProviderError(f"creating node {request.claim_name}: {err}", cause=err) from err
         instance = await self.get(request.claim_name)
         if instance is None:
             return LaunchProgress(None, f"node {request.claim_name} not visible yet")
@@ -109,40 +105,42 @@ class KwokProvider:
 
     async def get(self, claim_name: str) -> Instance | None:
         try:
-            node = await self._core.read_node(claim_name)
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise CloudProviderError(f"reading node {claim_name}: {err.reason}", cause=err) from err
-        if (node.metadata.labels or {}).get(PROVIDER_LABEL) != self.name:
+            node = await self._client.get_or_none(kinds.NODE, claim_name)
+        except ApiError as err:
+            raise CloudProviderError(f"reading node {claim_name}: {err}", cause=err) from err
+        if node is None or (node["metadata"].get("labels") or {}).get(PROVIDER_LABEL) != self.name:
             return None
         return self._instance(node)
 
     async def list(self) -> list[Instance]:
         try:
-            nodes = await self._core.list_node(label_selector=f"{PROVIDER_LABEL}={self.name}")
-        except ApiException as err:
-            raise CloudProviderError(f"listing nodes: {err.reason}", cause=err) from err
+            nodes = await self._client.list(kinds.NODE, label_selector=f"{PROVIDER_LABEL}={self.name}")
+        except ApiError as err:
+            raise CloudProviderError(f"listing nodes: {err}", cause=err) from err
         return [self._instance(n) for n in nodes.items]
 
     async def begin_delete(self, claim_name: str) -> None:
         try:
-            await self._core.delete_node(claim_name)
-        except ApiException as err:
-            if err.status != 404:
-                raise CloudProviderError(f"deleting node {claim_name}: {err.reason}", cause=err) from err
+            await self._client.delete(kinds.NODE, claim_name)
+        except NotFound:
+            pass
+        except ApiError as err:
+            raise CloudProviderError(f"deleting node {claim_name}: {err}", cause=err) from err
 
-    def _instance(self, node: Any) -> Instance:
-        labels = node.metadata.labels or {}
-        created = node.metadata.creation_timestamp
+    def _instance(self, node: dict[str, Any]) -> Instance:
+        meta = node["metadata"]
+        labels = meta.get("labels") or {}
+        created = meta.get("creationTimestamp")
         return Instance(
-            name=node.metadata.name,
+            name=str(meta["name"]),
             instance_type=labels.get("node.kubernetes.io/instance-type", ""),
-            state="deleting" if node.metadata.deletion_timestamp else "running",
-            provider_id=node.spec.provider_id,
-            node_name=node.metadata.name,
+            state="deleting" if meta.get("deletionTimestamp") else "running",
+            provider_id=(node.get("spec") or {}).get("providerID"),
+            node_name=str(meta["name"]),
             claim_name=labels.get(NODECLAIM_LABEL),
-            created_at=created.timestamp() if created else None,
+            created_at=datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+            if created
+            else None,
             labels={NODECLAIM_LABEL: labels.get(NODECLAIM_LABEL, "")},
         )
 

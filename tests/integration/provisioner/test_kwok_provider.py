@@ -10,6 +10,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 
 from kaitopy.provisioner.cloudprovider import LaunchRequest, QuotaExceededError, Taint
 from kaitopy.provisioner.kwok import KwokProvider, KwokSettings, NodeShape
+from kaitopy.runtime import Client
 from tests.support.wait import eventually
 
 A100 = NodeShape(
@@ -35,7 +36,7 @@ def request(name: str) -> LaunchRequest:
 
 
 async def test_launch_creates_a_ready_gpu_node_after_the_delay(api_client: ApiClient) -> None:
-    provider = KwokProvider(api_client, shapes, KwokSettings(launch_delay_s=1.0))
+    provider = KwokProvider(Client(api_client), shapes, KwokSettings(launch_delay_s=1.0))
     name = f"k{uuid.uuid4().hex[:10]}"
     req = request(name)
     try:
@@ -70,7 +71,7 @@ async def test_launch_creates_a_ready_gpu_node_after_the_delay(api_client: ApiCl
 
 async def test_injected_quota_failure_is_terminal(api_client: ApiClient) -> None:
     settings = KwokSettings(failures=KwokSettings.parse_failures(["Standard_NC24ads_A100_v4=QuotaExceeded"]))
-    provider = KwokProvider(api_client, shapes, settings)
+    provider = KwokProvider(Client(api_client), shapes, settings)
     with pytest.raises(QuotaExceededError, match="Standard_NC24ads_A100_v4"):
         await provider.begin_launch(request(f"k{uuid.uuid4().hex[:10]}"))
 

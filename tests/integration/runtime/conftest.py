@@ -19,13 +19,23 @@ WIDGET_CRD = {
         "group": "runtime-test.example.com",
         "scope": "Namespaced",
         "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
-        "versions": [{
-            "name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
-            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-            }}},
-        }],
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                        },
+                    }
+                },
+            }
+        ],
     },
 }
 WIDGET = Kind("runtime-test.example.com", "v1", "Widget", "widgets")
@@ -35,8 +45,9 @@ WIDGET = Kind("runtime-test.example.com", "v1", "Widget", "widgets")
 def widget_crd(kube_cluster: Cluster) -> Kind:
     """The Widget CRD, installed once per session and left in place (it is cluster-scoped and harmless)."""
     kube_cluster.kubectl("apply", "-f", "-", input=json.dumps(WIDGET_CRD))
-    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                         "crd/widgets.runtime-test.example.com")
+    kube_cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/widgets.runtime-test.example.com"
+    )
     return WIDGET
 
 
@@ -63,5 +74,9 @@ class Recorder:
 
 
 def widget(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "runtime-test.example.com/v1", "kind": "Widget",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return {
+        "apiVersion": "runtime-test.example.com/v1",
+        "kind": "Widget",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }

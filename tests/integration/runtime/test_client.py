@@ -23,8 +23,9 @@ async def test_crud_and_errors(client: Client, namespace: str) -> None:
         await client.update(kinds.CONFIG_MAP, created)  # old resourceVersion
     patched = await client.patch(kinds.CONFIG_MAP, "a", {"data": {"p": "1"}}, namespace=namespace)
     assert patched["data"] == {"k": "w", "p": "1"}
-    jp = await client.patch(kinds.CONFIG_MAP, "a", [{"op": "remove", "path": "/data/p"}], namespace=namespace,
-                            type="json")
+    jp = await client.patch(
+        kinds.CONFIG_MAP, "a", [{"op": "remove", "path": "/data/p"}], namespace=namespace, type="json"
+    )
     assert jp["data"] == {"k": "w"}
     assert int(jp["metadata"]["resourceVersion"]) > int(updated["metadata"]["resourceVersion"])
     await client.delete(kinds.CONFIG_MAP, "a", namespace)
@@ -51,10 +52,14 @@ async def test_list_pages_through_everything(client: Client, namespace: str) -> 
     assert listed.resource_version
 
 
-async def test_server_side_apply_status_and_discovery(client: Client, namespace: str, widget_crd: Kind) -> None:
+async def test_server_side_apply_status_and_discovery(
+    client: Client, namespace: str, widget_crd: Kind
+) -> None:
     found = await client.kind("runtime-test.example.com/v1", "Widget")
     assert found == widget_crd
-    w = await client.apply(widget_crd, widget("w", namespace, size=1, extra={"unknown": True}), field_manager="t")
+    w = await client.apply(
+        widget_crd, widget("w", namespace, size=1, extra={"unknown": True}), field_manager="t"
+    )
     assert w["spec"] == {"size": 1, "extra": {"unknown": True}}  # unknown CRD fields survive
     w2 = await client.patch_status(widget_crd, "w", {"status": {"phase": "Ready"}}, namespace=namespace)
     assert w2["status"] == {"phase": "Ready"}

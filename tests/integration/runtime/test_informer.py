@@ -24,9 +24,13 @@ async def test_sync_then_events(client: Client, namespace: str, widget_crd: Kind
         await asyncio.wait_for(inf.wait_synced(), 30)
         assert inf.has_synced
         assert rec.events == [("add", "before")]
-        w = await client.create(widget_crd, {**widget("after", namespace, size=2),
-                                             "metadata": {"name": "after", "namespace": namespace,
-                                                          "labels": {"color": "red"}}})
+        w = await client.create(
+            widget_crd,
+            {
+                **widget("after", namespace, size=2),
+                "metadata": {"name": "after", "namespace": namespace, "labels": {"color": "red"}},
+            },
+        )
         w["spec"]["size"] = 3
         await client.update(widget_crd, w)
         await client.delete(widget_crd, "before", namespace)
@@ -34,8 +38,9 @@ async def test_sync_then_events(client: Client, namespace: str, widget_crd: Kind
         async def seen() -> list[tuple[str, str]]:
             return rec.events
 
-        await eventually(seen, until=lambda e: ("delete", "before") in e and len(e) >= 4, timeout=20,
-                         what="watch events")
+        await eventually(
+            seen, until=lambda e: ("delete", "before") in e and len(e) >= 4, timeout=20, what="watch events"
+        )
         assert rec.events == [("add", "before"), ("add", "after"), ("update", "after"), ("delete", "before")]
         after = inf.store.get(f"{namespace}/after")
         assert after is not None and after["spec"]["size"] == 3
@@ -48,8 +53,9 @@ async def test_sync_then_events(client: Client, namespace: str, widget_crd: Kind
 
 async def test_label_selector_scopes_the_cache(client: Client, namespace: str) -> None:
     for name, team in (("a", "x"), ("b", "y")):
-        await client.create(kinds.CONFIG_MAP, {"metadata": {"name": name, "namespace": namespace,
-                                                            "labels": {"team": team}}})
+        await client.create(
+            kinds.CONFIG_MAP, {"metadata": {"name": name, "namespace": namespace, "labels": {"team": team}}}
+        )
     inf = Informer(client, kinds.CONFIG_MAP, namespace=namespace, label_selector="team=x")
     inf.start()
     try:
@@ -80,13 +86,16 @@ async def test_gone_relists_and_reports_missed_changes(
     # the watch answers 410 Gone, as after a long disconnect.
     state = json.loads((kube_cluster.kubeconfig.parent / "state.json").read_text())
     async with aiohttp.ClientSession() as http:
-        resp = await http.post(f"http://127.0.0.1:{state['ports']['etcd']}/v3/kv/compaction",
-                               json={"revision": latest["metadata"]["resourceVersion"]})
+        resp = await http.post(
+            f"http://127.0.0.1:{state['ports']['etcd']}/v3/kv/compaction",
+            json={"revision": latest["metadata"]["resourceVersion"]},
+        )
         assert resp.status == 200
     inf._rv = "1"  # the oldest possible position: certainly compacted away
     relists = inf.relists
     inf.start()
     try:
+
         async def seen() -> list[tuple[str, str]]:
             return rec.events
 
@@ -96,7 +105,9 @@ async def test_gone_relists_and_reports_missed_changes(
         assert sorted(inf.store.keys()) == sorted(f"{namespace}/{n}" for n in ("edit", "keep", "new"))
         # ...and it keeps watching from the fresh list
         await client.delete(widget_crd, "keep", namespace)
-        await eventually(seen, until=lambda e: ("delete", "keep") in e, timeout=20, what="delete after re-list")
+        await eventually(
+            seen, until=lambda e: ("delete", "keep") in e, timeout=20, what="delete after re-list"
+        )
     finally:
         await inf.stop()
 
@@ -112,6 +123,8 @@ async def test_informer_cache_shares_one_informer_per_kind(client: Client, names
         await asyncio.wait_for(cache.wait_synced(), 30)
         assert cache.has_synced
         await asyncio.sleep(0.2)
-        assert client.metrics.requests(method="GET") - gets_before <= 3  # one list (maybe a refused stream) + one watch
+        assert (
+            client.metrics.requests(method="GET") - gets_before <= 3
+        )  # one list (maybe a refused stream) + one watch
     finally:
         await cache.stop()

@@ -30,13 +30,16 @@ def desired_deployment(w: Obj) -> dict[str, Any]:
     name, ns = w["metadata"]["name"], w["metadata"]["namespace"]
     labels = {"app": name}
     d: dict[str, Any] = {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": {"name": name, "namespace": ns, "labels": labels},
         "spec": {
             "replicas": int(w["spec"].get("size", 1)),
             "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels},
-                         "spec": {"containers": [{"name": "main", "image": "registry.invalid/widget:1"}]}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "main", "image": "registry.invalid/widget:1"}]},
+            },
         },
     }
     return dict(set_controller_reference(w, d))
@@ -47,8 +50,14 @@ def desired_status(w: Obj, now: datetime) -> dict[str, Any]:
     old = find_condition(status.get("conditions"), "Ready")
     if old is not None and old.get("observedGeneration") == w["metadata"]["generation"]:
         return dict(status)
-    status["conditions"] = set_condition(status.get("conditions"), "Ready", "True", reason="DeploymentApplied",
-                                         observed_generation=w["metadata"]["generation"], now=now)
+    status["conditions"] = set_condition(
+        status.get("conditions"),
+        "Ready",
+        "True",
+        reason="DeploymentApplied",
+        observed_generation=w["metadata"]["generation"],
+        now=now,
+    )
     return dict(status)
 
 
@@ -60,12 +69,19 @@ def add_widget_controller(mgr: Manager, client: Client, widget_kind: Kind, names
         w = widgets.get(req.key)
         if w is None:
             return None
-        await apply(client, kinds.DEPLOYMENT, desired_deployment(w), current=deployments.get(req.key),
-                    field_manager=FIELD_MANAGER)
+        await apply(
+            client,
+            kinds.DEPLOYMENT,
+            desired_deployment(w),
+            current=deployments.get(req.key),
+            field_manager=FIELD_MANAGER,
+        )
         await patch_status(client, widget_kind, w, desired_status(w, datetime.now(UTC)))
         return None
 
-    (mgr.controller("widgets")
-     .for_(widget_kind, namespace=namespace)
-     .owns(kinds.DEPLOYMENT, namespace=namespace)
-     .build(reconcile))
+    (
+        mgr.controller("widgets")
+        .for_(widget_kind, namespace=namespace)
+        .owns(kinds.DEPLOYMENT, namespace=namespace)
+        .build(reconcile)
+    )

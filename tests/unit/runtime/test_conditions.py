@@ -11,10 +11,18 @@ T1 = T0 + timedelta(minutes=5)
 
 
 def test_new_condition_gets_transition_time_and_generation() -> None:
-    conds = set_condition(None, "Ready", "False", reason="Pending", message="waiting", observed_generation=3, now=T0)
+    conds = set_condition(
+        None, "Ready", "False", reason="Pending", message="waiting", observed_generation=3, now=T0
+    )
     assert conds == [
-        {"type": "Ready", "status": "False", "reason": "Pending", "message": "waiting",
-         "lastTransitionTime": "2026-01-02T03:04:05Z", "observedGeneration": 3}
+        {
+            "type": "Ready",
+            "status": "False",
+            "reason": "Pending",
+            "message": "waiting",
+            "lastTransitionTime": "2026-01-02T03:04:05Z",
+            "observedGeneration": 3,
+        }
     ]
 
 

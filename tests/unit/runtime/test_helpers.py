@@ -27,8 +27,13 @@ from kaitopy.runtime.objects import loads_frozen
 
 
 def cm(name: str, ns: str = "ns", rv: str = "1", **meta: Any) -> Any:
-    return freeze({"apiVersion": "v1", "kind": "ConfigMap",
-                   "metadata": {"name": name, "namespace": ns, "resourceVersion": rv, **meta}})
+    return freeze(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns, "resourceVersion": rv, **meta},
+        }
+    )
 
 
 def test_frozen_objects_are_read_only_and_thaw_copies() -> None:
@@ -43,8 +48,15 @@ def test_frozen_objects_are_read_only_and_thaw_copies() -> None:
 
 
 def test_strip_noise_drops_managed_fields_and_last_applied() -> None:
-    obj = freeze({"metadata": {"name": "a", "managedFields": [{}],
-                               "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "k": "v"}}})
+    obj = freeze(
+        {
+            "metadata": {
+                "name": "a",
+                "managedFields": [{}],
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "k": "v"},
+            }
+        }
+    )
     out = strip_noise(obj)
     assert dict(out["metadata"]["annotations"]) == {"k": "v"}
     assert "managedFields" not in out["metadata"]
@@ -102,8 +114,12 @@ def test_controller_reference_and_owner_mapper() -> None:
 
 def test_is_subset_ignores_server_added_fields() -> None:
     desired = {"metadata": {"name": "a", "labels": {"x": "1"}}, "spec": {"containers": [{"name": "c"}]}}
-    actual = freeze({"metadata": {"name": "a", "uid": "u", "labels": {"x": "1", "y": "2"}},
-                     "spec": {"containers": [{"name": "c", "imagePullPolicy": "Always"}]}})
+    actual = freeze(
+        {
+            "metadata": {"name": "a", "uid": "u", "labels": {"x": "1", "y": "2"}},
+            "spec": {"containers": [{"name": "c", "imagePullPolicy": "Always"}]},
+        }
+    )
     assert is_subset(desired, actual)
     assert not is_subset({"metadata": {"labels": {"x": "2"}}}, actual)
     assert not is_subset({"spec": {"containers": [{"name": "c"}, {"name": "d"}]}}, actual)
@@ -121,8 +137,10 @@ def test_backoff_doubles_with_jitter_caps_and_resets() -> None:
 
 
 def test_api_errors_map_to_types() -> None:
-    body = (b'{"kind":"Status","reason":"Invalid","message":"bad","details":{"causes":'
-            b'[{"field":"spec.x","reason":"FieldValueInvalid","message":"no"}]}}')
+    body = (
+        b'{"kind":"Status","reason":"Invalid","message":"bad","details":{"causes":'
+        b'[{"field":"spec.x","reason":"FieldValueInvalid","message":"no"}]}}'
+    )
     err = api_error(422, body, method="POST", path="/p")
     assert isinstance(err, Invalid)
     assert err.causes[0].field == "spec.x"

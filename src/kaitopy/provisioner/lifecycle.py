@@ -1,0 +1,376 @@
+"""The NodeClaim lifecycle controller (Karpenter's semantics): launch -> register -> initialize,
+and termination with drain. Every step looks once and requeues: a worker is never held for the
+minutes a cloud operation takes."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kaitopy.provisioner.cloudprovider import (
+    NODECLAIM_LABEL,
+    CloudProvider,
+    LaunchFailedError,
+)
+from kaitopy.provisioner.nodeclaim import (
+    INITIALIZED,
+    INITIALIZED_LABEL,
+    LAUNCH_TOKEN_ANNOTATION,
+    LAUNCHED,
+    REGISTERED,
+    TERMINATING,
+    TERMINATION_FINALIZER,
+    ClaimSpecError,
+    initial_conditions,
+    initialization,
+    is_ours,
+    launch_request_for,
+    registration_update,
+    with_ready,
+)
+from kaitopy.provisioner.settings import ProvisionerSettings
+from kaitopy.runtime import (
+    Client,
+    EventRecorder,
+    NotFound,
+    Request,
+    Result,
+    TooManyRequests,
+    add_finalizer,
+    find_condition,
+    has_finalizer,
+    is_deleting,
+    kinds,
+    patch_status,
+    remove_finalizer,
+    set_condition,
+    thaw,
+)
+from kaitopy.runtime.conditions import Status
+from kaitopy.runtime.kinds import Kind
+from kaitopy.runtime.objects import Obj
+from kaitopy.runtime.reconcile import reconcile_logger
+from kaitopy.runtime.store import Store
+
+NODECLAIM = Kind("karpenter.sh", "v1", "NodeClaim", "nodeclaims", namespaced=False)
+NODECLASS = Kind("kaito.sh", "v1", "KaitoNodeClass", "kaitonodeclasses", namespaced=False)
+NODE_INDEX = "by-nodeclaim"
+log = reconcile_logger(__name__)
+
+
+def node_index(node: Obj) -> list[str]:
+    name = ((node.get("metadata") or {}).get("labels") or {}).get(NODECLAIM_LABEL)
+    return [str(name)] if name else []
+
+
+def _parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass
+class _Status:
+    """The status being computed in one reconcile; written once at the end if it changed."""
+
+    body: dict[str, Any]
+    now: datetime
+    generation: int | None
+    requeue_after: float | None = None
+    delete_claim_reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def conditions(self) -> list[dict[str, Any]]:
+        return list(self.body.get("conditions") or [])
+
+    def set(self, type_: str, status: Status, reason: str, message: str = "") -> None:
+        self.body["conditions"] = set_condition(
+            self.conditions,
+            type_,
+            status,
+            reason=reason,
+            message=message,
+            now=self.now,
+            observed_generation=self.generation,
+        )
+
+    def is_true(self, type_: str) -> bool:
+        cond = find_condition(self.conditions, type_)
+        return cond is not None and cond.get("status") == "True"
+
+    def transition_time(self, type_: str) -> float | None:
+        cond = find_condition(self.conditions, type_)
+        return _parse_time(cond.get("lastTransitionTime")) if cond else None
+
+
+class NodeClaimLifecycle:
+    def __init__(
+        self,
+        client: Client,
+        claims: Store,
+        nodes: Store,
+        provider: CloudProvider,
+        recorder: EventRecorder,
+        settings: ProvisionerSettings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.claims = claims
+        self.nodes = nodes
+        self.provider = provider
+        self.recorder = recorder
+        self.settings = settings or ProvisionerSettings()
+        self.clock = clock
+
+    # -- entry ---------------------------------------------------------------------------------
+
+    async def reconcile(self, request: Request) -> Result | None:
+        claim = self.claims.get(request.key)
+        if claim is None or not is_ours(claim):
+            return None
+        if is_deleting(claim):
+            return await self._terminate(claim)
+        if not has_finalizer(claim, TERMINATION_FINALIZER):
+            # Before any side effect: a claim must never be deleted while its instance lives.
+            claim = await add_finalizer(self.client, NODECLAIM, claim, TERMINATION_FINALIZER)
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        generation = (claim.get("metadata") or {}).get("generation")
+        body = thaw(claim.get("status") or {})
+        if not body.get("conditions"):
+            body["conditions"] = initial_conditions(now, generation)
+        st = _Status(body, now, generation)
+
+        if not st.is_true(LAUNCHED):
+            claim = await self._launch(claim, st)
+        if st.is_true(LAUNCHED):
+            node = await self._register(claim, st)
+            if node is not None:
+                await self._initialize(claim, node, st)
+        st.body["conditions"] = with_ready(st.conditions, now, generation)
+        await patch_status(self.client, NODECLAIM, claim, st.body)
+        if st.delete_claim_reason is not None:
+            await self.recorder.event(claim, "Warning", st.delete_claim_reason, "; ".join(st.notes))
+            await self._delete_claim(claim)
+            return None
+        return Result(requeue_after=st.requeue_after) if st.requeue_after else None
+
+    # -- launch --------------------------------------------------------------------------------
+
+    async def _launch(self, claim: Obj, st: _Status) -> Obj:
+        launched = find_condition(st.conditions, LAUNCHED)
+        if launched is not None and launched.get("status") == "False":
+            return claim  # terminal: retrying would hammer the cloud; the owner replaces the claim
+        name = str(claim["metadata"]["name"])
+        try:
+            request = launch_request_for(claim, self.settings.default_os_sku)
+        except ClaimSpecError as err:
+            st.set(LAUNCHED, "False", "InvalidRequest", str(err))
+            await self.recorder.event(claim, "Warning", "InvalidRequest", str(err), action="Launch")
+            return claim
+        age = self.clock() - (_parse_time(claim["metadata"].get("creationTimestamp")) or self.clock())
+        annotations = claim["metadata"].get("annotations") or {}
+        token = annotations.get(LAUNCH_TOKEN_ANNOTATION)
+        try:
+            if token is None:
+                token = await self.provider.begin_launch(request)
+                claim = await self.client.patch(
+                    NODECLAIM, name, {"metadata": {"annotations": {LAUNCH_TOKEN_ANNOTATION: token}}}
+                )
+                await self.recorder.event(
+                    claim,
+                    "Normal",
+                    "Launching",
+                    f"launching a {request.instance_type} through {self.provider.name}",
+                    action="Launch",
+                )
+            progress = await self.provider.poll_launch(request, token)
+        except LaunchFailedError as err:
+            st.set(LAUNCHED, "False", err.reason, str(err))
+            await self.recorder.event(claim, "Warning", err.reason, str(err), action="Launch")
+            log.warning("launch failed for good", extra={"nodeclaim": name, "reason": err.reason})
+            return claim
+        if progress.instance is None:
+            if age > self.settings.launch_timeout_s:
+                message = f"not launched after {self.settings.launch_timeout_s:.0f}s: {progress.message}"
+                st.set(LAUNCHED, "False", "LaunchTimeout", message)
+                st.delete_claim_reason, st.notes = "LaunchTimeout", [message]
+                return claim
+            st.set(LAUNCHED, "Unknown", "Launching", progress.message)
+            st.requeue_after = self.settings.poll_interval_s
+            return claim
+        instance = progress.instance
+        if instance.provider_id:
+            st.body["providerID"] = instance.provider_id
+        st.set(LAUNCHED, "True", "Launched")
+        await self.recorder.event(
+            claim, "Normal", "Launched", f"instance {instance.name} launched", action="Launch"
+        )
+        return claim
+
+    # -- registration --------------------------------------------------------------------------
+
+    def _node_of(self, claim: Obj) -> Obj | None:
+        nodes = self.nodes.by_index(NODE_INDEX, str(claim["metadata"]["name"]))
+        return nodes[0] if nodes else None
+
+    async def _register(self, claim: Obj, st: _Status) -> Obj | None:
+        node = self._node_of(claim)
+        if node is None:
+            launched_at = st.transition_time(LAUNCHED) or self.clock()
+            waited = self.clock() - launched_at
+            if waited > self.settings.registration_timeout_s:
+                message = f"no node joined within {self.settings.registration_timeout_s:.0f}s of the launch"
+                st.set(REGISTERED, "False", "RegistrationTimeout", message)
+                st.delete_claim_reason, st.notes = "RegistrationTimeout", [message]
+                return None
+            st.set(REGISTERED, "Unknown", "NodeNotFound", "waiting for the node to join the cluster")
+            st.requeue_after = self.settings.poll_interval_s
+            return None
+        update = registration_update(claim, node)
+        if update.changes(node):
+            owners = [
+                r
+                for r in node["metadata"].get("ownerReferences") or ()
+                if r.get("uid") != update.owner_reference["uid"]
+            ]
+            node = await self.client.patch(
+                kinds.NODE,
+                str(node["metadata"]["name"]),
+                {
+                    "metadata": {
+                        "labels": update.labels,
+                        "ownerReferences": [*map(thaw, owners), update.owner_reference],
+                        "resourceVersion": node["metadata"].get("resourceVersion"),
+                    },
+                    "spec": {"taints": update.taints},
+                },
+            )
+        if not st.is_true(REGISTERED):
+            await self.recorder.event(
+                claim,
+                "Normal",
+                "Registered",
+                f"node {node['metadata']['name']} registered",
+                action="Register",
+            )
+        st.set(REGISTERED, "True", "Registered")
+        st.body["nodeName"] = node["metadata"]["name"]
+        provider_id = (node.get("spec") or {}).get("providerID")
+        if provider_id:
+            st.body["providerID"] = provider_id
+        return node
+
+    async def _initialize(self, claim: Obj, node: Obj, st: _Status) -> None:
+        ok, reason, message = initialization(claim, node)
+        if not ok:
+            st.set(INITIALIZED, "Unknown", reason, message)
+            return  # a Node event brings the claim back
+        status = node.get("status") or {}
+        st.body["capacity"] = thaw(status.get("capacity") or {})
+        st.body["allocatable"] = thaw(status.get("allocatable") or {})
+        if (node["metadata"].get("labels") or {}).get(INITIALIZED_LABEL) != "true":
+            await self.client.patch(
+                kinds.NODE,
+                str(node["metadata"]["name"]),
+                {"metadata": {"labels": {INITIALIZED_LABEL: "true"}}},
+            )
+        if not st.is_true(INITIALIZED):
+            await self.recorder.event(
+                claim,
+                "Normal",
+                "Initialized",
+                f"node {node['metadata']['name']} is ready",
+                action="Initialize",
+            )
+        st.set(INITIALIZED, "True", "Initialized")
+
+    async def _delete_claim(self, claim: Obj) -> None:
+        with contextlib.suppress(NotFound):
+            await self.client.delete(NODECLAIM, str(claim["metadata"]["name"]))
+
+    # -- termination ---------------------------------------------------------------------------
+
+    async def _terminate(self, claim: Obj) -> Result | None:
+        if not has_finalizer(claim, TERMINATION_FINALIZER):
+            return None
+        name = str(claim["metadata"]["name"])
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        st = _Status(thaw(claim.get("status") or {}), now, claim["metadata"].get("generation"))
+        node = self._node_of(claim)
+        if node is not None and not await self._drained(claim, node):
+            st.set(TERMINATING, "Unknown", "Draining", f"evicting pods from node {node['metadata']['name']}")
+            await patch_status(self.client, NODECLAIM, claim, st.body)
+            return Result(requeue_after=self.settings.poll_interval_s)
+        instance = await self.provider.get(name)
+        if instance is not None:
+            if instance.state != "deleting":
+                await self.provider.begin_delete(name)
+                await self.recorder.event(
+                    claim, "Normal", "Terminating", f"deleting instance {instance.name}", action="Terminate"
+                )
+            st.set(
+                TERMINATING,
+                "True",
+                "InstanceTerminating",
+                f"waiting for {self.provider.name} to delete {instance.name}",
+            )
+            await patch_status(self.client, NODECLAIM, claim, st.body)
+            return Result(requeue_after=self.settings.poll_interval_s)
+        if node is not None:
+            with contextlib.suppress(NotFound):
+                await self.client.delete(kinds.NODE, str(node["metadata"]["name"]))
+        await remove_finalizer(self.client, NODECLAIM, claim, TERMINATION_FINALIZER)
+        log.info("nodeclaim terminated", extra={"nodeclaim": name})
+        return None
+
+    async def _drained(self, claim: Obj, node: Obj) -> bool:
+        """Cordon, then evict through the eviction API (PodDisruptionBudgets decide); True once no
+        pod that needs moving is left. Pods are listed here rather than cached: termination is rare,
+        and a cluster-wide pod cache would cost memory for every pod in the cluster."""
+        node_name = str(node["metadata"]["name"])
+        if not (node.get("spec") or {}).get("unschedulable"):
+            await self.client.patch(kinds.NODE, node_name, {"spec": {"unschedulable": True}})
+        pods = await self.client.list(kinds.POD, field_selector=f"spec.nodeName={node_name}")
+        remaining = [p for p in pods.items if _needs_eviction(p)]
+        blocked = []
+        for pod in remaining:
+            if (pod["metadata"]).get("deletionTimestamp"):
+                continue
+            ns, pod_name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+            try:
+                await self.client.request(
+                    "POST",
+                    kinds.POD.path(ns, pod_name, "eviction"),
+                    body={
+                        "apiVersion": "policy/v1",
+                        "kind": "Eviction",
+                        "metadata": {"name": pod_name, "namespace": ns},
+                    },
+                )
+            except TooManyRequests:
+                blocked.append(f"{ns}/{pod_name}")
+            except NotFound:
+                pass
+        if blocked:
+            await self.recorder.event(
+                claim,
+                "Warning",
+                "DisruptionBlocked",
+                f"eviction of {', '.join(blocked)} blocked by a PodDisruptionBudget; retrying",
+                action="Terminate",
+            )
+        return not remaining
+
+
+def _needs_eviction(pod: dict[str, Any]) -> bool:
+    meta = pod.get("metadata") or {}
+    if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return False
+    if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
+        return False
+    return not any(ref.get("kind") == "DaemonSet" for ref in meta.get("ownerReferences") or ())
