@@ -16,6 +16,7 @@ from kaitopy import __version__
 # name -> (module, one-line help). Each module exposes `add_arguments(parser)` and `run(args) -> int`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "version": ("kaitopy.cli", "print the version"),
+    "provisioner": ("kaitopy.provisioner.app", "run the GPU node provisioner (NodeClaim controller)"),
 }
 
 
@@ -41,22 +42,21 @@ def build_parser(subcommands: dict[str, tuple[str, str]] | None = None) -> argpa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, _ = parser.parse_known_args(argv)
-    module_name: str | None = getattr(args, "module", None)
-    if module_name is not None:
-        # Re-parse with the subcommand's own arguments, imported only now.
-        module = importlib.import_module(module_name)
-        sub_parser = argparse.ArgumentParser(
-            prog=f"kaitopy {args.command}", description=SUBCOMMANDS[args.command][1]
-        )
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    command = args_list[0] if args_list else None
+    entry = SUBCOMMANDS.get(command or "")
+    if entry is not None and entry[0] != __name__:
+        # The subcommand's own parser, imported only now (its --help included).
+        module = importlib.import_module(entry[0])
+        sub_parser = argparse.ArgumentParser(prog=f"kaitopy {command}", description=entry[1])
         module.add_arguments(sub_parser)
-        sub_args = sub_parser.parse_args(list(argv if argv is not None else sys.argv[1:])[1:])
+        sub_args = sub_parser.parse_args(args_list[1:])
         run: Callable[[argparse.Namespace], int] = module.run
         return run(sub_args)
+    parser = build_parser()
+    args = parser.parse_args(args_list)
     if getattr(args, "run", None) is None:
         parser.print_help()
         return 0
-    args = parser.parse_args(argv)
     result: int = args.run(args)
     return result

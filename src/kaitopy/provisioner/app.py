@@ -1,0 +1,165 @@
+"""`kaitopy provisioner`: the NodeClaim controller and garbage collector over one cloud provider.
+A separate process (and Deployment) from the workspace controller, as Kaito's gpu-provisioner is,
+built on the same runtime library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from kaitopy import process
+from kaitopy.provisioner.cloudprovider import NODECLAIM_LABEL, CloudProvider
+from kaitopy.provisioner.garbage import GarbageCollector
+from kaitopy.provisioner.install import ensure_crds, ensure_default_nodeclass
+from kaitopy.provisioner.kwok import KwokProvider, KwokSettings, NodeShape
+from kaitopy.provisioner.lifecycle import NODE_INDEX, NODECLAIM, NodeClaimLifecycle, node_index
+from kaitopy.provisioner.settings import ProvisionerSettings
+from kaitopy.runtime import (
+    Client,
+    ControllerSettings,
+    EventRecorder,
+    Manager,
+    Request,
+    kinds,
+)
+from kaitopy.runtime.objects import Obj
+
+log = logging.getLogger(__name__)
+COMPONENT = "kaitopy-provisioner"
+LEASE_NAME = "kaitopy-provisioner"
+PROVIDERS = ("azure", "kwok")
+
+
+@dataclass
+class Provisioner:
+    """What `wire` registered on a manager; tests reach in for the collector and the lifecycle."""
+
+    lifecycle: NodeClaimLifecycle
+    collector: GarbageCollector
+
+
+def claim_of_node(node: Obj) -> Iterable[Request]:
+    name = ((node.get("metadata") or {}).get("labels") or {}).get(NODECLAIM_LABEL)
+    return [Request("", str(name))] if name else []
+
+
+def wire(mgr: Manager, client: Client, provider: CloudProvider, settings: ProvisionerSettings) -> Provisioner:
+    """Register the NodeClaim controller and the garbage collector on `mgr`."""
+    claims = mgr.cache.informer(NODECLAIM)
+    # Only nodes we launched: a cluster's other nodes never matter here and would cost memory.
+    nodes = mgr.cache.informer(kinds.NODE, label_selector=NODECLAIM_LABEL)
+    nodes.add_indexer(NODE_INDEX, node_index)
+    recorder = EventRecorder(client, COMPONENT)
+    lifecycle = NodeClaimLifecycle(client, claims.store, nodes.store, provider, recorder, settings)
+    (
+        mgr.controller("nodeclaim.lifecycle")
+        .for_(NODECLAIM)
+        .watches(kinds.NODE, claim_of_node)
+        .with_settings(ControllerSettings(max_concurrent_reconciles=settings.max_concurrent_reconciles))
+        .build(lifecycle.reconcile)
+    )
+    collector = GarbageCollector(provider, claims, settings)
+    mgr.add_runnable(collector.run)
+    return Provisioner(lifecycle, collector)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cloud-provider",
+        choices=PROVIDERS,
+        default=os.environ.get("KAITOPY_CLOUD_PROVIDER", "kwok"),
+        help="where GPU nodes come from: azure (AKS agent pools) or kwok (simulated nodes); "
+        "env KAITOPY_CLOUD_PROVIDER",
+    )
+    d = ProvisionerSettings()
+    parser.add_argument("--launch-timeout", type=float, default=d.launch_timeout_s, metavar="SECONDS")
+    parser.add_argument(
+        "--registration-timeout", type=float, default=d.registration_timeout_s, metavar="SECONDS"
+    )
+    parser.add_argument("--poll-interval", type=float, default=d.poll_interval_s, metavar="SECONDS")
+    parser.add_argument("--gc-interval", type=float, default=d.gc_interval_s, metavar="SECONDS")
+    parser.add_argument("--gc-grace", type=float, default=d.gc_grace_s, metavar="SECONDS")
+    parser.add_argument(
+        "--max-concurrent-reconciles", type=int, default=d.max_concurrent_reconciles, metavar="N"
+    )
+    parser.add_argument(
+        "--install-crds",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="create the NodeClaim and KaitoNodeClass CRDs and the default node class when absent",
+    )
+    kwok = parser.add_argument_group("kwok provider")
+    kwok.add_argument("--kwok-launch-delay", type=float, default=0.0, metavar="SECONDS")
+    kwok.add_argument(
+        "--kwok-fail",
+        action="append",
+        default=[],
+        metavar="INSTANCE_TYPE=REASON",
+        help="simulate a terminal launch failure (QuotaExceeded, InsufficientCapacity, SKUNotAvailable)",
+    )
+    process.add_process_arguments(parser, default_probe_port=8082)
+
+
+def settings_from(args: argparse.Namespace) -> ProvisionerSettings:
+    return ProvisionerSettings(
+        launch_timeout_s=args.launch_timeout,
+        registration_timeout_s=args.registration_timeout,
+        poll_interval_s=args.poll_interval,
+        gc_interval_s=args.gc_interval,
+        gc_grace_s=args.gc_grace,
+        max_concurrent_reconciles=args.max_concurrent_reconciles,
+    )
+
+
+def _default_shapes() -> Callable[[str], NodeShape]:
+    from kaitopy.provisioner.shapes import catalog_shapes
+
+    return catalog_shapes()
+
+
+ProviderFactory = Callable[[Client], CloudProvider]
+
+
+def provider_factory(args: argparse.Namespace) -> ProviderFactory:
+    """Check the provider's configuration before anything connects anywhere, so a missing
+    setting is the first and only error the user sees."""
+    if args.cloud_provider == "kwok":
+        try:
+            kwok = KwokSettings(
+                launch_delay_s=args.kwok_launch_delay,
+                failures=KwokSettings.parse_failures(args.kwok_fail),
+            )
+        except ValueError as err:
+            raise process.StartupError(str(err)) from err
+        shapes = _default_shapes()
+        return lambda client: KwokProvider(client, shapes, kwok)
+    from kaitopy.provisioner.azure import AzureConfigError, AzureProvider, AzureSettings
+
+    try:
+        azure = AzureSettings.from_env()
+    except AzureConfigError as err:
+        raise process.StartupError(str(err)) from err
+    return lambda _client: AzureProvider(azure)
+
+
+def run(args: argparse.Namespace) -> int:
+    async def main() -> None:
+        make_provider = provider_factory(args)
+        client = await process.open_client(args)
+        async with client:
+            provider = make_provider(client)
+            try:
+                if args.install_crds:
+                    await ensure_crds(client)
+                    await ensure_default_nodeclass(client)
+                mgr = Manager(client, process.manager_settings(args, LEASE_NAME))
+                wire(mgr, client, provider, settings_from(args))
+                log.info("provisioner starting", extra={"cloud_provider": provider.name})
+                await mgr.run()
+            finally:
+                await provider.close()
+
+    return process.run_process(args, main)
