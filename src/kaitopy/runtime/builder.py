@@ -36,7 +36,7 @@ class ControllerBuilder:
         self._on_build = on_build
         self._clock = clock
         self._for: tuple[Kind, str | None, tuple[Predicate, ...]] | None = None
-        self._watches: list[tuple[Kind, MapFunc, tuple[Predicate, ...], str | None]] = []
+        self._watches: list[tuple[Kind, MapFunc, tuple[Predicate, ...], str | None, str | None]] = []
         self._settings = ControllerSettings()
 
     def for_(
@@ -47,10 +47,16 @@ class ControllerBuilder:
         return self
 
     def owns(
-        self, kind: Kind, *, predicates: Iterable[Predicate] = (), namespace: str | None = None
+        self,
+        kind: Kind,
+        *,
+        predicates: Iterable[Predicate] = (),
+        namespace: str | None = None,
+        label_selector: str | None = None,
     ) -> ControllerBuilder:
-        """Objects this controller creates: events enqueue their controller owner (of the `for_` kind)."""
-        self._watches.append((kind, _OwnedBy(self), tuple(predicates), namespace))
+        """Objects this controller creates: events enqueue their controller owner (of the `for_` kind).
+        A label selector keeps the cache to the objects this controller labels as its own."""
+        self._watches.append((kind, _OwnedBy(self), tuple(predicates), namespace, label_selector))
         return self
 
     def watches(
@@ -60,9 +66,10 @@ class ControllerBuilder:
         *,
         predicates: Iterable[Predicate] = (),
         namespace: str | None = None,
+        label_selector: str | None = None,
     ) -> ControllerBuilder:
         """Any other kind: `map_fn(obj)` says which Requests an event on obj concerns."""
-        self._watches.append((kind, map_fn, tuple(predicates), namespace))
+        self._watches.append((kind, map_fn, tuple(predicates), namespace, label_selector))
         return self
 
     def with_settings(self, settings: ControllerSettings) -> ControllerBuilder:
@@ -85,8 +92,8 @@ class ControllerBuilder:
         handlers: list[tuple[Informer, EnqueueHandler]] = [
             (primary, EnqueueHandler(queue, request_for, preds))
         ]
-        for wkind, map_fn, wpreds, wns in self._watches:
-            inf = self._cache.informer(wkind, namespace=wns)
+        for wkind, map_fn, wpreds, wns, wsel in self._watches:
+            inf = self._cache.informer(wkind, namespace=wns, label_selector=wsel)
             if isinstance(map_fn, _OwnedBy):
                 map_fn = owner_mapper(kind)
             informers.append(inf)

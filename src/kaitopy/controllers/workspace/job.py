@@ -1,0 +1,183 @@
+"""The tuning Job as a manifest. Steps run as init containers, in order — fetch the data, train —
+and the main container pushes the adapter image, so a push only ever follows a finished training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kaitopy.controllers.workspace.plan import (
+    CONFIG_MOUNT,
+    GPU_RESOURCE,
+    GPU_TAINT_KEY,
+    GPU_TAINT_VALUE,
+    REVISION_ANNOTATION,
+    WEIGHTS_MOUNT,
+    WORKSPACE_LABEL,
+    TuningPlan,
+)
+
+DATA_MOUNT = "/mnt/data"
+RESULTS_MOUNT = "/mnt/results"
+PUSH_SECRET_MOUNT = "/mnt/push-secret"
+TOOLS_MOUNT = "/kaitopy-tools"
+
+
+def _tools(plan: TuningPlan) -> dict[str, Any]:
+    return {
+        "name": "tools",
+        "image": plan.tools_image,
+        "command": ["/bin/cp", "/bin/busybox", f"{TOOLS_MOUNT}/busybox"],
+        "volumeMounts": [{"name": "tools", "mountPath": TOOLS_MOUNT}],
+    }
+
+
+def _data_step(plan: TuningPlan) -> list[dict[str, Any]]:
+    if plan.input_urls:
+        return [
+            {
+                "name": "fetch-data",
+                "image": plan.image,
+                "command": ["kaitopy"],
+                "args": ["tune", "fetch", f"--dest={DATA_MOUNT}", *(f"--url={u}" for u in plan.input_urls)],
+                "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT}],
+            }
+        ]
+    if plan.input_image:
+        return [
+            _tools(plan),
+            {
+                "name": "fetch-data",
+                "image": plan.input_image,
+                "command": [f"{TOOLS_MOUNT}/busybox", "cp", "-r", "/data/.", f"{DATA_MOUNT}/"],
+                "volumeMounts": [
+                    {"name": "tools", "mountPath": TOOLS_MOUNT},
+                    {"name": "data", "mountPath": DATA_MOUNT},
+                ],
+            },
+        ]
+    return []  # a volume: mounted as is
+
+
+def _trainer(plan: TuningPlan) -> dict[str, Any]:
+    gpus = str(plan.gpus_per_node)
+    args = [
+        "tune",
+        "train",
+        f"--method={plan.method}",
+        f"--model-dir={WEIGHTS_MOUNT}",
+        f"--hf-model-id={plan.hf_model_id}",
+        f"--data-dir={DATA_MOUNT}",
+        f"--output-dir={RESULTS_MOUNT}",
+    ]
+    if plan.config_map:
+        args.append(f"--config={CONFIG_MOUNT}/training_config.yaml")
+    mounts: list[dict[str, Any]] = [
+        {"name": "data", "mountPath": DATA_MOUNT},
+        {"name": "results", "mountPath": RESULTS_MOUNT},
+        {"name": "weights", "mountPath": WEIGHTS_MOUNT},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    if plan.config_map:
+        mounts.append({"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True})
+    env: list[dict[str, Any]] = []
+    if plan.model_access_secret:
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": plan.model_access_secret, "key": "HF_TOKEN"}},
+            }
+        )
+    return {
+        "name": "train",
+        "image": plan.image,
+        "command": ["kaitopy"],
+        "args": args,
+        "env": env,
+        "resources": {"requests": {GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}},
+        "volumeMounts": mounts,
+    }
+
+
+def _pusher(plan: TuningPlan) -> dict[str, Any]:
+    return {
+        "name": "push",
+        "image": plan.image,
+        "command": ["kaitopy"],
+        "args": [
+            "tune",
+            "push",
+            f"--dir={RESULTS_MOUNT}",
+            f"--image={plan.output_image}",
+            f"--docker-config={PUSH_SECRET_MOUNT}/.dockerconfigjson",
+        ],
+        "volumeMounts": [
+            {"name": "results", "mountPath": RESULTS_MOUNT},
+            {"name": "push-secret", "mountPath": PUSH_SECRET_MOUNT, "readOnly": True},
+        ],
+    }
+
+
+def tuning_job(plan: TuningPlan) -> dict[str, Any]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "data", **(dict(plan.input_volume) if plan.input_volume else {"emptyDir": {}})},
+        {"name": "results", **(dict(plan.output_volume) if plan.output_volume else {"emptyDir": {}})},
+        {"name": "weights", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    if plan.input_image:
+        volumes.append({"name": "tools", "emptyDir": {}})
+    if plan.config_map:
+        volumes.append({"name": "config", "configMap": {"name": plan.config_map}})
+    init = _data_step(plan)
+    trainer = _trainer(plan)
+    if plan.output_image:
+        volumes.append({"name": "push-secret", "secret": {"secretName": plan.output_push_secret or ""}})
+        init.append(trainer)
+        containers = [_pusher(plan)]
+    else:
+        containers = [trainer]
+    labels = {WORKSPACE_LABEL: plan.name}
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": k, "operator": "In", "values": [v]}
+                                for k, v in sorted(plan.match_labels.items())
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
+        "tolerations": [
+            {"key": GPU_TAINT_KEY, "operator": "Equal", "value": GPU_TAINT_VALUE, "effect": "NoSchedule"},
+            {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
+        ],
+        "containers": containers,
+        "volumes": volumes,
+    }
+    if init:
+        spec["initContainers"] = init
+    if plan.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": s} for s in plan.image_pull_secrets]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": plan.name,
+            "namespace": plan.namespace,
+            "labels": labels,
+            "annotations": {REVISION_ANNOTATION: plan.revision()},
+        },
+        "spec": {
+            "backoffLimit": 3,
+            "template": {
+                "metadata": {"labels": labels, "annotations": {REVISION_ANNOTATION: plan.revision()}},
+                "spec": spec,
+            },
+        },
+    }

@@ -1,0 +1,137 @@
+"""What the workspace controller decided to run, as plain data: the bridge between the Workspace
+API (with the catalog and estimator) and the manifest builders, which depend only on this."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TAINT_KEY = "sku"
+GPU_TAINT_VALUE = "gpu"
+WORKSPACE_LABEL = "kaito.sh/workspace"
+WORKSPACE_NAMESPACE_LABEL = "kaito.sh/workspacenamespace"
+REVISION_ANNOTATION = "kaito.sh/revision"
+ENABLE_LB_ANNOTATION = "kaito.sh/enablelb"
+RUNTIME_ANNOTATION = "kaito.sh/runtime"
+SERVER_PORT = 5000
+ADAPTER_MOUNT = "/mnt/adapter"
+WEIGHTS_MOUNT = "/workspace/weights"
+CONFIG_MOUNT = "/mnt/config"
+
+
+@dataclass(frozen=True)
+class AdapterPlan:
+    name: str
+    image: str
+    strength: str = "1.0"
+    image_pull_secrets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Operator-wide choices (flags of `kaitopy controller`)."""
+
+    runtime_image: str = "ghcr.io/kaitopy/runtime:0.1.0"
+    tools_image: str = "busybox:1.37-musl"
+    """A statically linked busybox: its `cp` is copied into a shared volume so adapter images
+    without a shell (what our tuning pushes) can still be unpacked by an init container."""
+    tuning_image: str = "ghcr.io/kaitopy/runtime:0.1.0"
+    node_provisioner: str = "auto"
+    """auto: create NodeClaims for the shortfall; byo: use the user's labelled GPU nodes only."""
+
+
+@dataclass(frozen=True)
+class InferencePlan:
+    """Everything the inference workload depends on; its hash is the workload's revision."""
+
+    name: str
+    namespace: str
+    preset: str
+    runtime: str  # "vllm" | "transformers"
+    image: str
+    node_count: int
+    gpus_per_node: int
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    max_model_len: int | None
+    dtype: str
+    hf_model_id: str
+    weights_gib: float
+    match_labels: dict[str, str]
+    match_expressions: tuple[dict[str, object], ...] = ()
+    image_pull_secrets: tuple[str, ...] = ()
+    model_access_secret: str | None = None
+    config_map: str | None = None
+    adapters: tuple[AdapterPlan, ...] = ()
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    load_balancer: bool = False
+    tools_image: str = Settings.tools_image
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def multi_node(self) -> bool:
+        return self.node_count > 1
+
+    @property
+    def startup_budget_s(self) -> int:
+        """Time the server may take to load: ~1 min per 10 GiB of weights read from disk or
+        network into GPU memory, at least 10 minutes, at most 2 hours."""
+        return int(min(7200, max(600, 60 * self.weights_gib / 10 * 3)))
+
+    def revision(self) -> str:
+        """A hash of the spec the pods are made from: an edit changes it, and so rolls out once."""
+        data = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TuningPlan:
+    """The tuning Job's inputs."""
+
+    name: str
+    namespace: str
+    preset: str
+    method: str  # "lora" | "qlora"
+    image: str
+    hf_model_id: str
+    gpus_per_node: int
+    match_labels: dict[str, str]
+    input_urls: tuple[str, ...] = ()
+    input_image: str | None = None
+    input_volume: dict[str, object] | None = None
+    output_image: str | None = None
+    output_push_secret: str | None = None
+    output_volume: dict[str, object] | None = None
+    config_map: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    model_access_secret: str | None = None
+    tools_image: str = Settings.tools_image
+
+    def revision(self) -> str:
+        data = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class WorkspacePlan:
+    """Where a workspace runs and what runs there."""
+
+    instance_type: str
+    node_count: int
+    gpus_per_node: int
+    storage_gib: int
+    match_labels: dict[str, str]
+    match_expressions: tuple[dict[str, object], ...] = ()
+    inference: InferencePlan | None = None
+    tuning: TuningPlan | None = None
+
+
+class PlanError(ValueError):
+    """The workspace cannot be planned as written (the webhook normally refuses it first)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

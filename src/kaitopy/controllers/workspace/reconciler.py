@@ -1,0 +1,331 @@
+"""The Workspace reconciler: observe (cache) -> decide (pure modules) -> act (writes that are
+skipped when nothing changed). Level-triggered: every pass recomputes everything from what it sees."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kaitopy.controllers.workspace import job as jobs
+from kaitopy.controllers.workspace import nodes as nodesel
+from kaitopy.controllers.workspace import status as st
+from kaitopy.controllers.workspace import workload
+from kaitopy.controllers.workspace.plan import (
+    WORKSPACE_LABEL,
+    WORKSPACE_NAMESPACE_LABEL,
+    InferencePlan,
+    PlanError,
+    Settings,
+    WorkspacePlan,
+)
+from kaitopy.runtime import (
+    AlreadyExists,
+    Client,
+    EventRecorder,
+    Kind,
+    NotFound,
+    Request,
+    Result,
+    add_finalizer,
+    apply,
+    has_finalizer,
+    is_deleting,
+    kinds,
+    patch_status,
+    remove_finalizer,
+    set_condition,
+    set_controller_reference,
+    thaw,
+)
+from kaitopy.runtime.objects import Obj
+from kaitopy.runtime.reconcile import reconcile_logger
+from kaitopy.runtime.store import Store
+
+FINALIZER = "workspace.finalizer.kaito.sh"
+FIELD_MANAGER = "kaitopy-workspace"
+NODECLAIM = Kind("karpenter.sh", "v1", "NodeClaim", "nodeclaims", namespaced=False)
+CLAIMS_BY_WORKSPACE = "by-workspace"
+PODS_BY_WORKSPACE = "by-workspace"
+WAITING_REQUEUE_S = 30.0
+log = reconcile_logger(__name__)
+
+Planner = Callable[[Obj], WorkspacePlan]
+
+
+def workspace_key_of_labels(obj: Obj, default_namespace: str | None = None) -> list[str]:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    name = labels.get(WORKSPACE_LABEL)
+    ns = (
+        labels.get(WORKSPACE_NAMESPACE_LABEL)
+        or default_namespace
+        or (obj.get("metadata") or {}).get("namespace")
+    )
+    return [f"{ns}/{name}"] if name and ns else []
+
+
+@dataclass
+class Stores:
+    workspaces: Store
+    nodes: Store
+    claims: Store
+    deployments: Store
+    statefulsets: Store
+    services: Store
+    jobs: Store
+    pods: Store
+
+
+class WorkspaceReconciler:
+    def __init__(
+        self,
+        client: Client,
+        stores: Stores,
+        planner: Planner,
+        recorder: EventRecorder,
+        settings: Settings,
+        workspace_kind: Kind,
+    ) -> None:
+        self.client = client
+        self.s = stores
+        self.planner = planner
+        self.recorder = recorder
+        self.settings = settings
+        self.kind = workspace_kind
+
+    @property
+    def byo(self) -> bool:
+        return self.settings.node_provisioner == "byo"
+
+    async def reconcile(self, request: Request) -> Result | None:
+        ws = self.s.workspaces.get(request.key)
+        if ws is None:
+            return None
+        if is_deleting(ws):
+            return await self._finalize(ws)
+        if not has_finalizer(ws, FINALIZER):
+            ws = await add_finalizer(self.client, self.kind, ws, FINALIZER)
+        now = datetime.now(UTC)
+        status = thaw(ws.get("status") or {})
+        conds: list[dict[str, Any]] = list(status.get("conditions") or [])
+        generation = ws["metadata"].get("generation")
+
+        def setc(verdict_type: str, v: st.Verdict) -> None:
+            nonlocal conds
+            conds = set_condition(
+                conds,
+                verdict_type,
+                v.status,
+                reason=v.reason,
+                message=v.message,
+                now=now,
+                observed_generation=generation,
+            )
+
+        try:
+            plan = self.planner(ws)
+        except PlanError as err:
+            setc(st.WORKSPACE_SUCCEEDED, st.Verdict("False", err.reason, str(err)))
+            status.update(conditions=conds, state="Failed" if "tuning" in ws else "NotReady")
+            await patch_status(self.client, self.kind, ws, status)
+            await self.recorder.event(ws, "Warning", err.reason, str(err))
+            return None
+
+        requeue: float | None = None
+        # -- nodes ----------------------------------------------------------------------------
+        view = nodesel.usable_nodes(
+            self.s.nodes.list(), plan.match_labels, plan.match_expressions, plan.instance_type
+        )
+        claims_verdict: st.Verdict | None = None
+        if not self.byo:
+            claims_verdict = await self._ensure_claims(ws, plan, view)
+            setc(st.NODECLAIM_READY, claims_verdict)
+        resource = st.resource_verdict(view.count, plan.node_count, claims_verdict, self.byo)
+        setc(st.RESOURCE_READY, resource)
+        if not resource.ok:
+            requeue = WAITING_REQUEUE_S  # nodes also wake us up; this bounds a missed event
+
+        # -- workload -------------------------------------------------------------------------
+        if plan.inference is not None:
+            verdict = await self._ensure_inference(ws, plan.inference, resource.ok)
+            setc(st.INFERENCE_READY, verdict)
+            done = resource.ok and verdict.ok
+            setc(
+                st.WORKSPACE_SUCCEEDED,
+                st.Verdict("True", "WorkspaceSucceeded", "the model is being served")
+                if done
+                else st.Verdict(
+                    "False",
+                    verdict.reason if resource.ok else resource.reason,
+                    verdict.message if resource.ok else resource.message,
+                ),
+            )
+            state = "Ready" if done else ("NotReady" if resource.ok else "Pending")
+        elif plan.tuning is not None:
+            started, succeeded = await self._ensure_tuning(ws, plan, resource.ok)
+            setc(st.JOB_STARTED, started)
+            setc(st.WORKSPACE_SUCCEEDED, succeeded)
+            if succeeded.ok:
+                state = "Succeeded"
+            elif succeeded.reason == "TuningJobFailed":
+                state = "Failed"
+            else:
+                state = "Running" if started.ok else "Pending"
+        else:
+            state = "Pending"
+
+        status.update(
+            conditions=conds,
+            state=state,
+            targetNodeCount=plan.node_count,
+            workerNodes=view.ready[: max(plan.node_count, 0)],
+        )
+        _, written = await patch_status(self.client, self.kind, ws, status)
+        if written:
+            log.info("workspace status", extra={"state": state, "workspace": request.key})
+        return Result(requeue_after=requeue) if requeue else None
+
+    # -- nodes --------------------------------------------------------------------------------
+
+    def claims_of(self, ws: Obj) -> list[Obj]:
+        key = f"{ws['metadata']['namespace']}/{ws['metadata']['name']}"
+        return sorted(self.s.claims.by_index(CLAIMS_BY_WORKSPACE, key), key=lambda c: c["metadata"]["name"])
+
+    async def _ensure_claims(self, ws: Obj, plan: WorkspacePlan, view: nodesel.NodeView) -> st.Verdict:
+        meta = ws["metadata"]
+        claims = self.claims_of(ws)
+        claim_nodes = {(c.get("status") or {}).get("nodeName") for c in claims}
+        # Matching nodes that no claim of ours made (already there, or the user's) count first.
+        foreign = [n for n in view.ready if n not in claim_nodes]
+        wanted = max(0, plan.node_count - len(foreign))
+        have = {c["metadata"]["name"] for c in claims}
+        for slot in range(wanted):
+            body = nodesel.nodeclaim(
+                workspace=meta["name"],
+                namespace=meta["namespace"],
+                workspace_uid=meta["uid"],
+                slot=slot,
+                instance_type=plan.instance_type,
+                match_labels=plan.match_labels,
+                storage_gib=plan.storage_gib,
+                gpus=plan.gpus_per_node,
+            )
+            name = body["metadata"]["name"]
+            if name in have:
+                continue
+            try:
+                await self.client.create(NODECLAIM, body)
+            except AlreadyExists:
+                continue  # made by an earlier pass whose event is not in the cache yet
+            await self.recorder.event(
+                ws,
+                "Normal",
+                "NodeClaimCreated",
+                f"requested a {plan.instance_type} node (node claim {name})",
+                action="Provision",
+            )
+        slots = {nodesel.nodeclaim_name(meta["uid"], i) for i in range(wanted)}
+        mine = [c for c in claims if c["metadata"]["name"] in slots]
+        return st.nodeclaims_verdict(mine, wanted)
+
+    # -- inference ----------------------------------------------------------------------------
+
+    async def _apply_owned(self, ws: Obj, kind: Kind, body: dict[str, Any], store: Store) -> Obj:
+        desired = dict(set_controller_reference(ws, body))
+        key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+        obj, written = await apply(
+            self.client, kind, desired, current=store.get(key), field_manager=FIELD_MANAGER
+        )
+        if written:
+            log.info("applied", extra={"kind": kind.kind, "object": key})
+        return obj
+
+    async def _ensure_inference(self, ws: Obj, plan: InferencePlan, nodes_ready: bool) -> st.Verdict:
+        key = f"{plan.namespace}/{plan.name}"
+        multi = plan.multi_node
+        current_store = self.s.statefulsets if multi else self.s.deployments
+        current = current_store.get(key)
+        if current is None and not nodes_ready:
+            return st.Verdict("False", "WaitingForNodes", "waiting for GPU nodes before deploying the model")
+        # A change between one node and several replaces the workload kind: remove the other one.
+        other_kind, other_store = (
+            (kinds.DEPLOYMENT, self.s.deployments) if multi else (kinds.STATEFUL_SET, self.s.statefulsets)
+        )
+        if other_store.get(key) is not None:
+            with contextlib.suppress(NotFound):
+                await self.client.delete(other_kind, plan.name, namespace=plan.namespace)
+        if multi:
+            await self._apply_owned(ws, kinds.SERVICE, workload.headless_service(plan), self.s.services)
+            obj = await self._apply_owned(ws, kinds.STATEFUL_SET, workload.statefulset(plan), current_store)
+        else:
+            obj = await self._apply_owned(ws, kinds.DEPLOYMENT, workload.deployment(plan), current_store)
+        await self._apply_owned(ws, kinds.SERVICE, workload.service(plan), self.s.services)
+        if obj is not current and current is not None:
+            await self.recorder.event(
+                ws, "Normal", "WorkloadUpdated", f"rolled out revision {plan.revision()}"
+            )
+        elif current is None:
+            await self.recorder.event(
+                ws,
+                "Normal",
+                "WorkloadCreated",
+                f"deployed {plan.preset} ({plan.runtime}) on {plan.node_count} node(s)",
+            )
+        pods = self.s.pods.by_index(PODS_BY_WORKSPACE, key)
+        return st.workload_verdict(current_store.get(key) or obj, pods, plan.node_count, plan.revision())
+
+    # -- tuning -------------------------------------------------------------------------------
+
+    async def _ensure_tuning(
+        self, ws: Obj, plan: WorkspacePlan, nodes_ready: bool
+    ) -> tuple[st.Verdict, st.Verdict]:
+        assert plan.tuning is not None
+        key = f"{plan.tuning.namespace}/{plan.tuning.name}"
+        current = self.s.jobs.get(key)
+        if current is None and not nodes_ready:
+            return st.job_verdicts(None, [])
+        if current is None:
+            body = dict(set_controller_reference(ws, jobs.tuning_job(plan.tuning)))
+            try:
+                current = await self.client.create(kinds.JOB, body)
+            except AlreadyExists:
+                current = await self.client.get(kinds.JOB, plan.tuning.name, namespace=plan.tuning.namespace)
+            await self.recorder.event(ws, "Normal", "JobStarted", f"started tuning job {plan.tuning.name}")
+        # A Job's pod template is immutable, and tuning fields are immutable on the workspace.
+        pods = self.s.pods.by_index(PODS_BY_WORKSPACE, key)
+        return st.job_verdicts(current, pods)
+
+    # -- deletion -----------------------------------------------------------------------------
+
+    async def _finalize(self, ws: Obj) -> Result | None:
+        if not has_finalizer(ws, FINALIZER):
+            return None
+        claims = self.claims_of(ws)
+        if claims:
+            status = thaw(ws.get("status") or {})
+            status["conditions"] = set_condition(
+                status.get("conditions"),
+                st.WORKSPACE_DELETING,
+                "True",
+                reason="DeletingNodeClaims",
+                message=f"waiting for {len(claims)} node claim(s) and their nodes to be deleted",
+                now=datetime.now(UTC),
+            )
+            await patch_status(self.client, self.kind, ws, status)
+            for c in claims:
+                if not (c["metadata"]).get("deletionTimestamp"):
+                    with contextlib.suppress(NotFound):
+                        await self.client.delete(NODECLAIM, c["metadata"]["name"])
+            return Result(requeue_after=5.0)  # claim deletions also wake us up
+        await remove_finalizer(self.client, self.kind, ws, FINALIZER)
+        return None
+
+
+def keys_to_requests(keys: Iterable[str]) -> list[Request]:
+    out = []
+    for k in keys:
+        ns, _, name = k.partition("/")
+        out.append(Request(ns, name))
+    return out

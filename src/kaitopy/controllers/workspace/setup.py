@@ -1,0 +1,97 @@
+"""Registering the Workspace controller on a manager: its informers (label-filtered where the
+objects are ours, so the cache holds only what it needs), indexes, and event mappings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from kaitopy.controllers.workspace import nodes as nodesel
+from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL, Settings
+from kaitopy.controllers.workspace.reconciler import (
+    CLAIMS_BY_WORKSPACE,
+    NODECLAIM,
+    PODS_BY_WORKSPACE,
+    Planner,
+    Stores,
+    WorkspaceReconciler,
+    keys_to_requests,
+    workspace_key_of_labels,
+)
+from kaitopy.runtime import ControllerSettings, EventRecorder, Kind, Manager, Request, kinds
+from kaitopy.runtime.client import Client
+from kaitopy.runtime.objects import Obj
+from kaitopy.runtime.store import Store
+
+COMPONENT = "kaitopy-workspace"
+
+
+def _selector_of(ws: Obj) -> tuple[dict[str, str], list[dict[str, object]]]:
+    sel = ((ws.get("resource") or {}).get("labelSelector")) or {}
+    return dict(sel.get("matchLabels") or {}), [dict(e) for e in sel.get("matchExpressions") or ()]
+
+
+def node_mapper(workspaces: Store) -> Callable[[Obj], Iterable[Request]]:
+    def map_node(node: Obj) -> Iterable[Request]:
+        keys = workspace_key_of_labels(node)
+        if keys:
+            return keys_to_requests(keys)
+        # A node nobody provisioned for a workspace (bring-your-own): every workspace it could serve.
+        labels = (node.get("metadata") or {}).get("labels") or {}
+        out = []
+        for ws in workspaces.list():
+            match_labels, exprs = _selector_of(ws)
+            if nodesel.matches(labels, match_labels, exprs):
+                out.append(Request(ws["metadata"]["namespace"], ws["metadata"]["name"]))
+        return out
+
+    return map_node
+
+
+def wire(
+    mgr: Manager,
+    client: Client,
+    planner: Planner,
+    settings: Settings,
+    workspace_kind: Kind,
+    *,
+    max_concurrent_reconciles: int = 10,
+) -> WorkspaceReconciler:
+    ws_store = mgr.cache.informer(workspace_kind).store
+    claims = mgr.cache.informer(NODECLAIM, label_selector=WORKSPACE_LABEL)
+    claims.add_indexer(CLAIMS_BY_WORKSPACE, workspace_key_of_labels)
+    pods = mgr.cache.informer(kinds.POD, label_selector=WORKSPACE_LABEL)
+    pods.add_indexer(PODS_BY_WORKSPACE, workspace_key_of_labels)
+    owned = {
+        k: mgr.cache.informer(k, label_selector=WORKSPACE_LABEL).store
+        for k in (kinds.DEPLOYMENT, kinds.STATEFUL_SET, kinds.SERVICE, kinds.JOB)
+    }
+    stores = Stores(
+        workspaces=ws_store,
+        nodes=mgr.cache.informer(kinds.NODE).store,
+        claims=claims.store,
+        deployments=owned[kinds.DEPLOYMENT],
+        statefulsets=owned[kinds.STATEFUL_SET],
+        services=owned[kinds.SERVICE],
+        jobs=owned[kinds.JOB],
+        pods=pods.store,
+    )
+    reconciler = WorkspaceReconciler(
+        client, stores, planner, EventRecorder(client, COMPONENT), settings, workspace_kind
+    )
+    builder = mgr.controller("workspace").for_(workspace_kind)
+    for k in owned:
+        builder = builder.owns(k, label_selector=WORKSPACE_LABEL)
+    (
+        builder.watches(
+            NODECLAIM,
+            lambda o: keys_to_requests(workspace_key_of_labels(o)),
+            label_selector=WORKSPACE_LABEL,
+        )
+        .watches(
+            kinds.POD, lambda o: keys_to_requests(workspace_key_of_labels(o)), label_selector=WORKSPACE_LABEL
+        )
+        .watches(kinds.NODE, node_mapper(ws_store))
+        .with_settings(ControllerSettings(max_concurrent_reconciles=max_concurrent_reconciles))
+        .build(reconciler.reconcile)
+    )
+    return reconciler

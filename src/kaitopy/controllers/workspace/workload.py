@@ -1,0 +1,264 @@
+"""The inference workload as manifests: a Deployment (one node) or a StatefulSet with a headless
+Service (several nodes), and the Service users call. Pure: plan in, dicts out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kaitopy.controllers.workspace.plan import (
+    ADAPTER_MOUNT,
+    CONFIG_MOUNT,
+    GPU_RESOURCE,
+    GPU_TAINT_KEY,
+    GPU_TAINT_VALUE,
+    REVISION_ANNOTATION,
+    SERVER_PORT,
+    WEIGHTS_MOUNT,
+    WORKSPACE_LABEL,
+    AdapterPlan,
+    InferencePlan,
+)
+
+TOOLS_MOUNT = "/kaitopy-tools"
+PROBE_PERIOD_S = 10
+
+
+def selector_labels(plan: InferencePlan) -> dict[str, str]:
+    return {WORKSPACE_LABEL: plan.name}
+
+
+def headless_name(plan: InferencePlan) -> str:
+    return f"{plan.name}-headless"
+
+
+def leader_address(plan: InferencePlan) -> str:
+    return f"{plan.name}-0.{headless_name(plan)}.{plan.namespace}.svc.cluster.local"
+
+
+def server_args(plan: InferencePlan) -> list[str]:
+    args = [
+        "serve",
+        f"--engine={plan.runtime}",
+        f"--model-dir={WEIGHTS_MOUNT}",
+        f"--hf-model-id={plan.hf_model_id}",
+        f"--served-model-name={plan.preset}",
+        f"--dtype={plan.dtype}",
+        f"--tensor-parallel-size={plan.tensor_parallel_size}",
+        f"--pipeline-parallel-size={plan.pipeline_parallel_size}",
+        f"--adapter-dir={ADAPTER_MOUNT}",
+        f"--port={SERVER_PORT}",
+        "--host=0.0.0.0",
+    ]
+    if plan.max_model_len:
+        args.append(f"--max-model-len={plan.max_model_len}")
+    if plan.tool_call_parser:
+        args.append(f"--tool-call-parser={plan.tool_call_parser}")
+    if plan.reasoning_parser:
+        args.append(f"--reasoning-parser={plan.reasoning_parser}")
+    if plan.config_map:
+        args.append(f"--config={CONFIG_MOUNT}/inference_config.yaml")
+    args += [f"--adapter-strength={a.name}={a.strength}" for a in plan.adapters]
+    if plan.multi_node:
+        # Pod 0 leads (Ray head); the others join it. The role comes from the pod's own name.
+        args += ["--role-from-pod-name", f"--leader-address={leader_address(plan)}"]
+    return args
+
+
+def _probe(path: str, failure_threshold: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": SERVER_PORT},
+        "periodSeconds": PROBE_PERIOD_S,
+        "timeoutSeconds": 5,
+        "failureThreshold": failure_threshold,
+    }
+
+
+def _adapter_init_containers(plan: InferencePlan) -> list[dict[str, Any]]:
+    if not plan.adapters:
+        return []
+    tools = {
+        "name": "tools",
+        "image": plan.tools_image,
+        "command": ["/bin/cp", "/bin/busybox", f"{TOOLS_MOUNT}/busybox"],
+        "volumeMounts": [{"name": "tools", "mountPath": TOOLS_MOUNT}],
+    }
+    return [tools, *(_adapter_init(a) for a in plan.adapters)]
+
+
+def _adapter_init(adapter: AdapterPlan) -> dict[str, Any]:
+    # Adapter images keep their files under /data; the copy runs with our static busybox, so the
+    # image needs no shell of its own.
+    return {
+        "name": f"adapter-{adapter.name}",
+        "image": adapter.image,
+        "command": [
+            f"{TOOLS_MOUNT}/busybox",
+            "sh",
+            "-c",
+            f'mkdir -p "{ADAPTER_MOUNT}/{adapter.name}" && '
+            f'{TOOLS_MOUNT}/busybox cp -r /data/. "{ADAPTER_MOUNT}/{adapter.name}/"',
+        ],
+        "volumeMounts": [
+            {"name": "tools", "mountPath": TOOLS_MOUNT},
+            {"name": "adapters", "mountPath": ADAPTER_MOUNT},
+        ],
+    }
+
+
+def _node_affinity(plan: InferencePlan) -> dict[str, Any]:
+    expressions: list[dict[str, Any]] = [
+        {"key": k, "operator": "In", "values": [v]} for k, v in sorted(plan.match_labels.items())
+    ]
+    expressions += [dict(e) for e in plan.match_expressions]
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": expressions}]
+            }
+        }
+    }
+
+
+def pod_template(plan: InferencePlan) -> dict[str, Any]:
+    gpus = str(plan.gpus_per_node)
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    if plan.model_access_secret:
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": plan.model_access_secret, "key": "HF_TOKEN"}},
+            }
+        )
+    mounts: list[dict[str, Any]] = [
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "weights", "mountPath": WEIGHTS_MOUNT},
+        {"name": "adapters", "mountPath": ADAPTER_MOUNT},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "weights", "emptyDir": {}},
+        {"name": "adapters", "emptyDir": {}},
+    ]
+    if plan.adapters:
+        volumes.append({"name": "tools", "emptyDir": {}})
+    if plan.config_map:
+        mounts.append({"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True})
+        volumes.append({"name": "config", "configMap": {"name": plan.config_map}})
+    startup_failures = max(1, plan.startup_budget_s // PROBE_PERIOD_S)
+    container = {
+        "name": "model",
+        "image": plan.image,
+        "command": ["kaitopy"],
+        "args": server_args(plan),
+        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        "env": env,
+        "resources": {"requests": {GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}},
+        "startupProbe": _probe("/health", startup_failures),
+        "readinessProbe": _probe("/health", 3),
+        "livenessProbe": _probe("/health", 6),
+        "volumeMounts": mounts,
+    }
+    spec: dict[str, Any] = {
+        "affinity": _node_affinity(plan),
+        "tolerations": [
+            {"key": GPU_TAINT_KEY, "operator": "Equal", "value": GPU_TAINT_VALUE, "effect": "NoSchedule"},
+            {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
+        ],
+        "containers": [container],
+        "volumes": volumes,
+    }
+    init = _adapter_init_containers(plan)
+    if init:
+        spec["initContainers"] = init
+    secrets = sorted({*plan.image_pull_secrets, *(s for a in plan.adapters for s in a.image_pull_secrets)})
+    if secrets:
+        spec["imagePullSecrets"] = [{"name": s} for s in secrets]
+    return {
+        "metadata": {
+            "labels": {**selector_labels(plan), **plan.extra_labels},
+            "annotations": {REVISION_ANNOTATION: plan.revision()},
+        },
+        "spec": spec,
+    }
+
+
+def _meta(plan: InferencePlan, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": plan.namespace,
+        "labels": {**selector_labels(plan), **plan.extra_labels},
+        "annotations": {REVISION_ANNOTATION: plan.revision()},
+    }
+
+
+def deployment(plan: InferencePlan) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(plan, plan.name),
+        "spec": {
+            "replicas": 1,
+            # The old pod must free its GPU before the new one can have it.
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector_labels(plan)},
+            "template": pod_template(plan),
+        },
+    }
+
+
+def statefulset(plan: InferencePlan) -> dict[str, Any]:
+    template = pod_template(plan)
+    # One model-server pod per node: spread by hostname.
+    template["spec"]["affinity"]["podAntiAffinity"] = {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "labelSelector": {"matchLabels": selector_labels(plan)},
+                "topologyKey": "kubernetes.io/hostname",
+            }
+        ]
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(plan, plan.name),
+        "spec": {
+            "replicas": plan.node_count,
+            "serviceName": headless_name(plan),
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector_labels(plan)},
+            "template": template,
+        },
+    }
+
+
+def headless_service(plan: InferencePlan) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(plan, headless_name(plan)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # workers must reach the leader before it is Ready
+            "selector": selector_labels(plan),
+            "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": SERVER_PORT, "protocol": "TCP"}],
+        },
+    }
+
+
+def service(plan: InferencePlan) -> dict[str, Any]:
+    selector = selector_labels(plan)
+    if plan.multi_node:
+        selector = {**selector, "statefulset.kubernetes.io/pod-name": f"{plan.name}-0"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(plan, plan.name),
+        "spec": {
+            "type": "LoadBalancer" if plan.load_balancer else "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "http", "port": 80, "targetPort": SERVER_PORT, "protocol": "TCP"}],
+        },
+    }

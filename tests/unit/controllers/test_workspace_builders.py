@@ -1,0 +1,220 @@
+"""The workspace controller's pure parts: node selection, claim names, manifests, verdicts."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any
+
+from kaitopy.controllers.workspace import job, nodes, status, workload
+from kaitopy.controllers.workspace.plan import AdapterPlan, InferencePlan, TuningPlan
+
+PLAN = InferencePlan(
+    name="workspace-phi-3",
+    namespace="default",
+    preset="phi-3-mini-4k-instruct",
+    runtime="transformers",
+    image="ghcr.io/kaitopy/runtime:0.1.0",
+    node_count=1,
+    gpus_per_node=1,
+    tensor_parallel_size=1,
+    pipeline_parallel_size=1,
+    max_model_len=4096,
+    dtype="float16",
+    hf_model_id="microsoft/Phi-3-mini-4k-instruct",
+    weights_gib=7.6,
+    match_labels={"apps": "phi-3"},
+)
+
+
+def node(name: str, ready: bool = True, gpus: str = "1", **labels: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {"node.kubernetes.io/instance-type": "Standard_NC6s_v3", **labels},
+        },
+        "spec": {},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "allocatable": {"nvidia.com/gpu": gpus},
+        },
+    }
+
+
+def test_claim_names_are_valid_pool_names_and_stable_per_slot() -> None:
+    a, b = nodes.nodeclaim_name("uid-1", 0), nodes.nodeclaim_name("uid-1", 1)
+    assert re.fullmatch(r"[a-z][a-z0-9]{0,11}", a) and a != b
+    assert nodes.nodeclaim_name("uid-1", 0) == a  # a restart computes the same name
+
+
+def test_usable_nodes_need_selector_instance_type_gpus_and_ready() -> None:
+    candidates = [
+        node("good", apps="phi-3"),
+        node("wrong-label", apps="other"),
+        node("not-ready", ready=False, apps="phi-3"),
+        node("no-gpu", gpus="0", apps="phi-3"),
+    ]
+    view = nodes.usable_nodes(candidates, {"apps": "phi-3"}, [], "Standard_NC6s_v3")
+    assert view.ready == ["good"]
+    assert nodes.usable_nodes(candidates, {"apps": "phi-3"}, [], "Standard_NC24ads_A100_v4").count == 0
+
+
+def test_match_expressions() -> None:
+    labels = {"a": "1", "b": "2"}
+    assert nodes.matches(labels, {}, [{"key": "a", "operator": "In", "values": ["1", "3"]}])
+    assert not nodes.matches(labels, {}, [{"key": "b", "operator": "NotIn", "values": ["2"]}])
+    assert not nodes.matches(labels, {}, [{"key": "c", "operator": "Exists"}])
+    assert nodes.matches(labels, {}, [{"key": "c", "operator": "DoesNotExist"}])
+
+
+def test_nodeclaim_carries_workspace_labels_taint_and_instance_type() -> None:
+    claim = nodes.nodeclaim(
+        workspace="ws",
+        namespace="ns",
+        workspace_uid="u",
+        slot=0,
+        instance_type="Standard_NC6s_v3",
+        match_labels={"apps": "phi-3"},
+        storage_gib=120,
+        gpus=1,
+    )
+    labels = claim["metadata"]["labels"]
+    assert labels == {"apps": "phi-3", "kaito.sh/workspace": "ws", "kaito.sh/workspacenamespace": "ns"}
+    assert claim["spec"]["taints"] == [{"key": "sku", "value": "gpu", "effect": "NoSchedule"}]
+    assert claim["spec"]["requirements"][0]["values"] == ["Standard_NC6s_v3"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "120Gi"
+
+
+def test_single_node_deployment_recreates_and_requests_gpus() -> None:
+    d = workload.deployment(PLAN)
+    assert d["spec"]["strategy"] == {"type": "Recreate"}
+    pod = d["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "--engine=transformers" in c["args"] and "--served-model-name=phi-3-mini-4k-instruct" in c["args"]
+    assert c["startupProbe"]["httpGet"]["path"] == "/health"
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 600
+    assert {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"} in pod["tolerations"]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchExpressions"] == [
+        {"key": "apps", "operator": "In", "values": ["phi-3"]}
+    ]
+    assert "initContainers" not in pod
+    svc = workload.service(PLAN)
+    assert svc["spec"]["ports"][0]["port"] == 80 and svc["spec"]["type"] == "ClusterIP"
+
+
+def test_adapters_get_shell_free_init_containers_and_change_the_revision() -> None:
+    with_adapters = replace(
+        PLAN, adapters=(AdapterPlan("ada", "registry.local/ada:1", "0.5", ("pull-secret",)),)
+    )
+    pod = workload.deployment(with_adapters)["spec"]["template"]["spec"]
+    tools, ada = pod["initContainers"]
+    assert tools["command"][:2] == ["/bin/cp", "/bin/busybox"]
+    assert ada["image"] == "registry.local/ada:1"
+    assert ada["command"][0] == "/kaitopy-tools/busybox"  # the adapter image needs no shell
+    assert "--adapter-strength=ada=0.5" in pod["containers"][0]["args"]
+    assert pod["imagePullSecrets"] == [{"name": "pull-secret"}]
+    assert with_adapters.revision() != PLAN.revision()
+
+
+def test_multi_node_statefulset_leader_service_and_headless() -> None:
+    big = replace(PLAN, node_count=2, pipeline_parallel_size=2, runtime="vllm")
+    sts = workload.statefulset(big)
+    assert sts["spec"]["replicas"] == 2 and sts["spec"]["serviceName"] == "workspace-phi-3-headless"
+    args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--leader-address=workspace-phi-3-0.workspace-phi-3-headless.default.svc.cluster.local" in args
+    assert workload.headless_service(big)["spec"]["clusterIP"] == "None"
+    assert (
+        workload.service(big)["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == "workspace-phi-3-0"
+    )
+    assert (
+        replace(big, load_balancer=True)
+        and workload.service(replace(big, load_balancer=True))["spec"]["type"] == "LoadBalancer"
+    )
+
+
+def test_tuning_job_trains_before_pushing() -> None:
+    plan = TuningPlan(
+        name="tune",
+        namespace="default",
+        preset="phi-3-mini-4k-instruct",
+        method="qlora",
+        image="ghcr.io/kaitopy/runtime:0.1.0",
+        hf_model_id="microsoft/Phi-3-mini-4k-instruct",
+        gpus_per_node=1,
+        match_labels={"apps": "tune"},
+        input_urls=("https://example.com/d.jsonl",),
+        output_image="registry.local/adapter:1",
+        output_push_secret="push",
+    )
+    spec = job.tuning_job(plan)["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["initContainers"]] == ["fetch-data", "train"]
+    assert [c["name"] for c in spec["containers"]] == ["push"]
+    assert "--method=qlora" in spec["initContainers"][1]["args"]
+    assert {"name": "push-secret", "secret": {"secretName": "push"}} in spec["volumes"]
+
+
+def test_nodeclaim_failure_reason_reaches_resource_ready() -> None:
+    failed = {
+        "metadata": {"name": "ws1"},
+        "status": {
+            "conditions": [
+                {"type": "Launched", "status": "False", "reason": "QuotaExceeded", "message": "no quota"}
+            ]
+        },
+    }
+    claims = status.nodeclaims_verdict([failed], 1)
+    assert (claims.status, claims.reason) == ("False", "QuotaExceeded") and "no quota" in claims.message
+    res = status.resource_verdict(0, 1, claims, byo=False)
+    assert (res.status, res.reason) == ("False", "QuotaExceeded")
+    assert status.resource_verdict(1, 1, claims, byo=False).ok
+
+
+def test_pod_problems_are_named() -> None:
+    def pod(**st: Any) -> dict[str, Any]:
+        return {"metadata": {"name": "p"}, "status": st}
+
+    pull = pod(
+        containerStatuses=[
+            {"name": "model", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}
+        ]
+    )
+    oom = pod(
+        containerStatuses=[
+            {
+                "name": "model",
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"reason": "OOMKilled"}},
+            }
+        ]
+    )
+    crash = pod(
+        containerStatuses=[
+            {
+                "name": "model",
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1}},
+            }
+        ]
+    )
+    unsched = pod(conditions=[{"type": "PodScheduled", "status": "False", "message": "0/3 nodes available"}])
+    got = [status.pod_problem([p]) for p in (pull, oom, crash, unsched)]
+    assert [v.reason if v else None for v in got] == [
+        "ImagePullError",
+        "OOMKilled",
+        "CrashLoop",
+        "Unschedulable",
+    ]
+    assert status.pod_problem([pod()]) is None
+
+
+def test_workload_ready_only_when_rolled_out() -> None:
+    dep = {
+        "metadata": {"generation": 2},
+        "status": {"observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 1},
+    }
+    assert not status.workload_verdict(dep, [], 1, "r").ok
+    dep["status"]["observedGeneration"] = 2
+    assert status.workload_verdict(dep, [], 1, "r").ok
+    assert status.workload_verdict(None, [], 1, "r").reason == "WorkloadNotCreated"
