@@ -30,6 +30,7 @@ from kaitopy.provisioner.nodeclaim import (
     is_ours,
     launch_request_for,
     registration_update,
+    single_value_requirements,
     with_ready,
 )
 from kaitopy.provisioner.settings import ProvisionerSettings
@@ -59,6 +60,7 @@ from kaitopy.runtime.store import Store
 NODECLAIM = Kind("karpenter.sh", "v1", "NodeClaim", "nodeclaims", namespaced=False)
 NODECLASS = Kind("kaito.sh", "v1", "KaitoNodeClass", "kaitonodeclasses", namespaced=False)
 NODE_INDEX = "by-nodeclaim"
+CAPACITY_TYPE_LABEL = "karpenter.sh/capacity-type"
 log = reconcile_logger(__name__)
 
 
@@ -178,8 +180,13 @@ class NodeClaimLifecycle:
         try:
             if token is None:
                 token = await self.provider.begin_launch(request)
+                # The token first: from here on a restart resumes this launch. The pinned
+                # requirements become labels, as Karpenter's do (`kubectl get nodeclaims` shows them).
+                labels = {**single_value_requirements(claim), CAPACITY_TYPE_LABEL: "on-demand"}
                 claim = await self.client.patch(
-                    NODECLAIM, name, {"metadata": {"annotations": {LAUNCH_TOKEN_ANNOTATION: token}}}
+                    NODECLAIM,
+                    name,
+                    {"metadata": {"annotations": {LAUNCH_TOKEN_ANNOTATION: token}, "labels": labels}},
                 )
                 await self.recorder.event(
                     claim,

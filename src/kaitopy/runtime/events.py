@@ -6,6 +6,7 @@ Recording never raises: events are best-effort, a failure is logged and the reco
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,7 +66,8 @@ class EventRecorder:
             body = {
                 "apiVersion": "events.k8s.io/v1",
                 "kind": "Event",
-                "metadata": {"generateName": f"{name_of(regarding)}.", "namespace": ns},
+                # A name as client-go makes one (the API server refuses a generateName ending in '.').
+                "metadata": {"name": f"{name_of(regarding)}.{time.time_ns():x}", "namespace": ns},
                 "eventTime": now,
                 "reportingController": self.controller,
                 "reportingInstance": self.instance,

@@ -306,3 +306,22 @@ async def test_garbage_collector_deletes_instances_without_a_claim(cloud_env: Cl
         for n in await claim_nodes(client, leaked):
             with contextlib.suppress(NotFound):
                 await client.delete(kinds.NODE, n["metadata"]["name"])
+
+
+async def test_claims_of_another_node_class_are_left_alone(cloud_env: Cloud) -> None:
+    client = cloud_env.client
+    running = await start(client, cloud_env.provider(), FAST)
+    name = claim_name()
+    theirs = nodeclaim(name)
+    theirs["spec"]["nodeClassRef"] = {"group": "karpenter.azure.com", "kind": "AKSNodeClass", "name": "default"}
+    try:
+        await client.create(NODECLAIM, theirs)
+        await asyncio.sleep(2.0)
+        claim = await client.get(NODECLAIM, name)
+        assert not claim["metadata"].get("finalizers")
+        assert not (claim.get("status") or {}).get("conditions")
+        assert name not in await cloud_env.instances()
+    finally:
+        await client.delete(NODECLAIM, name)
+        await wait_claim_gone(client, name)
+        await running.stop()
