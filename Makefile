@@ -52,9 +52,8 @@ lint: install  ## ruff and mypy --strict on src, import layering
 manifests: install  ## regenerate manifests/crds from the pydantic models
 	@if [ -f hack/gen_manifests.py ]; then $(PY) hack/gen_manifests.py; else echo "no generator yet"; fi
 
-run: install binaries cluster-up  ## the main job on the local control plane
-	$(VENV)/bin/kaitopy --help
-	@echo "local control plane: KUBECONFIG=$$($(PYTHON) hack/localcluster.py kubeconfig)"
+run: install binaries  ## the main job: local control plane + operator, phi-3 example to WORKSPACESUCCEEDED
+	$(PY) hack/demo.py
 
 bench: install binaries  ## benchmarks (prints figures and ratios; writes bench/results/*.json)
 	@mkdir -p bench/results

@@ -17,6 +17,7 @@ from kaitopy import __version__
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "version": ("kaitopy.cli", "print the version"),
     "provisioner": ("kaitopy.provisioner.app", "run the GPU node provisioner (NodeClaim controller)"),
+    "controller": ("kaitopy.controllers.workspace.app", "run the Workspace controller"),
 }
 
 

@@ -313,7 +313,11 @@ async def test_claims_of_another_node_class_are_left_alone(cloud_env: Cloud) -> 
     running = await start(client, cloud_env.provider(), FAST)
     name = claim_name()
     theirs = nodeclaim(name)
-    theirs["spec"]["nodeClassRef"] = {"group": "karpenter.azure.com", "kind": "AKSNodeClass", "name": "default"}
+    theirs["spec"]["nodeClassRef"] = {
+        "group": "karpenter.azure.com",
+        "kind": "AKSNodeClass",
+        "name": "default",
+    }
     try:
         await client.create(NODECLAIM, theirs)
         await asyncio.sleep(2.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT_KEY = "sku"
@@ -70,10 +71,12 @@ class InferencePlan:
     load_balancer: bool = False
     tools_image: str = Settings.tools_image
     extra_labels: dict[str, str] = field(default_factory=dict)
+    template: dict[str, Any] | None = None
+    """A user's pod template (a `template` workspace): deployed as given, placed on the nodes."""
 
     @property
     def multi_node(self) -> bool:
-        return self.node_count > 1
+        return self.node_count > 1 and self.template is None
 
     @property
     def startup_budget_s(self) -> int:

@@ -55,6 +55,7 @@ def wire(
     workspace_kind: Kind,
     *,
     max_concurrent_reconciles: int = 10,
+    resync_period: float | None = 36000.0,
 ) -> WorkspaceReconciler:
     ws_store = mgr.cache.informer(workspace_kind).store
     claims = mgr.cache.informer(NODECLAIM, label_selector=WORKSPACE_LABEL)
@@ -91,7 +92,11 @@ def wire(
             kinds.POD, lambda o: keys_to_requests(workspace_key_of_labels(o)), label_selector=WORKSPACE_LABEL
         )
         .watches(kinds.NODE, node_mapper(ws_store))
-        .with_settings(ControllerSettings(max_concurrent_reconciles=max_concurrent_reconciles))
+        .with_settings(
+            ControllerSettings(
+                max_concurrent_reconciles=max_concurrent_reconciles, resync_period=resync_period
+            )
+        )
         .build(reconciler.reconcile)
     )
     return reconciler

@@ -3,6 +3,7 @@ Service (several nodes), and the Service users call. Pure: plan in, dicts out.""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from kaitopy.controllers.workspace.plan import (
@@ -119,7 +120,29 @@ def _node_affinity(plan: InferencePlan) -> dict[str, Any]:
     }
 
 
+def _user_template(plan: InferencePlan) -> dict[str, Any]:
+    """The user's pod template with the workspace's placement added: its own affinity and
+    tolerations are kept, the node affinity and the GPU toleration are ours."""
+    template: dict[str, Any] = copy.deepcopy(dict(plan.template or {}))
+    meta = template.setdefault("metadata", {})
+    meta["labels"] = {**(meta.get("labels") or {}), **selector_labels(plan), **plan.extra_labels}
+    meta["annotations"] = {**(meta.get("annotations") or {}), REVISION_ANNOTATION: plan.revision()}
+    spec = template.setdefault("spec", {})
+    spec["affinity"] = {**(spec.get("affinity") or {}), **_node_affinity(plan)}
+    spec["tolerations"] = [*(spec.get("tolerations") or []), *_gpu_tolerations()]
+    return template
+
+
+def _gpu_tolerations() -> list[dict[str, Any]]:
+    return [
+        {"key": GPU_TAINT_KEY, "operator": "Equal", "value": GPU_TAINT_VALUE, "effect": "NoSchedule"},
+        {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
+    ]
+
+
 def pod_template(plan: InferencePlan) -> dict[str, Any]:
+    if plan.template is not None:
+        return _user_template(plan)
     gpus = str(plan.gpus_per_node)
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -163,10 +186,7 @@ def pod_template(plan: InferencePlan) -> dict[str, Any]:
     }
     spec: dict[str, Any] = {
         "affinity": _node_affinity(plan),
-        "tolerations": [
-            {"key": GPU_TAINT_KEY, "operator": "Equal", "value": GPU_TAINT_VALUE, "effect": "NoSchedule"},
-            {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
-        ],
+        "tolerations": _gpu_tolerations(),
         "containers": [container],
         "volumes": volumes,
     }
@@ -200,7 +220,7 @@ def deployment(plan: InferencePlan) -> dict[str, Any]:
         "kind": "Deployment",
         "metadata": _meta(plan, plan.name),
         "spec": {
-            "replicas": 1,
+            "replicas": plan.node_count if plan.template is not None else 1,
             # The old pod must free its GPU before the new one can have it.
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": selector_labels(plan)},
@@ -259,6 +279,15 @@ def service(plan: InferencePlan) -> dict[str, Any]:
         "spec": {
             "type": "LoadBalancer" if plan.load_balancer else "ClusterIP",
             "selector": selector,
-            "ports": [{"name": "http", "port": 80, "targetPort": SERVER_PORT, "protocol": "TCP"}],
+            "ports": [{"name": "http", "port": 80, "targetPort": _target_port(plan), "protocol": "TCP"}],
         },
     }
+
+
+def _target_port(plan: InferencePlan) -> int:
+    if plan.template is None:
+        return SERVER_PORT
+    for c in (plan.template.get("spec") or {}).get("containers") or ():
+        for p in c.get("ports") or ():
+            return int(p["containerPort"])
+    return 80

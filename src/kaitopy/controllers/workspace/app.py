@@ -1,0 +1,93 @@
+"""`kaitopy controller`: the Workspace controller process (and, unless told otherwise, the
+admission webhook beside it)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from kaitopy import process
+from kaitopy.controllers.workspace.plan import Settings
+from kaitopy.controllers.workspace.setup import wire
+from kaitopy.runtime import Manager
+
+log = logging.getLogger(__name__)
+LEASE_NAME = "kaitopy-workspace-controller"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = Settings()
+    parser.add_argument(
+        "--runtime-image",
+        default=os.environ.get("KAITOPY_RUNTIME_IMAGE", d.runtime_image),
+        help="model server image used when a preset does not name one (env KAITOPY_RUNTIME_IMAGE)",
+    )
+    parser.add_argument("--tuning-image", default=os.environ.get("KAITOPY_TUNING_IMAGE", d.tuning_image))
+    parser.add_argument(
+        "--tools-image",
+        default=os.environ.get("KAITOPY_TOOLS_IMAGE", d.tools_image),
+        help="a static busybox image used to unpack adapter and data images that have no shell",
+    )
+    parser.add_argument(
+        "--node-provisioner",
+        choices=("auto", "byo"),
+        default=os.environ.get("KAITOPY_NODE_PROVISIONER", d.node_provisioner),
+        help="auto: create NodeClaims for missing GPU nodes; byo: only use the user's labelled nodes",
+    )
+    parser.add_argument("--max-concurrent-reconciles", type=int, default=10, metavar="N")
+    parser.add_argument(
+        "--resync-period",
+        type=float,
+        default=36000.0,
+        metavar="SECONDS",
+        help="reconcile every workspace again this often to heal drift (default 10 h)",
+    )
+    parser.add_argument(
+        "--install-crds",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="create or update the Workspace CRD (and the NodeClaim CRD when absent) at start",
+    )
+    process.add_process_arguments(parser, default_probe_port=8081)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        runtime_image=args.runtime_image,
+        tuning_image=args.tuning_image,
+        tools_image=args.tools_image,
+        node_provisioner=args.node_provisioner,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from kaitopy.api import WORKSPACE
+    from kaitopy.api.install import ensure_workspace_crd
+    from kaitopy.controllers.workspace.planner import make_planner
+    from kaitopy.presets import Catalog
+    from kaitopy.provisioner.install import ensure_crds
+
+    settings = settings_from(args)
+
+    async def main() -> None:
+        client = await process.open_client(args)
+        async with client:
+            if args.install_crds:
+                await ensure_workspace_crd(client)
+                if settings.node_provisioner == "auto":
+                    await ensure_crds(client)
+            mgr = Manager(client, process.manager_settings(args, LEASE_NAME))
+            wire(
+                mgr,
+                client,
+                make_planner(Catalog.load(), settings),
+                settings,
+                WORKSPACE,
+                max_concurrent_reconciles=args.max_concurrent_reconciles,
+                resync_period=args.resync_period,
+            )
+            log.info("workspace controller starting", extra={"node_provisioner": settings.node_provisioner})
+            await mgr.run()
+
+    return process.run_process(args, main)

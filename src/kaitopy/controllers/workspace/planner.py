@@ -1,0 +1,192 @@
+"""From a Workspace (Kaito's YAML layout) to a plan, with the model catalog and the estimator.
+A workspace the catalog cannot place raises PlanError with the reason the user will read."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kaitopy.controllers.workspace.plan import (
+    ENABLE_LB_ANNOTATION,
+    RUNTIME_ANNOTATION,
+    AdapterPlan,
+    InferencePlan,
+    PlanError,
+    Settings,
+    TuningPlan,
+    WorkspacePlan,
+)
+from kaitopy.controllers.workspace.reconciler import Planner
+from kaitopy.presets import Catalog, DoesNotFit, UnknownInstanceType, UnknownPreset, estimate
+from kaitopy.runtime.objects import Obj
+
+RUNTIMES = ("vllm", "transformers")
+
+
+def _secrets(refs: Any) -> tuple[str, ...]:
+    out = []
+    for r in refs or ():
+        out.append(str(r["name"]) if isinstance(r, Mapping) else str(r))
+    return tuple(out)
+
+
+def make_planner(catalog: Catalog, settings: Settings) -> Planner:
+    def plan(ws: Obj) -> WorkspacePlan:
+        meta = ws["metadata"]
+        name, namespace = str(meta["name"]), str(meta["namespace"])
+        annotations = meta.get("annotations") or {}
+        resource = ws.get("resource") or {}
+        instance_type = str(resource.get("instanceType") or "")
+        selector = resource.get("labelSelector") or {}
+        match_labels = {str(k): str(v) for k, v in (selector.get("matchLabels") or {}).items()}
+        expressions = tuple(dict(e) for e in selector.get("matchExpressions") or ())
+        inference = ws.get("inference")
+        tuning = ws.get("tuning")
+        try:
+            sku = catalog.sku(instance_type)
+        except UnknownInstanceType as err:
+            raise PlanError("InvalidInstanceType", str(err)) from err
+        spec = inference if inference is not None else tuning
+        preset = ((spec or {}).get("preset") or {}) if spec is not None else {}
+        preset_name = preset.get("name")
+        if inference is not None and inference.get("template") is not None and not preset_name:
+            return _template_plan(ws, inference, sku, match_labels, expressions, instance_type)
+        if not preset_name:
+            raise PlanError("InvalidWorkspace", "set inference.preset.name or tuning.preset.name")
+        try:
+            model = catalog.model(str(preset_name))
+            est = estimate(model, sku)
+        except UnknownPreset as err:
+            raise PlanError("InvalidPreset", str(err)) from err
+        except DoesNotFit as err:
+            raise PlanError("InsufficientGPUMemory", str(err)) from err
+        options = preset.get("presetOptions") or {}
+        image = str(options.get("image") or settings.runtime_image)
+        pull = _secrets(options.get("imagePullSecrets"))
+        access = options.get("modelAccessSecret")
+        base = WorkspacePlan(
+            instance_type=instance_type,
+            node_count=est.node_count,
+            gpus_per_node=est.gpus_per_node,
+            storage_gib=int(est.storage_gib),
+            match_labels=match_labels,
+            match_expressions=expressions,
+        )
+        if inference is not None:
+            runtime = str(annotations.get(RUNTIME_ANNOTATION) or est.runtime)
+            if runtime not in RUNTIMES:
+                raise PlanError(
+                    "InvalidRuntime",
+                    f"annotation {RUNTIME_ANNOTATION}={runtime!r}: expected one of {', '.join(RUNTIMES)}",
+                )
+            adapters = tuple(
+                AdapterPlan(
+                    name=str(a["source"]["name"]),
+                    image=str(a["source"].get("image") or ""),
+                    strength=str(a.get("strength") or "1.0"),
+                    image_pull_secrets=_secrets(a["source"].get("imagePullSecrets")),
+                )
+                for a in inference.get("adapters") or ()
+                if (a.get("source") or {}).get("image")
+            )
+            return WorkspacePlan(
+                **{**base.__dict__},
+                inference=InferencePlan(
+                    name=name,
+                    namespace=namespace,
+                    preset=model.name,
+                    runtime=runtime,
+                    image=image,
+                    node_count=est.node_count,
+                    gpus_per_node=est.gpus_per_node,
+                    tensor_parallel_size=est.tensor_parallel_size,
+                    pipeline_parallel_size=est.pipeline_parallel_size,
+                    max_model_len=est.max_model_len,
+                    dtype=str(est.dtype),
+                    hf_model_id=model.hf_id,
+                    weights_gib=_weights_gib(model),
+                    match_labels=match_labels,
+                    match_expressions=expressions,
+                    image_pull_secrets=pull,
+                    model_access_secret=str(access) if access else None,
+                    config_map=inference.get("config") or None,
+                    adapters=adapters,
+                    tool_call_parser=model.tool_call_parser,
+                    reasoning_parser=model.reasoning_parser,
+                    load_balancer=str(annotations.get(ENABLE_LB_ANNOTATION, "")).lower() == "true",
+                    tools_image=settings.tools_image,
+                ),
+            )
+        assert tuning is not None
+        data_in = tuning.get("input") or {}
+        data_out = tuning.get("output") or {}
+        return WorkspacePlan(
+            **{**base.__dict__},
+            tuning=TuningPlan(
+                name=name,
+                namespace=namespace,
+                preset=model.name,
+                method=str(tuning.get("method") or "lora"),
+                image=str(options.get("image") or settings.tuning_image),
+                hf_model_id=model.hf_id,
+                gpus_per_node=est.gpus_per_node,
+                match_labels=match_labels,
+                input_urls=tuple(str(u) for u in data_in.get("urls") or ()),
+                input_image=data_in.get("image") or None,
+                input_volume=data_in.get("volumeSource") or None,
+                output_image=data_out.get("image") or None,
+                output_push_secret=data_out.get("imagePushSecret") or None,
+                output_volume=data_out.get("volumeSource") or None,
+                config_map=tuning.get("config") or None,
+                image_pull_secrets=pull,
+                model_access_secret=str(access) if access else None,
+                tools_image=settings.tools_image,
+            ),
+        )
+
+    return plan
+
+
+def _weights_gib(model: Any) -> float:
+    if getattr(model, "weights_gib", None) is not None:
+        return float(model.weights_gib)
+    return float(model.weights_bytes) / 2**30
+
+
+def _template_plan(
+    ws: Obj,
+    inference: Mapping[str, Any],
+    sku: Any,
+    match_labels: dict[str, str],
+    expressions: tuple[dict[str, object], ...],
+    instance_type: str,
+) -> WorkspacePlan:
+    meta = ws["metadata"]
+    count = int((ws.get("resource") or {}).get("count") or 1)
+    template = dict(inference["template"])
+    return WorkspacePlan(
+        instance_type=instance_type,
+        node_count=count,
+        gpus_per_node=int(sku.gpu_count),
+        storage_gib=100,
+        match_labels=match_labels,
+        match_expressions=expressions,
+        inference=InferencePlan(
+            name=str(meta["name"]),
+            namespace=str(meta["namespace"]),
+            preset="",
+            runtime="template",
+            image="",
+            node_count=count,
+            gpus_per_node=int(sku.gpu_count),
+            tensor_parallel_size=1,
+            pipeline_parallel_size=1,
+            max_model_len=None,
+            dtype="",
+            hf_model_id="",
+            weights_gib=0.0,
+            match_labels=match_labels,
+            match_expressions=expressions,
+            template=template,
+        ),
+    )

@@ -1,0 +1,145 @@
+"""The operator as its users run it: `kaitopy controller` and `kaitopy provisioner` as separate
+processes against the control plane, which tests can stop, kill and restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+KAITOPY = [sys.executable, "-m", "kaitopy"]
+WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Process:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    probe_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [*self.argv, f"--probe-address=127.0.0.1:{self.probe_port}"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.logs()}")
+            if self._ready():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{self.name} not ready within 60s:\n{self.logs()}")
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.probe_port}/readyz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> int:
+        """SIGTERM, as Kubernetes stops a pod; returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"{self.name} ignored SIGTERM for 40s:\n{self.logs()}") from None
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, nothing finished."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples whose labels include `labels`."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.probe_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    total += s.value
+        return total
+
+    def writes(self) -> float:
+        return sum(self.metric("rest_client_requests_total", method=m) for m in WRITE_METHODS)
+
+
+@dataclass
+class Operator:
+    kubeconfig: Path
+    log_dir: Path
+    controller_args: list[str] = field(default_factory=list)
+    provisioner_args: list[str] = field(default_factory=list)
+    controller: Process | None = None
+    provisioner: Process | None = None
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env.pop("KAITOPY_LEADER_ELECT", None)
+        return env
+
+    def start_provisioner(self, *extra: str) -> Process:
+        self.provisioner = Process(
+            "provisioner",
+            [
+                *KAITOPY,
+                "provisioner",
+                "--cloud-provider=kwok",
+                "--poll-interval=0.5",
+                *self.provisioner_args,
+                *extra,
+            ],
+            self._env(),
+            self.log_dir / "provisioner.log",
+        )
+        self.provisioner.start()
+        return self.provisioner
+
+    def start_controller(self, *extra: str) -> Process:
+        self.controller = Process(
+            "controller",
+            [*KAITOPY, "controller", *self.controller_args, *extra],
+            self._env(),
+            self.log_dir / "controller.log",
+        )
+        self.controller.start()
+        return self.controller
+
+    def stop(self) -> None:
+        for p in (self.controller, self.provisioner):
+            if p is not None:
+                p.stop()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name} ---\n{p.logs()}" for p in (self.controller, self.provisioner) if p is not None
+        )

@@ -1,0 +1,322 @@
+"""From a Workspace to a ready endpoint, with the operator running as its users run it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes_asyncio.client.api_client import ApiClient
+
+from kaitopy.runtime import Client, Kind, kinds
+from tests.e2e.operator import Operator
+from tests.support.cluster import Cluster
+from tests.support.wait import eventually
+
+WORKSPACE = Kind("kaito.sh", "v1beta1", "Workspace", "workspaces")
+NODECLAIM = Kind("karpenter.sh", "v1", "NodeClaim", "nodeclaims", namespaced=False)
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def phi3(name: str, namespace: str, **inference: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "kaito.sh/v1beta1",
+        "kind": "Workspace",
+        "metadata": {"name": name, "namespace": namespace},
+        "resource": {"instanceType": "Standard_NC6s_v3", "labelSelector": {"matchLabels": {"apps": name}}},
+        "inference": {"preset": {"name": "phi-3-mini-4k-instruct"}, **inference},
+    }
+
+
+def cond(ws: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for c in ((ws or {}).get("status") or {}).get("conditions") or ():
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
+async def wait_condition(
+    client: Client, name: str, ns: str, type_: str, status: str = "True", timeout: float = 120
+) -> dict[str, Any]:
+    ws: dict[str, Any] = await eventually(
+        lambda: client.get(WORKSPACE, name, namespace=ns),
+        until=lambda w: cond(w, type_).get("status") == status,
+        timeout=timeout,
+        what=f"workspace {ns}/{name} {type_}={status}",
+    )
+    return ws
+
+
+async def claims_of(client: Client, name: str, ns: str) -> list[dict[str, Any]]:
+    sel = f"kaito.sh/workspace={name},kaito.sh/workspacenamespace={ns}"
+    return list((await client.list(NODECLAIM, label_selector=sel)).items)
+
+
+def apply(kube: Cluster, obj: dict[str, Any]) -> None:
+    kube.kubectl("apply", "-f", "-", input=json.dumps(obj))
+
+
+async def delete_and_wait(client: Client, kube: Cluster, name: str, ns: str) -> None:
+    kube.kubectl("delete", "workspace", name, "-n", ns, "--wait=false")
+    await eventually(
+        lambda: client.get_or_none(WORKSPACE, name, namespace=ns),
+        until=lambda w: w is None,
+        timeout=120,
+        what=f"workspace {ns}/{name} deleted",
+    )
+
+
+@pytest.fixture
+def client(api_client: ApiClient) -> Client:
+    return Client(api_client)
+
+
+async def test_phi3_example_becomes_ready_and_is_cleaned_up(
+    operator: Operator, kube_cluster: Cluster, client: Client, namespace: str
+) -> None:
+    operator.start_provisioner()
+    operator.start_controller()
+    example = yaml.safe_load((EXAMPLES / "inference" / "kaito_workspace_phi_3.yaml").read_text())
+    example["metadata"]["namespace"] = namespace
+    name = example["metadata"]["name"]
+    apply(kube_cluster, example)
+    ws = await wait_condition(client, name, namespace, "WorkspaceSucceeded")
+    for t in ("ResourceReady", "InferenceReady", "NodeClaimReady"):
+        assert cond(ws, t)["status"] == "True", cond(ws, t)
+    assert ws["status"]["state"] == "Ready"
+    assert ws["status"]["targetNodeCount"] == 1
+    claims = await claims_of(client, name, namespace)
+    assert len(claims) == 1
+    node_name = claims[0]["status"]["nodeName"]
+    assert ws["status"]["workerNodes"] == [node_name]
+    dep = await client.get(kinds.DEPLOYMENT, name, namespace=namespace)
+    assert dep["spec"]["strategy"]["type"] == "Recreate"
+    pod_spec = dep["spec"]["template"]["spec"]
+    assert "--engine=transformers" in pod_spec["containers"][0]["args"]  # V100: no vLLM
+    svc = await client.get(kinds.SERVICE, name, namespace=namespace)
+    assert svc["spec"]["ports"][0]["port"] == 80
+    printed = kube_cluster.kubectl("get", "workspace", name, "-n", namespace).splitlines()
+    header = printed[0].split()
+    assert header[:6] == ["NAME", "INSTANCE", "RESOURCEREADY", "INFERENCEREADY", "JOBSTARTED", "WORKSPACESUCCEEDED"]
+    row = printed[1].split()
+    assert row[:4] == [name, "Standard_NC6s_v3", "True", "True"]
+
+    await delete_and_wait(client, kube_cluster, name, namespace)
+    assert await claims_of(client, name, namespace) == []
+    assert await client.get_or_none(kinds.NODE, node_name) is None
+    await eventually(
+        lambda: client.get_or_none(kinds.DEPLOYMENT, name, namespace=namespace),
+        until=lambda d: d is None,
+        timeout=60,
+        what="deployment garbage-collected",
+    )
+
+
+async def test_70b_model_spans_nodes_with_a_statefulset(
+    operator: Operator, kube_cluster: Cluster, client: Client, namespace: str
+) -> None:
+    operator.start_provisioner()
+    operator.start_controller()
+    name = "llama70b"
+    ws = {
+        "apiVersion": "kaito.sh/v1beta1",
+        "kind": "Workspace",
+        "metadata": {"name": name, "namespace": namespace},
+        "resource": {"instanceType": "Standard_NC24ads_A100_v4", "labelSelector": {"matchLabels": {"apps": name}}},
+        "inference": {"preset": {"name": "llama-3.3-70b-instruct"}},
+    }
+    apply(kube_cluster, ws)
+    done = await wait_condition(client, name, namespace, "WorkspaceSucceeded", timeout=180)
+    target = done["status"]["targetNodeCount"]
+    assert target >= 2
+    assert len(await claims_of(client, name, namespace)) == target
+    sts = await client.get(kinds.STATEFUL_SET, name, namespace=namespace)
+    assert sts["spec"]["replicas"] == target
+    assert sts["status"]["readyReplicas"] == target
+    args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--engine=vllm" in args and f"--pipeline-parallel-size={target}" in args
+    headless = await client.get(kinds.SERVICE, f"{name}-headless", namespace=namespace)
+    assert headless["spec"]["clusterIP"] == "None"
+    pods = (await client.list(kinds.POD, namespace=namespace, label_selector=f"kaito.sh/workspace={name}")).items
+    assert len({p["spec"]["nodeName"] for p in pods}) == target  # one pod per node
+    await delete_and_wait(client, kube_cluster, name, namespace)
+    assert await claims_of(client, name, namespace) == []
+
+
+async def test_adapters_added_then_swapped_keep_the_nodes(
+    operator: Operator, kube_cluster: Cluster, client: Client, namespace: str
+) -> None:
+    operator.start_provisioner()
+    operator.start_controller()
+    name = "phi-adapters"
+    apply(kube_cluster, phi3(name, namespace))
+    await wait_condition(client, name, namespace, "WorkspaceSucceeded")
+    claims_before = sorted(c["metadata"]["name"] for c in await claims_of(client, name, namespace))
+    for adapters in (
+        [{"source": {"name": "ada", "image": "registry.local/adapters/ada:1"}, "strength": "0.5"}],
+        [{"source": {"name": "bob", "image": "registry.local/adapters/bob:1"}, "strength": "1.0"}],
+    ):
+        before = await client.get(kinds.DEPLOYMENT, name, namespace=namespace)
+        revision = before["metadata"]["annotations"]["kaito.sh/revision"]
+        apply(kube_cluster, phi3(name, namespace, adapters=adapters))
+        dep = await eventually(
+            lambda: client.get(kinds.DEPLOYMENT, name, namespace=namespace),
+            until=lambda d: d["metadata"]["annotations"]["kaito.sh/revision"] != revision,
+            timeout=60,
+            what="workload updated for the new adapters",
+        )
+        inits = [c["name"] for c in dep["spec"]["template"]["spec"]["initContainers"]]
+        assert inits == ["tools", f"adapter-{adapters[0]['source']['name']}"]
+        await eventually(
+            lambda: client.list(kinds.POD, namespace=namespace, label_selector=f"kaito.sh/workspace={name}"),
+            until=lambda pods: [
+                p["metadata"]["annotations"]["kaito.sh/revision"] for p in pods.items
+            ] == [dep["metadata"]["annotations"]["kaito.sh/revision"]],
+            timeout=60,
+            what="one pod of the new revision",
+        )
+        await wait_condition(client, name, namespace, "InferenceReady")
+    claims_after = sorted(c["metadata"]["name"] for c in await claims_of(client, name, namespace))
+    assert claims_after == claims_before  # same nodes: adapters never re-provision
+    await delete_and_wait(client, kube_cluster, name, namespace)
+
+
+async def test_bring_your_own_nodes(
+    operator: Operator, kube_cluster: Cluster, client: Client, namespace: str
+) -> None:
+    operator.start_controller("--node-provisioner=byo")
+    name = "phi-byo"
+    node_name = f"byo-{namespace}"
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node_name,
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {"apps": name, "node.kubernetes.io/instance-type": "Standard_NC6s_v3", "type": "kwok"},
+        },
+        "status": {"capacity": {"cpu": "6", "memory": "112Gi", "pods": "110", "nvidia.com/gpu": "1"},
+                   "allocatable": {"cpu": "6", "memory": "112Gi", "pods": "110", "nvidia.com/gpu": "1"}},
+    }
+    apply(kube_cluster, phi3(name, namespace))
+    ws = await wait_condition(client, name, namespace, "ResourceReady", status="False")
+    assert cond(ws, "ResourceReady")["reason"] == "NodesNotFound"
+    try:
+        await client.create(kinds.NODE, node)
+        ws = await wait_condition(client, name, namespace, "WorkspaceSucceeded")
+        assert ws["status"]["workerNodes"] == [node_name]
+        assert await claims_of(client, name, namespace) == []
+        await delete_and_wait(client, kube_cluster, name, namespace)
+        assert await client.get_or_none(kinds.NODE, node_name) is not None  # the user's node stays
+    finally:
+        await client.delete(kinds.NODE, node_name)
+
+
+async def test_template_workspace(operator: Operator, kube_cluster: Cluster, client: Client, namespace: str) -> None:
+    operator.start_provisioner()
+    operator.start_controller()
+    name = "custom"
+    ws = {
+        "apiVersion": "kaito.sh/v1beta1",
+        "kind": "Workspace",
+        "metadata": {"name": name, "namespace": namespace},
+        "resource": {"instanceType": "Standard_NC6s_v3", "labelSelector": {"matchLabels": {"apps": name}}},
+        "inference": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "server", "image": "registry.local/my-server:1", "ports": [{"containerPort": 8000}]}
+                    ]
+                }
+            }
+        },
+    }
+    apply(kube_cluster, ws)
+    await wait_condition(client, name, namespace, "WorkspaceSucceeded")
+    dep = await client.get(kinds.DEPLOYMENT, name, namespace=namespace)
+    spec = dep["spec"]["template"]["spec"]
+    assert spec["containers"][0]["image"] == "registry.local/my-server:1"
+    assert any(t.get("key") == "sku" for t in spec["tolerations"])
+    svc = await client.get(kinds.SERVICE, name, namespace=namespace)
+    assert svc["spec"]["ports"][0]["targetPort"] == 8000
+    await delete_and_wait(client, kube_cluster, name, namespace)
+
+
+async def test_tuning_job_completes_and_the_workspace_succeeds(
+    operator: Operator, kube_cluster: Cluster, client: Client, namespace: str
+) -> None:
+    operator.start_provisioner()
+    operator.start_controller()
+    name = "tune-phi"
+    ws = {
+        "apiVersion": "kaito.sh/v1beta1",
+        "kind": "Workspace",
+        "metadata": {"name": name, "namespace": namespace},
+        "resource": {"instanceType": "Standard_NC6s_v3", "labelSelector": {"matchLabels": {"apps": name}}},
+        "tuning": {
+            "preset": {"name": "phi-3-mini-4k-instruct"},
+            "method": "qlora",
+            "input": {"urls": ["https://example.com/data/train.jsonl"]},
+            "output": {"image": "registry.local/adapters/phi:1", "imagePushSecret": "push"},
+        },
+    }
+    apply(kube_cluster, ws)
+    started = await wait_condition(client, name, namespace, "JobStarted")
+    assert started["status"]["state"] in ("Running", "Succeeded")
+    done = await wait_condition(client, name, namespace, "WorkspaceSucceeded", timeout=180)
+    assert done["status"]["state"] == "Succeeded"
+    job = await client.get(kinds.JOB, name, namespace=namespace)
+    assert [c["name"] for c in job["spec"]["template"]["spec"]["initContainers"]] == ["fetch-data", "train"]
+    await delete_and_wait(client, kube_cluster, name, namespace)
+
+
+async def test_quota_failure_surfaces_on_the_workspace(
+    operator: Operator, kube_cluster: Cluster, client: Client, namespace: str
+) -> None:
+    operator.start_provisioner("--kwok-fail=Standard_NC6s_v3=QuotaExceeded")
+    operator.start_controller()
+    name = "phi-quota"
+    apply(kube_cluster, phi3(name, namespace))
+    ws = await wait_condition(client, name, namespace, "ResourceReady", status="False")
+    ws = await eventually(
+        lambda: client.get(WORKSPACE, name, namespace=namespace),
+        until=lambda w: cond(w, "ResourceReady").get("reason") == "QuotaExceeded",
+        timeout=60,
+        what="quota reason on the workspace",
+    )
+    message = cond(ws, "ResourceReady")["message"]
+    assert "Standard_NC6s_v3" in message and "quota" in message.lower()
+    assert cond(ws, "WorkspaceSucceeded")["status"] == "False"
+    await asyncio.sleep(2)
+    assert len(await claims_of(client, name, namespace)) == 1  # no retry storm of new claims
+    await delete_and_wait(client, kube_cluster, name, namespace)
+
+
+async def test_restart_mid_way_creates_nothing_twice_and_resync_writes_nothing(
+    operator: Operator, kube_cluster: Cluster, client: Client, namespace: str
+) -> None:
+    operator.start_provisioner("--kwok-launch-delay=3")
+    first = operator.start_controller()
+    names = [f"phi-{i}" for i in range(3)]
+    for n in names:
+        apply(kube_cluster, phi3(n, namespace))
+    await eventually(
+        lambda: claims_of(client, names[0], namespace), until=lambda c: len(c) == 1, timeout=60, what="claim"
+    )
+    first.kill()
+    operator.start_controller("--resync-period=2")
+    for n in names:
+        await wait_condition(client, n, namespace, "WorkspaceSucceeded", timeout=180)
+        assert len(await claims_of(client, n, namespace)) == 1
+    assert operator.controller is not None
+    await asyncio.sleep(1.5)  # let the last status writes land
+    before = operator.controller.writes()
+    resyncs = operator.controller.metric("controller_runtime_reconcile_total", controller="workspace")
+    await asyncio.sleep(5)  # two resync periods: every workspace is reconciled again
+    assert operator.controller.metric("controller_runtime_reconcile_total", controller="workspace") >= resyncs + 3
+    assert operator.controller.writes() == before
+    for n in names:
+        await delete_and_wait(client, kube_cluster, n, namespace)
