@@ -1,7 +1,10 @@
-"""End-to-end fixtures: the operator's two processes against the session's control plane."""
+"""End-to-end fixtures: the operator's two processes against the session's control plane,
+authenticated as the service accounts of manifests/base (tokens from the TokenRequest API), so
+every e2e test also proves the shipped RBAC is enough."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,12 +13,40 @@ import pytest
 from tests.e2e.operator import Operator
 from tests.support.cluster import Cluster
 
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests" / "base"
+IDENTITY_MANIFESTS = ("namespace.yaml", "rbac-controller.yaml", "rbac-provisioner.yaml")
+
+
+def service_account_kubeconfig(kube: Cluster, account: str, out: Path) -> Path:
+    token = kube.kubectl("create", "token", account, "-n", "kaito-system", "--duration=4h").strip()
+    config = json.loads(kube.kubeconfig.read_text())
+    config["users"] = [{"name": account, "user": {"token": token}}]
+    for ctx in config["contexts"]:
+        ctx["context"]["user"] = account
+    out.write_text(json.dumps(config))
+    return out
+
+
+@pytest.fixture(scope="session")
+def operator_identities(kube_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    for name in IDENTITY_MANIFESTS:
+        kube_cluster.kubectl("apply", "--server-side", "-f", str(MANIFESTS / name))
+    d = tmp_path_factory.mktemp("identities")
+    return {
+        who: service_account_kubeconfig(kube_cluster, f"kaitopy-{who}", d / f"{who}.kubeconfig")
+        for who in ("controller", "provisioner")
+    }
+
 
 @pytest.fixture
-def operator(kube_cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Operator]:
+def operator(
+    operator_identities: dict[str, Path], tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Operator]:
     """Controller and kwok provisioner, started fresh for each test; their logs are printed when
     the test fails."""
-    op = Operator(kube_cluster.kubeconfig, tmp_path)
+    op = Operator(
+        operator_identities["controller"], tmp_path, provisioner_kubeconfig=operator_identities["provisioner"]
+    )
     try:
         yield op
     finally:

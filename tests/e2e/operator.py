@@ -97,13 +97,14 @@ class Process:
 class Operator:
     kubeconfig: Path
     log_dir: Path
+    provisioner_kubeconfig: Path | None = None
     controller_args: list[str] = field(default_factory=list)
     provisioner_args: list[str] = field(default_factory=list)
     controller: Process | None = None
     provisioner: Process | None = None
 
-    def _env(self) -> dict[str, str]:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+    def _env(self, kubeconfig: Path | None = None) -> dict[str, str]:
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         env.pop("KAITOPY_LEADER_ELECT", None)
         return env
 
@@ -118,7 +119,7 @@ class Operator:
                 *self.provisioner_args,
                 *extra,
             ],
-            self._env(),
+            self._env(self.provisioner_kubeconfig),
             self.log_dir / "provisioner.log",
         )
         self.provisioner.start()

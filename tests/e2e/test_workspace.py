@@ -100,7 +100,14 @@ async def test_phi3_example_becomes_ready_and_is_cleaned_up(
     assert svc["spec"]["ports"][0]["port"] == 80
     printed = kube_cluster.kubectl("get", "workspace", name, "-n", namespace).splitlines()
     header = printed[0].split()
-    assert header[:6] == ["NAME", "INSTANCE", "RESOURCEREADY", "INFERENCEREADY", "JOBSTARTED", "WORKSPACESUCCEEDED"]
+    assert header[:6] == [
+        "NAME",
+        "INSTANCE",
+        "RESOURCEREADY",
+        "INFERENCEREADY",
+        "JOBSTARTED",
+        "WORKSPACESUCCEEDED",
+    ]
     row = printed[1].split()
     assert row[:4] == [name, "Standard_NC6s_v3", "True", "True"]
 
@@ -125,7 +132,10 @@ async def test_70b_model_spans_nodes_with_a_statefulset(
         "apiVersion": "kaito.sh/v1beta1",
         "kind": "Workspace",
         "metadata": {"name": name, "namespace": namespace},
-        "resource": {"instanceType": "Standard_NC24ads_A100_v4", "labelSelector": {"matchLabels": {"apps": name}}},
+        "resource": {
+            "instanceType": "Standard_NC24ads_A100_v4",
+            "labelSelector": {"matchLabels": {"apps": name}},
+        },
         "inference": {"preset": {"name": "llama-3.3-70b-instruct"}},
     }
     apply(kube_cluster, ws)
@@ -140,7 +150,9 @@ async def test_70b_model_spans_nodes_with_a_statefulset(
     assert "--engine=vllm" in args and f"--pipeline-parallel-size={target}" in args
     headless = await client.get(kinds.SERVICE, f"{name}-headless", namespace=namespace)
     assert headless["spec"]["clusterIP"] == "None"
-    pods = (await client.list(kinds.POD, namespace=namespace, label_selector=f"kaito.sh/workspace={name}")).items
+    pods = (
+        await client.list(kinds.POD, namespace=namespace, label_selector=f"kaito.sh/workspace={name}")
+    ).items
     assert len({p["spec"]["nodeName"] for p in pods}) == target  # one pod per node
     await delete_and_wait(client, kube_cluster, name, namespace)
     assert await claims_of(client, name, namespace) == []
@@ -164,7 +176,7 @@ async def test_adapters_added_then_swapped_keep_the_nodes(
         apply(kube_cluster, phi3(name, namespace, adapters=adapters))
         dep = await eventually(
             lambda: client.get(kinds.DEPLOYMENT, name, namespace=namespace),
-            until=lambda d: d["metadata"]["annotations"]["kaito.sh/revision"] != revision,
+            until=lambda d, old=revision: d["metadata"]["annotations"]["kaito.sh/revision"] != old,
             timeout=60,
             what="workload updated for the new adapters",
         )
@@ -172,9 +184,9 @@ async def test_adapters_added_then_swapped_keep_the_nodes(
         assert inits == ["tools", f"adapter-{adapters[0]['source']['name']}"]
         await eventually(
             lambda: client.list(kinds.POD, namespace=namespace, label_selector=f"kaito.sh/workspace={name}"),
-            until=lambda pods: [
-                p["metadata"]["annotations"]["kaito.sh/revision"] for p in pods.items
-            ] == [dep["metadata"]["annotations"]["kaito.sh/revision"]],
+            until=lambda pods, new=dep["metadata"]["annotations"]["kaito.sh/revision"]: (
+                [p["metadata"]["annotations"]["kaito.sh/revision"] for p in pods.items] == [new]
+            ),
             timeout=60,
             what="one pod of the new revision",
         )
@@ -198,8 +210,10 @@ async def test_bring_your_own_nodes(
             "annotations": {"kwok.x-k8s.io/node": "fake"},
             "labels": {"apps": name, "node.kubernetes.io/instance-type": "Standard_NC6s_v3", "type": "kwok"},
         },
-        "status": {"capacity": {"cpu": "6", "memory": "112Gi", "pods": "110", "nvidia.com/gpu": "1"},
-                   "allocatable": {"cpu": "6", "memory": "112Gi", "pods": "110", "nvidia.com/gpu": "1"}},
+        "status": {
+            "capacity": {"cpu": "6", "memory": "112Gi", "pods": "110", "nvidia.com/gpu": "1"},
+            "allocatable": {"cpu": "6", "memory": "112Gi", "pods": "110", "nvidia.com/gpu": "1"},
+        },
     }
     apply(kube_cluster, phi3(name, namespace))
     ws = await wait_condition(client, name, namespace, "ResourceReady", status="False")
@@ -215,7 +229,9 @@ async def test_bring_your_own_nodes(
         await client.delete(kinds.NODE, node_name)
 
 
-async def test_template_workspace(operator: Operator, kube_cluster: Cluster, client: Client, namespace: str) -> None:
+async def test_template_workspace(
+    operator: Operator, kube_cluster: Cluster, client: Client, namespace: str
+) -> None:
     operator.start_provisioner()
     operator.start_controller()
     name = "custom"
@@ -228,7 +244,11 @@ async def test_template_workspace(operator: Operator, kube_cluster: Cluster, cli
             "template": {
                 "spec": {
                     "containers": [
-                        {"name": "server", "image": "registry.local/my-server:1", "ports": [{"containerPort": 8000}]}
+                        {
+                            "name": "server",
+                            "image": "registry.local/my-server:1",
+                            "ports": [{"containerPort": 8000}],
+                        }
                     ]
                 }
             }
@@ -316,7 +336,10 @@ async def test_restart_mid_way_creates_nothing_twice_and_resync_writes_nothing(
     before = operator.controller.writes()
     resyncs = operator.controller.metric("controller_runtime_reconcile_total", controller="workspace")
     await asyncio.sleep(5)  # two resync periods: every workspace is reconciled again
-    assert operator.controller.metric("controller_runtime_reconcile_total", controller="workspace") >= resyncs + 3
+    assert (
+        operator.controller.metric("controller_runtime_reconcile_total", controller="workspace")
+        >= resyncs + 3
+    )
     assert operator.controller.writes() == before
     for n in names:
         await delete_and_wait(client, kube_cluster, n, namespace)

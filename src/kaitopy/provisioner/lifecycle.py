@@ -140,6 +140,13 @@ class NodeClaimLifecycle:
         if not has_finalizer(claim, TERMINATION_FINALIZER):
             # Before any side effect: a claim must never be deleted while its instance lives.
             claim = await add_finalizer(self.client, NODECLAIM, claim, TERMINATION_FINALIZER)
+        elif LAUNCH_TOKEN_ANNOTATION not in (claim["metadata"].get("annotations") or {}):
+            # About to launch: the cache may not show yet what the last pass wrote (a launch
+            # token, a terminal failure), and a second launch costs money. One GET settles it.
+            fresh = await self.client.get_or_none(NODECLAIM, str(claim["metadata"]["name"]))
+            if fresh is None:
+                return None
+            claim = fresh
         now = datetime.fromtimestamp(self.clock(), UTC)
         generation = (claim.get("metadata") or {}).get("generation")
         body = thaw(claim.get("status") or {})
