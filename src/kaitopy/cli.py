@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "version": ("kaitopy.cli", "print the version"),
     "provisioner": ("kaitopy.provisioner.app", "run the GPU node provisioner (NodeClaim controller)"),
     "controller": ("kaitopy.controllers.workspace.app", "run the Workspace controller"),
+    "status": ("kaitopy.usercli.status", "show a workspace's conditions, events and what it waits on"),
 }
 
 

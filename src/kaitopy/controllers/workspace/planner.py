@@ -90,7 +90,7 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                 if (a.get("source") or {}).get("image")
             )
             return WorkspacePlan(
-                **{**base.__dict__},
+                **base.__dict__,
                 inference=InferencePlan(
                     name=name,
                     namespace=namespace,
@@ -121,7 +121,7 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
         data_in = tuning.get("input") or {}
         data_out = tuning.get("output") or {}
         return WorkspacePlan(
-            **{**base.__dict__},
+            **base.__dict__,
             tuning=TuningPlan(
                 name=name,
                 namespace=namespace,
