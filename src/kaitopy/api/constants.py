@@ -1,0 +1,41 @@
+"""Names of the Workspace API: its group, versions, kind and condition types."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from kaitopy.runtime.kinds import Kind
+
+GROUP: Final = "kaito.sh"
+STORAGE_VERSION: Final = "v1beta1"
+SERVED_VERSIONS: Final = ("v1alpha1", "v1beta1")
+WORKSPACE_KIND: Final = "Workspace"
+WORKSPACE_PLURAL: Final = "workspaces"
+WORKSPACE_SINGULAR: Final = "workspace"
+WORKSPACE_SHORT_NAMES: Final = ("wk", "wks")
+
+WORKSPACE: Final = Kind(GROUP, STORAGE_VERSION, WORKSPACE_KIND, WORKSPACE_PLURAL)
+WORKSPACE_V1ALPHA1: Final = Kind(GROUP, "v1alpha1", WORKSPACE_KIND, WORKSPACE_PLURAL)
+
+# Condition types, spelled as Kaito spells them so `kubectl wait --for=condition=...` carries over.
+ResourceReady: Final = "ResourceReady"
+NodeClaimReady: Final = "NodeClaimReady"
+InferenceReady: Final = "InferenceReady"
+JobStarted: Final = "JobStarted"
+WorkspaceSucceeded: Final = "WorkspaceSucceeded"
+WorkspaceDeleting: Final = "WorkspaceDeleting"
+
+CONDITION_TYPES: Final = (
+    ResourceReady,
+    NodeClaimReady,
+    InferenceReady,
+    JobStarted,
+    WorkspaceSucceeded,
+    WorkspaceDeleting,
+)
+
+DEFAULT_INSTANCE_TYPE: Final = "Standard_NC24ads_A100_v4"
+MAX_ADAPTERS: Final = 10
+# The keys the runtimes read from a user's ConfigMap (Kaito's names).
+INFERENCE_CONFIG_KEY: Final = "inference_config.yaml"
+TUNING_CONFIG_KEY: Final = "training_config.yaml"

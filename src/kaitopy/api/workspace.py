@@ -1,0 +1,329 @@
+"""The Workspace object as pydantic models.
+
+Kaito's layout is kept: `resource`, `inference` and `tuning` sit at the top level of the object
+(there is no `spec`), and `status` is a subresource. Python attributes are snake_case; the wire
+names (aliases) are Kaito's camelCase, so `Workspace.model_validate(raw)` reads what the API server
+returns and `ws.to_dict()` writes it back. The CRD schema is generated from these classes
+(`kaitopy.api.crd`), with each field's docstring as its OpenAPI description; `json_schema_extra`
+carries the CEL rules and Kubernetes extensions the generator copies through.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from kaitopy.api import messages
+from kaitopy.api.constants import DEFAULT_INSTANCE_TYPE, GROUP, MAX_ADAPTERS, STORAGE_VERSION
+
+SCHEMALESS: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+# A string holding a float in [0, 1]: "0", "0.25", "1", "1.0".
+STRENGTH_PATTERN = r"^(0(\.[0-9]+)?|1(\.0+)?|\.[0-9]+)$"
+NAME_MAX = 253
+
+
+def _immutable(message: str) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": message}]}
+
+
+class ApiModel(BaseModel):
+    """Shared configuration: camelCase on the wire, docstrings as descriptions, unknown fields
+    ignored (the API server prunes them before we ever see them)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        use_attribute_docstrings=True,
+        extra="ignore",
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: camelCase keys, unset optional fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class LabelSelectorRequirement(ApiModel):
+    """One set-based requirement of a label selector."""
+
+    key: str
+    """The label key the requirement applies to."""
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """How the key relates to the values."""
+    values: list[str] | None = None
+    """The values for In and NotIn; empty for Exists and DoesNotExist."""
+
+
+class LabelSelector(ApiModel):
+    """A Kubernetes label selector (metav1.LabelSelector)."""
+
+    match_labels: dict[str, str] | None = None
+    """Labels a node must carry, key to value."""
+    match_expressions: list[LabelSelectorRequirement] | None = None
+    """Set-based requirements, all of which must hold."""
+
+
+class ResourceSpec(ApiModel):
+    """The GPU nodes the workload runs on: the instance type to provision and the label selector
+    that picks them (nodes carrying the selector's labels that already exist are used first)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(oldSelf.count) || (has(self.count) && self.count == oldSelf.count)",
+                    "message": messages.IMMUTABLE_COUNT,
+                }
+            ]
+        }
+    )
+
+    instance_type: str = Field(
+        default=DEFAULT_INSTANCE_TYPE,
+        min_length=1,
+        max_length=NAME_MAX,
+        json_schema_extra=_immutable(messages.IMMUTABLE_INSTANCE_TYPE),
+    )
+    """The cloud instance type of each GPU node, e.g. Standard_NC24ads_A100_v4 or p5.48xlarge.
+    Immutable."""
+    count: int | None = Field(default=1, ge=1)
+    """Deprecated: the number of nodes. The node count is now derived from the model and the
+    instance type; a larger value is honoured. Immutable."""
+    label_selector: LabelSelector = Field(json_schema_extra=_immutable(messages.IMMUTABLE_LABEL_SELECTOR))
+    """Selects the GPU nodes for this workspace; provisioned nodes get these labels. Immutable."""
+    preferred_nodes: list[str] | None = None
+    """Deprecated: names of existing nodes to prefer. Accepted and ignored for placement."""
+
+
+class PresetOptions(ApiModel):
+    """Overrides for a preset."""
+
+    image: str | None = None
+    """Deprecated with private access mode: the image holding the model weights."""
+    image_pull_secrets: list[str] | None = None
+    """Secrets to pull a private image with."""
+    model_access_secret: str | None = None
+    """A Secret whose HF_TOKEN key grants access to a gated model on Hugging Face."""
+
+
+class PresetSpec(ApiModel):
+    """A model from kaitopy's catalog, by name."""
+
+    name: str = Field(min_length=1, max_length=NAME_MAX)
+    """The preset's name, e.g. phi-3-mini-4k-instruct or llama-3.3-70b-instruct (Kaito's names;
+    Hugging Face ids of catalog models are accepted too)."""
+    access_mode: Literal["public", "private"] | None = "public"
+    """public: weights come from the public source; private: from presetOptions.image."""
+    preset_options: PresetOptions | None = None
+    """Options for the preset: image, pull secrets, access secret."""
+
+
+class DataSource(ApiModel):
+    """Where data (an adapter, training data) comes from: exactly one of urls, image or
+    volumeSource."""
+
+    name: str | None = Field(default=None, max_length=NAME_MAX)
+    """A name for this source; adapters are known by it."""
+    urls: list[str] | None = None
+    """http(s) URLs to download the data from."""
+    volume_source: dict[str, Any] | None = Field(default=None, json_schema_extra=SCHEMALESS)
+    """A Kubernetes volume source (e.g. persistentVolumeClaim) holding the data."""
+    image: str | None = None
+    """An image holding the data under /data."""
+    image_pull_secrets: list[str] | None = None
+    """Secrets to pull the image with."""
+
+
+class DataDestination(ApiModel):
+    """Where results go: an image to push, or a volume."""
+
+    volume_source: dict[str, Any] | None = Field(default=None, json_schema_extra=SCHEMALESS)
+    """A Kubernetes volume source to write the results into."""
+    image: str | None = None
+    """The image to push the results to."""
+    image_push_secret: str | None = None
+    """A docker-registry Secret allowed to push image."""
+
+
+class AdapterSpec(ApiModel):
+    """A LoRA adapter loaded on top of the served model."""
+
+    source: DataSource | None = None
+    """Where the adapter comes from; source.name names the adapter in requests."""
+    strength: str | None = Field(
+        default="1.0",
+        pattern=STRENGTH_PATTERN,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "double(self) >= 0.0 && double(self) <= 1.0",
+                    "message": messages.ADAPTER_STRENGTH,
+                }
+            ]
+        },
+    )
+    """How strongly the adapter applies, a number in [0, 1] written as a string. Default "1.0"."""
+
+
+class InferenceSpec(ApiModel):
+    """Serve a model: a catalog preset (with optional adapters) or a custom pod template."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.preset) && has(self.template))",
+                    "message": messages.PRESET_AND_TEMPLATE,
+                },
+                {"rule": "has(self.preset) || has(self.template)", "message": messages.PRESET_OR_TEMPLATE},
+                {
+                    "rule": "!has(self.preset) || !has(oldSelf.preset) || self.preset.name == oldSelf.preset.name",
+                    "message": messages.IMMUTABLE_INFERENCE_PRESET,
+                },
+            ]
+        }
+    )
+
+    preset: PresetSpec | None = None
+    """The catalog model to serve."""
+    template: dict[str, Any] | None = Field(default=None, json_schema_extra=SCHEMALESS)
+    """A pod template (corev1.PodTemplateSpec) for a model the catalog does not know. Mutually
+    exclusive with preset."""
+    config: str | None = Field(default=None, max_length=NAME_MAX)
+    """A ConfigMap in the workspace's namespace whose inference_config.yaml key holds runtime
+    settings (vLLM arguments, max-model-len, ...). A default is used when empty."""
+    adapters: list[AdapterSpec] | None = Field(
+        default=None,
+        max_length=MAX_ADAPTERS,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.all(a, !has(a.source) || !has(a.source.name) || "
+                    "self.filter(b, has(b.source) && has(b.source.name) && b.source.name == a.source.name)"
+                    ".size() == 1)",
+                    "message": messages.ADAPTER_NAMES_UNIQUE,
+                }
+            ]
+        },
+    )
+    """LoRA adapters to load with the preset model, at most 10, each with a unique source.name.
+    Adapters may be added, removed or changed after creation."""
+
+
+class TuningSpec(ApiModel):
+    """Fine-tune a catalog model with LoRA or QLoRA and publish the adapter."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.preset) || !has(oldSelf.preset) || self.preset.name == oldSelf.preset.name",
+                    "message": messages.IMMUTABLE_TUNING_PRESET,
+                },
+                {
+                    "rule": "!has(self.method) || !has(oldSelf.method) || self.method == oldSelf.method",
+                    "message": messages.IMMUTABLE_TUNING_METHOD,
+                },
+            ]
+        }
+    )
+
+    preset: PresetSpec | None = None
+    """The catalog model to fine-tune."""
+    method: Literal["lora", "qlora"] | None = "lora"
+    """lora, or qlora (4-bit quantized base model, less GPU memory). Immutable."""
+    config: str | None = Field(default=None, max_length=NAME_MAX)
+    """A ConfigMap in the workspace's namespace whose training_config.yaml key holds the training
+    settings. A default for the method is used when empty."""
+    input: DataSource | None = None
+    """The training data: exactly one of urls, image or volumeSource."""
+    output: DataDestination | None = None
+    """Where the trained adapter goes: image (with imagePushSecret) or volumeSource."""
+
+
+class Condition(ApiModel):
+    """A status condition (metav1.Condition)."""
+
+    type: str
+    """The condition's type, e.g. ResourceReady or InferenceReady."""
+    status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
+    observed_generation: int | None = None
+    """The metadata.generation the condition was set for."""
+    last_transition_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    """When the status last changed."""
+    reason: str | None = None
+    """A CamelCase reason for the last transition."""
+    message: str | None = None
+    """A human-readable explanation."""
+
+
+class WorkspaceStatus(ApiModel):
+    """The observed state of a workspace."""
+
+    worker_nodes: list[str] | None = None
+    """The nodes the workload runs on."""
+    conditions: list[Condition] | None = Field(
+        default=None,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """The workspace's conditions: ResourceReady, NodeClaimReady, InferenceReady, JobStarted,
+    WorkspaceSucceeded, WorkspaceDeleting."""
+    state: str | None = None
+    """A one-word summary: Pending, Running, Ready, Succeeded, Failed or Deleting."""
+    target_node_count: int | None = None
+    """How many GPU nodes the workload needs."""
+
+    def condition(self, type_: str) -> Condition | None:
+        for c in self.conditions or ():
+            if c.type == type_:
+                return c
+        return None
+
+
+class Workspace(ApiModel):
+    """A Workspace: GPU nodes plus a model to serve (inference) or fine-tune (tuning)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.inference) != has(self.tuning)", "message": messages.EXACTLY_ONE_OF},
+                {
+                    "rule": "has(self.inference) == has(oldSelf.inference) && has(self.tuning) == has(oldSelf.tuning)",
+                    "message": messages.NO_TOGGLE,
+                },
+            ]
+        }
+    )
+
+    api_version: str = f"{GROUP}/{STORAGE_VERSION}"
+    """The versioned schema of this object."""
+    kind: str = "Workspace"
+    """Workspace."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """Standard object metadata."""
+    resource: ResourceSpec
+    """The GPU nodes: instance type and label selector."""
+    inference: InferenceSpec | None = None
+    """Serve a model. Exactly one of inference and tuning."""
+    tuning: TuningSpec | None = None
+    """Fine-tune a model. Exactly one of inference and tuning."""
+    status: WorkspaceStatus | None = None
+    """The observed state, written by the controller."""
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace", ""))
+
+    @property
+    def preset_name(self) -> str | None:
+        """The preset named by inference or tuning, if any."""
+        spec = self.inference or self.tuning
+        return spec.preset.name if spec is not None and spec.preset is not None else None

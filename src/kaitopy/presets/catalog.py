@@ -1,0 +1,180 @@
+"""The model and GPU catalogs, loaded from the YAML data files shipped in the package."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Mapping
+from importlib import resources
+from types import MappingProxyType
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GIB = 1024**3
+
+
+class CatalogError(LookupError):
+    """A name the catalog does not know."""
+
+
+class UnknownPreset(CatalogError):
+    """No model has this name."""
+
+
+class UnknownInstanceType(CatalogError):
+    """No GPU SKU has this instance type."""
+
+
+class ModelPreset(BaseModel):
+    """A model kaitopy knows how to run: where its weights are and what it needs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    """Kaito's preset name, the one users write in inference.preset.name."""
+    hf_id: str
+    """The Hugging Face repository of the weights."""
+    params_b: float = Field(gt=0)
+    """Parameters, in billions."""
+    weights_bytes: int = Field(gt=0)
+    """Size of the released checkpoint."""
+    max_context: int = Field(gt=0)
+    """The longest context the model supports, in tokens."""
+    layers: int = Field(gt=0)
+    attention_heads: int = Field(gt=0)
+    kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    kv_bytes_per_token: int = Field(gt=0)
+    """KV-cache bytes one token takes with a 16-bit cache, over all layers."""
+    dtype: Literal["bfloat16", "float16", "float32"]
+    """The dtype the weights were released in."""
+    min_compute_capability: float = 7.0
+    """The oldest CUDA compute capability the model's kernels run on."""
+    supports_lora: bool
+    """Whether LoRA adapters can be loaded for inference."""
+    supports_tuning: bool
+    """Whether kaitopy can fine-tune it (LoRA/QLoRA)."""
+    supports_multi_node: bool
+    """Whether it may be split across nodes (pipeline parallel)."""
+    tool_call_parser: str | None
+    """vLLM's --tool-call-parser for it, None when it has no tool calling."""
+    reasoning_parser: str | None
+    """vLLM's --reasoning-parser for it, None when it does not reason."""
+    gated: bool = False
+    """Whether Hugging Face requires accepting a licence (a token via modelAccessSecret)."""
+    legacy_names: tuple[str, ...] = ()
+    """Other names that resolve to this model."""
+
+    @property
+    def weights_gib(self) -> float:
+        return self.weights_bytes / GIB
+
+    @model_validator(mode="after")
+    def _kv_matches_architecture(self) -> ModelPreset:
+        computed = 2 * self.layers * self.kv_heads * self.head_dim * 2
+        if computed != self.kv_bytes_per_token:
+            raise ValueError(
+                f"{self.name}: kv_bytes_per_token {self.kv_bytes_per_token} does not match "
+                f"2 * layers * kv_heads * head_dim * 2 = {computed}"
+            )
+        return self
+
+
+class GpuSku(BaseModel):
+    """A GPU instance type of a cloud."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    instance_type: str
+    cloud: Literal["azure", "aws", "gcp"]
+    gpu_count: int = Field(gt=0)
+    gpu_model: str
+    gpu_memory_gib: float = Field(gt=0)
+    """Total GPU memory of the node, over all its GPUs."""
+    compute_capability: float
+    """CUDA compute capability, e.g. 7.0 for V100, 8.0 for A100."""
+    nvme: bool
+    """Whether the node has local NVMe disks (fast weight loading)."""
+
+    @property
+    def gpu_memory_per_gpu_gib(self) -> float:
+        return self.gpu_memory_gib / self.gpu_count
+
+    @property
+    def supports_bfloat16(self) -> bool:
+        return self.compute_capability >= 8.0
+
+    def describe(self) -> str:
+        return f"{self.instance_type} ({self.gpu_count}x {self.gpu_model}, {self.gpu_memory_gib:g} GiB)"
+
+
+class Catalog:
+    """Immutable lookup over the models and SKUs. `Catalog.load()` reads the packaged data once."""
+
+    def __init__(self, models: list[ModelPreset], skus: list[GpuSku]) -> None:
+        self._models = MappingProxyType({m.name: m for m in models})
+        self._skus = MappingProxyType({s.instance_type: s for s in skus})
+        aliases: dict[str, ModelPreset] = {}
+        for m in models:
+            for alias in (m.name, m.hf_id, *m.legacy_names):
+                key = alias.lower()
+                other = aliases.get(key)
+                if other is not None and other.name != m.name:
+                    raise ValueError(f"model name {alias!r} is used by both {other.name} and {m.name}")
+                aliases[key] = m
+        self._aliases = MappingProxyType(aliases)
+        self._sku_keys = MappingProxyType({s.instance_type.lower(): s for s in skus})
+
+    @classmethod
+    def load(cls) -> Catalog:
+        return _packaged()
+
+    @classmethod
+    def from_data(cls, models: Mapping[str, Any], skus: Mapping[str, Any]) -> Catalog:
+        return cls(
+            [ModelPreset.model_validate(m) for m in models["models"]],
+            [GpuSku.model_validate(s) for s in skus["skus"]],
+        )
+
+    @property
+    def models(self) -> Mapping[str, ModelPreset]:
+        return self._models
+
+    @property
+    def skus(self) -> Mapping[str, GpuSku]:
+        return self._skus
+
+    def model(self, name: str) -> ModelPreset:
+        """The model by Kaito preset name, legacy name or Hugging Face id (any case)."""
+        found = self._aliases.get(name.strip().lower())
+        if found is not None:
+            return found
+        close = difflib.get_close_matches(name.lower(), list(self._models), n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise UnknownPreset(
+            f"unknown preset {name!r}{hint} Supported presets: {', '.join(sorted(self._models))}"
+            if not close
+            else f"unknown preset {name!r}{hint}"
+        )
+
+    def sku(self, instance_type: str) -> GpuSku:
+        """The SKU by instance type (any case)."""
+        found = self._sku_keys.get(instance_type.strip().lower())
+        if found is not None:
+            return found
+        raise UnknownInstanceType(
+            f"unknown instance type {instance_type!r}; supported instance types: {', '.join(self._skus)}"
+        )
+
+
+def _read(name: str) -> Any:
+    text = resources.files("kaitopy.presets").joinpath("data", name).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+@functools.cache
+def _packaged() -> Catalog:
+    # The packaged files never change within a process; loading once is a cache, not state.
+    return Catalog.from_data(_read("models.yaml"), _read("skus.yaml"))
