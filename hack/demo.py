@@ -63,8 +63,11 @@ def main() -> int:
     kaitopy = Path(sys.executable).parent / "kaitopy"
     procs: list[subprocess.Popen[bytes]] = []
     for name, argv in (
-        ("provisioner", [str(kaitopy), "provisioner", "--cloud-provider=kwok", "--probe-address=127.0.0.1:0"]),
-        ("controller", [str(kaitopy), "controller", "--probe-address=127.0.0.1:0"]),
+        (
+            "provisioner",
+            [str(kaitopy), "provisioner", "--cloud-provider=kwok", "--probe-address=127.0.0.1:0"],
+        ),
+        ("controller", [str(kaitopy), "controller", "--probe-address=off"]),
     ):
         log_file = (logs / f"{name}.log").open("ab")
         procs.append(subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT))
@@ -76,7 +79,8 @@ def main() -> int:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise SystemExit("the operator did not install the Workspace CRD; see its logs")
             time.sleep(0.5)
-        say(f"applying {args.example.relative_to(REPO) if args.example.is_relative_to(REPO) else args.example}")
+        shown = args.example.relative_to(REPO) if args.example.is_relative_to(REPO) else args.example
+        say(f"applying {shown}")
         print(kubectl(kubeconfig, bin_dir, "apply", "-f", str(args.example)), end="")
         name = kubectl(kubeconfig, bin_dir, "get", "-f", str(args.example), "-o", "jsonpath={.metadata.name}")
         started = time.monotonic()
@@ -94,8 +98,17 @@ def main() -> int:
             raise SystemExit(f"workspace {name} did not succeed within {args.timeout:.0f}s")
         say(f"workspace {name} succeeded in {time.monotonic() - started:.1f}s")
         print(kubectl(kubeconfig, bin_dir, "get", "workspace", name), end="")
-        print(kubectl(kubeconfig, bin_dir, "get", "nodeclaims,nodes,deployments,services", "-l",
-                      f"kaito.sh/workspace={name}"), end="")
+        print(
+            kubectl(
+                kubeconfig,
+                bin_dir,
+                "get",
+                "nodeclaims,nodes,deployments,services",
+                "-l",
+                f"kaito.sh/workspace={name}",
+            ),
+            end="",
+        )
         if args.keep_running:
             say("operator left running; stop it with: kill " + " ".join(str(p.pid) for p in procs))
             return 0

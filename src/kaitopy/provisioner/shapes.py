@@ -35,7 +35,7 @@ def shape(gpu_count: int, gpu_memory_gib: float, gpu_model: str) -> NodeShape:
 def catalog_shapes() -> Callable[[str], NodeShape]:
     """A lookup from instance type to node shape over the packaged GPU-SKU catalog; an unknown
     instance type raises the catalog's error, which names the supported ones."""
-    from kaitopy.presets import Catalog  # type: ignore[attr-defined,unused-ignore]
+    from kaitopy.presets import Catalog
 
     catalog = Catalog.load()
 

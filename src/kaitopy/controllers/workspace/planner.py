@@ -4,6 +4,7 @@ A workspace the catalog cannot place raises PlanError with the reason the user w
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from kaitopy.controllers.workspace.plan import (
@@ -17,8 +18,8 @@ from kaitopy.controllers.workspace.plan import (
     WorkspacePlan,
 )
 from kaitopy.controllers.workspace.reconciler import Planner
-from kaitopy.presets import Catalog, DoesNotFit, UnknownInstanceType, UnknownPreset, estimate
-from kaitopy.runtime.objects import Obj
+from kaitopy.presets import Catalog, DoesNotFit, EstimateError, UnknownInstanceType, UnknownPreset, estimate
+from kaitopy.runtime.objects import Obj, thaw
 
 RUNTIMES = ("vllm", "transformers")
 
@@ -55,11 +56,13 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
             raise PlanError("InvalidWorkspace", "set inference.preset.name or tuning.preset.name")
         try:
             model = catalog.model(str(preset_name))
-            est = estimate(model, sku)
+            est = estimate(model, sku, catalog=catalog)
         except UnknownPreset as err:
             raise PlanError("InvalidPreset", str(err)) from err
         except DoesNotFit as err:
             raise PlanError("InsufficientGPUMemory", str(err)) from err
+        except EstimateError as err:
+            raise PlanError("InvalidWorkspace", str(err)) from err
         options = preset.get("presetOptions") or {}
         image = str(options.get("image") or settings.runtime_image)
         pull = _secrets(options.get("imagePullSecrets"))
@@ -89,8 +92,8 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                 for a in inference.get("adapters") or ()
                 if (a.get("source") or {}).get("image")
             )
-            return WorkspacePlan(
-                **base.__dict__,
+            return replace(
+                base,
                 inference=InferencePlan(
                     name=name,
                     namespace=namespace,
@@ -120,8 +123,8 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
         assert tuning is not None
         data_in = tuning.get("input") or {}
         data_out = tuning.get("output") or {}
-        return WorkspacePlan(
-            **base.__dict__,
+        return replace(
+            base,
             tuning=TuningPlan(
                 name=name,
                 namespace=namespace,
@@ -163,7 +166,7 @@ def _template_plan(
 ) -> WorkspacePlan:
     meta = ws["metadata"]
     count = int((ws.get("resource") or {}).get("count") or 1)
-    template = dict(inference["template"])
+    template = thaw(inference["template"])
     return WorkspacePlan(
         instance_type=instance_type,
         node_count=count,
