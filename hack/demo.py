@@ -112,6 +112,9 @@ def main() -> int:
         if args.keep_running:
             say("operator left running; stop it with: kill " + " ".join(str(p.pid) for p in procs))
             return 0
+        # Clean up while the operator still runs: its finalizer removes the GPU nodes first.
+        kubectl(kubeconfig, bin_dir, "delete", "-f", str(args.example), "--timeout=120s")
+        say(f"deleted workspace {name} and its nodes (run with --keep-running to keep them)")
     finally:
         if not args.keep_running:
             for p in procs:
