@@ -16,6 +16,7 @@ from kaitopy import __version__
 # name -> (module, one-line help). Each module exposes `add_arguments(parser)` and `run(args) -> int`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "version": ("kaitopy.cli", "print the version"),
+    "webhook": ("kaitopy.webhooks.command", "run the Workspace validating admission webhook"),
 }
 
 
