@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "provisioner": ("kaitopy.provisioner.app", "run the GPU node provisioner (NodeClaim controller)"),
     "controller": ("kaitopy.controllers.workspace.app", "run the Workspace controller"),
     "status": ("kaitopy.usercli.status", "show a workspace's conditions, events and what it waits on"),
+    "webhook": ("kaitopy.webhooks.command", "run the Workspace validating admission webhook"),
 }
 
 

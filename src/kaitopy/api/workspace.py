@@ -10,17 +10,18 @@ carries the CEL rules and Kubernetes extensions the generator copies through.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from kaitopy.api import messages
 from kaitopy.api.constants import DEFAULT_INSTANCE_TYPE, GROUP, MAX_ADAPTERS, STORAGE_VERSION
 
 SCHEMALESS: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
-# A string holding a float in [0, 1]: "0", "0.25", "1", "1.0".
-STRENGTH_PATTERN = r"^(0(\.[0-9]+)?|1(\.0+)?|\.[0-9]+)$"
+# A string holding a float in [0, 1]: "0", "0.25", "1", "1.0". No backslashes: it is also a CEL string.
+STRENGTH_PATTERN = r"^(0([.][0-9]+)?|1([.]0+)?|[.][0-9]+)$"
 NAME_MAX = 253
 
 
@@ -155,17 +156,22 @@ class AdapterSpec(ApiModel):
     """Where the adapter comes from; source.name names the adapter in requests."""
     strength: str | None = Field(
         default="1.0",
-        pattern=STRENGTH_PATTERN,
+        max_length=32,
         json_schema_extra={
             "x-kubernetes-validations": [
-                {
-                    "rule": "double(self) >= 0.0 && double(self) <= 1.0",
-                    "message": messages.ADAPTER_STRENGTH,
-                }
+                {"rule": f"self.matches('{STRENGTH_PATTERN}')", "message": messages.ADAPTER_STRENGTH}
             ]
         },
     )
     """How strongly the adapter applies, a number in [0, 1] written as a string. Default "1.0"."""
+
+    @field_validator("strength")
+    @classmethod
+    def _strength_in_range(cls, value: str | None) -> str | None:
+        # A validator rather than `pattern` so the CRD carries the CEL rule with its message only.
+        if value is not None and not re.fullmatch(STRENGTH_PATTERN, value):
+            raise ValueError(messages.ADAPTER_STRENGTH)
+        return value
 
 
 class InferenceSpec(ApiModel):

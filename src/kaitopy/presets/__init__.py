@@ -13,10 +13,13 @@ from kaitopy.presets.estimator import (
     EstimateError,
     Plan,
     Runtime,
+    TuningMethod,
+    check_tuning_fits,
     estimate,
     fitting_skus,
     longest_context,
     runtime_for,
+    tuning_required_gib,
 )
 
 __all__ = [
@@ -28,10 +31,13 @@ __all__ = [
     "ModelPreset",
     "Plan",
     "Runtime",
+    "TuningMethod",
     "UnknownInstanceType",
     "UnknownPreset",
+    "check_tuning_fits",
     "estimate",
     "fitting_skus",
     "longest_context",
     "runtime_for",
+    "tuning_required_gib",
 ]

@@ -200,3 +200,46 @@ def _plan(model: ModelPreset, sku: GpuSku, length: int) -> Plan | str:
             f"gives {per_node:.1f} GiB usable per node, so it would take {nodes} nodes (at most {MAX_NODES})"
         )
     return plan(nodes, tp, tp, nodes)
+
+
+TuningMethod = Literal["lora", "qlora"]
+QLORA_WEIGHT_FRACTION = 0.3
+"""4-bit weights plus quantization scales, relative to the 16-bit checkpoint."""
+TUNING_HEADROOM_FRACTION = 0.25
+TUNING_FIXED_GIB = 2.0
+
+
+def tuning_required_gib(model: ModelPreset, method: TuningMethod) -> float:
+    """GPU memory to fine-tune: the base weights (4-bit for QLoRA), plus a quarter of the 16-bit
+    weights for activations, adapter gradients and optimizer state, plus a fixed 2 GiB."""
+    base = model.weights_gib * (QLORA_WEIGHT_FRACTION if method == "qlora" else 1.0)
+    return base + model.weights_gib * TUNING_HEADROOM_FRACTION + TUNING_FIXED_GIB
+
+
+def check_tuning_fits(
+    model: ModelPreset, sku: GpuSku, method: TuningMethod, *, catalog: Catalog | None = None
+) -> None:
+    """Raise `DoesNotFit` unless fine-tuning `model` with `method` fits one node of `sku` (tuning
+    jobs do not span nodes)."""
+    need = tuning_required_gib(model, method)
+    have = usable_gib_per_gpu(sku) * sku.gpu_count
+    if need <= have:
+        return
+    skus = (catalog or Catalog.load()).skus.values()
+    fitting = tuple(
+        s.instance_type
+        for s in sorted(skus, key=lambda s: (s.gpu_memory_gib, s.instance_type))
+        if tuning_required_gib(model, method) <= usable_gib_per_gpu(s) * s.gpu_count
+    )
+    shown = ", ".join(fitting[:SHOWN_SKUS]) + (
+        f" and {len(fitting) - SHOWN_SKUS} more" if len(fitting) > SHOWN_SKUS else ""
+    )
+    other = " or use qlora" if method == "lora" and tuning_required_gib(model, "qlora") <= have else ""
+    raise DoesNotFit(
+        f"{method} tuning of {model.name} needs {need:.1f} GiB of GPU memory on one node but "
+        f"{sku.describe()} gives {have:.1f} GiB usable; "
+        + (f"instance types that fit: {shown}" if fitting else "no known instance type fits")
+        + other,
+        required_gib=need,
+        fitting_skus=fitting,
+    )

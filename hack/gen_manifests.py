@@ -1,0 +1,50 @@
+"""Write manifests/crds/*.yaml from the code that defines them (`make manifests`).
+
+`--check` writes nothing and exits 1 when a committed file differs from what would be written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kaitopy.api.crd import render, workspace_crd
+
+REPO = Path(__file__).resolve().parents[1]
+CRDS = REPO / "manifests" / "crds"
+
+
+def generators() -> dict[str, Callable[[], dict[str, Any]]]:
+    """File name -> the function building the object it holds."""
+    return {"kaito.sh_workspaces.yaml": workspace_crd}
+
+
+def expected() -> dict[Path, str]:
+    return {CRDS / name: render(build()) for name, build in generators().items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check", action="store_true", help="fail if a committed file is stale")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in expected().items():
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        stale.append(path)
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path.relative_to(REPO)}")
+    if args.check and stale:
+        print("stale (run `make manifests`): " + ", ".join(str(p.relative_to(REPO)) for p in stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Checks that need the API server: a ConfigMap named by inference.config or tuning.config must
+exist in the workspace's namespace and hold the key the runtime reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from kaitopy.api import INFERENCE_CONFIG_KEY, TUNING_CONFIG_KEY, Workspace
+from kaitopy.runtime import Client, kinds
+from kaitopy.webhooks.validation import FieldError
+
+
+async def check_configs(ws: Workspace, namespace: str, client: Client) -> tuple[list[FieldError], int | None]:
+    """Errors for missing or malformed config ConfigMaps, and the max-model-len the inference
+    config sets (vllm.max-model-len), if any."""
+    errors: list[FieldError] = []
+    max_model_len: int | None = None
+    if ws.inference is not None and ws.inference.config:
+        found = await _read(
+            client, namespace, ws.inference.config, "inference.config", INFERENCE_CONFIG_KEY, errors
+        )
+        if found is not None:
+            max_model_len = _max_model_len(found, errors)
+    if ws.tuning is not None and ws.tuning.config:
+        await _read(client, namespace, ws.tuning.config, "tuning.config", TUNING_CONFIG_KEY, errors)
+    return errors, max_model_len
+
+
+async def _read(
+    client: Client, namespace: str, name: str, field: str, key: str, errors: list[FieldError]
+) -> dict[str, Any] | None:
+    cm = await client.get_or_none(kinds.CONFIG_MAP, name, namespace)
+    if cm is None:
+        errors.append(
+            FieldError(
+                field,
+                f"{field}: ConfigMap {name!r} not found in namespace {namespace!r}: create it with a {key} key, "
+                f"or leave {field} empty for the defaults",
+            )
+        )
+        return None
+    data = cm.get("data") or {}
+    if key not in data:
+        keys = ", ".join(sorted(data)) or "none"
+        errors.append(
+            FieldError(
+                field,
+                f"{field}: ConfigMap {name!r} has no {key} key (its keys: {keys}); put the settings under {key}",
+            )
+        )
+        return None
+    try:
+        parsed = yaml.safe_load(data[key])
+    except yaml.YAMLError as exc:
+        errors.append(FieldError(field, f"{field}: {key} in ConfigMap {name!r} is not valid YAML: {exc}"))
+        return None
+    if parsed is None:
+        return {}
+    if not isinstance(parsed, dict):
+        errors.append(FieldError(field, f"{field}: {key} in ConfigMap {name!r} must be a YAML mapping"))
+        return None
+    return parsed
+
+
+def _max_model_len(config: dict[str, Any], errors: list[FieldError]) -> int | None:
+    vllm = config.get("vllm")
+    if not isinstance(vllm, dict) or "max-model-len" not in vllm:
+        return None
+    value = vllm["max-model-len"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        errors.append(
+            FieldError(
+                "inference.config",
+                f"inference.config: vllm.max-model-len in {INFERENCE_CONFIG_KEY} must be a positive integer, not {value!r}",
+            )
+        )
+        return None
+    return value

@@ -1,0 +1,249 @@
+"""The admission rules for Workspaces, as pure functions of the objects and the catalog.
+
+Each rule yields a `FieldError` naming the field and saying what would fit. The schema's CEL rules
+refuse some of the same cases first (with the same messages); they are repeated here so that the
+functions are a complete statement of what a valid Workspace is, usable without an API server.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from kaitopy.api import MAX_ADAPTERS, Workspace, messages
+from kaitopy.api.workspace import STRENGTH_PATTERN, DataSource, PresetSpec
+from kaitopy.presets import (
+    Catalog,
+    CatalogError,
+    DoesNotFit,
+    EstimateError,
+    GpuSku,
+    ModelPreset,
+    check_tuning_fits,
+    estimate,
+)
+from kaitopy.webhooks.urls import url_problem
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """A refusal: the field (dotted path) and a message saying what is wrong and what would fit."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message if self.message.startswith(self.field) else f"{self.field}: {self.message}"
+
+
+def pydantic_errors(exc: ValidationError) -> list[FieldError]:
+    """FieldErrors for a body the models cannot read (wrong types, bad enum values)."""
+    out = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        out.append(FieldError(field, f"{field}: {err['msg']}"))
+    return out
+
+
+def validate_create(ws: Workspace, catalog: Catalog, *, max_model_len: int | None = None) -> list[FieldError]:
+    """Everything wrong with a new Workspace. `max_model_len` is the context the inference config
+    asks for (the model's own limit when None)."""
+    return list(_create(ws, catalog, max_model_len))
+
+
+def validate_update(
+    old: Workspace, new: Workspace, catalog: Catalog, *, max_model_len: int | None = None
+) -> list[FieldError]:
+    """What an update may not do (change immutable fields), plus everything wrong with the new
+    object. Adapters may change. An object being deleted is not checked (its finalizers must be
+    removable whatever it holds)."""
+    if new.metadata.get("deletionTimestamp"):
+        return []
+    return [*_immutable(old, new), *_create(new, catalog, max_model_len)]
+
+
+def _immutable(old: Workspace, new: Workspace) -> Iterator[FieldError]:
+    if (old.inference is None) != (new.inference is None) or (old.tuning is None) != (new.tuning is None):
+        yield FieldError("inference", messages.NO_TOGGLE)
+    if old.resource.instance_type != new.resource.instance_type:
+        yield FieldError("resource.instanceType", messages.IMMUTABLE_INSTANCE_TYPE)
+    if old.resource.label_selector != new.resource.label_selector:
+        yield FieldError("resource.labelSelector", messages.IMMUTABLE_LABEL_SELECTOR)
+    if old.resource.count != new.resource.count:
+        yield FieldError("resource.count", messages.IMMUTABLE_COUNT)
+    if old.inference and new.inference and _preset(old.inference.preset) != _preset(new.inference.preset):
+        yield FieldError("inference.preset.name", messages.IMMUTABLE_INFERENCE_PRESET)
+    if old.tuning and new.tuning:
+        if _preset(old.tuning.preset) != _preset(new.tuning.preset):
+            yield FieldError("tuning.preset.name", messages.IMMUTABLE_TUNING_PRESET)
+        if old.tuning.method != new.tuning.method:
+            yield FieldError("tuning.method", messages.IMMUTABLE_TUNING_METHOD)
+
+
+def _preset(preset: PresetSpec | None) -> str | None:
+    return preset.name if preset is not None else None
+
+
+def _create(ws: Workspace, catalog: Catalog, max_model_len: int | None) -> Iterator[FieldError]:
+    if (ws.inference is None) == (ws.tuning is None):
+        yield FieldError("inference", messages.EXACTLY_ONE_OF)
+    sku: GpuSku | None = None
+    try:
+        sku = catalog.sku(ws.resource.instance_type)
+    except CatalogError as exc:
+        yield FieldError("resource.instanceType", f"resource.instanceType: {exc}")
+    if ws.inference is not None:
+        yield from _inference(ws, catalog, sku, max_model_len)
+    if ws.tuning is not None:
+        yield from _tuning(ws, catalog, sku)
+
+
+def _model(catalog: Catalog, field: str, name: str) -> ModelPreset | FieldError:
+    try:
+        return catalog.model(name)
+    except CatalogError as exc:
+        return FieldError(field, f"{field}: {exc}")
+
+
+def _inference(
+    ws: Workspace, catalog: Catalog, sku: GpuSku | None, max_model_len: int | None
+) -> Iterator[FieldError]:
+    inf = ws.inference
+    assert inf is not None
+    if inf.preset is not None and inf.template is not None:
+        yield FieldError("inference.template", messages.PRESET_AND_TEMPLATE)
+    if inf.preset is None and inf.template is None:
+        yield FieldError("inference", messages.PRESET_OR_TEMPLATE)
+    model: ModelPreset | None = None
+    if inf.preset is not None:
+        found = _model(catalog, "inference.preset.name", inf.preset.name)
+        if isinstance(found, FieldError):
+            yield found
+        else:
+            model = found
+            yield from _access(inf.preset, model, "inference.preset")
+            if sku is not None:
+                yield from _fits(model, sku, max_model_len)
+    adapters = inf.adapters or []
+    if adapters and inf.preset is None:
+        yield FieldError(
+            "inference.adapters",
+            "inference.adapters need inference.preset: adapters apply to a catalog model",
+        )
+    if adapters and model is not None and not model.supports_lora:
+        yield FieldError(
+            "inference.adapters",
+            f"inference.adapters: {model.name} does not support LoRA adapters; remove them or pick a model that does",
+        )
+    if len(adapters) > MAX_ADAPTERS:
+        yield FieldError(
+            "inference.adapters", f"inference.adapters: at most {MAX_ADAPTERS} adapters, got {len(adapters)}"
+        )
+    seen: set[str] = set()
+    for i, adapter in enumerate(adapters):
+        field = f"inference.adapters[{i}]"
+        source = adapter.source
+        if source is None or not source.name:
+            yield FieldError(
+                f"{field}.source.name", f"{field}.source.name is required: adapters are known by name"
+            )
+        elif source.name in seen:
+            yield FieldError(
+                f"{field}.source.name", f"{messages.ADAPTER_NAMES_UNIQUE} ({source.name!r} repeats)"
+            )
+        else:
+            seen.add(source.name)
+        if source is not None:
+            if not source.image and not source.urls and not source.volume_source:
+                yield FieldError(
+                    f"{field}.source",
+                    f"{field}.source needs image, urls or volumeSource: say where the adapter is",
+                )
+            yield from _urls(f"{field}.source.urls", source.urls)
+        if adapter.strength is not None and not _strength_ok(adapter.strength):
+            yield FieldError(f"{field}.strength", f"{field}.{messages.ADAPTER_STRENGTH}")
+
+
+def _strength_ok(value: str) -> bool:
+    return re.fullmatch(STRENGTH_PATTERN, value) is not None
+
+
+def _access(preset: PresetSpec, model: ModelPreset, field: str) -> Iterator[FieldError]:
+    options = preset.preset_options
+    if preset.access_mode == "private" and not (options and options.image):
+        yield FieldError(
+            f"{field}.presetOptions.image",
+            f"{field}.presetOptions.image is required with accessMode private: name the image holding the weights",
+        )
+    if model.gated and preset.access_mode != "private" and not (options and options.model_access_secret):
+        yield FieldError(
+            f"{field}.presetOptions.modelAccessSecret",
+            f"{field}.presetOptions.modelAccessSecret is required: {model.name} ({model.hf_id}) is gated on "
+            "Hugging Face; name a Secret whose HF_TOKEN key holds a token that accepted its licence",
+        )
+
+
+def _fits(model: ModelPreset, sku: GpuSku, max_model_len: int | None) -> Iterator[FieldError]:
+    try:
+        estimate(model, sku, max_model_len=max_model_len)
+    except DoesNotFit as exc:
+        yield FieldError("resource.instanceType", f"resource.instanceType: {exc}")
+    except EstimateError as exc:
+        yield FieldError("inference.config", f"inference.config: {exc}")
+
+
+def _tuning(ws: Workspace, catalog: Catalog, sku: GpuSku | None) -> Iterator[FieldError]:
+    tun = ws.tuning
+    assert tun is not None
+    if tun.preset is None:
+        yield FieldError("tuning.preset", "tuning.preset is required: name the catalog model to fine-tune")
+    else:
+        found = _model(catalog, "tuning.preset.name", tun.preset.name)
+        if isinstance(found, FieldError):
+            yield found
+        elif not found.supports_tuning:
+            tunable = ", ".join(sorted(m.name for m in catalog.models.values() if m.supports_tuning))
+            yield FieldError(
+                "tuning.preset.name",
+                f"tuning.preset.name: {found.name} cannot be fine-tuned; models that can: {tunable}",
+            )
+        else:
+            yield from _access(tun.preset, found, "tuning.preset")
+            if sku is not None:
+                try:
+                    check_tuning_fits(found, sku, tun.method or "lora", catalog=catalog)
+                except DoesNotFit as exc:
+                    yield FieldError("resource.instanceType", f"resource.instanceType: {exc}")
+    if tun.method not in ("lora", "qlora"):
+        yield FieldError("tuning.method", f"tuning.method must be lora or qlora, not {tun.method!r}")
+    yield from _tuning_input(tun.input)
+    out = tun.output
+    if out is None:
+        yield FieldError("tuning.output", messages.TUNING_OUTPUT_ONE_OF)
+    else:
+        if bool(out.image) == bool(out.volume_source):
+            yield FieldError("tuning.output", messages.TUNING_OUTPUT_ONE_OF)
+        if out.image and not out.image_push_secret:
+            yield FieldError("tuning.output.imagePushSecret", messages.TUNING_OUTPUT_PUSH_SECRET)
+
+
+def _tuning_input(source: DataSource | None) -> Iterator[FieldError]:
+    if source is None:
+        yield FieldError("tuning.input", messages.TUNING_INPUT_ONE_OF)
+        return
+    given = [bool(source.urls), bool(source.image), bool(source.volume_source)]
+    if sum(given) != 1:
+        yield FieldError("tuning.input", messages.TUNING_INPUT_ONE_OF)
+    yield from _urls("tuning.input.urls", source.urls)
+
+
+def _urls(field: str, urls: list[str] | None) -> Iterator[FieldError]:
+    for i, url in enumerate(urls or []):
+        problem = url_problem(url)
+        if problem is not None:
+            yield FieldError(
+                f"{field}[{i}]", f"{field}[{i}] {url!r} {problem}; use a public http(s) URL or a volumeSource"
+            )

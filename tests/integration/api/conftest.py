@@ -1,0 +1,94 @@
+"""The Workspace CRD installed from the committed manifest, once per session."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.cluster import Cluster
+
+REPO = Path(__file__).resolve().parents[3]
+CRD = REPO / "manifests" / "crds" / "kaito.sh_workspaces.yaml"
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture(scope="session")
+def workspace_crd(kube_cluster: Cluster) -> Cluster:
+    kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/workspaces.kaito.sh")
+    return kube_cluster
+
+
+def kubectl_apply(
+    cluster: Cluster, namespace: str, *docs: dict[str, Any], verb: str = "apply"
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl apply` (or create/replace) of the given objects; the caller looks at returncode
+    and stderr."""
+    exe = str(cluster.bin_dir / "kubectl") if cluster.bin_dir else "kubectl"
+    return subprocess.run(
+        [exe, f"--kubeconfig={cluster.kubeconfig}", "-n", namespace, verb, "-f", "-"],
+        # JSON, not YAML: kubectl's YAML 1.1 reads a bare y or n as a boolean.
+        input=json.dumps(
+            docs[0] if len(docs) == 1 else {"apiVersion": "v1", "kind": "List", "items": list(docs)}
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def example_docs() -> list[tuple[str, list[dict[str, Any]]]]:
+    return [
+        (str(p.relative_to(EXAMPLES)), [d for d in yaml.safe_load_all(p.read_text()) if d])
+        for p in sorted(EXAMPLES.rglob("*.yaml"))
+    ]
+
+
+def phi3(name: str = "ws") -> dict[str, Any]:
+    """A valid inference workspace to derive bad cases from."""
+    return {
+        "apiVersion": "kaito.sh/v1beta1",
+        "kind": "Workspace",
+        "metadata": {"name": name},
+        "resource": {
+            "instanceType": "Standard_NC6s_v3",
+            "labelSelector": {"matchLabels": {"apps": "phi-3"}},
+        },
+        "inference": {"preset": {"name": "phi-3-mini-4k-instruct"}},
+    }
+
+
+def tuning(name: str = "tune") -> dict[str, Any]:
+    """A valid tuning workspace to derive bad cases from."""
+    return {
+        "apiVersion": "kaito.sh/v1beta1",
+        "kind": "Workspace",
+        "metadata": {"name": name},
+        "resource": {
+            "instanceType": "Standard_NC24ads_A100_v4",
+            "labelSelector": {"matchLabels": {"app": "tune"}},
+        },
+        "tuning": {
+            "preset": {"name": "phi-3-mini-4k-instruct"},
+            "method": "qlora",
+            "input": {"urls": ["https://example.com/data.parquet"]},
+            "output": {"image": "registry.example.com/adapter:1", "imagePushSecret": "push"},
+        },
+    }
+
+
+def edit(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A deep copy with top-level keys replaced (None removes)."""
+    out = copy.deepcopy(doc)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
