@@ -67,7 +67,16 @@ def main() -> int:
             "provisioner",
             [str(kaitopy), "provisioner", "--cloud-provider=kwok", "--probe-address=127.0.0.1:0"],
         ),
-        ("controller", [str(kaitopy), "controller", "--probe-address=off"]),
+        (
+            "controller",
+            [
+                str(kaitopy),
+                "controller",
+                "--probe-address=off",
+                "--webhook-port=0",
+                "--webhook-url=https://127.0.0.1:{port}/validate",
+            ],
+        ),
     ):
         log_file = (logs / f"{name}.log").open("ab")
         procs.append(subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT))

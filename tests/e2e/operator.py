@@ -128,7 +128,14 @@ class Operator:
     def start_controller(self, *extra: str) -> Process:
         self.controller = Process(
             "controller",
-            [*KAITOPY, "controller", *self.controller_args, *extra],
+            [
+                *KAITOPY,
+                "controller",
+                "--webhook-port=0",
+                "--webhook-url=https://127.0.0.1:{port}/validate",
+                *self.controller_args,
+                *extra,
+            ],
             self._env(),
             self.log_dir / "controller.log",
         )

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from kaitopy.api import GROUP, SERVED_VERSIONS, Workspace
 from kaitopy.presets import Catalog
-from kaitopy.runtime import Client, Conflict, Kind, TransportError
+from kaitopy.runtime import Client, Conflict, Kind, NotFound, TransportError
 from kaitopy.runtime.errors import ApiError
 from kaitopy.webhooks.certs import CertBundle, ensure_certificate
 from kaitopy.webhooks.configs import check_configs
@@ -235,6 +235,23 @@ class WebhookServer:
         raise RuntimeError(
             f"could not register ValidatingWebhookConfiguration {self.settings.configuration_name}"
         )
+
+    async def deregister(self) -> None:
+        """Remove the configuration if it still sends requests to this server's URL. For a
+        server reached by URL (an operator outside the cluster): once it stops, a configuration
+        pointing at it would make every Workspace create fail. A Service-backed configuration is
+        shared by all replicas and is left in place."""
+        if self.settings.url is None:
+            return
+        current = await self.client.get_or_none(
+            VALIDATING_WEBHOOK_CONFIGURATION, self.settings.configuration_name
+        )
+        ours = self.client_config().get("url")
+        if current is not None and all(
+            (h.get("clientConfig") or {}).get("url") == ours for h in current.get("webhooks") or ()
+        ):
+            with contextlib.suppress(NotFound):
+                await self.client.delete(VALIDATING_WEBHOOK_CONFIGURATION, self.settings.configuration_name)
 
     async def _renew_forever(self) -> None:
         while True:

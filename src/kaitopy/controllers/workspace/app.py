@@ -4,6 +4,7 @@ admission webhook beside it)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 
@@ -49,6 +50,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="create or update the Workspace CRD (and the NodeClaim CRD when absent) at start",
     )
+    hook = parser.add_argument_group("admission webhook (served by every replica)")
+    hook.add_argument(
+        "--webhook",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve the Workspace validating webhook and register it with the API server",
+    )
+    hook.add_argument("--webhook-port", type=int, default=9443, help="0 picks a free port")
+    hook.add_argument(
+        "--webhook-url",
+        default=os.environ.get("KAITOPY_WEBHOOK_URL"),
+        help="URL the API server calls instead of the kaitopy-webhook Service ({port}: the bound port); "
+        "for an operator running outside the cluster, e.g. https://127.0.0.1:{port}/validate",
+    )
     process.add_process_arguments(parser, default_probe_port=8081)
 
 
@@ -72,11 +87,23 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         client = await process.open_client(args)
-        async with client:
+        async with client, contextlib.AsyncExitStack() as stack:
             if args.install_crds:
                 await ensure_workspace_crd(client)
                 if settings.node_provisioner == "auto":
                     await ensure_crds(client)
+            if args.webhook:
+                from kaitopy.webhooks.server import WebhookServer, WebhookSettings
+
+                hook = WebhookSettings(
+                    port=args.webhook_port,
+                    url=args.webhook_url,
+                    namespace=args.leader_election_namespace,
+                    service_name=None if args.webhook_url else WebhookSettings.service_name,
+                )
+                server = await stack.enter_async_context(WebhookServer(client, hook))
+                stack.push_async_callback(server.deregister)
+                log.info("admission webhook serving", extra={"port": server.port})
             mgr = Manager(client, process.manager_settings(args, LEASE_NAME))
             wire(
                 mgr,

@@ -319,7 +319,8 @@ class WorkspaceReconciler:
                     with contextlib.suppress(NotFound):
                         await self.client.delete(NODECLAIM, c["metadata"]["name"])
             return Result(requeue_after=5.0)  # claim deletions also wake us up
-        await remove_finalizer(self.client, self.kind, ws, FINALIZER)
+        with contextlib.suppress(NotFound):  # gone already: nothing left to hold back
+            await remove_finalizer(self.client, self.kind, ws, FINALIZER)
         return None
 
 
