@@ -253,3 +253,18 @@ def test_a_deleting_object_is_not_checked(catalog: Catalog) -> None:
     new["resource"]["instanceType"] = "nonsense"
     new["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
     assert validate_update(Workspace.model_validate(old), Workspace.model_validate(new), catalog) == []
+
+
+def test_metadata_only_updates_are_never_blocked(catalog: Catalog) -> None:
+    # The object became invalid after creation (the SKU left the catalog, say); the controller
+    # must still be able to add or remove finalizers.
+    old = phi3()
+    old["resource"]["instanceType"] = "retired-sku"
+    new = copy.deepcopy(old)
+    new["metadata"]["finalizers"] = ["workspace.kaito.sh/finalizer"]
+    assert validate_update(Workspace.model_validate(old), Workspace.model_validate(new), catalog) == []
+    new["inference"]["adapters"] = [{"source": {"name": "a", "image": "i"}}]
+    assert [
+        e.field
+        for e in validate_update(Workspace.model_validate(old), Workspace.model_validate(new), catalog)
+    ] == ["resource.instanceType"]
