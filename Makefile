@@ -52,6 +52,9 @@ lint: install  ## ruff and mypy --strict on src, import layering
 manifests: install  ## regenerate manifests/crds from the pydantic models
 	@if [ -f hack/gen_manifests.py ]; then $(PY) hack/gen_manifests.py; else echo "no generator yet"; fi
 
+check-manifests: install  ## fail when manifests/crds differs from what the models generate
+	$(PY) hack/gen_manifests.py --check
+
 run: install binaries  ## the main job: local control plane + operator, phi-3 example to WORKSPACESUCCEEDED
 	$(PY) hack/demo.py
 

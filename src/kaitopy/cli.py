@@ -36,8 +36,10 @@ def build_parser(subcommands: dict[str, tuple[str, str]] | None = None) -> argpa
     parser.add_argument("--version", action="version", version=f"kaitopy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in (subcommands or SUBCOMMANDS).items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if module_name == __name__:
+        # A module's subcommand leaves --help to the module's own parser (built in main()).
+        own = module_name == __name__
+        p = sub.add_parser(name, help=help_text, description=help_text, add_help=own)
+        if own:
             p.set_defaults(run=_version_run)
             continue
         p.set_defaults(module=module_name)

@@ -25,3 +25,11 @@ def test_console_entry_point_runs() -> None:
     proc = subprocess.run([sys.executable, "-m", "kaitopy", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert proc.stdout.startswith("usage: kaitopy")
+
+
+def test_webhook_subcommand_is_registered(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["webhook", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--url" in out and "--service-name" in out

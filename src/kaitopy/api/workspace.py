@@ -11,9 +11,10 @@ carries the CEL rules and Kubernetes extensions the generator copies through.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from kaitopy.api import messages
@@ -23,6 +24,19 @@ SCHEMALESS: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
 # A string holding a float in [0, 1]: "0", "0.25", "1", "1.0". No backslashes: it is also a CEL string.
 STRENGTH_PATTERN = r"^(0([.][0-9]+)?|1([.]0+)?|[.][0-9]+)$"
 NAME_MAX = 253
+
+
+def _plain(value: Any) -> Any:
+    """Deep copy into dicts and lists: objects from the informer cache arrive frozen (mapping
+    proxies and tuples), which schemaless fields would otherwise keep and could not serialize."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+Schemaless = Annotated[dict[str, Any], BeforeValidator(_plain)]
 
 
 def _immutable(message: str) -> dict[str, Any]:
@@ -130,7 +144,7 @@ class DataSource(ApiModel):
     """A name for this source; adapters are known by it."""
     urls: list[str] | None = None
     """http(s) URLs to download the data from."""
-    volume_source: dict[str, Any] | None = Field(default=None, json_schema_extra=SCHEMALESS)
+    volume_source: Schemaless | None = Field(default=None, json_schema_extra=SCHEMALESS)
     """A Kubernetes volume source (e.g. persistentVolumeClaim) holding the data."""
     image: str | None = None
     """An image holding the data under /data."""
@@ -141,7 +155,7 @@ class DataSource(ApiModel):
 class DataDestination(ApiModel):
     """Where results go: an image to push, or a volume."""
 
-    volume_source: dict[str, Any] | None = Field(default=None, json_schema_extra=SCHEMALESS)
+    volume_source: Schemaless | None = Field(default=None, json_schema_extra=SCHEMALESS)
     """A Kubernetes volume source to write the results into."""
     image: str | None = None
     """The image to push the results to."""
@@ -195,7 +209,7 @@ class InferenceSpec(ApiModel):
 
     preset: PresetSpec | None = None
     """The catalog model to serve."""
-    template: dict[str, Any] | None = Field(default=None, json_schema_extra=SCHEMALESS)
+    template: Schemaless | None = Field(default=None, json_schema_extra=SCHEMALESS)
     """A pod template (corev1.PodTemplateSpec) for a model the catalog does not know. Mutually
     exclusive with preset."""
     config: str | None = Field(default=None, max_length=NAME_MAX)
@@ -309,7 +323,7 @@ class Workspace(ApiModel):
     """The versioned schema of this object."""
     kind: str = "Workspace"
     """Workspace."""
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Schemaless = Field(default_factory=dict)
     """Standard object metadata."""
     resource: ResourceSpec
     """The GPU nodes: instance type and label selector."""

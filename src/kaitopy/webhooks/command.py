@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--configuration-name", default=d.configuration_name, help="ValidatingWebhookConfiguration name"
     )
     parser.add_argument("--timeout-seconds", type=int, default=d.timeout_seconds)
+    parser.add_argument(
+        "--only-namespace",
+        action="append",
+        default=[],
+        help="validate only workspaces in this namespace (repeatable; all namespaces when absent)",
+    )
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig (in-cluster config when absent)")
 
 
@@ -42,6 +48,19 @@ def settings_from(args: argparse.Namespace) -> WebhookSettings:
         secret_name=args.secret_name,
         configuration_name=args.configuration_name,
         timeout_seconds=args.timeout_seconds,
+        namespace_selector=(
+            {
+                "matchExpressions": [
+                    {
+                        "key": "kubernetes.io/metadata.name",
+                        "operator": "In",
+                        "values": list(args.only_namespace),
+                    }
+                ]
+            }
+            if args.only_namespace
+            else None
+        ),
     )
 
 

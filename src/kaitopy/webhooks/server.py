@@ -31,7 +31,13 @@ from kaitopy.runtime import Client, Conflict, Kind, NotFound, TransportError
 from kaitopy.runtime.errors import ApiError
 from kaitopy.webhooks.certs import CertBundle, ensure_certificate
 from kaitopy.webhooks.configs import check_configs
-from kaitopy.webhooks.validation import FieldError, pydantic_errors, validate_create, validate_update
+from kaitopy.webhooks.validation import (
+    FieldError,
+    pydantic_errors,
+    spec_changed,
+    validate_create,
+    validate_update,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +105,8 @@ class WebhookServer:
         site = web.TCPSite(self._runner, s.host, s.port, ssl_context=self._ssl)
         # The context has no certificate yet, so nothing can connect until _load() below.
         await site.start()
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1]) if sockets else s.port
+        address = self._runner.addresses[0]
+        self.port = int(address[1])
         await self._refresh()
         self._renewer = asyncio.create_task(self._renew_forever(), name="webhook certificate renewal")
         log.info("webhook serving", extra={"port": self.port, "url": self.client_config().get("url")})
@@ -301,12 +305,12 @@ class WebhookServer:
             )
         except ValidationError as exc:
             return pydantic_errors(exc)
+        if old is not None and not spec_changed(old, new):
+            return []  # metadata only (finalizers, labels): never blocked
         namespace = str(req.get("namespace") or new.namespace)
         config_errors, max_model_len = await check_configs(new, namespace, self.client)
         if old is None:
             errors = validate_create(new, self.catalog, max_model_len=max_model_len)
         else:
             errors = validate_update(old, new, self.catalog, max_model_len=max_model_len)
-            if new.metadata.get("deletionTimestamp"):
-                return []
         return [*config_errors, *errors]

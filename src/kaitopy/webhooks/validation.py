@@ -58,11 +58,18 @@ def validate_update(
     old: Workspace, new: Workspace, catalog: Catalog, *, max_model_len: int | None = None
 ) -> list[FieldError]:
     """What an update may not do (change immutable fields), plus everything wrong with the new
-    object. Adapters may change. An object being deleted is not checked (its finalizers must be
-    removable whatever it holds)."""
-    if new.metadata.get("deletionTimestamp"):
+    object. Adapters may change. An object being deleted, or an update that leaves resource,
+    inference and tuning as they were, is not checked."""
+    if new.metadata.get("deletionTimestamp") or not spec_changed(old, new):
         return []
     return [*_immutable(old, new), *_create(new, catalog, max_model_len)]
+
+
+def spec_changed(old: Workspace, new: Workspace) -> bool:
+    """Whether an update touches resource, inference or tuning. Updates of metadata alone
+    (finalizers, labels, annotations) are always allowed: the controller must never be blocked
+    by a rule the object broke only after the catalog or a ConfigMap changed."""
+    return (old.resource, old.inference, old.tuning) != (new.resource, new.inference, new.tuning)
 
 
 def _immutable(old: Workspace, new: Workspace) -> Iterator[FieldError]:

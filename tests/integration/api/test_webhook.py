@@ -365,3 +365,36 @@ async def test_certificate_renewal_swaps_the_served_certificate(
     assert "did you mean" in await _refused(
         workspace_crd, namespace, _with(phi3(), "inference.preset.name", "phi-3-mini-4k-instuct")
     )
+
+
+async def test_metadata_updates_pass_after_the_config_map_is_gone(
+    webhook: WebhookServer, workspace_crd: Cluster, namespace: str
+) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "cfg"},
+        "data": {"inference_config.yaml": "vllm: {}\n"},
+    }
+    await _admitted(workspace_crd, namespace, config, _with(phi3("meta"), "inference.config", "cfg"))
+    await asyncio.to_thread(workspace_crd.kubectl, "-n", namespace, "delete", "configmap", "cfg")
+    # A controller adding a finalizer is not blocked by the now-missing ConfigMap...
+    patch = json.dumps({"metadata": {"finalizers": ["workspace.kaito.sh/finalizer"]}})
+    await asyncio.to_thread(
+        workspace_crd.kubectl, "-n", namespace, "patch", "wk", "meta", "--type=merge", "-p", patch
+    )
+    # ...but a change of the spec is checked again and refused.
+    changed = _with(phi3("meta"), "inference.config", "cfg")
+    changed["inference"]["adapters"] = [{"source": {"name": "a", "image": "img"}}]
+    assert "ConfigMap 'cfg' not found" in await _refused(workspace_crd, namespace, changed)
+    await asyncio.to_thread(
+        workspace_crd.kubectl,
+        "-n",
+        namespace,
+        "patch",
+        "wk",
+        "meta",
+        "--type=json",
+        "-p",
+        '[{"op": "remove", "path": "/metadata/finalizers"}]',
+    )

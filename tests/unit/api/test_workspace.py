@@ -17,6 +17,7 @@ from kaitopy.api import (
     InferenceReady,
     Workspace,
 )
+from kaitopy.runtime.objects import freeze
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -115,3 +116,12 @@ def test_every_example_parses(path: Path) -> None:
     for d in workspaces:
         ws = Workspace.model_validate(d)
         assert (ws.inference is None) != (ws.tuning is None)
+
+
+def test_reads_frozen_cache_objects_and_writes_plain_json() -> None:
+    raw = yaml.safe_load((EXAMPLES / "inference" / "kaito_workspace_custom_template.yaml").read_text())
+    raw["metadata"]["finalizers"] = ["f"]
+    ws = Workspace.model_validate(freeze(raw))
+    out = ws.to_dict()
+    assert out["inference"]["template"] == raw["inference"]["template"]
+    assert out["metadata"]["finalizers"] == ["f"]
