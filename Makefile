@@ -57,6 +57,7 @@ run: install binaries cluster-up  ## the main job on the local control plane
 	@echo "local control plane: KUBECONFIG=$$($(PYTHON) hack/localcluster.py kubeconfig)"
 
 bench: install binaries  ## benchmarks (prints figures and ratios; writes bench/results/*.json)
+	$(PIP) install -q -e '.[dev,bench]'
 	@mkdir -p bench/results
 	@shopt -s nullglob; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
