@@ -59,6 +59,7 @@ run: install binaries  ## the main job: local control plane + operator, phi-3 ex
 	$(PY) hack/demo.py
 
 bench: install binaries  ## benchmarks (prints figures and ratios; writes bench/results/*.json)
+	$(PIP) install -q -e '.[dev,bench]'
 	@mkdir -p bench/results
 	@shopt -s nullglob; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 

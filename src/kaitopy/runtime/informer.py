@@ -143,6 +143,14 @@ class Informer:
                 await self._pause(exc)
             except (RuntimeLibraryError, ApiError) as exc:
                 await self._pause(exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # A bug or a garbled stream must not end the informer silently: the cache would
+                # freeze while the controllers keep trusting it. Log it and start over from a list.
+                log.exception("informer failed unexpectedly", extra={"kind": str(self.kind)})
+                self._rv = None
+                await self._pause(exc)
 
     async def _pause(self, exc: Exception) -> None:
         delay = self._backoff.next_delay()

@@ -7,7 +7,16 @@ import json
 
 import aiohttp
 
-from kaitopy.runtime import Client, Informer, InformerCache, Kind, index_by_label, kinds
+from kaitopy.runtime import (
+    Backoff,
+    Client,
+    Informer,
+    InformerCache,
+    InformerSettings,
+    Kind,
+    index_by_label,
+    kinds,
+)
 from tests.support.cluster import Cluster
 from tests.support.wait import eventually
 
@@ -128,3 +137,28 @@ async def test_informer_cache_shares_one_informer_per_kind(client: Client, names
         )  # one list (maybe a refused stream) + one watch
     finally:
         await cache.stop()
+
+
+async def test_stalled_stream_is_detected_and_resumed_without_a_relist(
+    client: Client, namespace: str
+) -> None:
+    # An inactivity timeout far below the server's bookmark interval: every quiet second is a stall.
+    settings = InformerSettings(inactivity_timeout=1.0, backoff=lambda: Backoff(initial=0.05, cap=0.1))
+    inf = Informer(client, kinds.CONFIG_MAP, namespace=namespace, settings=settings)
+    rec = Recorder()
+    inf.add_handler(rec)
+    inf.start()
+    try:
+        await asyncio.wait_for(inf.wait_synced(), 30)
+        watches_before = client.metrics.requests(method="GET")
+        await asyncio.sleep(3.5)
+        await client.create(kinds.CONFIG_MAP, {"metadata": {"name": "late", "namespace": namespace}})
+
+        async def seen() -> list[tuple[str, str]]:
+            return rec.events
+
+        await eventually(seen, until=lambda e: ("add", "late") in e, timeout=20, what="event after stalls")
+        assert client.metrics.requests(method="GET") - watches_before >= 2  # it did reconnect
+        assert inf.relists == 1  # ...each time from its resourceVersion, never by listing again
+    finally:
+        await inf.stop()
