@@ -78,7 +78,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def run(args: argparse.Namespace) -> int:
     from kaitopy.api import WORKSPACE
-    from kaitopy.api.install import ensure_workspace_crd
+    from kaitopy.controllers.workspace.crds import ensure_workspace_crd
     from kaitopy.controllers.workspace.planner import make_planner
     from kaitopy.presets import Catalog
     from kaitopy.provisioner.install import ensure_crds
