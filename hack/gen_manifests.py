@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kaitopy.api.crd import render, workspace_crd
+from kaitopy.provisioner.crds import nodeclaim_crd, nodeclass_crd
 
 REPO = Path(__file__).resolve().parents[1]
 CRDS = REPO / "manifests" / "crds"
@@ -19,11 +20,25 @@ CRDS = REPO / "manifests" / "crds"
 
 def generators() -> dict[str, Callable[[], dict[str, Any]]]:
     """File name -> the function building the object it holds."""
-    return {"kaito.sh_workspaces.yaml": workspace_crd}
+    return {
+        "kaito.sh_workspaces.yaml": workspace_crd,
+        "karpenter.sh_nodeclaims.yaml": nodeclaim_crd,
+        "kaito.sh_kaitonodeclasses.yaml": nodeclass_crd,
+    }
+
+
+def kustomization() -> dict[str, Any]:
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": sorted(generators()),
+    }
 
 
 def expected() -> dict[Path, str]:
-    return {CRDS / name: render(build()) for name, build in generators().items()}
+    files = {CRDS / name: render(build()) for name, build in generators().items()}
+    files[CRDS / "kustomization.yaml"] = render(kustomization())
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:
