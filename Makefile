@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help install install-inference binaries cluster-up cluster-down cluster-status test test-unit \
-        test-integration test-e2e lint manifests check-manifests run bench bench-inference clean
+        test-integration test-e2e chaos lint manifests check-manifests run bench bench-inference clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ bench: install binaries  ## benchmarks (prints figures and ratios; writes bench/
 	$(PIP) install -q -e '.[dev,bench]'
 	@mkdir -p bench/results
 	@shopt -s nullglob; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+chaos: install binaries  ## the fault and load suite, every scenario with 3 seeds (a short run is part of make test)
+	$(PY) -m tests.chaos.suite --full --seeds 3
 
 clean:  ## remove the virtual environment and caches (not the binary cache)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,7 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler and kwok (simulated nodes), no containers.
 
-    python3 hack/localcluster.py up|down|status|kubeconfig
+    python3 hack/localcluster.py up|down|status|kubeconfig|restart COMPONENT [--kill]
 
 Standard library only, so it runs before the project's virtual environment exists.
 Everything binds to 127.0.0.1 on free ports. Certificates, the service-account signing key, the
@@ -65,6 +65,7 @@ class State:
     pids: dict[str, int] = field(default_factory=dict)
     bin_dir: str = ""
     started_at: float = 0.0
+    argv: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> State | None:
@@ -273,6 +274,31 @@ def start(name: str, argv: list[str], root: Path) -> int:
     return proc.pid
 
 
+def start_recorded(state: State, name: str, argv: list[str], root: Path) -> int:
+    """Start a component and remember its command line, so `restart` can start it again."""
+    state.argv[name] = argv
+    return start(name, argv, root)
+
+
+def restart(name: str, kill: bool) -> None:
+    """Stop one component (SIGKILL with kill=True, else SIGTERM) and start it again as it was:
+    what a crash or an upgrade does to a real control plane."""
+    root = cluster_dir()
+    state = State.load(root / "state.json")
+    if state is None or name not in state.argv:
+        raise SystemExit(f"no running cluster with a recorded {name} in {root}")
+    pid = state.pids[name]
+    if pid_runs(pid, name):
+        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while pid_runs(pid, name) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    state.pids[name] = start(name, state.argv[name], root)
+    state.save(root / "state.json")
+    wait_for(f"{name} healthy again", lambda: healthy(state, root), state)
+    log(f"restarted {name} (pid {state.pids[name]})")
+
+
 def http_ok(url: str, pki: Path | None = None, timeout: float = 2.0) -> bool:
     ctx = None
     if pki is not None:
@@ -329,7 +355,8 @@ def up() -> Path:
 
     etcd_url = f"http://127.0.0.1:{ports['etcd']}"
     peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
-    state.pids["etcd"] = start(
+    state.pids["etcd"] = start_recorded(
+        state,
         "etcd",
         [
             b("etcd"),
@@ -357,7 +384,8 @@ def up() -> Path:
         "--audit-log-maxsize=200",
         "--audit-log-maxbackup=2",
     ]
-    state.pids["kube-apiserver"] = start(
+    state.pids["kube-apiserver"] = start_recorded(
+        state,
         "kube-apiserver",
         [
             b("kube-apiserver"),
@@ -387,7 +415,8 @@ def up() -> Path:
     write_kubeconfig(root / "kwok.kubeconfig", pki, "kwok", api)
     wait_for("kube-apiserver /readyz", lambda: http_ok(f"https://127.0.0.1:{api}/readyz", pki), state)
 
-    state.pids["kube-controller-manager"] = start(
+    state.pids["kube-controller-manager"] = start_recorded(
+        state,
         "kube-controller-manager",
         [
             b("kube-controller-manager"),
@@ -407,7 +436,8 @@ def up() -> Path:
         ],
         root,
     )
-    state.pids["kube-scheduler"] = start(
+    state.pids["kube-scheduler"] = start_recorded(
+        state,
         "kube-scheduler",
         [
             b("kube-scheduler"),
@@ -418,7 +448,8 @@ def up() -> Path:
         ],
         root,
     )
-    state.pids["kwok"] = start(
+    state.pids["kwok"] = start_recorded(
+        state,
         "kwok",
         [
             b("kwok"),
@@ -499,9 +530,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["up", "down", "status", "kubeconfig"])
+    parser.add_argument("command", choices=["up", "down", "status", "kubeconfig", "restart"])
+    parser.add_argument("component", nargs="?", choices=COMPONENTS, help="for restart")
+    parser.add_argument("--kill", action="store_true", help="restart: SIGKILL instead of SIGTERM")
     args = parser.parse_args()
-    if args.command == "up":
+    if args.command == "restart":
+        if not args.component:
+            parser.error("restart needs a component: " + ", ".join(COMPONENTS))
+        restart(args.component, args.kill)
+    elif args.command == "up":
         print(up())
     elif args.command == "down":
         down()

@@ -136,7 +136,10 @@ async def test_70b_model_spans_nodes_with_a_statefulset(
             "instanceType": "Standard_NC24ads_A100_v4",
             "labelSelector": {"matchLabels": {"apps": name}},
         },
-        "inference": {"preset": {"name": "llama-3.3-70b-instruct"}},
+        # Gated on Hugging Face: the webhook insists on a token Secret.
+        "inference": {
+            "preset": {"name": "llama-3.3-70b-instruct", "presetOptions": {"modelAccessSecret": "hf-token"}}
+        },
     }
     apply(kube_cluster, ws)
     done = await wait_condition(client, name, namespace, "WorkspaceSucceeded", timeout=180)
@@ -148,6 +151,8 @@ async def test_70b_model_spans_nodes_with_a_statefulset(
     assert sts["status"]["readyReplicas"] == target
     args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--engine=vllm" in args and f"--pipeline-parallel-size={target}" in args
+    env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}}} in env
     headless = await client.get(kinds.SERVICE, f"{name}-headless", namespace=namespace)
     assert headless["spec"]["clusterIP"] == "None"
     pods = (
