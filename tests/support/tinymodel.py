@@ -28,12 +28,12 @@ what which who how why when where hello world kubernetes operator model serve in
 gpu node cluster workspace adapter lora preset token chat user assistant system answer question
 one two three four five six seven eight nine ten red green blue cat dog sky sea tree sun moon
 say write tell me you i we they he she please thanks good bad yes no true false ok sure
-""".split()
+""".split()  # noqa: SIM905 (a word list reads better as prose)
 
 
 def build_tokenizer(directory: Path) -> Any:
     """Write a word-level tokenizer with a chat template to `directory` and return it."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab: dict[str, int] = {}
