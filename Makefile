@@ -44,8 +44,8 @@ test-e2e: install binaries  ## end-to-end tests (operator + control plane)
 	$(PY) -m pytest -m e2e tests
 
 lint: install  ## ruff and mypy --strict on src, import layering
-	$(VENV)/bin/ruff check src tests hack
-	$(VENV)/bin/ruff format --check src tests hack
+	$(VENV)/bin/ruff check src tests hack bench
+	$(VENV)/bin/ruff format --check src tests hack bench
 	$(VENV)/bin/mypy --strict src
 	$(VENV)/bin/lint-imports
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -30,6 +31,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.support import cluster as cluster_support  # noqa: E402
+
 from kaitopy.runtime import (  # noqa: E402
     AlreadyExists,
     Client,
@@ -40,7 +43,6 @@ from kaitopy.runtime import (  # noqa: E402
     is_true,
     kinds,
 )
-from tests.support import cluster as cluster_support  # noqa: E402
 
 CHILD = REPO / "bench" / "_runtime_child.py"
 RESULTS = REPO / "bench" / "results" / "runtime.json"
@@ -233,7 +235,8 @@ def audit_writes(audit_log: Path | None, namespace: str) -> dict[str, int]:
                     or ref.get("name") == "kube-root-ca.crt"
                 ):
                     continue  # the namespace's defaults, written by kube-controller-manager
-                key = f"{ev['verb']} {ref.get('resource')}{'/' + ref['subresource'] if ref.get('subresource') else ''}"
+                sub = "/" + ref["subresource"] if ref.get("subresource") else ""
+                key = f"{ev['verb']} {ref.get('resource')}{sub}"
                 counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -267,10 +270,8 @@ async def run_controller(
         deadline = t0 + cap
         while len(counter.ready) < n and time.perf_counter() < deadline:
             counter.changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(counter.changed.wait(), 1.0)
-            except TimeoutError:
-                pass
         elapsed = time.perf_counter() - t0
         done = len(counter.ready)
         capped = done < n
@@ -398,8 +399,9 @@ def table(results: dict[str, Any]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     for c in results["cache"]:
         lines.append(
-            f"cache: {c['objects']} objects, {c['mode']}: sync {c['sync_s']:.2f}s, RSS {c['rss_before_kib'] / 1024:.0f}"
-            f" -> {c['rss_after_kib'] / 1024:.0f} MiB, {c['bytes_per_object']:.0f} bytes/object"
+            f"cache: {c['objects']} objects, {c['mode']}: sync {c['sync_s']:.2f}s, "
+            f"RSS {c['rss_before_kib'] / 1024:.0f} -> {c['rss_after_kib'] / 1024:.0f} MiB, "
+            f"{c['bytes_per_object']:.0f} bytes/object"
         )
     return "\n".join(lines)
 
