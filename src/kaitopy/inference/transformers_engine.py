@@ -23,7 +23,7 @@ from kaitopy.inference import protocol
 from kaitopy.inference.engine import EngineResult, RequestError, unknown_model
 from kaitopy.inference.protocol import Sampling
 from kaitopy.inference.settings import ServeSettings, SettingsError
-from kaitopy.inference.textstream import REPLACEMENT, StopTextBuffer
+from kaitopy.inference.textstream import REPLACEMENT, IncrementalDetokenizer, StopTextBuffer
 from kaitopy.inference.weights import ensure_weights
 
 log = logging.getLogger(__name__)
@@ -446,16 +446,11 @@ class TransformersEngine:
         tokenizer = state.tokenizer
         buffer = StopTextBuffer(job.sampling.stop)
         generated: list[int] = []
-        prefix = _decode_prefix(tokenizer, job.prompt_ids)
-        prefix_text = tokenizer.decode(prefix, skip_special_tokens=True)
-
-        def text() -> str:
-            # Decoded after a few prompt tokens, so a word's leading space survives (as vLLM does).
-            whole: str = tokenizer.decode(prefix + generated, skip_special_tokens=True)
-            if whole.startswith(prefix_text):
-                return whole[len(prefix_text) :]
-            alone: str = tokenizer.decode(generated, skip_special_tokens=True)
-            return alone
+        # Decoded after a few prompt tokens, so a word's leading space survives (as vLLM does).
+        detokenizer = IncrementalDetokenizer(
+            lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)),
+            _decode_prefix(tokenizer, job.prompt_ids),
+        )
 
         class Streamer:
             """generate()'s streamer: first the prompt, then one token per step."""
@@ -466,8 +461,10 @@ class TransformersEngine:
                 if not self.prompt_seen:
                     self.prompt_seen = True
                     return
-                generated.extend(int(t) for t in value.reshape(-1).tolist())
-                delta = buffer.feed(text())
+                for token in value.reshape(-1).tolist():
+                    generated.append(int(token))
+                    detokenizer.add(int(token))
+                delta = buffer.feed(detokenizer.text)
                 if delta:
                     emit(_Event("text", text=delta))
 
@@ -490,7 +487,7 @@ class TransformersEngine:
                 streamer=Streamer(),
                 stopping_criteria=StoppingCriteriaList([Stop()]),
             )
-        tail = buffer.finish(text())
+        tail = buffer.finish(detokenizer.text)
         if tail:
             emit(_Event("text", text=tail))
         if buffer.stopped or (generated and generated[-1] in state.eos_ids):

@@ -405,11 +405,29 @@ def test_queue_full_is_429_and_a_dropped_stream_stops_generating(server: Server,
     wait_for(lambda: running(server) == 0, timeout=30, what="the slot to free after the client left")
     if server.engine == "transformers":
         # The worker thread logs once generate() has returned, a moment after the slot was freed.
-        wait_for(lambda: "generation stopped after" in server.log_text(), what="the generation to stop")
-        stopped = [line for line in server.log_text().splitlines() if "generation stopped after" in line]
-        produced = int(stopped[-1].split("generation stopped after ")[1].split()[0])
-        assert produced < 480
+        wait_for(lambda: stopped_generations(server), what="the generation to stop")
+        assert stopped_generations(server)[-1] < 480
     assert chat_text(server, BASE, max_tokens=2)
+
+
+def stopped_generations(server: Server) -> list[int]:
+    """How many tokens each generation cut short had produced, from the server's log."""
+    marker = "generation stopped after "
+    lines = [line for line in server.log_text().splitlines() if marker in line]
+    return [int(line.split(marker)[1].split()[0]) for line in lines]
+
+
+def test_a_client_that_gives_up_stops_its_generation(server: Server) -> None:
+    before = len(stopped_generations(server))
+    impatient = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=0.3)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.completions.create(
+            model=BASE, prompt="hello", max_tokens=480, temperature=0, extra_body={"ignore_eos": True}
+        )
+    wait_for(lambda: running(server) == 0, what="the slot to free after the client left")
+    if server.engine == "transformers":
+        wait_for(lambda: len(stopped_generations(server)) > before, what="the generation to stop")
+        assert stopped_generations(server)[-1] < 480
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_0(model_files: ModelFiles, tmp_path: Path) -> None:
