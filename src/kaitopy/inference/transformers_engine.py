@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MODEL_LEN = 2048
 # from_pretrained options an inference_config.yaml `transformers:` section may set.
+_TOKENIZER_OPTIONS = frozenset({"trust_remote_code", "revision"})
 _LOAD_OPTIONS = frozenset({"trust_remote_code", "attn_implementation", "revision", "low_cpu_mem_usage"})
 
 
@@ -138,7 +139,8 @@ class TransformersEngine:
         cuda = torch.cuda.is_available()
         device = torch.device("cuda" if cuda else "cpu")
         started = time.monotonic()
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, **options)
+        tokenizer_options = {k: v for k, v in options.items() if k in _TOKENIZER_OPTIONS}
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, **tokenizer_options)
         if chat_template:
             path = Path(str(chat_template))
             tokenizer.chat_template = path.read_text() if path.is_file() else str(chat_template)
