@@ -192,7 +192,9 @@ class TransformersEngine:
                 else:
                     model.load_adapter(str(spec.path), adapter_name=spec.name)
             except Exception as exc:
-                log.error("adapter %s skipped: peft could not load it: %s", spec.name, exc)
+                # torch's size-mismatch report runs to one line per tensor; the first two say enough.
+                reason = " ".join(str(exc).splitlines()[:2])
+                log.error("adapter %s skipped: peft could not load it: %s", spec.name, reason)
                 if model is None:
                     # peft may have wrapped layers of the base model before failing: start clean.
                     base = load_base()

@@ -28,7 +28,8 @@ ENGINES = ["transformers"]
 BASE = "tiny"
 ADAPTER = "alpha"
 ADAPTER_OFF = "alpha-off"  # alpha's weights served at strength 0: must behave as the base model
-BAD_ADAPTERS = ("broken-json", "no-weights", "wrong-targets")
+# "aaa-..." sorts first: peft fails on it after wrapping the base model, which must then be reloaded clean.
+BAD_ADAPTERS = ("aaa-bad-shapes", "broken-json", "no-weights", "wrong-targets")
 LOAD_DELAY_S = 2.0
 
 
@@ -71,8 +72,19 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
     config = json.loads((wrong / "adapter_config.json").read_text())
     config["target_modules"] = ["no_such_proj"]
     (wrong / "adapter_config.json").write_text(json.dumps(config))
+    bad_shapes = shutil.copytree(alpha, adapters / "aaa-bad-shapes")
+    _reshape_weights(bad_shapes / "adapter_model.safetensors")
     (adapters / "not-an-adapter").mkdir()  # no adapter_config.json: not looked at
     return ModelFiles(model=model, adapters=adapters)
+
+
+def _reshape_weights(path: Path) -> None:
+    """Weights one row too many: a valid file whose tensors do not fit the model."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(path)
+    save_file({k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in weights.items()}, path)
 
 
 def free_port() -> int:

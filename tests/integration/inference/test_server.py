@@ -473,3 +473,15 @@ def test_unknown_config_key_is_a_clear_startup_error(model_files: ModelFiles, tm
     srv = start_server("transformers", model_files, tmp_path / "server.log", f"--config={config}")
     assert srv.process.wait(60) == 2
     assert "unknown key(s) max_tokenz" in srv.log.read_text()
+
+
+def test_sigterm_while_loading_exits_0(model_files: ModelFiles, tmp_path: Path) -> None:
+    srv = start_server("transformers", model_files, tmp_path / "server.log")
+    try:
+        wait_for(lambda: "listening on" in srv.log_text(), what="the server to listen")
+        assert srv.process.poll() is None
+        srv.process.send_signal(signal.SIGTERM)
+        assert srv.process.wait(30) == 0
+    finally:
+        stop_server(srv)
+    assert "stopped" in srv.log_text()
