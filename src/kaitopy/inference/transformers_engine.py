@@ -127,6 +127,18 @@ class TransformersEngine:
             raise SettingsError(
                 "the transformers engine runs on one node; multi-node serving needs --engine=vllm"
             )
+        for flag, value in (
+            ("--tool-call-parser", settings.tool_call_parser),
+            ("--reasoning-parser", settings.reasoning_parser),
+        ):
+            if value:
+                log.warning(
+                    "%s %s is a vLLM option; the transformers engine returns the model's text as is",
+                    flag,
+                    value,
+                )
+        if settings.tensor_parallel_size * settings.pipeline_parallel_size > 1:
+            log.info("the transformers engine spreads the model over every visible GPU (device_map=auto)")
         model_dir = ensure_weights(settings)
         options = dict(settings.config.transformers)
         chat_template = options.pop("chat_template", None)

@@ -28,6 +28,7 @@ ENGINES = ["transformers"]
 BASE = "tiny"
 ADAPTER = "alpha"
 ADAPTER_OFF = "alpha-off"  # alpha's weights served at strength 0: must behave as the base model
+ADAPTER_HALF = "alpha-half"  # alpha's weights served at strength 0.5
 # "aaa-..." sorts first: peft fails on it after wrapping the base model, which must then be reloaded clean.
 BAD_ADAPTERS = ("aaa-bad-shapes", "broken-json", "no-weights", "wrong-targets")
 LOAD_DELAY_S = 2.0
@@ -62,6 +63,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
     adapters = root / "adapters"
     alpha = build_tiny_adapter(model, adapters / ADAPTER)
     shutil.copytree(alpha, adapters / ADAPTER_OFF)
+    shutil.copytree(alpha, adapters / ADAPTER_HALF)
 
     broken = adapters / "broken-json"
     broken.mkdir()
@@ -174,6 +176,7 @@ def server(
         "--max-concurrency=1",
         "--max-queue=0",
         f"--adapter-strength={ADAPTER_OFF}=0",
+        f"--adapter-strength={ADAPTER_HALF}=0.5",
         env={"KAITOPY_LOAD_DELAY_S": str(LOAD_DELAY_S)},
     )
     try:

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.inference.conftest import (
     ADAPTER,
+    ADAPTER_HALF,
     ADAPTER_OFF,
     BAD_ADAPTERS,
     BASE,
@@ -80,8 +81,11 @@ def running(server: Server) -> float:
 
 
 @cache
-def reference_generate(model_dir: str, adapter_dir: str | None, max_new_tokens: int) -> str:
-    """Greedy text straight from transformers (and peft), outside the server."""
+def reference_generate(
+    model_dir: str, adapter_dir: str | None, max_new_tokens: int, strength: float = 1.0
+) -> str:
+    """Greedy text straight from transformers (and peft), outside the server. A strength other than 1
+    goes through peft's own weighted-adapter merge, not the server's way of scaling."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -90,7 +94,10 @@ def reference_generate(model_dir: str, adapter_dir: str | None, max_new_tokens: 
     if adapter_dir is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_dir)
+        model = PeftModel.from_pretrained(model, adapter_dir, adapter_name="given")
+        if strength != 1.0:
+            model.add_weighted_adapter(["given"], [strength], "weighted", combination_type="linear")
+            model.set_adapter("weighted")
     text = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.inference_mode():
@@ -118,7 +125,7 @@ def test_health_is_503_while_loading_then_200(server: Server) -> None:
 def test_models_lists_base_then_adapters(server: Server) -> None:
     ids = [m.id for m in client(server).models.list().data]
     assert ids[0] == BASE
-    assert sorted(ids[1:]) == sorted([ADAPTER, ADAPTER_OFF])
+    assert sorted(ids[1:]) == sorted([ADAPTER, ADAPTER_HALF, ADAPTER_OFF])
 
 
 def test_malformed_adapters_are_skipped_and_logged(server: Server) -> None:
@@ -214,6 +221,13 @@ def test_adapter_changes_output_and_matches_peft(server: Server, model_files: Mo
 
 def test_adapter_at_strength_zero_is_the_base(server: Server) -> None:
     assert chat_text(server, ADAPTER_OFF) == chat_text(server, BASE)
+
+
+def test_adapter_strength_scales_like_peft(server: Server, model_files: ModelFiles) -> None:
+    half = chat_text(server, ADAPTER_HALF)
+    assert half not in (chat_text(server, BASE), chat_text(server, ADAPTER))
+    expected = reference_generate(str(model_files.model), str(model_files.adapters / ADAPTER), 12, 0.5)
+    assert half.strip() == expected.strip()
 
 
 def test_seeded_sampling_repeats(server: Server) -> None:
