@@ -29,7 +29,9 @@ from typing import Any
 
 import aiohttp
 
-from kaitopy.runtime import ApiError, Client, Informer, Kind, NotFound, kinds
+from kaitopy.controllers.workspace.crds import ensure_workspace_crd
+from kaitopy.provisioner.install import ensure_crds
+from kaitopy.runtime import AlreadyExists, ApiError, Client, Informer, Kind, NotFound, kinds
 from kaitopy.runtime.objects import Obj
 from tests.e2e.operator import Operator
 
@@ -424,6 +426,15 @@ class Outcome:
 async def run_one(kubeconfig: Path, scenario: str, seed: int, workdir: Path) -> Outcome:
     client = await Client.from_kubeconfig(str(kubeconfig))
     async with client:
+        # The claim monitor watches NodeClaims from the start, before any provisioner has run on
+        # a fresh cluster: install the CRDs the operator would install, so its list can succeed.
+        await ensure_crds(client)
+        await ensure_workspace_crd(client)
+        with contextlib.suppress(AlreadyExists):  # the operator's own namespace (webhook certificate, leases)
+            await client.create(
+                kinds.NAMESPACE,
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kaito-system"}},
+            )
         ns = f"chaos-{scenario}-{seed}-{uuid.uuid4().hex[:4]}"
         await client.create(
             kinds.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
