@@ -233,8 +233,13 @@ class _Session:
         sep = "@" if ref.reference.startswith("sha256:") else ":"
         self.container = self.registry.get_container(f"{ref.api_host}/{ref.repository}{sep}{ref.reference}")
         self.prefix = prefix
-        if challenge:
-            self._check_access()
+        if resp.status_code in (401, 403):
+            if creds is not None:
+                self._check_access()
+            elif backend == "basic":
+                # Anonymous and refused: say so now (oras would retry for minutes on a Basic challenge).
+                raise self.denied(resp.status_code)
+            # Bearer registries may still hand out anonymous pull tokens per repository.
 
     def _check_access(self) -> None:
         resp = self.request(f"{self.prefix}://{self.ref.api_host}/v2/", "GET")
