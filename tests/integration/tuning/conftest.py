@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-WORDS = "red green blue cat dog sky sea tree sun moon".split()
+WORDS = ["red", "green", "blue", "cat", "dog", "sky", "sea", "tree", "sun", "moon"]
 
 
 def chat_rows(n: int = 16) -> list[dict[str, object]]:

@@ -18,7 +18,8 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> object:
 
 
 def _learned(tok: object, ids: list[int], labels: list[int]) -> list[str]:
-    return [tok.convert_ids_to_tokens(i) for i, label in zip(ids, labels, strict=True) if label != IGNORE]  # type: ignore[attr-defined]
+    convert = tok.convert_ids_to_tokens  # type: ignore[attr-defined]
+    return [convert(i) for i, label in zip(ids, labels, strict=True) if label != IGNORE]
 
 
 def test_only_assistant_turns_carry_labels(tokenizer: object) -> None:
@@ -70,7 +71,8 @@ def test_template_without_prefix_stability_uses_last_turn(tmp_path: Path) -> Non
     # templates drop earlier thinking).
     tokenizer.chat_template = (  # type: ignore[attr-defined]
         "{% for m in messages %}<|{{ m['role'] }}|>\n"
-        "{% if m['role'] == 'assistant' and not loop.last %}ok{% else %}{{ m['content'] }}{% endif %}<|end|>\n"
+        "{% if m['role'] == 'assistant' and not loop.last %}ok"
+        "{% else %}{{ m['content'] }}{% endif %}<|end|>\n"
         "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
     )
     example = Example(

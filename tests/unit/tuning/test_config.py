@@ -91,7 +91,9 @@ def test_unknown_section_names_it_and_the_close_match() -> None:
 
 def test_every_problem_is_reported() -> None:
     with pytest.raises(ConfigError) as err:
-        build_config("lora", {"LoraConfig": {"r": 0, "alpha": 3}, "TrainingArguments": {"bf16": True, "fp16": True}})
+        build_config(
+            "lora", {"LoraConfig": {"r": 0, "alpha": 3}, "TrainingArguments": {"bf16": True, "fp16": True}}
+        )
     msg = str(err.value)
     assert "LoraConfig.r" in msg
     assert "LoraConfig.alpha" in msg and "lora_alpha" in msg

@@ -37,7 +37,7 @@ def test_public_addresses_pass(address: str) -> None:
 
 
 def test_literal_private_url_is_refused_without_resolving() -> None:
-    with pytest.raises(RefusedAddress, match="169.254.169.254 is a link-local"):
+    with pytest.raises(RefusedAddress, match=r"169\.254\.169\.254 is a link-local"):
         _check_literal("http://169.254.169.254/latest/meta-data/", allow_private=False)
     _check_literal("http://127.0.0.1:8080/x", allow_private=True)
 

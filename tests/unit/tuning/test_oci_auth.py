@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def test_parse_image() -> None:
     ref = parse_image("127.0.0.1:5000/adapters/phi:v1")
     assert (ref.registry, ref.repository, ref.reference) == ("127.0.0.1:5000", "adapters/phi", "v1")
     hub = parse_image("adapter")
-    assert (hub.api_host, hub.repository, hub.reference) == ("registry-1.docker.io", "library/adapter", "latest")
+    assert (hub.api_host, hub.repository) == ("registry-1.docker.io", "library/adapter")
+    assert hub.reference == "latest"
     digest = "sha256:" + "a" * 64
     assert parse_image(f"r.io/x@{digest}").reference == digest
 
@@ -104,8 +106,8 @@ def test_layer_is_reproducible_and_holds_data_paths(tmp_path: Path) -> None:
     (tmp_path / "w1").mkdir()
     (tmp_path / "w2").mkdir()
     path1, diff1, digest1, size1 = build_layer(src, tmp_path / "w1")
-    (src / "adapter_config.json").touch()  # a new mtime changes nothing
-    path2, diff2, digest2, _ = build_layer(src, tmp_path / "w2")
+    os.utime(src / "adapter_config.json", (1_000_000, 1_000_000))  # another mtime changes nothing
+    _, diff2, digest2, _ = build_layer(src, tmp_path / "w2")
     assert (diff1, digest1) == (diff2, digest2)
     assert digest1 == "sha256:" + hashlib.sha256(path1.read_bytes()).hexdigest()
     assert size1 == path1.stat().st_size
