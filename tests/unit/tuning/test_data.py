@@ -21,6 +21,7 @@ def _jsonl(path: Path, rows: list[object]) -> Path:
 
 
 def test_every_format_and_row_style(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow", reason="pyarrow comes with the tuning extra")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -108,6 +109,7 @@ def test_csv_row_with_extra_fields(tmp_path: Path) -> None:
 
 
 def test_bad_parquet_row(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow", reason="pyarrow comes with the tuning extra")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -117,6 +119,7 @@ def test_bad_parquet_row(tmp_path: Path) -> None:
 
 
 def test_damaged_parquet(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow", reason="pyarrow comes with the tuning extra")
     (tmp_path / "d.parquet").write_bytes(b"PAR1 garbage")
     with pytest.raises(DataError, match="not a readable parquet file"):
         load_examples(tmp_path, DEFAULT)

@@ -81,6 +81,7 @@ def test_read_docker_config_errors(tmp_path: Path) -> None:
 
 
 def test_parse_image() -> None:
+    pytest.importorskip("oras", reason="oras comes with the tuning extra")
     ref = parse_image("127.0.0.1:5000/adapters/phi:v1")
     assert (ref.registry, ref.repository, ref.reference) == ("127.0.0.1:5000", "adapters/phi", "v1")
     hub = parse_image("adapter")
