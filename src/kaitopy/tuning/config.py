@@ -32,7 +32,9 @@ class _Section(BaseModel):
 
 class ModelSettings(_Section):
     torch_dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16"
-    local_files_only: bool = True
+    # Kaito's templates set it; the weights always load from --model-dir (filled from the hub
+    # when empty), so it changes nothing here.
+    local_files_only: bool = False
     device_map: str | None = "auto"
     trust_remote_code: bool = False
     revision: str | None = None

@@ -31,6 +31,8 @@ from kaitopy.tuning.tokens import FALLBACK_TEMPLATE, IGNORE, Tokenized, tokenize
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "training_result.json"
+# What a transformers model needs from a hub repository (not its other formats: .bin, gguf, onnx).
+WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py", "*.tiktoken"]
 
 
 class TrainError(RuntimeError):
@@ -101,21 +103,24 @@ def fingerprint(req: TrainRequest, config: TrainingConfig, examples: list[Exampl
 
 
 def _model_source(req: TrainRequest, config: TrainingConfig) -> str:
+    """The directory to load the base model from: --model-dir, filled from the hub when empty
+    (the Job mounts an empty volume there and passes HF_TOKEN for gated models)."""
     if (req.model_dir / "config.json").is_file():
         return str(req.model_dir)
-    if config.ModelConfig.local_files_only:
-        raise TrainError(
-            f"{req.model_dir} holds no model (no config.json) and ModelConfig.local_files_only is set"
-        )
     from huggingface_hub import snapshot_download
 
-    log.info("downloading %s into %s", req.hf_model_id, req.model_dir)
-    snapshot_download(
-        repo_id=req.hf_model_id,
-        local_dir=str(req.model_dir),
-        revision=config.ModelConfig.revision,
-        allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py", "*.tiktoken"],
-    )
+    log.info("%s holds no model; downloading %s into it", req.model_dir, req.hf_model_id)
+    try:
+        snapshot_download(
+            repo_id=req.hf_model_id,
+            local_dir=str(req.model_dir),
+            revision=config.ModelConfig.revision,
+            allow_patterns=WEIGHT_PATTERNS,
+        )
+    except Exception as exc:  # hub errors come in many types; the message is what matters
+        raise TrainError(f"cannot download {req.hf_model_id} into {req.model_dir}: {exc}") from None
+    if not (req.model_dir / "config.json").is_file():
+        raise TrainError(f"{req.hf_model_id} has no config.json: not a transformers model")
     return str(req.model_dir)
 
 
@@ -369,7 +374,8 @@ def train(req: TrainRequest) -> TrainOutcome:
         sum(i.trainable for i in train_items),
     )
     model = _peft_model(_load_model(source, config, prep.use_cuda), config)
-    device = next(p for p in model.parameters() if p.requires_grad).device
+    # With a device map the model may span GPUs; the inputs go where the embeddings are.
+    device = model.get_input_embeddings().weight.device
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("training %d LoRA parameters on %s", trainable, device)
 

@@ -6,9 +6,11 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,12 @@ def _argv(model: Path, data: Path, out: Path, config: Path | None, method: str =
     if config is not None:
         argv.append(f"--config={config}")
     return argv
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _run(argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -153,8 +161,12 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_continues(
     config = _config(tmp_path, max_steps=5000, save_steps=100_000)
     out = tmp_path / "results"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    port = _free_port()
     proc = subprocess.Popen(
-        _argv(tiny_model, chat_data, out, config), stderr=subprocess.PIPE, text=True, env=env
+        [*_argv(tiny_model, chat_data, out, config), f"--metrics-port={port}"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 120
@@ -162,6 +174,12 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_continues(
         if " step 4/5000 " in line:
             break
         assert time.monotonic() < deadline, "training never reached step 4"
+    # The live metrics endpoint serves the run's progress.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        live = resp.read().decode()
+    assert 'kaitopy_tuning_total_steps{method="lora"} 5000.0' in live
+    live_step = float(live.split('kaitopy_tuning_step{method="lora"} ')[1].split()[0])
+    assert live_step >= 4
     proc.send_signal(signal.SIGTERM)
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 143, rest[-2000:]
