@@ -97,7 +97,27 @@ class TrainingSettings(_Section):
     adam_beta2: float = Field(default=0.999, ge=0, lt=1)
     adam_epsilon: float = Field(default=1e-8, gt=0)
     max_grad_norm: float = Field(default=1.0, ge=0)
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    lr_scheduler_type: Literal[
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "constant",
+        "constant_with_warmup",
+        "inverse_sqrt",
+    ] = "linear"
+    # The 8-bit and paged optimizers are bitsandbytes', so they need a GPU like QLoRA does.
+    optim: Literal[
+        "adamw_torch",
+        "adamw_torch_fused",
+        "adamw_hf",
+        "adamw_bnb_8bit",
+        "paged_adamw_8bit",
+        "paged_adamw_32bit",
+    ] = "adamw_torch"
+    eval_strategy: Literal["no", "steps", "epoch"] = "no"
+    evaluation_strategy: Literal["no", "steps", "epoch"] | None = None  # the older spelling
+    eval_steps: int | None = Field(default=None, ge=1)
     warmup_steps: int = Field(default=0, ge=0)
     warmup_ratio: float = Field(default=0.0, ge=0, le=1)
     logging_steps: int = Field(default=10, ge=1)
@@ -108,17 +128,61 @@ class TrainingSettings(_Section):
     bf16: bool = False
     fp16: bool = False
     gradient_checkpointing: bool = False
-    # Accepted for Kaito compatibility; a single-process loop has nothing to do with them.
+    # Accepted for compatibility with Kaito's templates and Hugging Face's TrainingArguments; a
+    # single-process loop has nothing to do with them (the trainer logs that they are ignored).
     auto_find_batch_size: bool = False
     ddp_find_unused_parameters: bool | None = None
     report_to: str | list[str] | None = None
     disable_tqdm: bool | None = None
+    logging_dir: str | None = None
+    logging_first_step: bool = False
+    dataloader_num_workers: int = Field(default=0, ge=0)
+    remove_unused_columns: bool = True
+    group_by_length: bool = False
+    overwrite_output_dir: bool = False
+    push_to_hub: Literal[False] = False
 
     @model_validator(mode="after")
     def _one_half_precision(self) -> TrainingSettings:
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 are both true; choose one")
+        strategy = self.evaluation_strategy or self.eval_strategy
+        if strategy == "steps" and self.eval_steps is None:
+            raise ValueError("eval_strategy steps needs eval_steps")
         return self
+
+    @property
+    def evaluation(self) -> str:
+        return self.evaluation_strategy or self.eval_strategy
+
+
+# Settings accepted but without effect here; setting one is logged.
+IGNORED: dict[str, tuple[str, ...]] = {
+    "TrainingArguments": (
+        "auto_find_batch_size",
+        "ddp_find_unused_parameters",
+        "report_to",
+        "disable_tqdm",
+        "logging_dir",
+        "logging_first_step",
+        "dataloader_num_workers",
+        "remove_unused_columns",
+        "group_by_length",
+        "overwrite_output_dir",
+    ),
+    "ModelConfig": ("local_files_only",),
+    "TokenizerParams": ("padding",),
+    "DataCollator": ("mlm",),
+}
+
+
+def ignored_settings(config: TrainingConfig) -> list[str]:
+    """The section.key names the user set that this trainer accepts but does not act on."""
+    out: list[str] = []
+    for section, keys in IGNORED.items():
+        model = getattr(config, section)
+        out += [f"{section}.{k}" for k in keys if k in model.model_fields_set]
+    return out
 
 
 class DatasetSettings(_Section):

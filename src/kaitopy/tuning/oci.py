@@ -288,6 +288,25 @@ def _creds(docker_config: Path | None, ref: ImageRef) -> Credentials | None:
     return creds
 
 
+def adapter_root(results: Path) -> Path:
+    """The directory holding the adapter: the results directory itself, or the one subdirectory
+    TrainingArguments.output_dir put it in (the image must have the adapter files at /data)."""
+    if (results / "adapter_config.json").is_file():
+        return results
+    found = sorted(
+        p.parent
+        for p in results.rglob("adapter_config.json")
+        if EXCLUDED[0] not in p.relative_to(results).parts
+    )
+    if len(found) == 1:
+        log.info("the adapter is in %s; pushing that directory", found[0])
+        return found[0]
+    if found:
+        listed = ", ".join(str(p) for p in found)
+        raise OciError(f"{results} holds several adapters ({listed}); push one directory with --dir")
+    raise OciError(f"{results} has no adapter_config.json: the training did not produce an adapter")
+
+
 def push(
     src: Path,
     image: str,
@@ -296,8 +315,7 @@ def push(
     architecture: str = "amd64",
 ) -> str:
     """Push the files under `src` as `image`; return the manifest digest."""
-    if not (src / "adapter_config.json").is_file():
-        raise OciError(f"{src} has no adapter_config.json: the training did not produce an adapter")
+    src = adapter_root(src)
     ref = parse_image(image)
     creds = _creds(docker_config, ref)
     with tempfile.TemporaryDirectory(prefix="kaitopy-push-") as tmp:

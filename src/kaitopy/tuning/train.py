@@ -23,7 +23,13 @@ from types import FrameType
 from typing import Any
 
 from kaitopy.tuning import checkpoint
-from kaitopy.tuning.config import ConfigError, TrainingConfig, load_config, resolve_output_dir
+from kaitopy.tuning.config import (
+    ConfigError,
+    TrainingConfig,
+    ignored_settings,
+    load_config,
+    resolve_output_dir,
+)
 from kaitopy.tuning.data import Example, load_examples
 from kaitopy.tuning.metrics import TrainingMetrics
 from kaitopy.tuning.tokens import FALLBACK_TEMPLATE, IGNORE, Tokenized, tokenize_all
@@ -31,6 +37,12 @@ from kaitopy.tuning.tokens import FALLBACK_TEMPLATE, IGNORE, Tokenized, tokenize
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "training_result.json"
+# TrainingArguments.optim -> the bitsandbytes optimizer class.
+BNB_OPTIMIZERS = {
+    "adamw_bnb_8bit": "AdamW8bit",
+    "paged_adamw_8bit": "PagedAdamW8bit",
+    "paged_adamw_32bit": "PagedAdamW32bit",
+}
 # What a transformers model needs from a hub repository (not its other formats: .bin, gguf, onnx).
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py", "*.tiktoken"]
 
@@ -79,7 +91,15 @@ def prepare(req: TrainRequest, cuda_available: bool | None = None) -> Prepared:
         import torch
 
         cuda_available = bool(torch.cuda.is_available())
-    if req.method == "qlora" or config.QuantizationConfig.enabled:
+    for name in ignored_settings(config):
+        log.info("%s is accepted for compatibility and has no effect here", name)
+    needs_bnb = config.TrainingArguments.optim in BNB_OPTIMIZERS
+    if needs_bnb and not cuda_available:
+        raise TrainError(
+            f"TrainingArguments.optim {config.TrainingArguments.optim} is a bitsandbytes optimizer, which "
+            "needs a CUDA GPU; use adamw_torch on this node"
+        )
+    if req.method == "qlora" or config.QuantizationConfig.enabled or needs_bnb:
         if not cuda_available:
             raise TrainError(
                 "qlora needs a CUDA GPU: bitsandbytes' 4-bit and 8-bit kernels do not run on this "
@@ -218,6 +238,25 @@ def _peft_model(model: Any, config: TrainingConfig) -> Any:
         return get_peft_model(model, lora)
     except ValueError as exc:
         raise TrainError(f"LoraConfig does not fit the model: {exc}") from None
+
+
+def _optimizer(params: list[Any], config: TrainingConfig, use_cuda: bool) -> Any:
+    import torch
+
+    ta = config.TrainingArguments
+    kwargs: dict[str, Any] = {
+        "lr": ta.learning_rate,
+        "betas": (ta.adam_beta1, ta.adam_beta2),
+        "eps": ta.adam_epsilon,
+        "weight_decay": ta.weight_decay,
+    }
+    if ta.optim in BNB_OPTIMIZERS:
+        import bitsandbytes
+
+        return getattr(bitsandbytes.optim, BNB_OPTIMIZERS[ta.optim])(params, **kwargs)
+    if ta.optim == "adamw_torch_fused" and use_cuda:
+        kwargs["fused"] = True
+    return torch.optim.AdamW(params, **kwargs)
 
 
 def _split(items: list[Tokenized], config: TrainingConfig) -> tuple[list[Tokenized], list[Tokenized]]:
@@ -382,13 +421,7 @@ def train(req: TrainRequest) -> TrainOutcome:
     ta = config.TrainingArguments
     sched = _Schedule(len(train_items), config)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=ta.learning_rate,
-        betas=(ta.adam_beta1, ta.adam_beta2),
-        eps=ta.adam_epsilon,
-        weight_decay=ta.weight_decay,
-    )
+    optimizer = _optimizer(params, config, prep.use_cuda)
     from transformers import get_scheduler
 
     warmup = ta.warmup_steps or math.ceil(ta.warmup_ratio * sched.total)
@@ -485,6 +518,18 @@ def train(req: TrainRequest) -> TrainOutcome:
                 metrics.write()
             at_end = step == sched.total
             boundary = step % sched.steps_per_epoch == 0
+            evaluate_now = (
+                eval_items
+                and not at_end
+                and (
+                    (ta.evaluation == "steps" and ta.eval_steps and step % ta.eval_steps == 0)
+                    or (ta.evaluation == "epoch" and boundary)
+                )
+            )
+            if evaluate_now:
+                loss_now = _evaluate(model, eval_items, ta.per_device_eval_batch_size, pad_id, device)
+                metrics.evaluated(loss_now)
+                log.info("step %d eval loss %.4f", step, loss_now)
             wanted = (ta.save_strategy == "steps" and step % ta.save_steps == 0) or (
                 ta.save_strategy == "epoch" and boundary
             )

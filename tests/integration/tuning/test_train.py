@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.slow
+
+PROGRESS = re.compile(r" step \d+/\d+ epoch [\d.]+ loss ")
 
 CONFIG = """
 training_config:
@@ -29,6 +32,8 @@ training_config:
     per_device_train_batch_size: 4
     logging_steps: 2
     save_steps: {save_steps}
+    eval_strategy: steps
+    eval_steps: 6
   DatasetConfig:
     train_test_split: 0.75
 """
@@ -105,10 +110,11 @@ def test_lora_tunes_the_tiny_model(tiny_model: Path, chat_data: Path, tmp_path: 
     summary = json.loads((out / "training_result.json").read_text())
     assert summary["step"] == 12 and math.isfinite(summary["loss"]) and math.isfinite(summary["eval_loss"])
     # Progress lines with step, loss and ETA; the loss fell.
-    lines = [ln for ln in result.stderr.splitlines() if " step " in ln and " loss " in ln]
+    lines = [ln for ln in result.stderr.splitlines() if PROGRESS.search(ln)]
     assert len(lines) == 6 and "step 12/12" in lines[-1] and " eta " in lines[-1]
     losses = [float(ln.split(" loss ")[1].split()[0]) for ln in lines]
     assert losses[-1] < losses[0]
+    assert "step 6 eval loss" in result.stderr
     metrics = (out / "metrics.prom").read_text()
     assert 'kaitopy_tuning_step{method="lora"} 12.0' in metrics
     assert 'kaitopy_tuning_completed{method="lora"} 1.0' in metrics
@@ -138,11 +144,7 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(
     second = _run(_argv(tiny_model, chat_data, out, config))
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from checkpoint-4 (step 4 of 10)" in second.stderr
-    steps = [
-        ln.split(" step ")[1].split()[0]
-        for ln in second.stderr.splitlines()
-        if " step " in ln and " loss " in ln
-    ]
+    steps = [ln.split(" step ")[1].split()[0] for ln in second.stderr.splitlines() if PROGRESS.search(ln)]
     assert steps == ["6/10", "8/10", "10/10"]  # it did not start over
     summary = json.loads((out / "training_result.json").read_text())
     assert summary["resumed_from"] == 4 and summary["step"] == 10

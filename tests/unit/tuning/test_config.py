@@ -178,3 +178,35 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
     path = tmp_path / "training_config.yaml"
     path.write_text("")
     assert load_config("lora", path) == build_config("lora")
+
+
+def test_eval_steps_strategy_needs_eval_steps() -> None:
+    with pytest.raises(ConfigError, match="eval_strategy steps needs eval_steps"):
+        build_config("lora", {"TrainingArguments": {"evaluation_strategy": "steps"}})
+    c = build_config("lora", {"TrainingArguments": {"eval_strategy": "steps", "eval_steps": 5}})
+    assert c.TrainingArguments.evaluation == "steps"
+
+
+def test_unsupported_optimizer_lists_the_supported_ones() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config("lora", {"TrainingArguments": {"optim": "adafactor"}})
+    assert "TrainingArguments.optim" in str(err.value) and "paged_adamw_8bit" in str(err.value)
+
+
+def test_push_to_hub_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"TrainingArguments\.push_to_hub"):
+        build_config("lora", {"TrainingArguments": {"push_to_hub": True}})
+
+
+def test_ignored_settings_are_listed() -> None:
+    from kaitopy.tuning.config import ignored_settings
+
+    c = build_config("lora", yaml.safe_load(KAITO_LORA))
+    assert ignored_settings(c) == [
+        "TrainingArguments.auto_find_batch_size",
+        "TrainingArguments.ddp_find_unused_parameters",
+        "ModelConfig.local_files_only",
+        "TokenizerParams.padding",
+        "DataCollator.mlm",
+    ]
+    assert ignored_settings(build_config("lora")) == []

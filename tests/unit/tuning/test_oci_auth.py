@@ -137,3 +137,23 @@ def test_image_config_is_a_runnable_image_config() -> None:
     config = json.loads(image_config("sha256:" + "b" * 64, "amd64"))
     assert config["os"] == "linux" and config["architecture"] == "amd64"
     assert config["rootfs"] == {"type": "layers", "diff_ids": ["sha256:" + "b" * 64]}
+
+
+def test_adapter_root(tmp_path: Path) -> None:
+    from kaitopy.tuning.oci import adapter_root
+
+    results = tmp_path / "results"
+    (results / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (results / "checkpoints" / "checkpoint-2" / "adapter_config.json").write_text("{}")
+    with pytest.raises(OciError, match=r"has no adapter_config\.json"):
+        adapter_root(results)
+    (results / "adapter").mkdir()
+    (results / "adapter" / "adapter_config.json").write_text("{}")
+    assert adapter_root(results) == results / "adapter"  # output_dir: adapter
+    (results / "adapter_config.json").write_text("{}")
+    assert adapter_root(results) == results
+    (results / "adapter_config.json").unlink()
+    (results / "other").mkdir()
+    (results / "other" / "adapter_config.json").write_text("{}")
+    with pytest.raises(OciError, match="several adapters"):
+        adapter_root(results)
