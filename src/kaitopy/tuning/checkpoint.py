@@ -50,7 +50,11 @@ def latest(output_dir: Path, fingerprint: str) -> Checkpoint | None:
             log.warning("ignoring checkpoint %s: unreadable state (%s)", path, exc)
             continue
         if state.get("fingerprint") != fingerprint:
-            log.warning("ignoring checkpoint %s: it was made for other settings or data; starting over", path)
+            # Never resumable, and left in place their step numbers would outrank the new run's.
+            log.warning(
+                "removing checkpoints made for other settings or data (newest: %s); starting over", path
+            )
+            shutil.rmtree(root, ignore_errors=True)
             return None
         return Checkpoint(path, step, state)
     return None

@@ -126,9 +126,11 @@ def file_name(url: str, disposition: str | None, index: int) -> str:
 
 
 def _unique(dest: Path, name: str, taken: set[str]) -> Path:
+    """A name no other URL of this fetch uses. A file left by an earlier attempt of the same fetch
+    is replaced, not kept beside: a restarted step must not train on the data twice."""
     stem, dot, ext = name.partition(".")
     candidate, n = name, 1
-    while candidate in taken or (dest / candidate).exists():
+    while candidate in taken:
         candidate = f"{stem}-{n}{dot}{ext}"
         n += 1
     taken.add(candidate)

@@ -185,3 +185,13 @@ async def test_cli_with_the_job_argv(server: tuple[str, dict[str, int]], tmp_pat
     refused = await asyncio.to_thread(_cli, f"--dest={dest}", f"--url={base}/data/train.jsonl")
     assert refused.returncode == 1
     assert "fetch failed" in refused.stderr and "loopback" in refused.stderr
+
+
+async def test_a_rerun_replaces_rather_than_duplicates(
+    server: tuple[str, dict[str, int]], tmp_path: Path
+) -> None:
+    base, _ = server
+    urls = [f"{base}/data/train.jsonl", f"{base}/download"]
+    await fetch_all(urls, tmp_path, LOOPBACK)
+    await fetch_all(urls, tmp_path, LOOPBACK)  # the step restarted
+    assert _names(tmp_path) == ["chat.jsonl", "train.jsonl"]
