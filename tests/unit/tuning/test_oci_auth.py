@@ -157,3 +157,59 @@ def test_adapter_root(tmp_path: Path) -> None:
     (results / "other" / "adapter_config.json").write_text("{}")
     with pytest.raises(OciError, match="several adapters"):
         adapter_root(results)
+
+
+def _layer(tmp_path: Path, entries: list[tuple[str, bytes | None, str | None]]) -> Path:
+    """A gzip layer with (name, content or None for a directory, symlink target) entries."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, content, link in entries:
+            info = tarfile.TarInfo(name)
+            if link is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+                tar.addfile(info)
+            elif content is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    path = tmp_path / "layer.tar.gz"
+    path.write_bytes(gzip.compress(buf.getvalue()))
+    return path
+
+
+def test_extract_takes_only_data_like_cp_r(tmp_path: Path) -> None:
+    from kaitopy.tuning.oci import LAYER_TYPE, _extract
+
+    layer = _layer(
+        tmp_path,
+        [
+            ("bin/busybox", b"elf", None),
+            ("./data/", None, None),
+            ("./data/adapter_config.json", b"{}", None),
+            ("data/sub/w.bin", b"w", None),
+            ("data/link", None, "/etc/passwd"),
+        ],
+    )
+    dest = tmp_path / "dest"
+    written = _extract(layer, LAYER_TYPE, dest, None)
+    assert sorted(str(p.relative_to(dest)) for p in written) == ["adapter_config.json", "sub/w.bin"]
+    assert not (dest / "link").exists() and not (dest / "bin").exists()
+
+
+def test_extract_refuses_escaping_paths(tmp_path: Path) -> None:
+    from kaitopy.tuning.oci import LAYER_TYPE, _extract
+
+    layer = _layer(tmp_path, [("data/../../evil", b"x", None)])
+    with pytest.raises(OciError, match="escapes /data"):
+        _extract(layer, LAYER_TYPE, tmp_path / "dest", None)
+    assert not (tmp_path / "evil").exists()
+
+
+def test_extract_checks_the_diff_id(tmp_path: Path) -> None:
+    from kaitopy.tuning.oci import LAYER_TYPE, _extract
+
+    layer = _layer(tmp_path, [("data/a", b"x", None)])
+    with pytest.raises(OciError, match="does not match the config's diff_id"):
+        _extract(layer, LAYER_TYPE, tmp_path / "dest", "sha256:" + "0" * 64)
