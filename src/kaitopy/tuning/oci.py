@@ -65,7 +65,13 @@ def credentials_for(
     or `username`/`password`; None when it has none for that registry."""
     auths = docker_config.get("auths")
     if auths is None:
-        return None
+        # The legacy .dockercfg layout: the registry entries at the top level.
+        legacy = {
+            k: v for k, v in docker_config.items() if isinstance(v, dict) and ("auth" in v or "username" in v)
+        }
+        if not legacy:
+            return None
+        auths = legacy
     if not isinstance(auths, dict):
         raise OciError(f"{source}: 'auths' must be a mapping of registry to credentials")
     wanted = _host_key(registry)

@@ -49,6 +49,11 @@ def test_port_and_scheme_in_key() -> None:
     assert credentials_for(config, "127.0.0.1:5001") is None
 
 
+def test_legacy_dockercfg_layout() -> None:
+    config = {"https://r.io": {"auth": _b64("old:style"), "email": "x@y"}}
+    assert credentials_for(config, "r.io") == Credentials("old", "style")
+
+
 def test_no_entry_for_registry() -> None:
     assert credentials_for({"auths": {"other.io": {"auth": _b64("a:b")}}}, "mine.io") is None
     assert credentials_for({}, "mine.io") is None
