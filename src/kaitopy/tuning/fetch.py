@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 20 * 1024**3
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 
 
 class FetchError(RuntimeError):
@@ -146,7 +147,11 @@ async def _download_once(
         length = resp.content_length
         if length is not None and length > options.max_bytes:
             raise FetchError(f"{url}: {length} bytes is over the limit of {options.max_bytes} bytes")
-        target = _unique(dest, file_name(url, resp.headers.get("Content-Disposition"), index), taken)
+        name = file_name(url, resp.headers.get("Content-Disposition"), index)
+        if resp.content_type == "text/html" and Path(name).suffix.lower() in DATA_SUFFIXES:
+            # An expired signed URL or a login wall often answers 200 with a web page.
+            raise FetchError(f"{url}: the server sent an HTML page, not {Path(name).suffix} data")
+        target = _unique(dest, name, taken)
         partial = target.with_name(f".{target.name}.part")
         size = 0
         try:

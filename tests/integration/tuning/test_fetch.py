@@ -52,6 +52,9 @@ async def server() -> AsyncIterator[tuple[str, dict[str, int]]]:
         await resp.write_eof()
         return resp
 
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<html>sign in</html>", content_type="text/html")
+
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPFound("/data/train.jsonl")
 
@@ -64,6 +67,7 @@ async def server() -> AsyncIterator[tuple[str, dict[str, int]]]:
     app.router.add_get("/forbidden.jsonl", forbidden)
     app.router.add_get("/streamed.jsonl", streamed)
     app.router.add_get("/redirect", redirect)
+    app.router.add_get("/expired/train.jsonl", html)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -195,3 +199,12 @@ async def test_a_rerun_replaces_rather_than_duplicates(
     await fetch_all(urls, tmp_path, LOOPBACK)
     await fetch_all(urls, tmp_path, LOOPBACK)  # the step restarted
     assert _names(tmp_path) == ["chat.jsonl", "train.jsonl"]
+
+
+async def test_html_page_for_a_data_file(server: tuple[str, dict[str, int]], tmp_path: Path) -> None:
+    base, _ = server
+    with pytest.raises(
+        FetchError, match=re.escape(f"{base}/expired/train.jsonl: the server sent an HTML page")
+    ):
+        await fetch_all([f"{base}/expired/train.jsonl"], tmp_path, LOOPBACK)
+    assert _names(tmp_path) == []
