@@ -199,8 +199,9 @@ def _load_model(source: str, config: TrainingConfig, use_cuda: bool) -> Any:
             llm_int8_threshold=q.llm_int8_threshold,
             llm_int8_skip_modules=q.llm_int8_skip_modules,
         )
-    if use_cuda and mc.device_map:
-        kwargs["device_map"] = mc.device_map
+    if use_cuda and (mc.device_map or q.enabled):
+        # bitsandbytes quantizes while placing the weights, so a quantized load always has a map.
+        kwargs["device_map"] = mc.device_map or "auto"
     model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if not use_cuda:
         model.to("cpu")

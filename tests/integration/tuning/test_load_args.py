@@ -69,3 +69,9 @@ def test_lora_on_a_gpu_keeps_bfloat16(calls: list[dict[str, Any]], tmp_path: Pat
 
     _load_model(str(tmp_path), build_config("lora"), use_cuda=True)
     assert calls[0]["dtype"] == torch.bfloat16 and "quantization_config" not in calls[0]
+
+
+def test_qlora_always_gets_a_device_map(calls: list[dict[str, Any]], tmp_path: Path) -> None:
+    config = build_config("qlora", {"ModelConfig": {"device_map": None}})
+    _load_model(str(tmp_path), config, use_cuda=True)
+    assert calls[0]["device_map"] == "auto"
