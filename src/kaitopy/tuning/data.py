@@ -48,11 +48,26 @@ class Example:
     text: str | None = None
 
 
+def _dataset_path(data_dir: Path, given: str) -> Path:
+    """DatasetConfig.dataset_path under the data directory. Kaito joins it to /mnt, so a path that
+    starts with the data directory's own name ("data/train.jsonl") is read the same way."""
+    root = data_dir.resolve()
+    rel = Path(given.lstrip("/"))
+    candidates = [root / rel]
+    if rel.parts and rel.parts[0] == data_dir.name:
+        candidates.append(root.joinpath(*rel.parts[1:]))
+    for candidate in candidates:
+        path = candidate.resolve()
+        if path != root and root not in path.parents:
+            raise DataError(f"DatasetConfig.dataset_path {given!r} points outside the data directory {root}")
+        if path.exists():
+            return path
+    raise DataError(f"DatasetConfig.dataset_path {given!r}: {candidates[0]} does not exist")
+
+
 def find_files(data_dir: Path, settings: DatasetSettings) -> list[Path]:
     if settings.dataset_path:
-        path = (data_dir / settings.dataset_path.lstrip("/")).resolve()
-        if not path.exists():
-            raise DataError(f"DatasetConfig.dataset_path {settings.dataset_path!r}: {path} does not exist")
+        path = _dataset_path(data_dir, settings.dataset_path)
         candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     else:
         if not data_dir.is_dir():

@@ -64,6 +64,15 @@ def test_dataset_path_selects_one_file(tmp_path: Path) -> None:
     assert len(load_examples(tmp_path, DatasetSettings(dataset_path="two.jsonl"))) == 2
     with pytest.raises(DataError, match="does not exist"):
         load_examples(tmp_path, DatasetSettings(dataset_path="three.jsonl"))
+    with pytest.raises(DataError, match="outside the data directory"):
+        load_examples(tmp_path, DatasetSettings(dataset_path="../etc/passwd"))
+
+
+def test_dataset_path_as_kaito_writes_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"  # mounted at /mnt/data; Kaito's dataset_path is relative to /mnt
+    data.mkdir()
+    _jsonl(data / "train.jsonl", [CHAT, CHAT, CHAT])
+    assert len(load_examples(data, DatasetSettings(dataset_path="/data/train.jsonl"))) == 3
 
 
 def test_malformed_json_line_names_file_and_row(tmp_path: Path) -> None:
