@@ -56,7 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True)
     p.add_argument("--docker-config", type=Path, default=None, help=".dockerconfigjson with the credentials")
     p.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to the registry")
-    p.add_argument("--architecture", default="amd64", help="the image config's architecture (default amd64)")
+    p.add_argument(
+        "--architecture",
+        action="append",
+        default=None,
+        help="a platform the image lists (repeatable; default amd64 and arm64)",
+    )
 
     q = sub.add_parser("pull", help="copy an adapter image's /data into a directory")
     q.add_argument("--image", required=True)
@@ -111,10 +116,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from kaitopy.tuning.oci import OciError, push
+    from kaitopy.tuning.oci import DEFAULT_ARCHITECTURES, OciError, push
 
     try:
-        digest = push(args.dir, args.image, args.docker_config, args.plain_http, args.architecture)
+        architectures = tuple(args.architecture) if args.architecture else DEFAULT_ARCHITECTURES
+        digest = push(args.dir, args.image, args.docker_config, args.plain_http, architectures)
     except OciError as exc:
         log.error("push failed: %s", exc)
         return 1

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import logging
+import platform
 import shutil
 import tarfile
 import tempfile
@@ -313,50 +314,97 @@ def adapter_root(results: Path) -> Path:
     raise OciError(f"{results} has no adapter_config.json: the training did not produce an adapter")
 
 
+DEFAULT_ARCHITECTURES = ("amd64", "arm64")
+
+
+def _json_bytes(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _descriptor(media_type: str, body: bytes) -> dict[str, Any]:
+    return {
+        "mediaType": media_type,
+        "digest": f"sha256:{hashlib.sha256(body).hexdigest()}",
+        "size": len(body),
+    }
+
+
 def push(
     src: Path,
     image: str,
     docker_config: Path | None = None,
     plain_http: bool = False,
-    architecture: str = "amd64",
+    architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES,
 ) -> str:
-    """Push the files under `src` as `image`; return the manifest digest."""
+    """Push the files under `src` as `image`; return the image's digest.
+
+    The files are the same on every CPU, but a container runtime only pulls an image whose config
+    names its own platform, so the image is an index of one manifest per architecture, all
+    sharing the one layer."""
+    if not architectures:
+        raise OciError("no architectures to push for")
     src = adapter_root(src)
     ref = parse_image(image)
     creds = _creds(docker_config, ref)
     with tempfile.TemporaryDirectory(prefix="kaitopy-push-") as tmp:
         work = Path(tmp)
         layer_path, diff_id, layer_digest, layer_size = build_layer(src, work)
-        config_bytes = image_config(diff_id, architecture)
-        config_path = work / "config.json"
-        config_path.write_bytes(config_bytes)
-        config_desc = {
-            "mediaType": CONFIG_TYPE,
-            "digest": f"sha256:{hashlib.sha256(config_bytes).hexdigest()}",
-            "size": len(config_bytes),
-        }
         layer_desc = {"mediaType": LAYER_TYPE, "digest": layer_digest, "size": layer_size}
         session = _Session(ref, creds, plain_http)
-        for path, desc, what in ((layer_path, layer_desc, "layer"), (config_path, config_desc, "config")):
-            try:
-                resp = session.registry.upload_blob(str(path), session.container, desc)
-            except ValueError as exc:
-                raise OciError(f"uploading the {what} of {ref} failed: {exc}") from None
-            session.check(resp, f"uploading the {what}")
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_TYPE,
-            "config": config_desc,
-            "layers": [layer_desc],
-            "annotations": {"org.opencontainers.image.title": "LoRA adapter"},
-        }
-        body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-        url = f"{session.prefix}://{session.container.manifest_url()}"
-        resp = session.request(url, "PUT", data=body, headers={"Content-Type": MANIFEST_TYPE})
-        session.check(resp, "uploading the manifest")
-    digest = resp.headers.get("Docker-Content-Digest") or f"sha256:{hashlib.sha256(body).hexdigest()}"
-    log.info("pushed %s (%s, layer %s, %d bytes)", ref, digest, layer_digest, layer_size)
+        _upload_blob(session, layer_path, layer_desc, "layer")
+        entries: list[dict[str, Any]] = []
+        for arch in architectures:
+            config_bytes = image_config(diff_id, arch)
+            config_path = work / f"config-{arch}.json"
+            config_path.write_bytes(config_bytes)
+            config_desc = _descriptor(CONFIG_TYPE, config_bytes)
+            _upload_blob(session, config_path, config_desc, f"{arch} config")
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": MANIFEST_TYPE,
+                "config": config_desc,
+                "layers": [layer_desc],
+                "annotations": {"org.opencontainers.image.title": "LoRA adapter"},
+            }
+            body = _json_bytes(manifest)
+            desc = _descriptor(MANIFEST_TYPE, body)
+            _put_manifest(session, desc["digest"], body, MANIFEST_TYPE, f"the {arch} manifest")
+            entries.append({**desc, "platform": {"os": "linux", "architecture": arch}})
+        if len(entries) == 1:
+            digest = entries[0]["digest"]
+            _put_manifest(session, ref.reference, body, MANIFEST_TYPE, "the manifest")
+        else:
+            index = _json_bytes({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": entries})
+            digest = _descriptor(INDEX_TYPE, index)["digest"]
+            _put_manifest(session, ref.reference, index, INDEX_TYPE, "the image index")
+    log.info(
+        "pushed %s@%s (%s; layer %s, %d bytes)",
+        ref,
+        digest,
+        ", ".join(architectures),
+        layer_digest,
+        layer_size,
+    )
     return str(digest)
+
+
+def _upload_blob(session: _Session, path: Path, desc: dict[str, Any], what: str) -> None:
+    try:
+        resp = session.registry.upload_blob(str(path), session.container, desc)
+    except ValueError as exc:
+        raise OciError(f"uploading the {what} of {session.ref} failed: {exc}") from None
+    session.check(resp, f"uploading the {what}")
+
+
+def _put_manifest(session: _Session, reference: str, body: bytes, media_type: str, what: str) -> None:
+    url = f"{session.prefix}://{session.ref.api_host}/v2/{session.ref.repository}/manifests/{reference}"
+    resp = session.request(url, "PUT", data=body, headers={"Content-Type": media_type})
+    session.check(resp, f"uploading {what}")
+
+
+def host_architecture() -> str:
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
 def _pick_platform(index: dict[str, Any], architecture: str) -> str:
@@ -390,7 +438,7 @@ def pull(image: str, dest: Path, docker_config: Path | None = None, plain_http: 
     base = f"{session.prefix}://{ref.api_host}/v2/{ref.repository}"
     manifest = _get_json(session, f"{base}/manifests/{ref.reference}", accept, "manifest")
     if manifest.get("mediaType") in (INDEX_TYPE, DOCKER_LIST_TYPE) or "manifests" in manifest:
-        digest = _pick_platform(manifest, "amd64")
+        digest = _pick_platform(manifest, host_architecture())
         manifest = _get_json(session, f"{base}/manifests/{digest}", accept, "platform manifest")
     config = _get_json(session, f"{base}/blobs/{manifest['config']['digest']}", ["*/*"], "image config")
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []

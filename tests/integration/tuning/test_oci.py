@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import re
@@ -94,6 +95,31 @@ def test_push_without_adapter(registry: registry_support.Registry, tmp_path: Pat
         push(tmp_path / "empty", f"{registry.host}/adapters/x:v1", None, plain_http=True)
 
 
+def test_single_architecture_is_a_plain_manifest(
+    registry: registry_support.Registry, adapter: Path, tmp_path: Path
+) -> None:
+    import urllib.request
+
+    config = registry.docker_config(tmp_path / ".dockerconfigjson")
+    digest = push(
+        adapter, f"{registry.host}/adapters/one:v1", config, plain_http=True, architectures=("arm64",)
+    )
+    request = urllib.request.Request(
+        f"http://{registry.host}/v2/adapters/one/manifests/v1",
+        headers={
+            "Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json",
+            "Authorization": "Basic "
+            + base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode(),
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.headers["Content-Type"] == "application/vnd.oci.image.manifest.v1+json"
+        assert resp.headers["Docker-Content-Digest"] == digest
+    dest = tmp_path / "one"
+    pull(f"{registry.host}/adapters/one:v1", dest, config, plain_http=True)
+    assert (dest / "adapter_config.json").is_file()
+
+
 def test_cli_push_and_pull(registry: registry_support.Registry, adapter: Path, tmp_path: Path) -> None:
     config = registry.docker_config(tmp_path / ".dockerconfigjson")
     image = f"{registry.host}/adapters/cli:v1"
@@ -145,6 +171,34 @@ def test_skopeo_sees_a_proper_image(
     )
     info = json.loads(inspect.stdout)
     assert (info["Os"], info["Architecture"], len(info["Layers"])) == ("linux", "amd64", 1)
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", "--creds", creds, f"docker://{image}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    index = json.loads(raw.stdout)
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert sorted(m["platform"]["architecture"] for m in index["manifests"]) == ["amd64", "arm64"]
+    # An arm64 node resolves the index to its own manifest, with the same layer.
+    arm = subprocess.run(
+        [
+            "skopeo",
+            "--override-arch=arm64",
+            "inspect",
+            "--tls-verify=false",
+            "--creds",
+            creds,
+            f"docker://{image}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(arm.stdout)["Architecture"] == "arm64"
+    assert json.loads(arm.stdout)["Layers"] == info["Layers"]
     # A copy into an OCI layout checks every digest on the way, as a container runtime's pull does.
     layout = tmp_path / "layout"
     subprocess.run(
