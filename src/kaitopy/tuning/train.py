@@ -17,6 +17,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -202,6 +203,10 @@ def _load_model(source: str, config: TrainingConfig, use_cuda: bool) -> Any:
     if use_cuda and (mc.device_map or q.enabled):
         # bitsandbytes quantizes while placing the weights, so a quantized load always has a map.
         kwargs["device_map"] = mc.device_map or "auto"
+    from transformers.utils import logging as hf_logging
+
+    # The pod log gets our progress lines, not tqdm's redraws.
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if not use_cuda:
         model.to("cpu")
@@ -236,7 +241,10 @@ def _peft_model(model: Any, config: TrainingConfig) -> Any:
         task_type=lc.task_type,
     )
     try:
-        return get_peft_model(model, lora)
+        with warnings.catch_warnings():
+            # peft still asks transformers 5 the deprecated way; nothing the user can act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            return get_peft_model(model, lora)
     except ValueError as exc:
         raise TrainError(f"LoraConfig does not fit the model: {exc}") from None
 
