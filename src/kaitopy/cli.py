@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("kaitopy.usercli.status", "show a workspace's conditions, events and what it waits on"),
     "webhook": ("kaitopy.webhooks.command", "run the Workspace validating admission webhook"),
     "serve": ("kaitopy.inference.cli", "run the model server (OpenAI API, Kaito's /chat) in a pod"),
+    "tune": ("kaitopy.tuning.command", "tuning Job steps: fetch data, train an adapter, push/pull its image"),
 }
 
 
