@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install install-inference install-inference-cpu install-tuning test-tuning binaries cluster-up cluster-down cluster-status test test-unit \
+.PHONY: help install install-test install-inference-cpu install-tuning test-tuning binaries cluster-up cluster-down cluster-status test test-unit \
         test-integration test-e2e chaos lint manifests check-manifests run bench bench-inference clean
 
 help:  ## list the targets
@@ -25,6 +25,9 @@ install-inference-cpu: $(PY)  ## .venv plus the CPU model server (torch's CPU wh
 install-tuning: $(PY)  ## the tuning Job's dependencies and the CPU model server (the loop test serves the adapter)
 	$(PIP) install -q --find-links ../shared/wheels 'torch==2.13.0+cpu' -e '.[dev,tuning,inference-cpu]'
 
+install-test: $(PY)  ## everything the test suite needs: dev tools, the CPU model server, the tuning Job's code
+	$(PIP) install -q --find-links ../shared/wheels 'torch==2.13.0+cpu' -e '.[dev,tuning,inference-cpu]'
+
 test-tuning: install-tuning  ## tuning tests (needs apt packages docker-registry and skopeo for the registry tests)
 	$(PY) -m pytest tests/unit/tuning tests/integration/tuning
 
@@ -40,16 +43,16 @@ cluster-down:  ## stop every process of the local control plane and remove its d
 cluster-status:  ## show the local control plane's processes and health
 	$(PYTHON) hack/localcluster.py status
 
-test: install binaries  ## all tests: unit, integration and e2e
+test: install-test binaries  ## all tests: unit, integration and e2e
 	$(PY) -m pytest tests
 
-test-unit: install  ## unit tests only (no cluster)
+test-unit: install-test  ## unit tests only (no cluster)
 	$(PY) -m pytest -m unit tests
 
-test-integration: install binaries  ## integration tests against the control plane
+test-integration: install-test binaries  ## integration tests against the control plane
 	$(PY) -m pytest -m integration tests
 
-test-e2e: install binaries  ## end-to-end tests (operator + control plane)
+test-e2e: install-test binaries  ## end-to-end tests (operator + control plane)
 	$(PY) -m pytest -m e2e tests
 
 lint: install  ## ruff and mypy --strict on src, import layering
