@@ -6,6 +6,8 @@ import re
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from kaitopy.controllers.workspace import job, nodes, status, workload
 from kaitopy.controllers.workspace.plan import AdapterPlan, InferencePlan, TuningPlan
 
@@ -218,3 +220,29 @@ def test_workload_ready_only_when_rolled_out() -> None:
     dep["status"]["observedGeneration"] = 2
     assert status.workload_verdict(dep, [], 1, "r").ok
     assert status.workload_verdict(None, [], 1, "r").reason == "WorkloadNotCreated"
+
+
+def test_the_model_server_accepts_every_argv_the_controller_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A contract between two processes that never meet in unit tests: the pod's `kaitopy serve`
+    # must parse exactly what the Deployment/StatefulSet builder puts in the container's args.
+    import argparse
+
+    from kaitopy.controllers.workspace.plan import AdapterPlan
+    from kaitopy.inference import cli as serve_cli
+
+    adapters = [AdapterPlan(name="a", image="example.com/a:1", strength=0.5)]
+    for plan in (PLAN, replace(PLAN, adapters=adapters, node_count=2, pipeline_parallel_size=2)):
+        argv = workload.server_args(plan)
+        assert argv[0] == "serve"
+        pod = workload.pod_template(plan)["spec"]  # the pod gives the server its own name
+        env = {e["name"] for e in pod["containers"][0]["env"]}
+        assert "POD_NAME" in env
+        monkeypatch.setenv("POD_NAME", f"{plan.name}-1")
+        parser = argparse.ArgumentParser()
+        serve_cli.add_arguments(parser)
+        settings = serve_cli.settings_from_args(parser.parse_args(argv[1:]))
+        assert settings.served_model_name == plan.preset
+        assert settings.hf_model_id == plan.hf_model_id
+        # The weights volume starts empty, so the server must be allowed to fetch them.
+        assert settings.allow_download
+        assert settings.adapter_strengths == {a.name: a.strength for a in plan.adapters}

@@ -50,6 +50,10 @@ def server_args(plan: InferencePlan) -> list[str]:
         f"--port={SERVER_PORT}",
         "--host=0.0.0.0",
     ]
+    if plan.hf_model_id:
+        # The weights volume starts empty: the server fetches the preset's weights from the hub
+        # (with HF_TOKEN for gated models) before it loads them.
+        args.append("--allow-download")
     if plan.max_model_len:
         args.append(f"--max-model-len={plan.max_model_len}")
     if plan.tool_call_parser:
