@@ -67,7 +67,7 @@ manifests: install  ## regenerate manifests/crds from the pydantic models
 check-manifests: install  ## fail when manifests/crds differs from what the models generate
 	$(PY) hack/gen_manifests.py --check
 
-run: install binaries  ## the main job: local control plane + operator, phi-3 example to WORKSPACESUCCEEDED
+run: install-test binaries  ## the main job: local control plane + operator, phi-3 example to WORKSPACESUCCEEDED
 	$(PY) hack/demo.py
 
 bench: install binaries  ## benchmarks (prints figures and ratios; writes bench/results/*.json)

@@ -11,12 +11,15 @@ The operator's logs are written to <cluster dir>/logs/{controller,provisioner}.l
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,16 +30,119 @@ def say(msg: str) -> None:
     print(f"demo: {msg}", flush=True)
 
 
-def kubectl(kubeconfig: Path, bin_dir: Path, *args: str, check: bool = True) -> str:
+def kubectl(kubeconfig: Path, bin_dir: Path, *args: str, check: bool = True, timeout: float = 120) -> str:
     proc = subprocess.run(
         [str(bin_dir / "kubectl"), f"--kubeconfig={kubeconfig}", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise SystemExit(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pod_server_argv(deployment: dict[str, object], model_dir: Path, port: int) -> tuple[list[str], str]:
+    """The model server's argv from the Deployment the controller made, pointed at a local model.
+
+    Only what differs between the pod and this machine is replaced: where the weights and
+    adapters live, the address, and (where vLLM is not installed) the engine."""
+    spec = deployment["spec"]["template"]["spec"]  # type: ignore[index]
+    argv = [str(a) for a in spec["containers"][0]["args"]]
+    local = {"--model-dir": str(model_dir), "--port": str(port), "--host": "127.0.0.1"}
+    out: list[str] = []
+    engine = "transformers"
+    for arg in argv:
+        flag, _, value = arg.partition("=")
+        if flag in local:
+            out.append(f"{flag}={local.pop(flag)}")
+        elif flag in ("--allow-download", "--adapter-dir", "--hf-model-id"):
+            continue  # the weights are already here; the pod's adapter volume is not
+        elif flag == "--engine":
+            engine = value
+            out.append(arg)
+        else:
+            out.append(arg)
+    if engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        out = ["--engine=transformers" if a == "--engine=vllm" else a for a in out]
+        engine = "transformers (vLLM is not installed here; make install-inference-cpu adds it)"
+    return out, engine
+
+
+def serve_like_the_pod(kubeconfig: Path, bin_dir: Path, workspace: str, logs: Path) -> None:
+    """kwok simulates the GPU node, so the pod's server does not really run there. Run the same
+    server with the pod's own arguments on a tiny random-weight model built offline, and talk
+    to it the way the README does."""
+    if importlib.util.find_spec("torch") is None:
+        say("skipping the model server: torch is not installed (make install-test installs it)")
+        return
+    sys.path.insert(0, str(REPO))
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    from tests.support.tinymodel import build_tiny_model
+
+    hf_logging.disable_progress_bar()
+
+    deployment = json.loads(kubectl(kubeconfig, bin_dir, "get", "deployment", workspace, "-o", "json"))
+    model_dir = build_tiny_model(logs.parent / "demo-model")
+    port = free_port()
+    argv, engine = pod_server_argv(deployment, model_dir, port)
+    say(f"running the pod's model server locally ({engine}) on a tiny random-weight model:")
+    print("  kaitopy " + " ".join(argv), flush=True)
+    log = (logs / "model-server.log").open("ab")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "kaitopy"), *argv], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the model server did not become healthy; see {logs / 'model-server.log'}")
+            time.sleep(0.5)
+        for path, body in (
+            ("/chat", {"prompt": "What is kubernetes?", "generate_kwargs": {"max_length": 24}}),
+            (
+                "/v1/chat/completions",
+                {
+                    "model": argv_value(argv, "--served-model-name"),
+                    "messages": [{"role": "user", "content": "Say hello"}],
+                    "max_tokens": 8,
+                    "temperature": 0,
+                },
+            ),
+        ):
+            payload = json.dumps(body)
+            print(f"$ curl -X POST {base}{path} -H 'Content-Type: application/json' -d '{payload}'")
+            request = urllib.request.Request(
+                f"{base}{path}", data=payload.encode(), headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=60) as r:
+                print(r.read().decode(), flush=True)
+        say("(random weights: the words are noise; the shapes are what a real model returns)")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def argv_value(argv: list[str], flag: str) -> str:
+    return next(a.partition("=")[2] for a in argv if a.startswith(f"{flag}="))
 
 
 def main() -> int:
@@ -44,6 +150,7 @@ def main() -> int:
     ap.add_argument("--example", type=Path, default=DEFAULT_EXAMPLE)
     ap.add_argument("--timeout", type=float, default=180.0)
     ap.add_argument("--keep-running", action="store_true", help="leave the operator running afterwards")
+    ap.add_argument("--no-model", action="store_true", help="skip running the model server on a tiny model")
     args = ap.parse_args()
 
     up = subprocess.run(
@@ -59,6 +166,8 @@ def main() -> int:
     logs.mkdir(exist_ok=True)
     say(f"local control plane up (KUBECONFIG={kubeconfig})")
 
+    # The operator's own namespace (webhook certificate, leases), as the manifests create it.
+    kubectl(kubeconfig, bin_dir, "apply", "--server-side", "-f", str(REPO / "manifests/base/namespace.yaml"))
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     kaitopy = Path(sys.executable).parent / "kaitopy"
     procs: list[subprocess.Popen[bytes]] = []
@@ -101,6 +210,7 @@ def main() -> int:
             "--for=condition=WorkspaceSucceeded",
             f"--timeout={int(args.timeout)}s",
             check=False,
+            timeout=args.timeout + 30,
         )
         if "condition met" not in out:
             print(kubectl(kubeconfig, bin_dir, "get", "workspace", name, "-o", "yaml"))
@@ -118,6 +228,8 @@ def main() -> int:
             ),
             end="",
         )
+        if not args.no_model:
+            serve_like_the_pod(kubeconfig, bin_dir, name, logs)
         if args.keep_running:
             say("operator left running; stop it with: kill " + " ".join(str(p.pid) for p in procs))
             return 0

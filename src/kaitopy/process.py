@@ -58,6 +58,21 @@ def add_process_arguments(parser: argparse.ArgumentParser, *, default_probe_port
     g.add_argument("--log-level", default=os.environ.get("KAITOPY_LOG_LEVEL", "INFO"))
 
 
+async def require_namespace(client: Client, namespace: str, what: str) -> None:
+    """Fail at start-up, with the fix, when the operator's own namespace is missing: otherwise the
+    first write there fails deep inside a component with a bare 404."""
+    from kaitopy.runtime import NotFound, kinds
+
+    try:
+        await client.get(kinds.NAMESPACE, namespace)
+    except NotFound:
+        raise StartupError(
+            f"namespace {namespace!r} does not exist; the operator keeps its {what} there. Create it "
+            f"(kubectl create namespace {namespace}, or apply manifests/base/namespace.yaml) or pick "
+            "another with --leader-election-namespace / $POD_NAMESPACE"
+        ) from None
+
+
 async def open_client(args: argparse.Namespace) -> Client:
     if args.kubeconfig:
         return await Client.from_kubeconfig(args.kubeconfig)

@@ -152,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         async with client:
             provider = make_provider(client)
             try:
+                if args.leader_elect:
+                    await process.require_namespace(client, args.leader_election_namespace, "leader lease")
                 if args.install_crds:
                     await ensure_crds(client)
                     await ensure_default_nodeclass(client)

@@ -92,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
                 await ensure_workspace_crd(client)
                 if settings.node_provisioner == "auto":
                     await ensure_crds(client)
+            if args.webhook or args.leader_elect:
+                await process.require_namespace(
+                    client, args.leader_election_namespace, "webhook certificate and leader lease"
+                )
             if args.webhook:
                 from kaitopy.webhooks.server import WebhookServer, WebhookSettings
 
