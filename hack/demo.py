@@ -84,9 +84,8 @@ def serve_like_the_pod(kubeconfig: Path, bin_dir: Path, workspace: str, logs: Pa
         return
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
-
     from tests.support.tinymodel import build_tiny_model
+    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
