@@ -105,15 +105,15 @@ docker-build:  ## build the controller (and model-server) images, tagged $(IMAGE
 	  docker build -f $$d/Dockerfile -t $(IMAGE_REGISTRY)/$$name:$(VERSION) . || exit 1; \
 	done
 
-deploy:  ## install the operator into the current kubectl context (PROVIDER=kwok|azure; azure: edit its overlay first)
-	@case "$(PROVIDER)" in kwok|azure) ;; *) echo "deploy: PROVIDER must be kwok or azure, not '$(PROVIDER)'" >&2; exit 2;; esac
+deploy:  ## install the operator into the current kubectl context (PROVIDER=kwok|azure|byo; azure: edit its overlay first)
+	@case "$(PROVIDER)" in kwok|azure|byo) ;; *) echo "deploy: PROVIDER must be kwok, azure or byo, not '$(PROVIDER)'" >&2; exit 2;; esac
 	$(KUBECTL) apply --server-side -k manifests/overlays/$(PROVIDER)
 	@if [ "$(WAIT)" = 1 ]; then \
 	  $(KUBECTL) -n kaito-system rollout status deploy/kaitopy-controller --timeout=180s && \
 	  $(KUBECTL) -n kaito-system rollout status deploy/kaitopy-provisioner --timeout=180s; fi
 
 undeploy: install  ## remove the operator from the current context (the CRDs stay: deleting them deletes every workspace)
-	@case "$(PROVIDER)" in kwok|azure) ;; *) echo "undeploy: PROVIDER must be kwok or azure, not '$(PROVIDER)'" >&2; exit 2;; esac
+	@case "$(PROVIDER)" in kwok|azure|byo) ;; *) echo "undeploy: PROVIDER must be kwok, azure or byo, not '$(PROVIDER)'" >&2; exit 2;; esac
 	$(KUBECTL) kustomize manifests/overlays/$(PROVIDER) | \
 	  $(PY) -c 'import sys,yaml; yaml.safe_dump_all([d for d in yaml.safe_load_all(sys.stdin) if d and d["kind"] != "CustomResourceDefinition"], sys.stdout)' | \
 	  $(KUBECTL) delete --ignore-not-found -f -
