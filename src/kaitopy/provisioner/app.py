@@ -61,7 +61,7 @@ def wire(mgr: Manager, client: Client, provider: CloudProvider, settings: Provis
         provider,
         recorder,
         settings,
-        metrics=NodeClaimMetrics(mgr.metrics.registry),
+        metrics=mgr.metrics.extension("kaitopy_nodeclaim", NodeClaimMetrics),
     )
     (
         mgr.controller("nodeclaim.lifecycle")

@@ -13,6 +13,7 @@ from kaitopy.controllers.workspace.metrics import (
     register_workspace_metrics,
     workspace_state,
 )
+from kaitopy.runtime.metrics import Metrics
 from kaitopy.runtime.objects import freeze
 from kaitopy.runtime.store import Store
 
@@ -76,8 +77,11 @@ def _samples(registry: CollectorRegistry, name: str) -> dict[str, float]:
 
 def test_gauges_follow_the_store() -> None:
     store = Store()
-    registry = CollectorRegistry()
-    register_workspace_metrics(registry, store)
+    metrics = Metrics()
+    registry = metrics.registry
+    # Wired twice (a restarted manager on the same client): one collector, reading the last store.
+    register_workspace_metrics(metrics, Store())
+    register_workspace_metrics(metrics, store)
     assert _samples(registry, "kaitopy_workspace_count") == dict.fromkeys(STATES, 0.0)
     assert _samples(registry, "kaitopy_workspace_preset_count") == {}
 

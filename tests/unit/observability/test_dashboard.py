@@ -48,8 +48,8 @@ def exported_names(registry: CollectorRegistry) -> set[str]:
 
 def our_registry() -> CollectorRegistry:
     metrics = Metrics()  # the runtime's: client, queues, controllers, leader election
-    register_workspace_metrics(metrics.registry, Store())
-    NodeClaimMetrics(metrics.registry)
+    register_workspace_metrics(metrics, Store())
+    metrics.extension("kaitopy_nodeclaim", NodeClaimMetrics)
     return metrics.registry
 
 

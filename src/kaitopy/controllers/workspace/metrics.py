@@ -16,6 +16,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from kaitopy.controllers.workspace import status as st
+from kaitopy.runtime.metrics import Metrics
 from kaitopy.runtime.objects import Obj
 from kaitopy.runtime.store import Store
 
@@ -69,10 +70,10 @@ def preset_of(ws: Obj) -> str:
 
 
 class WorkspaceCollector(Collector):
-    """The workspace gauges over one store of workspaces."""
+    """The workspace gauges over the store of workspaces of the manager it was wired into last."""
 
-    def __init__(self, workspaces: Store) -> None:
-        self._workspaces = workspaces
+    def __init__(self, workspaces: Store | None = None) -> None:
+        self.workspaces = workspaces
 
     def describe(self) -> Iterator[Metric]:
         # Names only: registering must not read a cache that is still empty.
@@ -80,7 +81,7 @@ class WorkspaceCollector(Collector):
         yield GaugeMetricFamily(WORKSPACE_PRESET_COUNT, _PRESET_HELP, labels=["preset"])
 
     def collect(self) -> Iterator[Metric]:
-        items = self._workspaces.list()
+        items = self.workspaces.list() if self.workspaces is not None else []
         states = Counter(workspace_state(ws) for ws in items)
         count = GaugeMetricFamily(WORKSPACE_COUNT, _COUNT_HELP, labels=["state"])
         for state in STATES:
@@ -96,7 +97,15 @@ _COUNT_HELP = "Number of workspaces by state (pending, provisioning, ready, succ
 _PRESET_HELP = "Number of workspaces by model preset"
 
 
-def register_workspace_metrics(registry: CollectorRegistry, workspaces: Store) -> WorkspaceCollector:
-    collector = WorkspaceCollector(workspaces)
+def _register(registry: CollectorRegistry) -> WorkspaceCollector:
+    collector = WorkspaceCollector()
     registry.register(collector)
+    return collector
+
+
+def register_workspace_metrics(metrics: Metrics, workspaces: Store) -> WorkspaceCollector:
+    """The workspace gauges in `metrics`' registry, reading `workspaces` (once per registry: wiring
+    the same client into another manager points the gauges at that manager's cache)."""
+    collector = metrics.extension("kaitopy_workspace", _register)
+    collector.workspaces = workspaces
     return collector

@@ -59,7 +59,7 @@ def wire(
     resync_period: float | None = 36000.0,
 ) -> WorkspaceReconciler:
     ws_store = mgr.cache.informer(workspace_kind).store
-    register_workspace_metrics(mgr.metrics.registry, ws_store)
+    register_workspace_metrics(mgr.metrics, ws_store)
     claims = mgr.cache.informer(NODECLAIM, label_selector=WORKSPACE_LABEL)
     claims.add_indexer(CLAIMS_BY_WORKSPACE, workspace_key_of_labels)
     pods = mgr.cache.informer(kinds.POD, label_selector=WORKSPACE_LABEL)
