@@ -19,6 +19,7 @@ from tests.support.cluster import Cluster
 from tests.support.wait import eventually
 
 STAMP = "2026-01-01T00:00:00Z"
+SUCCEEDED = ("WorkspaceSucceeded", "True", "WorkspaceSucceeded")
 
 
 @pytest.fixture
@@ -150,3 +151,23 @@ async def test_wait_times_out(kube_cluster: Cluster, kclient: Client, namespace:
     async with asyncio.timeout(20):
         assert await status_main(_args(kube_cluster, namespace, "slow", 0.5), out) == 1
     assert "timed out after 0.5 s" in out.getvalue()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_wait_on_a_terminal_redraws_one_line(
+    kube_cluster: Cluster, kclient: Client, namespace: str
+) -> None:
+    await _create(kclient, namespace, "tty")
+    out = _Terminal()
+    waiting = asyncio.create_task(status_main(_args(kube_cluster, namespace, "tty", 60), out))
+    await _until(out, "(no conditions yet)")
+    await _until(out, "\r\x1b[K[00:00] 0/0")  # redrawn every look, not only on a change
+    await _set(kclient, namespace, "tty", ("ResourceReady", "True", "WorkspaceResourceReady"), SUCCEEDED)
+    async with asyncio.timeout(20):
+        assert await waiting == 0
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("2/2 +ResourceReady +WorkspaceSucceeded | ready\n")
