@@ -7,7 +7,8 @@ PIP := $(VENV)/bin/pip
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help install install-test install-inference-cpu install-tuning test-tuning binaries cluster-up cluster-down cluster-status test test-unit \
-        test-integration test-e2e chaos lint manifests check-manifests run bench bench-inference clean
+        test-integration test-e2e chaos lint manifests check-manifests run bench bench-inference clean \
+        helm helm-lint test-helm docker-build deploy undeploy
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -77,6 +78,46 @@ bench: install binaries  ## benchmarks (prints figures and ratios; writes bench/
 
 chaos: install binaries  ## the fault and load suite, every scenario with 3 seeds (a short run is part of make test)
 	$(PY) -m tests.chaos.suite --full --seeds 3
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
+IMAGE_REGISTRY ?= ghcr.io/kaitopy
+PROVIDER ?= kwok
+KUBECTL ?= kubectl
+WAIT ?= 1
+helm:  ## get or build helm (hack/ensure-helm.sh: cached, else built through the Go module proxy)
+	@bash hack/ensure-helm.sh
+
+helm-lint:  ## helm lint charts/kaitopy for both providers and byo mode
+	@h=$$(bash hack/ensure-helm.sh) && \
+	$$h lint --strict charts/kaitopy && \
+	$$h lint --strict charts/kaitopy --set nodeProvisioner=byo && \
+	$$h lint --strict charts/kaitopy --set provider=azure,azure.subscriptionId=s,azure.resourceGroup=rg,azure.clusterName=c,azure.location=l,azure.tenantId=t,azure.workloadIdentityClientId=i
+
+test-helm: install binaries helm  ## the chart against the control plane: lint, template, server-side dry run
+	$(PY) -m pytest tests/integration/test_helm.py
+
+docker-build:  ## build the controller (and model-server) images, tagged $(IMAGE_REGISTRY)/<name>:$(VERSION)
+	@command -v docker >/dev/null 2>&1 || { echo "docker-build: docker is not installed; install it (or build docker/*/Dockerfile with another OCI builder)" >&2; exit 2; }
+	@docker info >/dev/null 2>&1 || { echo "docker-build: the docker daemon is not reachable (docker info failed); start it or set DOCKER_HOST" >&2; exit 2; }
+	@for d in docker/*/; do \
+	  name=$$(basename $$d); [ -f $$d/Dockerfile ] || continue; \
+	  echo "== $(IMAGE_REGISTRY)/$$name:$(VERSION)"; \
+	  docker build -f $$d/Dockerfile -t $(IMAGE_REGISTRY)/$$name:$(VERSION) . || exit 1; \
+	done
+
+deploy:  ## install the operator into the current kubectl context (PROVIDER=kwok|azure|byo; azure: edit its overlay first)
+	@case "$(PROVIDER)" in kwok|azure|byo) ;; *) echo "deploy: PROVIDER must be kwok, azure or byo, not '$(PROVIDER)'" >&2; exit 2;; esac
+	$(KUBECTL) apply --server-side -k manifests/overlays/$(PROVIDER)
+	@if [ "$(WAIT)" = 1 ]; then \
+	  $(KUBECTL) -n kaito-system rollout status deploy/kaitopy-controller --timeout=180s && \
+	  $(KUBECTL) -n kaito-system rollout status deploy/kaitopy-provisioner --timeout=180s; fi
+
+undeploy: install  ## remove the operator from the current context (the CRDs stay: deleting them deletes every workspace)
+	@case "$(PROVIDER)" in kwok|azure|byo) ;; *) echo "undeploy: PROVIDER must be kwok, azure or byo, not '$(PROVIDER)'" >&2; exit 2;; esac
+	$(KUBECTL) kustomize manifests/overlays/$(PROVIDER) | \
+	  $(PY) -c 'import sys,yaml; yaml.safe_dump_all([d for d in yaml.safe_load_all(sys.stdin) if d and d["kind"] != "CustomResourceDefinition"], sys.stdout)' | \
+	  $(KUBECTL) delete --ignore-not-found -f -
+	$(KUBECTL) delete validatingwebhookconfiguration kaitopy-workspace-validation --ignore-not-found
 
 clean:  ## remove the virtual environment and caches (not the binary cache)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""Write manifests/crds/*.yaml from the code that defines them (`make manifests`).
+"""Write manifests/crds/*.yaml (and the Helm chart's copy, charts/kaitopy/files/crds) from the
+code that defines them (`make manifests`).
 
 `--check` writes nothing and exits 1 when a committed file differs from what would be written.
 """
@@ -16,6 +17,7 @@ from kaitopy.provisioner.crds import nodeclaim_crd, nodeclass_crd
 
 REPO = Path(__file__).resolve().parents[1]
 CRDS = REPO / "manifests" / "crds"
+CHART_CRDS = REPO / "charts" / "kaitopy" / "files" / "crds"
 
 
 def generators() -> dict[str, Callable[[], dict[str, Any]]]:
@@ -36,7 +38,8 @@ def kustomization() -> dict[str, Any]:
 
 
 def expected() -> dict[Path, str]:
-    files = {CRDS / name: render(build()) for name, build in generators().items()}
+    rendered = {name: render(build()) for name, build in generators().items()}
+    files = {d / name: text for d in (CRDS, CHART_CRDS) for name, text in rendered.items()}
     files[CRDS / "kustomization.yaml"] = render(kustomization())
     return files
 

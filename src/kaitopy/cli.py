@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "provisioner": ("kaitopy.provisioner.app", "run the GPU node provisioner (NodeClaim controller)"),
     "controller": ("kaitopy.controllers.workspace.app", "run the Workspace controller"),
     "status": ("kaitopy.usercli.status", "show a workspace's conditions, events and what it waits on"),
+    "presets": ("kaitopy.usercli.presets", "list the model presets and the instance types each fits"),
+    "estimate": ("kaitopy.usercli.estimate", "plan a preset on an instance type: nodes, GPUs, parallelism"),
     "webhook": ("kaitopy.webhooks.command", "run the Workspace validating admission webhook"),
     "serve": ("kaitopy.inference.cli", "run the model server (OpenAI API, Kaito's /chat) in a pod"),
     "tune": ("kaitopy.tuning.command", "tuning Job steps: fetch data, train an adapter, push/pull its image"),

@@ -16,6 +16,7 @@ from kaitopy.provisioner.garbage import GarbageCollector
 from kaitopy.provisioner.install import ensure_crds, ensure_default_nodeclass
 from kaitopy.provisioner.kwok import KwokProvider, KwokSettings, NodeShape
 from kaitopy.provisioner.lifecycle import NODE_INDEX, NODECLAIM, NodeClaimLifecycle, node_index
+from kaitopy.provisioner.metrics import NodeClaimMetrics
 from kaitopy.provisioner.settings import ProvisionerSettings
 from kaitopy.runtime import (
     Client,
@@ -53,7 +54,15 @@ def wire(mgr: Manager, client: Client, provider: CloudProvider, settings: Provis
     nodes = mgr.cache.informer(kinds.NODE, label_selector=NODECLAIM_LABEL)
     nodes.add_indexer(NODE_INDEX, node_index)
     recorder = EventRecorder(client, COMPONENT)
-    lifecycle = NodeClaimLifecycle(client, claims.store, nodes.store, provider, recorder, settings)
+    lifecycle = NodeClaimLifecycle(
+        client,
+        claims.store,
+        nodes.store,
+        provider,
+        recorder,
+        settings,
+        metrics=mgr.metrics.extension("kaitopy_nodeclaim", NodeClaimMetrics),
+    )
     (
         mgr.controller("nodeclaim.lifecycle")
         .for_(NODECLAIM)

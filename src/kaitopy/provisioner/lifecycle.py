@@ -16,11 +16,14 @@ from kaitopy.provisioner.cloudprovider import (
     CloudProvider,
     LaunchFailedError,
 )
+from kaitopy.provisioner.metrics import NodeClaimMetrics
 from kaitopy.provisioner.nodeclaim import (
     INITIALIZED,
     INITIALIZED_LABEL,
+    INSTANCE_TYPE_LABEL,
     LAUNCH_TOKEN_ANNOTATION,
     LAUNCHED,
+    READY,
     REGISTERED,
     TERMINATING,
     TERMINATION_FINALIZER,
@@ -120,6 +123,7 @@ class NodeClaimLifecycle:
         recorder: EventRecorder,
         settings: ProvisionerSettings | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: NodeClaimMetrics | None = None,
     ) -> None:
         self.client = client
         self.claims = claims
@@ -128,6 +132,7 @@ class NodeClaimLifecycle:
         self.recorder = recorder
         self.settings = settings or ProvisionerSettings()
         self.clock = clock
+        self.metrics = metrics
 
     # -- entry ---------------------------------------------------------------------------------
 
@@ -153,6 +158,7 @@ class NodeClaimLifecycle:
         if not body.get("conditions"):
             body["conditions"] = initial_conditions(now, generation)
         st = _Status(body, now, generation)
+        was_true = {t for t in (LAUNCHED, READY) if st.is_true(t)}
 
         if not st.is_true(LAUNCHED):
             claim = await self._launch(claim, st)
@@ -162,11 +168,22 @@ class NodeClaimLifecycle:
                 await self._initialize(claim, node, st)
         st.body["conditions"] = with_ready(st.conditions, now, generation)
         await patch_status(self.client, NODECLAIM, claim, st.body)
+        self._observe_transitions(claim, st, was_true)
         if st.delete_claim_reason is not None:
             await self.recorder.event(claim, "Warning", st.delete_claim_reason, "; ".join(st.notes))
             await self._delete_claim(claim)
             return None
         return Result(requeue_after=st.requeue_after) if st.requeue_after else None
+
+    def _observe_transitions(self, claim: Obj, st: _Status, was_true: set[str]) -> None:
+        created = _parse_time((claim.get("metadata") or {}).get("creationTimestamp"))
+        if self.metrics is None or created is None:
+            return
+        labels = {**((claim.get("metadata") or {}).get("labels") or {}), **single_value_requirements(claim)}
+        instance_type = str(labels.get(INSTANCE_TYPE_LABEL) or "")
+        for type_ in (LAUNCHED, READY):
+            if type_ not in was_true and st.is_true(type_):
+                self.metrics.observe_launch(type_, instance_type, st.now.timestamp() - created)
 
     # -- launch --------------------------------------------------------------------------------
 

@@ -6,7 +6,12 @@ client, the queues and the controllers it runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+T = TypeVar("T")
 
 # Buckets as controller-runtime / client-go use them.
 _RECONCILE_BUCKETS = (
@@ -59,6 +64,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._extensions: dict[str, object] = {}
         self.reconcile_total = Counter(
             "controller_runtime_reconcile_total",
             "Total number of reconciliations per controller",
@@ -144,6 +150,16 @@ class Metrics:
             ["name"],
             registry=r,
         )
+
+    def extension(self, name: str, factory: Callable[[CollectorRegistry], T]) -> T:
+        """An operator's own metrics in this registry, made by `factory` the first time `name` is
+        asked for and returned as they are after that: a registry refuses a name twice, and the same
+        client (so the same registry) may be wired into a second manager, e.g. after a restart."""
+        found: Any = self._extensions.get(name)
+        if found is None:
+            found = self._extensions[name] = factory(self.registry)
+        result: T = found
+        return result
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format (what /metrics serves)."""

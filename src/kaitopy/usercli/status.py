@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import time
 from typing import Any, TextIO
@@ -39,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     parser.add_argument("--wait", action="store_true", help="follow until it succeeds or fails for good")
     parser.add_argument("--timeout", type=float, default=1800.0, metavar="SECONDS")
+    parser.add_argument(
+        "--interval", type=float, default=2.0, metavar="SECONDS", help="how often --wait looks again"
+    )
 
 
 def _conditions(ws: dict[str, Any]) -> list[dict[str, Any]]:
@@ -88,6 +92,21 @@ def render(ws: dict[str, Any], events: list[dict[str, Any]], out: TextIO) -> Non
             )
 
 
+MARKS = {"True": "+", "False": "-"}
+
+
+def progress_line(ws: dict[str, Any], elapsed: float) -> str:
+    """One line of progress: elapsed time, how many of the workspace's conditions are True, each
+    condition's mark (+ True, - False, ? Unknown) and, when not done, what it waits on."""
+    conds = [c for c in _conditions(ws) if c.get("type") != "WorkspaceDeleting"]
+    done = sum(1 for c in conds if c.get("status") == "True")
+    marks = " ".join(f"{MARKS.get(str(c.get('status')), '?')}{c['type']}" for c in conds)
+    minutes, seconds = divmod(int(elapsed), 60)
+    reason = blocking_reason(ws)
+    tail = "ready" if reason is None else f"waiting on: {reason}"
+    return f"[{minutes:02d}:{seconds:02d}] {done}/{len(conds)} {marks or '(no conditions yet)'} | {tail}"
+
+
 async def _events(client: Client, ws: dict[str, Any]) -> list[dict[str, Any]]:
     uid = ws["metadata"].get("uid")
     found = await client.list(EVENT, namespace=ws["metadata"]["namespace"])
@@ -98,8 +117,10 @@ async def _events(client: Client, ws: dict[str, Any]) -> list[dict[str, Any]]:
 async def status_main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     client = await (Client.from_kubeconfig(args.kubeconfig) if args.kubeconfig else Client.auto())
     async with client:
-        deadline = time.monotonic() + args.timeout
+        started = time.monotonic()
+        deadline = started + args.timeout
         last = None
+        live = _is_tty(out)
         while True:
             try:
                 ws = await client.get(WORKSPACE, args.workspace, namespace=args.namespace)
@@ -110,12 +131,19 @@ async def status_main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int
             if not args.wait:
                 render(ws, await _events(client, ws), out)
                 return 0 if reason is None else 1
-            if reason != last:
-                stamp = time.strftime("%H:%M:%S")
-                out.write(f"[{stamp}] {'ready' if reason is None else reason}\n")
+            line = progress_line(ws, time.monotonic() - started)
+            if live:
+                # A terminal gets one line redrawn in place (the clock ticks); a log gets a line
+                # per change only.
+                out.write("\r\x1b[K" + line[: _width() - 1])
                 out.flush()
-                last = reason
+            elif _progress_key(ws) != last:
+                out.write(line + "\n")
+                out.flush()
+            last = _progress_key(ws)
             if reason is None:
+                if live:
+                    out.write("\n")
                 return 0
             failed = [
                 c
@@ -123,9 +151,26 @@ async def status_main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int
                 if c.get("reason") in TERMINAL_REASONS and c.get("status") == "False"
             ]
             if failed or time.monotonic() > deadline:
+                if live:
+                    out.write("\n")
+                if not failed:
+                    out.write(f"timed out after {args.timeout:g} s\n")
                 render(ws, await _events(client, ws), out)
                 return 1
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(args.interval)
+
+
+def _progress_key(ws: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    return tuple((str(c.get("type")), str(c.get("status")), str(c.get("reason"))) for c in _conditions(ws))
+
+
+def _is_tty(out: TextIO) -> bool:
+    isatty = getattr(out, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _width() -> int:
+    return shutil.get_terminal_size((120, 24)).columns
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from kaitopy.controllers.workspace import nodes as nodesel
+from kaitopy.controllers.workspace.metrics import register_workspace_metrics
 from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL, Settings
 from kaitopy.controllers.workspace.reconciler import (
     CLAIMS_BY_WORKSPACE,
@@ -58,6 +59,7 @@ def wire(
     resync_period: float | None = 36000.0,
 ) -> WorkspaceReconciler:
     ws_store = mgr.cache.informer(workspace_kind).store
+    register_workspace_metrics(mgr.metrics, ws_store)
     claims = mgr.cache.informer(NODECLAIM, label_selector=WORKSPACE_LABEL)
     claims.add_indexer(CLAIMS_BY_WORKSPACE, workspace_key_of_labels)
     pods = mgr.cache.informer(kinds.POD, label_selector=WORKSPACE_LABEL)

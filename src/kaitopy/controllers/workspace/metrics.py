@@ -1,0 +1,111 @@
+"""Workspace gauges, computed from the informer cache when Prometheus scrapes: nothing to keep in
+step on reconcile, and every replica (leader or not) reports the same, true numbers.
+
+- `kaitopy_workspace_count{state}`: workspaces by state, every state always present (0 included).
+- `kaitopy_workspace_preset_count{preset}`: workspaces by the preset they run ("template" for a
+  workspace with a pod template instead of a preset).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Final
+
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from kaitopy.controllers.workspace import status as st
+from kaitopy.runtime.metrics import Metrics
+from kaitopy.runtime.objects import Obj
+from kaitopy.runtime.store import Store
+
+WORKSPACE_COUNT: Final = "kaitopy_workspace_count"
+WORKSPACE_PRESET_COUNT: Final = "kaitopy_workspace_preset_count"
+STATES: Final = ("pending", "provisioning", "ready", "succeeded", "failed", "deleting")
+TEMPLATE_PRESET: Final = "template"
+
+TERMINAL_REASONS: Final = frozenset(
+    {
+        # The planner's: the spec can never run as written.
+        "InvalidPreset",
+        "InvalidInstanceType",
+        "InsufficientGPUMemory",
+        "InvalidWorkspace",
+        "InvalidRuntime",
+        # The provisioner's, passed through NodeClaimReady/ResourceReady: the cloud said no.
+        "LaunchFailed",
+        "QuotaExceeded",
+        "InsufficientCapacity",
+        "SKUNotAvailable",
+        "InvalidRequest",
+        "TuningJobFailed",
+    }
+)
+"""Condition reasons after which a workspace makes no progress until its spec or the cloud changes."""
+
+
+def _true(conds: list[Obj], type_: str) -> bool:
+    return any(c.get("type") == type_ and c.get("status") == "True" for c in conds)
+
+
+def workspace_state(ws: Obj) -> str:
+    """One of STATES, from the workspace's deletion mark and conditions:
+    deleting > failed (a terminal reason) > ready (serving) / succeeded (tuning done) >
+    provisioning (the controller reported; nodes, model or job still coming) > pending (not yet)."""
+    conds = list((ws.get("status") or {}).get("conditions") or ())
+    if ws["metadata"].get("deletionTimestamp") or _true(conds, st.WORKSPACE_DELETING):
+        return "deleting"
+    if any(c.get("status") == "False" and c.get("reason") in TERMINAL_REASONS for c in conds):
+        return "failed"
+    if _true(conds, st.WORKSPACE_SUCCEEDED):
+        return "succeeded" if ws.get("tuning") is not None else "ready"
+    return "provisioning" if conds else "pending"
+
+
+def preset_of(ws: Obj) -> str:
+    spec = ws.get("inference") if ws.get("inference") is not None else ws.get("tuning")
+    name = ((spec or {}).get("preset") or {}).get("name")
+    return str(name) if name else TEMPLATE_PRESET
+
+
+class WorkspaceCollector(Collector):
+    """The workspace gauges over the store of workspaces of the manager it was wired into last."""
+
+    def __init__(self, workspaces: Store | None = None) -> None:
+        self.workspaces = workspaces
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only: registering must not read a cache that is still empty.
+        yield GaugeMetricFamily(WORKSPACE_COUNT, _COUNT_HELP, labels=["state"])
+        yield GaugeMetricFamily(WORKSPACE_PRESET_COUNT, _PRESET_HELP, labels=["preset"])
+
+    def collect(self) -> Iterator[Metric]:
+        items = self.workspaces.list() if self.workspaces is not None else []
+        states = Counter(workspace_state(ws) for ws in items)
+        count = GaugeMetricFamily(WORKSPACE_COUNT, _COUNT_HELP, labels=["state"])
+        for state in STATES:
+            count.add_metric([state], float(states.get(state, 0)))
+        yield count
+        presets = GaugeMetricFamily(WORKSPACE_PRESET_COUNT, _PRESET_HELP, labels=["preset"])
+        for preset, n in sorted(Counter(preset_of(ws) for ws in items).items()):
+            presets.add_metric([preset], float(n))
+        yield presets
+
+
+_COUNT_HELP = "Number of workspaces by state (pending, provisioning, ready, succeeded, failed, deleting)"
+_PRESET_HELP = "Number of workspaces by model preset"
+
+
+def _register(registry: CollectorRegistry) -> WorkspaceCollector:
+    collector = WorkspaceCollector()
+    registry.register(collector)
+    return collector
+
+
+def register_workspace_metrics(metrics: Metrics, workspaces: Store) -> WorkspaceCollector:
+    """The workspace gauges in `metrics`' registry, reading `workspaces` (once per registry: wiring
+    the same client into another manager points the gauges at that manager's cache)."""
+    collector = metrics.extension("kaitopy_workspace", _register)
+    collector.workspaces = workspaces
+    return collector
