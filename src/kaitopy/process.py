@@ -61,10 +61,14 @@ def add_process_arguments(parser: argparse.ArgumentParser, *, default_probe_port
 async def require_namespace(client: Client, namespace: str, what: str) -> None:
     """Fail at start-up, with the fix, when the operator's own namespace is missing: otherwise the
     first write there fails deep inside a component with a bare 404."""
-    from kaitopy.runtime import NotFound, kinds
+    from kaitopy.runtime import Forbidden, NotFound, kinds
 
     try:
         await client.get(kinds.NAMESPACE, namespace)
+    except Forbidden:
+        # The shipped RBAC does not grant reading namespaces: a process running under it runs in
+        # a pod, inside the namespace it would check.
+        return
     except NotFound:
         raise StartupError(
             f"namespace {namespace!r} does not exist; the operator keeps its {what} there. Create it "

@@ -60,8 +60,15 @@ def wire(
 ) -> WorkspaceReconciler:
     ws_store = mgr.cache.informer(workspace_kind).store
     register_workspace_metrics(mgr.metrics, ws_store)
-    claims = mgr.cache.informer(NODECLAIM, label_selector=WORKSPACE_LABEL)
-    claims.add_indexer(CLAIMS_BY_WORKSPACE, workspace_key_of_labels)
+    # With bring-your-own nodes the operator makes no NodeClaims, and the cluster may not even
+    # serve the kind (or serve a real Karpenter's): keep the claims view empty instead of
+    # watching a kind whose list would never sync.
+    byo = settings.node_provisioner == "byo"
+    claims_store = Store({CLAIMS_BY_WORKSPACE: workspace_key_of_labels})
+    if not byo:
+        claims = mgr.cache.informer(NODECLAIM, label_selector=WORKSPACE_LABEL)
+        claims.add_indexer(CLAIMS_BY_WORKSPACE, workspace_key_of_labels)
+        claims_store = claims.store
     pods = mgr.cache.informer(kinds.POD, label_selector=WORKSPACE_LABEL)
     pods.add_indexer(PODS_BY_WORKSPACE, workspace_key_of_labels)
     owned = {
@@ -71,7 +78,7 @@ def wire(
     stores = Stores(
         workspaces=ws_store,
         nodes=mgr.cache.informer(kinds.NODE).store,
-        claims=claims.store,
+        claims=claims_store,
         deployments=owned[kinds.DEPLOYMENT],
         statefulsets=owned[kinds.STATEFUL_SET],
         services=owned[kinds.SERVICE],
@@ -84,13 +91,14 @@ def wire(
     builder = mgr.controller("workspace").for_(workspace_kind)
     for k in owned:
         builder = builder.owns(k, label_selector=WORKSPACE_LABEL)
-    (
-        builder.watches(
+    if not byo:
+        builder = builder.watches(
             NODECLAIM,
             lambda o: keys_to_requests(workspace_key_of_labels(o)),
             label_selector=WORKSPACE_LABEL,
         )
-        .watches(
+    (
+        builder.watches(
             kinds.POD, lambda o: keys_to_requests(workspace_key_of_labels(o)), label_selector=WORKSPACE_LABEL
         )
         .watches(kinds.NODE, node_mapper(ws_store))
