@@ -1,0 +1,80 @@
+"""The contract between the HTTP front (server.py) and a model engine (transformers or vLLM).
+
+The front owns routing, parsing, admission, metrics and SSE framing; an engine only turns an
+OpenAI-shaped request body into an OpenAI-shaped response (or an async iterator of chunks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, runtime_checkable
+
+# What an engine returns for a chat/completion call: a whole response, or chunks when body["stream"].
+EngineResult = dict[str, Any] | AsyncIterator[dict[str, Any]]
+
+
+class RequestError(Exception):
+    """A client error: the front answers `status` with OpenAI error JSON
+    {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        param: str | None = None,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.param = param
+        self.type = type
+        self.code = code
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str  # "transformers" | "vllm"
+
+    async def start(self) -> None:
+        """Load the model (may take long); raise on failure."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    def ready(self) -> bool:
+        """True only once the model is loaded (and, for vLLM, its child is healthy)."""
+        ...
+
+    def model_ids(self) -> list[str]:
+        """The served base name first, then each adapter name."""
+        ...
+
+    async def chat_completion(self, body: dict[str, Any]) -> EngineResult:
+        """`body` is the OpenAI request JSON (already checked to be an object). When body["stream"]
+        is true, return an async iterator of chunk objects (the front writes SSE framing and [DONE]);
+        otherwise the full response object with "usage". Raise RequestError for an unknown model
+        (404, code "model_not_found"), a prompt longer than the context (400), bad parameters."""
+        ...
+
+    async def completion(self, body: dict[str, Any]) -> EngineResult: ...
+
+    def extra_metrics(self) -> bytes:
+        """Extra Prometheus exposition text appended to /metrics (b"" when none)."""
+        ...
+
+
+def unknown_model(model: object, known: list[str]) -> RequestError:
+    """The error both engines raise for a model name they do not serve."""
+    return RequestError(
+        f"The model `{model}` does not exist. Served models: {', '.join(known)}.",
+        status=404,
+        param="model",
+        type="NotFoundError",
+        code="model_not_found",
+    )
