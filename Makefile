@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install install-inference binaries cluster-up cluster-down cluster-status test test-unit \
+.PHONY: help install install-inference install-inference-cpu binaries cluster-up cluster-down cluster-status test test-unit \
         test-integration test-e2e chaos lint manifests check-manifests run bench bench-inference clean
 
 help:  ## list the targets
@@ -18,6 +18,9 @@ $(PY):
 
 install: $(PY)  ## create .venv and install kaitopy with its dev tools
 	$(PIP) install -q -e '.[dev]'
+
+install-inference-cpu: $(PY)  ## .venv plus the CPU model server (torch's CPU wheel from ../shared/wheels)
+	$(PIP) install -q --find-links ../shared/wheels torch==2.13.0+cpu -e '.[dev,inference-cpu]'
 
 binaries:  ## get or build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok
 	bash hack/ensure-binaries.sh

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "controller": ("kaitopy.controllers.workspace.app", "run the Workspace controller"),
     "status": ("kaitopy.usercli.status", "show a workspace's conditions, events and what it waits on"),
     "webhook": ("kaitopy.webhooks.command", "run the Workspace validating admission webhook"),
+    "serve": ("kaitopy.inference.cli", "run the model server (OpenAI API, Kaito's /chat) in a pod"),
 }
 
 

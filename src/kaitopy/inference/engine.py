@@ -69,6 +69,16 @@ class Engine(Protocol):
         ...
 
 
+@runtime_checkable
+class PromptTokenCounter(Protocol):
+    """Optional for an engine: how many tokens a request's prompt takes. Kaito's /chat needs it to turn
+    generate_kwargs.max_length (prompt plus output) into max_tokens."""
+
+    async def count_prompt_tokens(self, body: dict[str, Any]) -> int:
+        """`body` holds "model" and either "messages" (chat template applied) or "prompt"."""
+        ...
+
+
 def unknown_model(model: object, known: list[str]) -> RequestError:
     """The error both engines raise for a model name they do not serve."""
     return RequestError(

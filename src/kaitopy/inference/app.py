@@ -1,0 +1,112 @@
+"""The model server's life: listen at once (so /health answers 503 while the model loads), load, serve,
+and on SIGTERM stop accepting, let in-flight requests finish, and exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from kaitopy.inference.admission import Admission
+from kaitopy.inference.engine import Engine
+from kaitopy.inference.factory import build_engine
+from kaitopy.inference.metrics import ServerMetrics
+from kaitopy.inference.server import InferenceServer
+from kaitopy.inference.settings import ServeSettings, SettingsError
+
+log = logging.getLogger(__name__)
+
+# How long SIGTERM waits for in-flight requests; Kubernetes' default grace period is 30 s.
+DRAIN_TIMEOUT_S = float(os.environ.get("KAITOPY_DRAIN_TIMEOUT_S", "25"))
+# Test hook: hold the load back so a test can watch /health answer 503 first.
+LOAD_DELAY_ENV = "KAITOPY_LOAD_DELAY_S"
+
+
+def serve(settings: ServeSettings) -> int:
+    code, loading = asyncio.run(_serve(settings))
+    if loading:
+        # A load thread cannot be interrupted and the interpreter would wait for it at exit.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+async def _load(engine: Engine) -> None:
+    delay = float(os.environ.get(LOAD_DELAY_ENV, "0") or 0)
+    if delay > 0:
+        await asyncio.sleep(delay)
+    await engine.start()
+
+
+async def _serve(settings: ServeSettings) -> tuple[int, bool]:
+    """(exit code, whether a model load was still running when the server stopped)."""
+    try:
+        engine = build_engine(settings)
+    except SettingsError as exc:
+        log.error("cannot start: %s", exc)
+        return 2, False
+    metrics = ServerMetrics()
+
+    def on_change(waiting: int, running: int) -> None:
+        metrics.queue_depth.set(waiting)
+        metrics.running.set(running)
+
+    admission = Admission(settings.max_concurrency, settings.max_queue, on_change)
+    server = InferenceServer(engine, admission, metrics)
+    runner = web.AppRunner(
+        server.app(), handler_cancellation=True, shutdown_timeout=DRAIN_TIMEOUT_S, access_log=None
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        await runner.cleanup()
+        return 1, False
+    log.info(
+        "listening on %s:%d; loading %s with the %s engine",
+        settings.host,
+        settings.port,
+        settings.model_dir,
+        engine.name,
+    )
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    load = asyncio.create_task(_load(engine))
+    stop_wait = asyncio.create_task(stopping.wait())
+    code = 0
+    try:
+        await asyncio.wait({load, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if load.done():
+            failure = load.exception()
+            if failure is not None:
+                # A setting the operator got wrong needs its one line, not a traceback.
+                trace = None if isinstance(failure, SettingsError) else failure
+                log.error("cannot start: %s", failure, exc_info=trace)
+                code = 1
+            else:
+                log.info("ready: serving %s", ", ".join(engine.model_ids()))
+                await stop_wait
+        log.info("stopping: no new requests; waiting up to %.0f s for those in flight", DRAIN_TIMEOUT_S)
+    finally:
+        server.draining = True
+        still_loading = not load.done()
+        load.cancel()
+        stop_wait.cancel()
+        await runner.cleanup()
+        with contextlib.suppress(Exception):
+            await engine.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return code, still_loading

@@ -1,0 +1,140 @@
+"""`kaitopy serve`: the flags the Workspace controller passes to the model server pod."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from kaitopy import logconfig
+from kaitopy.inference.settings import (
+    DTYPES,
+    ENGINES,
+    ServeSettings,
+    SettingsError,
+    default_served_name,
+    env_flag,
+    load_config,
+    parse_strengths,
+    role_from_pod_name,
+)
+
+log = logging.getLogger(__name__)
+
+# transformers generates one request at a time; vLLM batches, so it takes many at once.
+DEFAULT_CONCURRENCY = {"transformers": 1, "vllm": 256}
+
+
+def _optional(text: str) -> str | None:
+    # The controller always passes --hf-model-id= and --dtype=, sometimes with an empty value.
+    return text or None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=ENGINES, default="transformers", help="the inference engine")
+    parser.add_argument("--model-dir", type=Path, required=True, help="the base model (Hugging Face layout)")
+    parser.add_argument("--hf-model-id", type=_optional, default=None, help="where the weights come from")
+    parser.add_argument("--served-model-name", default="", help="the model name clients send (default: id)")
+    parser.add_argument("--dtype", default="auto", help=f"one of {', '.join(DTYPES)} (empty: auto)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--pipeline-parallel-size", type=int, default=1)
+    parser.add_argument("--adapter-dir", type=Path, default=None, help="one LoRA adapter per subdirectory")
+    parser.add_argument(
+        "--adapter-strength",
+        action="append",
+        default=[],
+        metavar="NAME=F",
+        help="scale adapter NAME by F (repeatable)",
+    )
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--max-model-len", type=int, default=None, help="context length (prompt + output)")
+    parser.add_argument("--tool-call-parser", type=_optional, default=None)
+    parser.add_argument("--reasoning-parser", type=_optional, default=None)
+    parser.add_argument("--config", type=Path, default=None, help="inference_config.yaml")
+    parser.add_argument(
+        "--role-from-pod-name",
+        action="store_true",
+        help="multi-node: pod 0 (from $POD_NAME) leads, the others join --leader-address",
+    )
+    parser.add_argument("--leader-address", default=None)
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="requests generating at once (default: 1 for transformers, 256 for vllm, which batches)",
+    )
+    parser.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 429")
+    parser.add_argument(
+        "--allow-download",
+        action="store_true",
+        default=env_flag("KAITOPY_ALLOW_DOWNLOAD"),
+        help="fetch --hf-model-id into an empty --model-dir (also $KAITOPY_ALLOW_DOWNLOAD=1)",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("KAITOPY_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default=os.environ.get("KAITOPY_LOG_FORMAT", "text")
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    dtype = args.dtype or "auto"
+    if dtype not in DTYPES:
+        raise SettingsError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    max_concurrency = (
+        DEFAULT_CONCURRENCY[args.engine] if args.max_concurrency is None else args.max_concurrency
+    )
+    for flag, value in (
+        ("--tensor-parallel-size", args.tensor_parallel_size),
+        ("--pipeline-parallel-size", args.pipeline_parallel_size),
+        ("--max-concurrency", max_concurrency),
+    ):
+        if value < 1:
+            raise SettingsError(f"{flag} must be >= 1, not {value}")
+    if args.max_queue < 0:
+        raise SettingsError(f"--max-queue must be >= 0, not {args.max_queue}")
+    if args.max_model_len is not None and args.max_model_len < 1:
+        raise SettingsError(f"--max-model-len must be >= 1, not {args.max_model_len}")
+    if not 0 < args.port < 65536:
+        raise SettingsError(f"--port {args.port} is not a TCP port")
+    config = load_config(args.config) if args.config is not None else None
+    role = role_from_pod_name(os.environ.get("POD_NAME")) if args.role_from_pod_name else "single"
+    if role != "single" and not args.leader_address:
+        raise SettingsError("--role-from-pod-name needs --leader-address (the leader pod's DNS name)")
+    max_model_len = args.max_model_len or (config.max_model_len if config else None)
+    kwargs = {"config": config} if config is not None else {}
+    return ServeSettings(
+        engine=args.engine,
+        model_dir=args.model_dir,
+        served_model_name=args.served_model_name or default_served_name(args.model_dir, args.hf_model_id),
+        hf_model_id=args.hf_model_id,
+        dtype=dtype,
+        tensor_parallel_size=args.tensor_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
+        adapter_dir=args.adapter_dir,
+        host=args.host,
+        port=args.port,
+        max_model_len=max_model_len,
+        tool_call_parser=args.tool_call_parser,
+        reasoning_parser=args.reasoning_parser,
+        adapter_strengths=parse_strengths(args.adapter_strength),
+        role=role,
+        leader_address=args.leader_address,
+        max_concurrency=max_concurrency,
+        max_queue=args.max_queue,
+        allow_download=args.allow_download,
+        **kwargs,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    logconfig.configure(args.log_format, str(args.log_level))
+    try:
+        settings = settings_from_args(args)
+    except SettingsError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    from kaitopy.inference.app import serve
+
+    return serve(settings)

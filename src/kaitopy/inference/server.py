@@ -1,0 +1,328 @@
+"""The HTTP front of the model server: OpenAI's API, Kaito's classic /chat, /health and /metrics.
+
+It owns everything but generation: parsing, error JSON, admission (429 when the queue is full),
+metrics and SSE framing. Whatever goes wrong with a request becomes OpenAI error JSON with a status
+that says whose fault it was; only a bug in the server or the engine is a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from kaitopy.inference import kaito_chat
+from kaitopy.inference.admission import Admission, QueueFull
+from kaitopy.inference.engine import Engine, EngineResult, PromptTokenCounter, RequestError
+from kaitopy.inference.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+# Big enough for long conversations; a bigger body is answered 413.
+MAX_BODY_BYTES = 32 * 1024 * 1024
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+KAITO_CHAT = "/chat"
+
+Call = Callable[[dict[str, Any]], Awaitable[EngineResult]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(err: RequestError, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(err.to_json(), status=err.status, headers=headers)
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _has_text(chunk: dict[str, Any]) -> bool:
+    for choice in chunk.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("text") or (choice.get("delta") or {}).get("content"):
+            return True
+    return False
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (unknown path, wrong method, body too large) in OpenAI's error shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+        err = RequestError(f"{exc.reason}: {request.method} {request.path}", status=exc.status, type=kind)
+        return error_response(err, headers={k: v for k, v in exc.headers.items() if k == "Allow"})
+
+
+class InferenceServer:
+    def __init__(
+        self,
+        engine: Engine,
+        admission: Admission,
+        metrics: ServerMetrics,
+        *,
+        retry_after_s: int = 1,
+    ) -> None:
+        self.engine = engine
+        self.admission = admission
+        self.metrics = metrics
+        self.retry_after_s = retry_after_s
+        self.draining = False
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_as_json])
+        app.router.add_get("/", self._home)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post(CHAT, self._chat_completions)
+        app.router.add_post(COMPLETIONS, self._completions)
+        app.router.add_post(KAITO_CHAT, self._kaito_chat)
+        return app
+
+    # --- plain endpoints
+
+    async def _home(self, _: web.Request) -> web.Response:
+        return web.json_response({"message": "Server is running"})
+
+    async def _health(self, _: web.Request) -> web.Response:
+        if self.draining:
+            return web.json_response({"status": "draining"}, status=503)
+        if not self.engine.ready():
+            return web.json_response({"status": "loading"}, status=503)
+        return web.json_response({"status": "Healthy"})
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = self.metrics.exposition()
+        try:
+            extra = self.engine.extra_metrics()
+        except Exception:
+            log.exception("the engine's extra metrics failed; serving the server's own")
+            extra = b""
+        if extra:
+            body += extra if extra.endswith(b"\n") else extra + b"\n"
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _models(self, _: web.Request) -> web.Response:
+        if not self.engine.ready():
+            return error_response(self._not_ready())
+        ids = self.engine.model_ids()
+        created = int(time.time())
+        data = [
+            {
+                "id": mid,
+                "object": "model",
+                "created": created,
+                "owned_by": "kaitopy",
+                "root": mid,
+                "parent": None if i == 0 else ids[0],
+            }
+            for i, mid in enumerate(ids)
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    # --- generation endpoints
+
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, CHAT, self.engine.chat_completion)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, COMPLETIONS, self.engine.completion)
+
+    def _not_ready(self) -> RequestError:
+        if self.draining:
+            return RequestError("the server is shutting down", status=503, type="service_unavailable")
+        return RequestError("the model is still loading; retry later", status=503, type="service_unavailable")
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestError(f"the request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise RequestError(f"the request body must be a JSON object, not {type(body).__name__}")
+        return body
+
+    def _model(self, body: dict[str, Any]) -> str:
+        """The requested model, the base model when the request names none (as vLLM does)."""
+        model = body.get("model")
+        if model is None:
+            model = self.engine.model_ids()[0]
+            body["model"] = model
+        if not isinstance(model, str):
+            raise RequestError("'model' must be a string", param="model")
+        return model
+
+    def _model_label(self, model: str) -> str:
+        # Only served names become label values: anything else would let clients grow the series.
+        return model if model in self.engine.model_ids() else "unknown"
+
+    def _refused(self) -> web.Response:
+        self.metrics.rejected.inc()
+        err = RequestError(
+            f"too many requests: {self.admission.max_concurrency} running and "
+            f"{self.admission.max_queue} waiting; retry later",
+            status=429,
+            type="rate_limit_error",
+            code="queue_full",
+        )
+        return error_response(err, headers={"Retry-After": str(self.retry_after_s)})
+
+    async def _generate(self, request: web.Request, endpoint: str, call: Call) -> web.StreamResponse:
+        started = time.monotonic()
+        label = "unknown"
+        status = 500
+        try:
+            if self.draining or not self.engine.ready():
+                raise self._not_ready()
+            body = await self._body(request)
+            label = self._model_label(self._model(body))
+            stream = body.get("stream") is True
+            client_usage = False
+            if stream:
+                options = body.get("stream_options")
+                client_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+                # Ask for usage even when the client did not, to count tokens; stripped again below.
+                body["stream_options"] = {
+                    **(options if isinstance(options, dict) else {}),
+                    "include_usage": True,
+                }
+            async with self.admission.slot():
+                result = await call(body)
+                if isinstance(result, dict):
+                    self.metrics.count_usage(label, result.get("usage"))
+                    status = 200
+                    return web.json_response(result)
+                status, response = await self._stream(request, endpoint, label, result, started, client_usage)
+                return response
+        except QueueFull:
+            status = 429
+            return self._refused()
+        except RequestError as err:
+            status = err.status
+            return error_response(err)
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the client went away
+            raise
+        except Exception:
+            log.exception("request to %s failed", endpoint)
+            return error_response(
+                RequestError("internal error while generating", status=500, type="internal_error")
+            )
+        finally:
+            self.metrics.requests.labels(endpoint, label, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.monotonic() - started)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        endpoint: str,
+        label: str,
+        chunks: AsyncIterator[dict[str, Any]],
+        started: float,
+        client_usage: bool,
+    ) -> tuple[int, web.StreamResponse]:
+        """Write the chunks as SSE. The first chunk is awaited before the headers go out, so an error
+        the engine raises lazily still becomes a proper 4xx."""
+        usage: object = None
+        response: web.StreamResponse | None = None
+        try:
+            first = await anext(chunks, None)
+            response = web.StreamResponse(
+                status=200,
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+            )
+            await response.prepare(request)
+            first_text_seen = False
+            chunk = first
+            while chunk is not None:
+                if not first_text_seen and _has_text(chunk):
+                    first_text_seen = True
+                    self.metrics.time_to_first_token.labels(endpoint).observe(time.monotonic() - started)
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                    if not client_usage:
+                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                if client_usage or chunk.get("choices"):
+                    await response.write(_sse(chunk))
+                chunk = await anext(chunks, None)
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return 200, response
+        except RequestError as err:
+            if response is None:
+                raise
+            # Headers are out: the error travels in the stream, as OpenAI's servers do.
+            await response.write(_sse(err.to_json()))
+            await response.write_eof()
+            return err.status, response
+        except ConnectionError:
+            log.info("client disconnected from a %s stream; generation cancelled", endpoint)
+            return 499, response or web.Response(status=499)
+        except Exception:
+            if response is None:
+                raise
+            log.exception("a %s stream failed after its headers were sent", endpoint)
+            internal = RequestError("internal error while generating", status=500, type="internal_error")
+            await response.write(_sse(internal.to_json()))
+            await response.write_eof()
+            return 500, response
+        finally:
+            self.metrics.count_usage(label, usage)
+            closer = getattr(chunks, "aclose", None)
+            if closer is not None:
+                await closer()
+
+    async def _kaito_chat(self, request: web.Request) -> web.Response:
+        started = time.monotonic()
+        label = "unknown"
+        status = 500
+        try:
+            if self.draining or not self.engine.ready():
+                raise self._not_ready()
+            payload = await self._body(request)
+            translated = kaito_chat.translate(payload, self.engine.model_ids()[0])
+            label = self._model_label(self._model(translated.body))
+            prompt_tokens: int | None = None
+            if translated.max_length is not None and isinstance(self.engine, PromptTokenCounter):
+                prompt_tokens = await self.engine.count_prompt_tokens(translated.body)
+            body = kaito_chat.with_prompt_length(translated, prompt_tokens)
+            call = self.engine.chat_completion if translated.kind == "chat" else self.engine.completion
+            async with self.admission.slot():
+                result = await call(body)
+            if not isinstance(result, dict):
+                raise RuntimeError("the engine streamed a response that was not asked to stream")
+            self.metrics.count_usage(label, result.get("usage"))
+            status = 200
+            return web.json_response(kaito_chat.result(translated, result))
+        except QueueFull:
+            status = 429
+            return self._refused()
+        except RequestError as err:
+            status = err.status
+            return error_response(err)
+        except asyncio.CancelledError:
+            status = 499
+            raise
+        except Exception:
+            log.exception("request to %s failed", KAITO_CHAT)
+            return error_response(
+                RequestError("internal error while generating", status=500, type="internal_error")
+            )
+        finally:
+            self.metrics.requests.labels(KAITO_CHAT, label, str(status)).inc()
+            self.metrics.latency.labels(KAITO_CHAT).observe(time.monotonic() - started)

@@ -1,0 +1,52 @@
+"""Making sure the base model's files are in --model-dir before an engine loads them."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from kaitopy.inference.settings import ServeSettings, SettingsError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
+
+
+def has_weights(model_dir: Path) -> bool:
+    if not (model_dir / "config.json").is_file():
+        return False
+    return any(next(model_dir.glob(pattern), None) is not None for pattern in WEIGHT_PATTERNS)
+
+
+def ensure_weights(settings: ServeSettings) -> Path:
+    """--model-dir when it holds a model; else download --hf-model-id into it when allowed; else a
+    SettingsError that names the directory and the way out. Blocking: call it from a thread."""
+    model_dir = settings.model_dir
+    if has_weights(model_dir):
+        return model_dir
+    if not (settings.hf_model_id and settings.allow_download):
+        hint = (
+            f"pass --allow-download (or set KAITOPY_ALLOW_DOWNLOAD=1) to fetch {settings.hf_model_id} there"
+            if settings.hf_model_id
+            else "put a Hugging Face model there, or pass --hf-model-id and --allow-download"
+        )
+        raise SettingsError(
+            f"--model-dir {model_dir} holds no model weights (config.json and *.safetensors); {hint}"
+        )
+    from huggingface_hub import snapshot_download
+
+    log.info("downloading %s into %s", settings.hf_model_id, model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    snapshot_download(
+        repo_id=settings.hf_model_id,
+        local_dir=str(model_dir),
+        token=os.environ.get("HF_TOKEN") or None,
+        # Only what transformers and vLLM load; repositories often carry several weight formats.
+        allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.py"],
+    )
+    if not has_weights(model_dir):
+        raise SettingsError(
+            f"downloaded {settings.hf_model_id} into {model_dir} but found no safetensors weights"
+        )
+    return model_dir
