@@ -189,6 +189,21 @@ def read_model_shape(model_dir: Path, dtype: str) -> ModelShape:
     return model_shape(config, dtype, weights)
 
 
+def weight_module_names(model_dir: Path) -> list[str]:
+    """The model's module names (`model.layers.0.self_attn.q_proj`, ...) from its safetensors headers,
+    read without torch: an 8-byte little-endian length, then a JSON table keyed by tensor name."""
+    names: set[str] = set()
+    for path in sorted(model_dir.glob("*.safetensors")):
+        try:
+            with path.open("rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(size))
+        except (OSError, ValueError) as exc:
+            raise PlanError(f"{path}: not a readable safetensors file: {exc}") from None
+        names.update(key.rpartition(".")[0] for key in header if key != "__metadata__")
+    return sorted(names)
+
+
 def discover_adapters(adapter_dir: Path | None) -> AdapterScan:
     """Each subdirectory with an adapter_config.json is a LoRA adapter named after the directory."""
     if adapter_dir is None or not adapter_dir.is_dir():
