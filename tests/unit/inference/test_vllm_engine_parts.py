@@ -1,0 +1,117 @@
+"""The vLLM engine's pure parts: memory parsing, error mapping, metrics filtering, adapter scaling."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from kaitopy.inference.vllm_args import Adapter, PlanError, weight_module_names
+from kaitopy.inference.vllm_engine import filter_metrics, request_error, scaled_adapter
+from kaitopy.inference.vllm_memory import MIB, cpu_memory, parse_meminfo, parse_nvidia_smi
+
+MEMINFO = "MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   16000000 kB\n"
+
+
+def test_nvidia_smi_takes_the_fullest_gpu() -> None:
+    memory = parse_nvidia_smi("79000, 81559\n41000, 81559\n")
+    assert memory is not None
+    assert memory.device == "cuda"
+    assert memory.free_bytes == 41000 * MIB
+    assert memory.total_bytes == 81559 * MIB
+    assert parse_nvidia_smi("No devices were found\n") is None
+
+
+def test_meminfo_and_cgroup_limit() -> None:
+    assert parse_meminfo(MEMINFO) == (16000000 * 1024, 24000000 * 1024)
+    assert parse_meminfo("MemTotal: 1 kB\n") is None
+    unlimited = cpu_memory(MEMINFO, "max\n", "100\n")
+    assert unlimited.free_bytes == 16000000 * 1024
+    limited = cpu_memory(MEMINFO, str(8 * 1024**3), str(3 * 1024**3))
+    assert limited.device == "cpu"
+    assert limited.free_bytes == 5 * 1024**3
+    assert limited.total_bytes == 8 * 1024**3
+    with pytest.raises(RuntimeError, match="MemAvailable"):
+        cpu_memory("", None, None)
+
+
+def test_child_error_json_keeps_status_message_and_param() -> None:
+    payload = {
+        "error": {
+            "message": "max_tokens too big",
+            "type": "BadRequestError",
+            "param": "max_tokens",
+            "code": 400,
+        }
+    }
+    err = request_error(400, payload, "raw")
+    assert (err.status, err.message, err.param, err.type) == (
+        400,
+        "max_tokens too big",
+        "max_tokens",
+        "BadRequestError",
+    )
+    assert err.code is None  # vLLM's numeric code is the status again, not an OpenAI error code
+    plain = request_error(422, None, "Unprocessable")
+    assert (plain.status, plain.message, plain.param) == (422, "Unprocessable", None)
+
+
+def test_metrics_keep_only_vllm_families() -> None:
+    text = (
+        b"# HELP python_gc_objects_collected_total Objects\n"
+        b"# TYPE python_gc_objects_collected_total counter\n"
+        b'python_gc_objects_collected_total{generation="0"} 1.0\n'
+        b"# HELP vllm:num_requests_running Running\n"
+        b"# TYPE vllm:num_requests_running gauge\n"
+        b'vllm:num_requests_running{model_name="tiny"} 0.0\n'
+        b"process_resident_memory_bytes 1.0\n"
+    )
+    kept = filter_metrics(text).decode().splitlines()
+    assert kept == [
+        "# HELP vllm:num_requests_running Running",
+        "# TYPE vllm:num_requests_running gauge",
+        'vllm:num_requests_running{model_name="tiny"} 0.0',
+    ]
+    assert filter_metrics(b"python_info 1\n") == b""
+
+
+def test_scaled_adapter_scales_alpha_and_links_weights(tmp_path: Path) -> None:
+    source = tmp_path / "src" / "alpha"
+    source.mkdir(parents=True)
+    (source / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16}))
+    (source / "adapter_model.safetensors").write_bytes(b"weights")
+    scaled = scaled_adapter(Adapter("alpha", source, 8), 0.25, tmp_path / "work")
+    assert scaled.name == "alpha"
+    assert scaled.path == tmp_path / "work" / "alpha"
+    assert json.loads((scaled.path / "adapter_config.json").read_text())["lora_alpha"] == 4.0
+    assert (scaled.path / "adapter_model.safetensors").is_symlink()
+    assert (scaled.path / "adapter_model.safetensors").read_bytes() == b"weights"
+    # The source is left alone.
+    assert json.loads((source / "adapter_config.json").read_text())["lora_alpha"] == 16
+
+
+def _safetensors(path: Path, names: list[str]) -> None:
+    header = {
+        n: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i, n in enumerate(names)
+    }
+    header["__metadata__"] = {"format": "pt"}  # type: ignore[assignment]
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 4 * len(names))
+
+
+def test_module_names_from_safetensors_headers(tmp_path: Path) -> None:
+    _safetensors(
+        tmp_path / "model-1.safetensors", ["model.layers.0.self_attn.q_proj.weight", "lm_head.weight"]
+    )
+    _safetensors(tmp_path / "model-2.safetensors", ["model.layers.1.mlp.up_proj.weight", "model.norm.weight"])
+    assert weight_module_names(tmp_path) == [
+        "lm_head",
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.1.mlp.up_proj",
+        "model.norm",
+    ]
+    (tmp_path / "bad.safetensors").write_bytes(b"\x05\0\0\0\0\0\0\0{nope")
+    with pytest.raises(PlanError, match="bad"):
+        weight_module_names(tmp_path)
