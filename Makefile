@@ -7,7 +7,8 @@ PIP := $(VENV)/bin/pip
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help install install-inference install-inference-cpu binaries cluster-up cluster-down cluster-status test test-unit \
-        test-integration test-e2e chaos lint manifests check-manifests run bench bench-inference clean
+        test-integration test-e2e chaos lint manifests check-manifests run bench bench-inference \
+        image-runtime clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -65,6 +66,19 @@ bench: install binaries  ## benchmarks (prints figures and ratios; writes bench/
 	$(PIP) install -q -e '.[dev,bench]'
 	@mkdir -p bench/results
 	@shopt -s nullglob; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+bench-inference: $(PY)  ## kaitopy serve --engine vllm vs bare vLLM on CPU (needs the vLLM CPU venv; writes bench/results/inference.json)
+	@mkdir -p bench/results
+	$(PY) bench/bench_inference.py
+
+VLLM_IMAGE ?= vllm/vllm-openai:v0.32.0
+RUNTIME_IMAGE ?= kaitopy-runtime:dev
+image-runtime:  ## build the model-server image (vLLM base + kaitopy serve) with docker
+	@if ! command -v docker >/dev/null 2>&1; then \
+		echo "image-runtime: docker is not installed here; not building $(RUNTIME_IMAGE)"; \
+	elif ! docker info >/dev/null 2>&1; then \
+		echo "image-runtime: docker is installed but its daemon is not reachable; not building $(RUNTIME_IMAGE)"; \
+	else docker build -f docker/runtime/Dockerfile --build-arg VLLM_IMAGE=$(VLLM_IMAGE) -t $(RUNTIME_IMAGE) . ; fi
 
 chaos: install binaries  ## the fault and load suite, every scenario with 3 seeds (a short run is part of make test)
 	$(PY) -m tests.chaos.suite --full --seeds 3
