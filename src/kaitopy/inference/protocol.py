@@ -27,6 +27,10 @@ class Sampling:
     top_k: int | None = None
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # vLLM's extensions, so a client gets the same behaviour from either engine.
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    repetition_penalty: float | None = None
     stream: bool = False
     include_usage: bool = False
 
@@ -88,6 +92,12 @@ def parse_sampling(body: dict[str, Any]) -> Sampling:
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens", 1)
     top_k = _integer(body, "top_k", -1)
+    min_tokens = _integer(body, "min_tokens", 0) or 0
+    if max_tokens is not None and min_tokens > max_tokens:
+        raise RequestError(f"'min_tokens' {min_tokens} exceeds 'max_tokens' {max_tokens}", param="min_tokens")
+    ignore_eos = body.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise RequestError("'ignore_eos' must be true or false", param="ignore_eos")
     return Sampling(
         max_tokens=max_tokens,
         temperature=_number(body, "temperature", 0.0, 2.0),
@@ -95,6 +105,9 @@ def parse_sampling(body: dict[str, Any]) -> Sampling:
         top_k=None if top_k is None or top_k <= 0 else top_k,
         stop=_stop(body),
         seed=_integer(body, "seed", 0),
+        min_tokens=min_tokens,
+        ignore_eos=ignore_eos,
+        repetition_penalty=_number(body, "repetition_penalty", 0.01, 100.0),
         stream=stream,
         include_usage=include_usage,
     )

@@ -419,7 +419,11 @@ class TransformersEngine:
             "max_new_tokens": job.max_new_tokens,
             "eos_token_id": sorted(state.eos_ids) or None,
             "pad_token_id": state.tokenizer.pad_token_id,
-            "repetition_penalty": pick.get("repetition_penalty", 1.0),
+            "repetition_penalty": sampling.repetition_penalty or pick.get("repetition_penalty", 1.0),
+            # generate() keeps end-of-sequence tokens out until this many were produced.
+            "min_new_tokens": job.max_new_tokens
+            if sampling.ignore_eos
+            else min(sampling.min_tokens, job.max_new_tokens),
         }
         if not temperature:
             options |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
@@ -493,6 +497,11 @@ class TransformersEngine:
             finish = "stop"
         elif job.cancel.is_set():
             finish = "abort"
+            log.info(
+                "generation stopped after %d of %d tokens: the request went away",
+                len(generated),
+                job.max_new_tokens,
+            )
         else:
             finish = "length"
         emit(_Event("done", finish_reason=finish, completion_tokens=len(generated)))
