@@ -133,18 +133,39 @@ def request_error(status: int, payload: Any, fallback: str) -> RequestError:
     )
 
 
-async def _sse_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-    """The child's SSE stream as chunk objects; ends at [DONE]."""
+def _decoder() -> Callable[[bytes], Any]:
+    # msgspec (a vLLM dependency) decodes a chunk several times faster than json; every streamed token
+    # passes through here, so on a CPU-bound node this is throughput.
     try:
-        async for raw in response.content:
-            line = raw.strip()
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                return
-            chunk: dict[str, Any] = json.loads(data)
-            yield chunk
+        import msgspec
+    except ImportError:
+        return json.loads
+    decode: Callable[[bytes], Any] = msgspec.json.Decoder().decode
+    return decode
+
+
+async def _sse_chunks(
+    response: aiohttp.ClientResponse, decode: Callable[[bytes], Any]
+) -> AsyncIterator[dict[str, Any]]:
+    """The child's SSE stream as chunk objects; ends at [DONE].
+
+    Reads whatever bytes have arrived and splits events on the blank line, rather than a readline
+    round-trip per line: under load several events arrive in one read.
+    """
+    buffer = b""
+    try:
+        async for data in response.content.iter_any():
+            buffer += data
+            *events, buffer = buffer.split(b"\n\n")
+            for event in events:
+                for line in event.splitlines():
+                    if not line.startswith(b"data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        return
+                    chunk: dict[str, Any] = decode(payload)
+                    yield chunk
     finally:
         # Stops the child's generation when the client went away before the end.
         response.close()
@@ -177,6 +198,7 @@ class VllmEngine:
         self._metrics = b""
         self._tasks: list[asyncio.Task[None]] = []
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
+        self._decode = _decoder()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -391,9 +413,9 @@ class VllmEngine:
                 payload = None
             raise request_error(response.status, payload, text.strip())
         if body.get("stream"):
-            return _sse_chunks(response)
+            return _sse_chunks(response, self._decode)
         async with response:
-            result: dict[str, Any] = await response.json()
+            result: dict[str, Any] = self._decode(await response.read())
         return result
 
 
