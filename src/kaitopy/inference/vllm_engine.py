@@ -49,6 +49,10 @@ EXIT_CHILD_DIED = 3
 _METRIC_PREFIXES = (b"vllm:", b"# HELP vllm:", b"# TYPE vllm:")
 
 
+# How vLLM words "prompt plus max_tokens does not fit the context" (0.32).
+_CONTEXT_MARKERS = ("maximum context length", "max_model_len")
+
+
 class ServeConfig(Protocol):
     """The parsed inference_config.yaml, as far as this engine reads it."""
 
@@ -117,19 +121,31 @@ def filter_metrics(text: bytes) -> bytes:
     return b"\n".join(lines) + b"\n" if lines else b""
 
 
-def request_error(status: int, payload: Any, fallback: str) -> RequestError:
-    """The child's OpenAI error JSON as a RequestError with the same status, message and param."""
+def request_error(status: int, payload: Any, fallback: str, input_param: str = "messages") -> RequestError:
+    """The child's OpenAI error JSON as a RequestError with its status and message.
+
+    Two vLLM habits are brought in line with OpenAI (and the transformers engine): request-validation
+    errors name the field as `body.<field>`, and a request that does not fit the context names the
+    token count it broke rather than answering `context_length_exceeded` on the input.
+    """
     err = payload.get("error") if isinstance(payload, dict) else None
     if not isinstance(err, dict):
         return RequestError(fallback or f"vLLM answered {status}", status=status)
+    message = str(err.get("message") or fallback)
     code = err.get("code")
     kind = err.get("type")
+    param = err.get("param") if isinstance(err.get("param"), str) else None
+    if param is not None and param.startswith("body."):
+        param = param[len("body.") :]
+    code = code if isinstance(code, str) else None
+    if status == 400 and any(marker in message for marker in _CONTEXT_MARKERS):
+        param, code = input_param, "context_length_exceeded"
     return RequestError(
-        str(err.get("message") or fallback),
+        message,
         status=status,
-        param=err.get("param") if isinstance(err.get("param"), str) else None,
+        param=param,
         type=kind if isinstance(kind, str) else "invalid_request_error",
-        code=code if isinstance(code, str) else None,
+        code=code,
     )
 
 
@@ -394,6 +410,21 @@ class VllmEngine:
     async def completion(self, body: dict[str, Any]) -> EngineResult:
         return await self._forward("/v1/completions", body)
 
+    async def count_prompt_tokens(self, body: dict[str, Any]) -> int:
+        """The prompt's length as the child tokenizes it (its /tokenize applies the chat template)."""
+        request: dict[str, Any] = {"model": body.get("model") or self.model_ids()[0]}
+        if "messages" in body:
+            request |= {"messages": body["messages"], "add_generation_prompt": True}
+        else:
+            request["prompt"] = body.get("prompt", "")
+        result = await self._call("/tokenize", request)
+        return int(result["count"])
+
+    async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        result = await self._forward(path, body)
+        assert isinstance(result, dict)
+        return result
+
     async def _forward(self, path: str, body: dict[str, Any]) -> EngineResult:
         if self._session is None or not self.ready():
             raise RequestError("the model is not ready", status=503, type="server_error")
@@ -411,7 +442,8 @@ class VllmEngine:
                 payload = json.loads(text)
             except ValueError:
                 payload = None
-            raise request_error(response.status, payload, text.strip())
+            input_param = "messages" if "messages" in body else "prompt"
+            raise request_error(response.status, payload, text.strip(), input_param)
         if body.get("stream"):
             return _sse_chunks(response, self._decode)
         async with response:

@@ -181,14 +181,33 @@ async def test_unknown_model_is_404(served: Served) -> None:
 @pytest.mark.asyncio(loop_scope="module")
 async def test_child_client_errors_keep_status_message_and_param(served: Served) -> None:
     with pytest.raises(RequestError) as info:
-        await served.engine.completion({"model": BASE, "prompt": "hello", "max_tokens": 100_000})
+        await served.engine.chat_completion(body(BASE, temperature="hot"))
     assert info.value.status == 400
-    assert info.value.param == "max_tokens"
+    assert info.value.param == "temperature"
+    assert info.value.message
+    # Output that cannot fit the context is OpenAI's context_length_exceeded on the input.
+    with pytest.raises(RequestError) as info:
+        await served.engine.completion({"model": BASE, "prompt": "hello", "max_tokens": 100_000})
+    assert (info.value.status, info.value.param, info.value.code) == (
+        400,
+        "prompt",
+        "context_length_exceeded",
+    )
     assert "max_tokens" in info.value.message
     # A stream's error comes before the first chunk, so the front can still answer with its status.
     with pytest.raises(RequestError) as info:
         await served.engine.chat_completion(body(BASE, stream=True, max_tokens=100_000))
-    assert info.value.status == 400
+    assert (info.value.status, info.value.param) == (400, "messages")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_prompt_tokens_counted_by_the_child(served: Served) -> None:
+    result = await chat(served.engine, body(BASE, max_tokens=1))
+    assert await served.engine.count_prompt_tokens(body(BASE)) == result["usage"]["prompt_tokens"]
+    completion = await served.engine.completion({"model": BASE, "prompt": "hello world", "max_tokens": 1})
+    assert isinstance(completion, dict)
+    counted = await served.engine.count_prompt_tokens({"model": BASE, "prompt": "hello world"})
+    assert counted == completion["usage"]["prompt_tokens"]
 
 
 @pytest.mark.asyncio(loop_scope="module")

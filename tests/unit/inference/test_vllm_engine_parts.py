@@ -39,23 +39,31 @@ def test_meminfo_and_cgroup_limit() -> None:
 
 def test_child_error_json_keeps_status_message_and_param() -> None:
     payload = {
-        "error": {
-            "message": "max_tokens too big",
-            "type": "BadRequestError",
-            "param": "max_tokens",
-            "code": 400,
-        }
+        "error": {"message": "n must be positive", "type": "BadRequestError", "param": "n", "code": 400}
     }
     err = request_error(400, payload, "raw")
     assert (err.status, err.message, err.param, err.type) == (
         400,
-        "max_tokens too big",
-        "max_tokens",
+        "n must be positive",
+        "n",
         "BadRequestError",
     )
     assert err.code is None  # vLLM's numeric code is the status again, not an OpenAI error code
+    validation = {"error": {"message": "Input should be a valid number", "param": "body.temperature"}}
+    assert request_error(400, validation, "raw").param == "temperature"
     plain = request_error(422, None, "Unprocessable")
     assert (plain.status, plain.message, plain.param) == (422, "Unprocessable", None)
+
+
+def test_context_overflow_is_context_length_exceeded_on_the_input() -> None:
+    message = "max_tokens=600 cannot be greater than max_model_len=512. (parameter=max_tokens, value=600)"
+    payload = {"error": {"message": message, "type": "BadRequestError", "param": "max_tokens", "code": 400}}
+    err = request_error(400, payload, "raw", "prompt")
+    assert (err.param, err.code, err.message) == ("prompt", "context_length_exceeded", message)
+    long_prompt = {
+        "error": {"message": "This model's maximum context length is 512 tokens.", "param": "input_tokens"}
+    }
+    assert request_error(400, long_prompt, "raw").param == "messages"
 
 
 def test_metrics_keep_only_vllm_families() -> None:
