@@ -8,6 +8,8 @@ built from these deltas, so their texts are the same.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 REPLACEMENT = "\ufffd"  # what a decoder shows for an incomplete multi-byte character
 
 
@@ -47,4 +49,33 @@ class StopTextBuffer:
             return ""
         delta = text[self.sent : end]
         self.sent = end
+        return delta
+
+
+class IncrementalDetokenizer:
+    """Generated text grown one token at a time in constant work per token.
+
+    Decoding all generated tokens at every step costs time quadratic in the output; instead only the
+    tokens since the last emitted boundary are decoded, after a few tokens of context so that the
+    tokenizer's spacing and merging rules see what came before (the scheme vLLM uses). `context`
+    primes it with the prompt's last tokens.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], context: list[int]) -> None:
+        self._decode = decode
+        self._tokens = list(context)
+        self._prefix = 0
+        self._read = len(self._tokens)
+        self.text = ""
+
+    def add(self, token: int) -> str:
+        """Append a token; return the text it completes ("" while a character is still partial)."""
+        self._tokens.append(token)
+        before = self._decode(self._tokens[self._prefix : self._read])
+        after = self._decode(self._tokens[self._prefix :])
+        if len(after) <= len(before) or after.endswith(REPLACEMENT):
+            return ""
+        delta = after[len(before) :]
+        self._prefix, self._read = self._read, len(self._tokens)
+        self.text += delta
         return delta

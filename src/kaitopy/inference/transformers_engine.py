@@ -23,13 +23,14 @@ from kaitopy.inference import protocol
 from kaitopy.inference.engine import EngineResult, RequestError, unknown_model
 from kaitopy.inference.protocol import Sampling
 from kaitopy.inference.settings import ServeSettings, SettingsError
-from kaitopy.inference.textstream import REPLACEMENT, StopTextBuffer
+from kaitopy.inference.textstream import REPLACEMENT, IncrementalDetokenizer, StopTextBuffer
 from kaitopy.inference.weights import ensure_weights
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MODEL_LEN = 2048
 # from_pretrained options an inference_config.yaml `transformers:` section may set.
+_TOKENIZER_OPTIONS = frozenset({"trust_remote_code", "revision"})
 _LOAD_OPTIONS = frozenset({"trust_remote_code", "attn_implementation", "revision", "low_cpu_mem_usage"})
 
 
@@ -126,6 +127,18 @@ class TransformersEngine:
             raise SettingsError(
                 "the transformers engine runs on one node; multi-node serving needs --engine=vllm"
             )
+        for flag, value in (
+            ("--tool-call-parser", settings.tool_call_parser),
+            ("--reasoning-parser", settings.reasoning_parser),
+        ):
+            if value:
+                log.warning(
+                    "%s %s is a vLLM option; the transformers engine returns the model's text as is",
+                    flag,
+                    value,
+                )
+        if settings.tensor_parallel_size * settings.pipeline_parallel_size > 1:
+            log.info("the transformers engine spreads the model over every visible GPU (device_map=auto)")
         model_dir = ensure_weights(settings)
         options = dict(settings.config.transformers)
         chat_template = options.pop("chat_template", None)
@@ -138,7 +151,8 @@ class TransformersEngine:
         cuda = torch.cuda.is_available()
         device = torch.device("cuda" if cuda else "cpu")
         started = time.monotonic()
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, **options)
+        tokenizer_options = {k: v for k, v in options.items() if k in _TOKENIZER_OPTIONS}
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, **tokenizer_options)
         if chat_template:
             path = Path(str(chat_template))
             tokenizer.chat_template = path.read_text() if path.is_file() else str(chat_template)
@@ -190,7 +204,9 @@ class TransformersEngine:
                 else:
                     model.load_adapter(str(spec.path), adapter_name=spec.name)
             except Exception as exc:
-                log.error("adapter %s skipped: peft could not load it: %s", spec.name, exc)
+                # torch's size-mismatch report runs to one line per tensor; the first two say enough.
+                reason = " ".join(str(exc).splitlines()[:2])
+                log.error("adapter %s skipped: peft could not load it: %s", spec.name, reason)
                 if model is None:
                     # peft may have wrapped layers of the base model before failing: start clean.
                     base = load_base()
@@ -446,16 +462,11 @@ class TransformersEngine:
         tokenizer = state.tokenizer
         buffer = StopTextBuffer(job.sampling.stop)
         generated: list[int] = []
-        prefix = _decode_prefix(tokenizer, job.prompt_ids)
-        prefix_text = tokenizer.decode(prefix, skip_special_tokens=True)
-
-        def text() -> str:
-            # Decoded after a few prompt tokens, so a word's leading space survives (as vLLM does).
-            whole: str = tokenizer.decode(prefix + generated, skip_special_tokens=True)
-            if whole.startswith(prefix_text):
-                return whole[len(prefix_text) :]
-            alone: str = tokenizer.decode(generated, skip_special_tokens=True)
-            return alone
+        # Decoded after a few prompt tokens, so a word's leading space survives (as vLLM does).
+        detokenizer = IncrementalDetokenizer(
+            lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)),
+            _decode_prefix(tokenizer, job.prompt_ids),
+        )
 
         class Streamer:
             """generate()'s streamer: first the prompt, then one token per step."""
@@ -466,8 +477,10 @@ class TransformersEngine:
                 if not self.prompt_seen:
                     self.prompt_seen = True
                     return
-                generated.extend(int(t) for t in value.reshape(-1).tolist())
-                delta = buffer.feed(text())
+                for token in value.reshape(-1).tolist():
+                    generated.append(int(token))
+                    detokenizer.add(int(token))
+                delta = buffer.feed(detokenizer.text)
                 if delta:
                     emit(_Event("text", text=delta))
 
@@ -490,7 +503,7 @@ class TransformersEngine:
                 streamer=Streamer(),
                 stopping_criteria=StoppingCriteriaList([Stop()]),
             )
-        tail = buffer.finish(text())
+        tail = buffer.finish(detokenizer.text)
         if tail:
             emit(_Event("text", text=tail))
         if buffer.stopped or (generated and generated[-1] in state.eos_ids):

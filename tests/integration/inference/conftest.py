@@ -29,7 +29,9 @@ ENGINES = ["transformers", *(["vllm"] if importlib.util.find_spec("vllm") else [
 BASE = "tiny"
 ADAPTER = "alpha"
 ADAPTER_OFF = "alpha-off"  # alpha's weights served at strength 0: must behave as the base model
-BAD_ADAPTERS = ("broken-json", "no-weights", "wrong-targets")
+ADAPTER_HALF = "alpha-half"  # alpha's weights served at strength 0.5
+# "aaa-..." sorts first: peft fails on it after wrapping the base model, which must then be reloaded clean.
+BAD_ADAPTERS = ("aaa-bad-shapes", "broken-json", "no-weights", "wrong-targets")
 LOAD_DELAY_S = 2.0
 
 
@@ -62,6 +64,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
     adapters = root / "adapters"
     alpha = build_tiny_adapter(model, adapters / ADAPTER)
     shutil.copytree(alpha, adapters / ADAPTER_OFF)
+    shutil.copytree(alpha, adapters / ADAPTER_HALF)
 
     broken = adapters / "broken-json"
     broken.mkdir()
@@ -72,8 +75,19 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
     config = json.loads((wrong / "adapter_config.json").read_text())
     config["target_modules"] = ["no_such_proj"]
     (wrong / "adapter_config.json").write_text(json.dumps(config))
+    bad_shapes = shutil.copytree(alpha, adapters / "aaa-bad-shapes")
+    _reshape_weights(bad_shapes / "adapter_model.safetensors")
     (adapters / "not-an-adapter").mkdir()  # no adapter_config.json: not looked at
     return ModelFiles(model=model, adapters=adapters)
+
+
+def _reshape_weights(path: Path) -> None:
+    """Weights one row too many: a valid file whose tensors do not fit the model."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(path)
+    save_file({k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in weights.items()}, path)
 
 
 def free_port() -> int:
@@ -163,6 +177,7 @@ def server(
         "--max-concurrency=1",
         "--max-queue=0",
         f"--adapter-strength={ADAPTER_OFF}=0",
+        f"--adapter-strength={ADAPTER_HALF}=0.5",
         env={"KAITOPY_LOAD_DELAY_S": str(LOAD_DELAY_S)},
     )
     try:

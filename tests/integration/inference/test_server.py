@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.inference.conftest import (
     ADAPTER,
+    ADAPTER_HALF,
     ADAPTER_OFF,
     BAD_ADAPTERS,
     BASE,
@@ -80,8 +81,11 @@ def running(server: Server) -> float:
 
 
 @cache
-def reference_generate(model_dir: str, adapter_dir: str | None, max_new_tokens: int) -> str:
-    """Greedy text straight from transformers (and peft), outside the server."""
+def reference_generate(
+    model_dir: str, adapter_dir: str | None, max_new_tokens: int, strength: float = 1.0
+) -> str:
+    """Greedy text straight from transformers (and peft), outside the server. A strength other than 1
+    goes through peft's own weighted-adapter merge, not the server's way of scaling."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -90,7 +94,10 @@ def reference_generate(model_dir: str, adapter_dir: str | None, max_new_tokens: 
     if adapter_dir is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_dir)
+        model = PeftModel.from_pretrained(model, adapter_dir, adapter_name="given")
+        if strength != 1.0:
+            model.add_weighted_adapter(["given"], [strength], "weighted", combination_type="linear")
+            model.set_adapter("weighted")
     text = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.inference_mode():
@@ -118,7 +125,7 @@ def test_health_is_503_while_loading_then_200(server: Server) -> None:
 def test_models_lists_base_then_adapters(server: Server) -> None:
     ids = [m.id for m in client(server).models.list().data]
     assert ids[0] == BASE
-    assert sorted(ids[1:]) == sorted([ADAPTER, ADAPTER_OFF])
+    assert sorted(ids[1:]) == sorted([ADAPTER, ADAPTER_HALF, ADAPTER_OFF])
 
 
 def test_malformed_adapters_are_skipped_and_logged(server: Server) -> None:
@@ -214,6 +221,13 @@ def test_adapter_changes_output_and_matches_peft(server: Server, model_files: Mo
 
 def test_adapter_at_strength_zero_is_the_base(server: Server) -> None:
     assert chat_text(server, ADAPTER_OFF) == chat_text(server, BASE)
+
+
+def test_adapter_strength_scales_like_peft(server: Server, model_files: ModelFiles) -> None:
+    half = chat_text(server, ADAPTER_HALF)
+    assert half not in (chat_text(server, BASE), chat_text(server, ADAPTER))
+    expected = reference_generate(str(model_files.model), str(model_files.adapters / ADAPTER), 12, 0.5)
+    assert half.strip() == expected.strip()
 
 
 def test_seeded_sampling_repeats(server: Server) -> None:
@@ -405,11 +419,29 @@ def test_queue_full_is_429_and_a_dropped_stream_stops_generating(server: Server,
     wait_for(lambda: running(server) == 0, timeout=30, what="the slot to free after the client left")
     if server.engine == "transformers":
         # The worker thread logs once generate() has returned, a moment after the slot was freed.
-        wait_for(lambda: "generation stopped after" in server.log_text(), what="the generation to stop")
-        stopped = [line for line in server.log_text().splitlines() if "generation stopped after" in line]
-        produced = int(stopped[-1].split("generation stopped after ")[1].split()[0])
-        assert produced < 480
+        wait_for(lambda: stopped_generations(server), what="the generation to stop")
+        assert stopped_generations(server)[-1] < 480
     assert chat_text(server, BASE, max_tokens=2)
+
+
+def stopped_generations(server: Server) -> list[int]:
+    """How many tokens each generation cut short had produced, from the server's log."""
+    marker = "generation stopped after "
+    lines = [line for line in server.log_text().splitlines() if marker in line]
+    return [int(line.split(marker)[1].split()[0]) for line in lines]
+
+
+def test_a_client_that_gives_up_stops_its_generation(server: Server) -> None:
+    before = len(stopped_generations(server))
+    impatient = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=0.3)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.completions.create(
+            model=BASE, prompt="hello", max_tokens=480, temperature=0, extra_body={"ignore_eos": True}
+        )
+    wait_for(lambda: running(server) == 0, what="the slot to free after the client left")
+    if server.engine == "transformers":
+        wait_for(lambda: len(stopped_generations(server)) > before, what="the generation to stop")
+        assert stopped_generations(server)[-1] < 480
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_0(model_files: ModelFiles, tmp_path: Path) -> None:
@@ -455,3 +487,15 @@ def test_unknown_config_key_is_a_clear_startup_error(model_files: ModelFiles, tm
     srv = start_server("transformers", model_files, tmp_path / "server.log", f"--config={config}")
     assert srv.process.wait(60) == 2
     assert "unknown key(s) max_tokenz" in srv.log.read_text()
+
+
+def test_sigterm_while_loading_exits_0(model_files: ModelFiles, tmp_path: Path) -> None:
+    srv = start_server("transformers", model_files, tmp_path / "server.log")
+    try:
+        wait_for(lambda: "listening on" in srv.log_text(), what="the server to listen")
+        assert srv.process.poll() is None
+        srv.process.send_signal(signal.SIGTERM)
+        assert srv.process.wait(30) == 0
+    finally:
+        stop_server(srv)
+    assert "stopped" in srv.log_text()

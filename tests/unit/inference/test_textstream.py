@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from kaitopy.inference.textstream import StopTextBuffer
+from kaitopy.inference.textstream import IncrementalDetokenizer, StopTextBuffer
 
 
 def stream(buffer: StopTextBuffer, steps: list[str]) -> list[str]:
@@ -39,3 +39,25 @@ def test_half_a_character_waits() -> None:
     buffer = StopTextBuffer([])
     assert buffer.feed("caf\ufffd") == "caf"
     assert buffer.feed("café") == "é"
+
+
+def test_detokenizer_keeps_spacing_from_the_context() -> None:
+    words = {1: "hello", 2: "world", 3: "again"}
+
+    def decode(ids: list[int]) -> str:
+        return " ".join(words[i] for i in ids)  # a decoder that puts spaces between words
+
+    detokenizer = IncrementalDetokenizer(decode, context=[1])
+    assert [detokenizer.add(t) for t in (2, 3)] == [" world", " again"]
+    assert detokenizer.text == " world again"
+
+
+def test_detokenizer_waits_for_whole_characters() -> None:
+    pieces = {1: b"caf", 2: b"\xc3", 3: b"\xa9", 4: b"!"}
+
+    def decode(ids: list[int]) -> str:
+        return b"".join(pieces[i] for i in ids).decode("utf-8", errors="replace")
+
+    detokenizer = IncrementalDetokenizer(decode, context=[])
+    assert [detokenizer.add(t) for t in (1, 2, 3, 4)] == ["caf", "", "é", "!"]
+    assert detokenizer.text == "café!"
