@@ -47,6 +47,8 @@ class Run:
     seconds: float
     output_tokens: int
     ttft_ms: list[float]
+    # CPU seconds kaitopy's own process (the front, not its vLLM child) spent on this run.
+    front_cpu_s: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -59,6 +61,13 @@ class Run:
     @property
     def median_ttft_ms(self) -> float:
         return statistics.median(self.ttft_ms)
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of one process (not its children), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -229,7 +238,10 @@ async def main() -> int:
                 for r in range(args.rounds):
                     order = ("bare", "ours") if r % 2 == 0 else ("ours", "bare")
                     for server in order:
+                        cpu_before = cpu_seconds(ours.pid)
                         run = await load(server, urls[server], concurrency, requests, args.tokens)
+                        if server == "ours":
+                            run.front_cpu_s = cpu_seconds(ours.pid) - cpu_before
                         runs.setdefault((server, concurrency), []).append(run)
         finally:
             stop(ours)
@@ -249,13 +261,18 @@ async def main() -> int:
         for run in (b, o):
             print(
                 f"{c:>4} {run.server:>6} {run.rps:>8.2f} {run.tokens_per_s:>9.1f} {run.median_ttft_ms:>12.1f}"
-                + (f" {ratio:>16.3f}" if run is o else "")
+                + (f" {ratio:>16.3f} {run.front_cpu_s / run.output_tokens * 1e6:>19.0f}" if run is o else "")
             )
         rows.append(
             {
                 "concurrency": c,
                 "bare": {"rps": b.rps, "tokens_per_s": b.tokens_per_s, "median_ttft_ms": b.median_ttft_ms},
-                "ours": {"rps": o.rps, "tokens_per_s": o.tokens_per_s, "median_ttft_ms": o.median_ttft_ms},
+                "ours": {
+                    "rps": o.rps,
+                    "tokens_per_s": o.tokens_per_s,
+                    "median_ttft_ms": o.median_ttft_ms,
+                    "front_cpu_us_per_token": o.front_cpu_s / o.output_tokens * 1e6,
+                },
                 "ratio_tokens_per_s": ratio,
                 "ratio_rps": o.rps / b.rps,
                 "rounds": {

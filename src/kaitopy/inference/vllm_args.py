@@ -189,19 +189,51 @@ def read_model_shape(model_dir: Path, dtype: str) -> ModelShape:
     return model_shape(config, dtype, weights)
 
 
-def weight_module_names(model_dir: Path) -> list[str]:
-    """The model's module names (`model.layers.0.self_attn.q_proj`, ...) from its safetensors headers,
-    read without torch: an 8-byte little-endian length, then a JSON table keyed by tensor name."""
-    names: set[str] = set()
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from a safetensors header, read without torch: an 8-byte little-endian
+    length, then a JSON table keyed by tensor name."""
+    try:
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+        return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PlanError(f"{path}: not a readable safetensors file: {exc}") from None
+
+
+def base_weight_shapes(model_dir: Path) -> dict[str, list[int]]:
+    shapes: dict[str, list[int]] = {}
     for path in sorted(model_dir.glob("*.safetensors")):
-        try:
-            with path.open("rb") as f:
-                size = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(size))
-        except (OSError, ValueError) as exc:
-            raise PlanError(f"{path}: not a readable safetensors file: {exc}") from None
-        names.update(key.rpartition(".")[0] for key in header if key != "__metadata__")
-    return sorted(names)
+        shapes.update(safetensors_shapes(path))
+    return shapes
+
+
+def weight_module_names(model_dir: Path) -> list[str]:
+    """The model's module names (`model.layers.0.self_attn.q_proj`, ...) from its weights."""
+    return sorted({key.rpartition(".")[0] for key in base_weight_shapes(model_dir)})
+
+
+def adapter_shape_problem(adapter_dir: Path, rank: int, base: Mapping[str, list[int]]) -> str | None:
+    """Why the adapter's LoRA matrices cannot sit on the base model's layers, or None.
+
+    vLLM loads every --lora-modules adapter at start-up and a mis-shaped one kills the whole server, so
+    the shapes are checked here: lora_A is [r, in] and lora_B is [out, r] for a base weight [out, in].
+    """
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        return None  # .bin adapters: only vLLM can read them
+    for key, shape in safetensors_shapes(weights).items():
+        for part, expect in ((".lora_A.", "A"), (".lora_B.", "B")):
+            if part not in key:
+                continue
+            module = key.split(part)[0].removeprefix("base_model.model.")
+            target = base.get(f"{module}.weight")
+            if target is None or len(target) != 2 or len(shape) != 2:
+                return f"{key}: no 2-D base weight {module}.weight to adapt"
+            want = [rank, target[1]] if expect == "A" else [target[0], rank]
+            if shape != want:
+                return f"{key} has shape {shape}, the base model and r={rank} need {want}"
+    return None
 
 
 def discover_adapters(adapter_dir: Path | None) -> AdapterScan:

@@ -27,15 +27,17 @@ import aiohttp
 
 from kaitopy.inference import adapters
 from kaitopy.inference.engine import EngineResult, RequestError, unknown_model
+from kaitopy.inference.settings import SettingsError
 from kaitopy.inference.vllm_args import (
     Adapter,
     PlanError,
     VllmOptions,
     VllmPlan,
+    adapter_shape_problem,
+    base_weight_shapes,
     discover_adapters,
     plan_vllm,
     read_model_shape,
-    weight_module_names,
 )
 from kaitopy.inference.vllm_memory import measure_memory
 from kaitopy.inference.vllm_options import known_vllm_options
@@ -271,17 +273,27 @@ class VllmEngine:
         base model, readable LoRA weights, a name not taken), so both engines serve the same set."""
         if not found:
             return []
-        modules = weight_module_names(self._settings.model_dir)
+        base = base_weight_shapes(self._settings.model_dir)
+        modules = sorted({key.rpartition(".")[0] for key in base})
         served = {a.path: a for a in found}
         specs = adapters.usable(list(served), modules, self._settings.served_model_name)
-        return [served[spec.path] for spec in specs]
+        checked: list[Adapter] = []
+        for spec in specs:
+            adapter = served[spec.path]
+            problem = adapter_shape_problem(adapter.path, adapter.rank, base)
+            if problem is None:
+                checked.append(adapter)
+            else:
+                log.error("adapter %s skipped: %s", adapter.name, problem)
+        return checked
 
     async def start(self) -> None:
         port = free_port()
         try:
             self._plan = plan = await self.plan(port)
         except PlanError as exc:
-            raise RuntimeError(f"cannot plan the vLLM server: {exc}") from None
+            # A setting to fix, not a bug: the front logs it as one line.
+            raise SettingsError(str(exc)) from None
         env = {**os.environ, "VLLM_HOST_IP": "127.0.0.1"}
         if plan.ray is not None and not plan.ray.serves:
             # A multi-node worker only lends its GPUs to the leader's Ray cluster.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kaitopy.inference.vllm_args import Adapter, PlanError, weight_module_names
+from kaitopy.inference.vllm_args import Adapter, PlanError, adapter_shape_problem, weight_module_names
 from kaitopy.inference.vllm_engine import filter_metrics, request_error, scaled_adapter
 from kaitopy.inference.vllm_memory import MIB, cpu_memory, parse_meminfo, parse_nvidia_smi
 
@@ -100,11 +100,13 @@ def test_scaled_adapter_scales_alpha_and_links_weights(tmp_path: Path) -> None:
     assert json.loads((source / "adapter_config.json").read_text())["lora_alpha"] == 16
 
 
-def _safetensors(path: Path, names: list[str]) -> None:
-    header = {
-        n: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i, n in enumerate(names)
+def _safetensors(path: Path, names: list[str], shapes: dict[str, list[int]] | None = None) -> None:
+    given = shapes or {}
+    header: dict[str, object] = {
+        n: {"dtype": "F32", "shape": given.get(n, [1]), "data_offsets": [4 * i, 4 * i + 4]}
+        for i, n in enumerate(names)
     }
-    header["__metadata__"] = {"format": "pt"}  # type: ignore[assignment]
+    header["__metadata__"] = {"format": "pt"}
     raw = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 4 * len(names))
 
@@ -123,3 +125,23 @@ def test_module_names_from_safetensors_headers(tmp_path: Path) -> None:
     (tmp_path / "bad.safetensors").write_bytes(b"\x05\0\0\0\0\0\0\0{nope")
     with pytest.raises(PlanError, match="bad"):
         weight_module_names(tmp_path)
+
+
+def test_adapter_shapes_checked_against_the_base(tmp_path: Path) -> None:
+    base = {"model.layers.0.self_attn.q_proj.weight": [128, 64]}
+    a_key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    b_key = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
+    good = tmp_path / "good"
+    good.mkdir()
+    _safetensors(good / "adapter_model.safetensors", [a_key, b_key], {a_key: [8, 64], b_key: [128, 8]})
+    assert adapter_shape_problem(good, 8, base) is None
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    _safetensors(bad / "adapter_model.safetensors", [a_key, b_key], {a_key: [9, 64], b_key: [129, 8]})
+    problem = adapter_shape_problem(bad, 8, base)
+    assert problem is not None
+    assert "lora_A" in problem
+    assert "[9, 64]" in problem
+    assert "[8, 64]" in problem
+    # A LoRA on a layer the base model does not have.
+    assert adapter_shape_problem(good, 8, {"model.norm.weight": [64]}) is not None
