@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -68,6 +69,22 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *descendants(int(child))]
+    return found
+
+
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Set the CPU affinity of every thread of these processes (affinity is per thread)."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.sched_setaffinity(int(task.name), cpus)
 
 
 def free_port() -> int:
@@ -192,8 +209,16 @@ async def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per concurrency")
     parser.add_argument("--tokens", type=int, default=32, help="output tokens per request")
     parser.add_argument("--requests-per-worker", type=int, default=6)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "inference.json")
+    parser.add_argument("--out", type=Path, help="default: bench/results/inference[-pinned].json")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="vLLM (both servers) on CPU 0, kaitopy's front and this client on the others: the front's work "
+        "then does not take cores from vLLM, as on a GPU node where the model runs on the GPU",
+    )
     args = parser.parse_args()
+    if args.out is None:
+        args.out = ROOT / "bench" / "results" / ("inference-pinned.json" if args.pin else "inference.json")
     if importlib.util.find_spec("vllm") is None:
         print("bench_inference: skipped, vLLM is not installed (make install-inference-cpu)")
         return 0
@@ -230,6 +255,12 @@ async def main() -> int:
             await wait_healthy(urls["bare"], bare)
             await wait_healthy(urls["ours"], ours)
             print(f"both servers healthy after {time.monotonic() - t0:.0f} s")
+            if args.pin:
+                cpus = sorted(os.sched_getaffinity(0))
+                vllm_cpus, other = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
+                pin([bare.pid, *descendants(bare.pid), *descendants(ours.pid)], vllm_cpus)
+                pin([ours.pid, os.getpid()], other)
+                print(f"pinned: vLLM on CPUs {sorted(vllm_cpus)}, front and client on {sorted(other)}")
             for url in urls.values():  # warm-up: first requests compile and allocate
                 await load("warmup", url, 4, 8, args.tokens)
             runs: dict[tuple[str, int], list[Run]] = {}
@@ -290,6 +321,7 @@ async def main() -> int:
         "model": "tests/support/tinymodel (2-layer Llama, float32, CPU)",
         "tokens_per_request": args.tokens,
         "rounds": args.rounds,
+        "pinned": args.pin,
         "vllm_argv": argv,
         "results": rows,
         "max_overhead": overhead,
