@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 EXIT_CHILD_DIED = 3
+# Consecutive failed /health checks of a live child before ready() turns false.
+UNHEALTHY_AFTER = 3
 # vLLM's /metrics also carries the python_* and process_* families of its own Prometheus client; the
 # front's registry has the same names, and one exposition may not repeat a family.
 _METRIC_PREFIXES = (b"vllm:", b"# HELP vllm:", b"# TYPE vllm:")
@@ -294,7 +296,10 @@ class VllmEngine:
         except PlanError as exc:
             # A setting to fix, not a bug: the front logs it as one line.
             raise SettingsError(str(exc)) from None
-        env = {**os.environ, "VLLM_HOST_IP": "127.0.0.1"}
+        env = dict(os.environ)
+        if plan.ray is None:
+            # Single node: vLLM's own processes talk over loopback only. On multi-node Ray needs the pod IP.
+            env["VLLM_HOST_IP"] = "127.0.0.1"
         if plan.ray is not None and not plan.ray.serves:
             # A multi-node worker only lends its GPUs to the leader's Ray cluster.
             log.info("multi-node worker: %s", " ".join(plan.ray.command))
@@ -364,14 +369,26 @@ class VllmEngine:
         self._on_child_death(code)
 
     async def _scrape_metrics(self) -> None:
+        """Keep a copy of the child's metrics (extra_metrics() must not wait on the child) and follow its
+        health: a child that is alive but stops answering makes ready() false, so the pod's liveness
+        probe restarts it."""
         assert self._session is not None
+        failures = 0
         while True:
             try:
                 async with self._session.get("/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
                     if r.status == 200:
                         self._metrics = filter_metrics(await r.read())
+                async with self._session.get("/health", timeout=aiohttp.ClientTimeout(total=10)) as r:
+                    healthy = r.status == 200
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                log.debug("vLLM /metrics scrape failed: %s", exc)
+                log.debug("vLLM /metrics or /health failed: %s", exc)
+                healthy = False
+            failures = 0 if healthy else failures + 1
+            if self._healthy and failures >= UNHEALTHY_AFTER:
+                log.error("vLLM failed %d health checks in a row; reporting not ready", failures)
+            if not self._stopping:
+                self._healthy = failures < UNHEALTHY_AFTER
             await asyncio.sleep(self._metrics_interval)
 
     async def stop(self) -> None:

@@ -39,12 +39,15 @@ async def known_vllm_options(python: str = sys.executable, timeout: float = 180.
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
         log.warning(
             "reading vLLM's options took over %.0f s; checking the config against a built-in list", timeout
         )
         return FALLBACK_VLLM_OPTIONS
+    finally:
+        # Timed out, or the start was cancelled (SIGTERM while loading): leave no process behind.
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     if proc.returncode != 0:
         last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         log.warning("cannot read vLLM's options (%s); checking the config against a built-in list", last[0])
