@@ -67,7 +67,7 @@ bench: install binaries  ## benchmarks (prints figures and ratios; writes bench/
 	@mkdir -p bench/results
 	@shopt -s nullglob; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-bench-inference: $(PY)  ## kaitopy serve --engine vllm vs bare vLLM, CPU tiny model (vLLM CPU venv); bench/results/inference*.json
+bench-inference: install-inference-cpu  ## kaitopy serve --engine vllm vs bare vLLM, CPU tiny model (vLLM CPU venv); bench/results/inference*.json
 	@mkdir -p bench/results
 	$(PY) bench/bench_inference.py
 	$(PY) bench/bench_inference.py --pin
