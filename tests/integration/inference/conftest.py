@@ -6,6 +6,7 @@ port, exactly as the pod runs it, and tests talk to it over HTTP.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ import pytest
 
 from tests.support.tinymodel import build_tiny_adapter, build_tiny_model
 
-ENGINES = ["transformers"]
+ENGINES = ["transformers", *(["vllm"] if importlib.util.find_spec("vllm") else [])]
 BASE = "tiny"
 ADAPTER = "alpha"
 ADAPTER_OFF = "alpha-off"  # alpha's weights served at strength 0: must behave as the base model

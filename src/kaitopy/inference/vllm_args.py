@@ -1,0 +1,453 @@
+"""Plan a vLLM OpenAI-server launch: the argv, the models it serves and, on multi-node, the Ray step.
+
+Everything here is pure: measured memory, the model's config.json and vLLM's known options are passed
+in, so the planning is unit-tested without vLLM or torch and the sizing rules live in one place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+GIB = 1024**3
+# vLLM allocates the KV cache in blocks of this many tokens; a context length that is a multiple of it
+# wastes nothing.
+KV_BLOCK_TOKENS = 16
+# Never plan a context shorter than this: a server that cannot hold a chat turn is a misconfiguration.
+MIN_CONTEXT_TOKENS = 256
+# GPU memory vLLM needs besides weights and KV cache (activations, CUDA graphs, NCCL buffers), per GPU.
+GPU_ACTIVATION_RESERVE = 2 * GIB
+# GPU memory left to other processes (the CUDA context of a sidecar, fragmentation).
+GPU_HEADROOM = 512 * 1024**2
+MAX_GPU_MEMORY_UTILIZATION = 0.95
+# On CPU the KV cache lives in RAM beside the weights, the Python processes and the OS.
+CPU_RESERVE = 2 * GIB
+CPU_KV_FRACTION = 0.5
+# vLLM's default --max-num-seqs: with this many full-length sequences the cache is never the limit.
+DEFAULT_MAX_NUM_SEQS = 256
+RAY_PORT = 6379
+# The ranks vLLM accepts for --max-lora-rank (vllm.config.lora.MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "half": 2, "float": 4}
+# Flags kaitopy owns: the serve flags and the plan set them, the config file may not.
+_RESERVED_KEYS = {
+    "model": "the model is --model-dir",
+    "served-model-name": "use --served-model-name",
+    "host": "the engine binds vLLM to 127.0.0.1 behind kaitopy's server",
+    "port": "the engine picks vLLM's internal port",
+    "lora-modules": "adapters are discovered in --adapter-dir",
+    "tensor-parallel-size": "use --tensor-parallel-size",
+    "pipeline-parallel-size": "use --pipeline-parallel-size",
+    "dtype": "use --dtype",
+}
+# Keys Kaito's default inference ConfigMap carries that current vLLM no longer accepts: kept working.
+OBSOLETE_KEYS = {
+    "swap-space": "vLLM no longer has a CPU swap space",
+    "max-probe-steps": "Kaito's memory probe; kaitopy sizes the context from measured memory",
+}
+# vLLM's OpenAI-server options (0.32), used to check the config file when vLLM itself is not importable
+# (the CPU CI image, the controller). tests/integration/inference checks it against vLLM's own parser.
+FALLBACK_VLLM_OPTIONS = frozenset(
+    """
+    additional-config allowed-local-media-path api-key async-scheduling attention-backend block-size
+    chat-template chat-template-content-format code-revision compilation-config config-format
+    cpu-offload-gb data-parallel-size disable-cascade-attn disable-custom-all-reduce disable-log-stats
+    disable-sliding-window disable-uvicorn-access-log distributed-executor-backend download-dir
+    enable-auto-tool-choice enable-chunked-prefill enable-expert-parallel enable-force-include-usage
+    enable-lora enable-prefix-caching enable-prompt-tokens-details enable-request-id-headers
+    enable-sleep-mode enforce-eager generation-config gpu-memory-utilization hf-config-path hf-overrides
+    hf-token ignore-patterns kv-cache-dtype kv-cache-memory-bytes limit-mm-per-prompt load-format
+    logits-processors logprobs-mode lora-dtype max-cpu-loras max-log-len max-logprobs max-lora-rank
+    max-loras max-model-len max-num-batched-tokens max-num-seqs max-parallel-loading-workers
+    mm-processor-kwargs model-impl model-loader-extra-config override-generation-config quantization
+    reasoning-parser response-role return-tokens-as-token-ids revision root-path scheduling-policy seed
+    skip-tokenizer-init speculative-config structured-outputs-config tokenizer tokenizer-mode
+    tokenizer-revision tool-call-parser tool-parser-plugin trust-remote-code uvicorn-log-level
+    """.split()  # noqa: SIM905 - a word list reads better than 76 quoted strings
+)
+
+
+class PlanError(ValueError):
+    """The launch cannot be planned as configured; the message names what to change."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    path: Path
+    rank: int
+
+
+@dataclass(frozen=True)
+class AdapterScan:
+    adapters: list[Adapter]
+    # One line per adapter directory that was skipped, naming it and why.
+    problems: list[str]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What sizing needs from config.json and the weights on disk."""
+
+    kv_bytes_per_token: int  # all layers, K and V, in the serving dtype
+    max_position_embeddings: int | None
+    weight_bytes: int
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Measured memory: per GPU on CUDA (the smallest free figure over the pod's GPUs), RAM on CPU."""
+
+    device: str  # "cuda" | "cpu"
+    free_bytes: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class VllmOptions:
+    model_dir: Path
+    served_model_name: str
+    dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    max_model_len: int | None = None
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    # The config file's `vllm:` section, as written.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    adapters: list[Adapter] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # "single", "leader" (pod 0 of a multi-node group) or "worker".
+    role: str = "single"
+    leader_address: str | None = None
+    num_nodes: int = 1
+
+
+@dataclass(frozen=True)
+class RayStep:
+    """What a multi-node pod runs before (leader) or instead of (worker) vLLM."""
+
+    command: list[str]
+    # The leader waits for this many Ray nodes before starting vLLM; a worker blocks in `command`.
+    wait_for_nodes: int
+    serves: bool
+
+
+@dataclass(frozen=True)
+class VllmPlan:
+    argv: list[str]  # after `python -m vllm.entrypoints.openai.api_server`
+    model_ids: list[str]
+    max_model_len: int
+    notes: list[str]
+    ray: RayStep | None = None
+
+
+def dtype_bytes(dtype: str, config: Mapping[str, Any]) -> int:
+    """Bytes per element in the serving dtype; "auto" follows config.json like vLLM does."""
+    if dtype != "auto":
+        return _DTYPE_BYTES.get(dtype, 2)
+    # vLLM serves float32 checkpoints in bfloat16 when dtype is auto (on GPU); 2 bytes is its usual case.
+    declared = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
+    return 2 if declared == "float32" else _DTYPE_BYTES.get(declared, 2)
+
+
+def model_shape(config: Mapping[str, Any], dtype: str, weight_bytes: int) -> ModelShape:
+    """KV bytes per token from a decoder's config.json (text_config for multimodal wrappers)."""
+    text = config.get("text_config")
+    cfg: Mapping[str, Any] = text if isinstance(text, Mapping) else config
+    try:
+        layers = int(cfg["num_hidden_layers"])
+        heads = int(cfg["num_attention_heads"])
+        kv_heads = int(cfg.get("num_key_value_heads") or heads)
+        head_dim = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PlanError(f"config.json lacks what sizing the KV cache needs: {exc}") from None
+    per_token = 2 * layers * kv_heads * head_dim * dtype_bytes(dtype, cfg)
+    max_pos = cfg.get("max_position_embeddings")
+    return ModelShape(
+        kv_bytes_per_token=per_token,
+        max_position_embeddings=int(max_pos) if isinstance(max_pos, int) else None,
+        weight_bytes=weight_bytes,
+    )
+
+
+def read_model_shape(model_dir: Path, dtype: str) -> ModelShape:
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"{model_dir}/config.json: cannot read it: {exc}") from None
+    weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) or sum(
+        p.stat().st_size for p in model_dir.glob("*.bin")
+    )
+    return model_shape(config, dtype, weights)
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from a safetensors header, read without torch: an 8-byte little-endian
+    length, then a JSON table keyed by tensor name."""
+    try:
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+        return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PlanError(f"{path}: not a readable safetensors file: {exc}") from None
+
+
+def base_weight_shapes(model_dir: Path) -> dict[str, list[int]]:
+    shapes: dict[str, list[int]] = {}
+    for path in sorted(model_dir.glob("*.safetensors")):
+        shapes.update(safetensors_shapes(path))
+    return shapes
+
+
+def weight_module_names(model_dir: Path) -> list[str]:
+    """The model's module names (`model.layers.0.self_attn.q_proj`, ...) from its weights."""
+    return sorted({key.rpartition(".")[0] for key in base_weight_shapes(model_dir)})
+
+
+def adapter_shape_problem(adapter_dir: Path, rank: int, base: Mapping[str, list[int]]) -> str | None:
+    """Why the adapter's LoRA matrices cannot sit on the base model's layers, or None.
+
+    vLLM loads every --lora-modules adapter at start-up and a mis-shaped one kills the whole server, so
+    the shapes are checked here: lora_A is [r, in] and lora_B is [out, r] for a base weight [out, in].
+    """
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        return None  # .bin adapters: only vLLM can read them
+    for key, shape in safetensors_shapes(weights).items():
+        for part, expect in ((".lora_A.", "A"), (".lora_B.", "B")):
+            if part not in key:
+                continue
+            module = key.split(part)[0].removeprefix("base_model.model.")
+            target = base.get(f"{module}.weight")
+            if target is None or len(target) != 2 or len(shape) != 2:
+                return f"{key}: no 2-D base weight {module}.weight to adapt"
+            want = [rank, target[1]] if expect == "A" else [target[0], rank]
+            if shape != want:
+                return f"{key} has shape {shape}, the base model and r={rank} need {want}"
+    return None
+
+
+def discover_adapters(adapter_dir: Path | None) -> AdapterScan:
+    """Each subdirectory with an adapter_config.json is a LoRA adapter named after the directory."""
+    if adapter_dir is None or not adapter_dir.is_dir():
+        return AdapterScan([], [])
+    adapters: list[Adapter] = []
+    problems: list[str] = []
+    for sub in sorted(p for p in adapter_dir.iterdir() if p.is_dir()):
+        config_path = sub / "adapter_config.json"
+        if not config_path.is_file():
+            continue
+        try:
+            config = json.loads(config_path.read_text())
+        except (OSError, ValueError) as exc:
+            problems.append(f"adapter {sub.name}: adapter_config.json is not valid JSON ({exc}); skipped")
+            continue
+        if not isinstance(config, dict):
+            problems.append(f"adapter {sub.name}: adapter_config.json is not a JSON object; skipped")
+            continue
+        rank = config.get("r")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            problems.append(f"adapter {sub.name}: rank r={rank!r} is not a positive integer; skipped")
+            continue
+        if not any((sub / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+            problems.append(f"adapter {sub.name}: no adapter_model.safetensors or .bin; skipped")
+            continue
+        adapters.append(Adapter(sub.name, sub, rank))
+    return AdapterScan(adapters, problems)
+
+
+def _normalize_key(key: str) -> str:
+    return key.strip().lstrip("-").replace("_", "-")
+
+
+def check_extra(extra: Mapping[str, Any], known: Collection[str]) -> tuple[dict[str, Any], list[str]]:
+    """The `vllm:` section with normalized keys, obsolete ones dropped (noted); unknown keys are errors."""
+    known_set = {_normalize_key(k) for k in known}
+    checked: dict[str, Any] = {}
+    notes: list[str] = []
+    for raw_key, value in extra.items():
+        key = _normalize_key(str(raw_key))
+        if key in OBSOLETE_KEYS:
+            notes.append(f"vllm.{raw_key} ignored: {OBSOLETE_KEYS[key]}")
+            continue
+        if key in _RESERVED_KEYS:
+            raise PlanError(f"vllm.{raw_key} cannot be set in the config file: {_RESERVED_KEYS[key]}")
+        if key not in known_set:
+            close = difflib.get_close_matches(key, sorted(known_set), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise PlanError(f"vllm.{raw_key}: vLLM has no option --{key}{hint}")
+        checked[key] = value
+    return checked, notes
+
+
+def _option_args(key: str, value: Any) -> list[str]:
+    flag = f"--{key}"
+    if value is True:
+        return [flag]
+    if value is False:
+        return [f"--no-{key}"]
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [flag, json.dumps(value)]
+    if isinstance(value, list):
+        return [flag, *(str(v) for v in value)]
+    return [flag, str(value)]
+
+
+def _round_down(tokens: int) -> int:
+    return tokens - tokens % KV_BLOCK_TOKENS if tokens >= KV_BLOCK_TOKENS else tokens
+
+
+def plan_memory(
+    options: VllmOptions, shape: ModelShape, memory: Memory, extra: Mapping[str, Any]
+) -> tuple[int, list[str], list[str]]:
+    """(max_model_len, memory flags, notes) for the measured memory.
+
+    GPU: vLLM may use `--gpu-memory-utilization` x total of each GPU; that is set from what is free now,
+    so it never asks for memory another process holds. What remains after weights and activations holds
+    the KV cache, and the context is the largest that fits one sequence, capped by the model's own limit.
+    CPU: the KV cache size is given in bytes, from the config or half the RAM left after the weights.
+    """
+    shards = options.tensor_parallel_size * options.pipeline_parallel_size
+    per_token = max(1, math.ceil(shape.kv_bytes_per_token / shards))
+    notes: list[str] = []
+    flags: list[str] = []
+    if memory.device == "cuda":
+        if "gpu-memory-utilization" in extra:
+            utilization = float(extra["gpu-memory-utilization"])
+        else:
+            utilization = min(
+                MAX_GPU_MEMORY_UTILIZATION, (memory.free_bytes - GPU_HEADROOM) / memory.total_bytes
+            )
+            utilization = math.floor(utilization * 100) / 100
+            if utilization <= 0:
+                raise PlanError(
+                    f"only {memory.free_bytes / GIB:.1f} GiB of {memory.total_bytes / GIB:.1f} GiB "
+                    "GPU memory is free"
+                )
+            flags += ["--gpu-memory-utilization", f"{utilization:.2f}"]
+        budget = int(utilization * memory.total_bytes) - shape.weight_bytes // shards - GPU_ACTIVATION_RESERVE
+        where = f"{utilization:.2f} x {memory.total_bytes / GIB:.1f} GiB per GPU"
+    else:
+        if "kv-cache-memory-bytes" in extra:
+            budget = int(extra["kv-cache-memory-bytes"])
+        else:
+            spare = memory.free_bytes - shape.weight_bytes - CPU_RESERVE
+            max_seqs = int(extra.get("max-num-seqs", DEFAULT_MAX_NUM_SEQS))
+            context_cap = options.max_model_len or shape.max_position_embeddings or 0
+            # More cache than every sequence at full length can use is RAM taken from nothing.
+            useful = per_token * context_cap * max_seqs if context_cap else spare
+            budget = min(int(spare * CPU_KV_FRACTION), useful)
+            flags += ["--kv-cache-memory-bytes", str(max(budget, 0))]
+        where = f"{memory.free_bytes / GIB:.1f} GiB free RAM"
+    fits = _round_down(budget // per_token) if budget > 0 else 0
+
+    if options.max_model_len is not None:
+        max_model_len = options.max_model_len
+        if max_model_len > fits:
+            notes.append(
+                f"--max-model-len {max_model_len} exceeds the {fits} tokens the KV cache holds ({where}); "
+                "vLLM will refuse to start if it cannot fit one sequence"
+            )
+        return max_model_len, flags, notes
+
+    limit = shape.max_position_embeddings
+    max_model_len = min(fits, limit) if limit else fits
+    if max_model_len < MIN_CONTEXT_TOKENS and (limit is None or limit >= MIN_CONTEXT_TOKENS):
+        raise PlanError(
+            f"the KV cache holds only {fits} tokens ({shape.kv_bytes_per_token} bytes per token, "
+            f"weights {shape.weight_bytes / GIB:.1f} GiB, {where}); use more GPUs or a smaller model"
+        )
+    if limit and fits < limit:
+        notes.append(f"context limited to {max_model_len} tokens by memory (the model allows {limit})")
+    return max_model_len, flags, notes
+
+
+def ray_step(options: VllmOptions) -> RayStep | None:
+    """Multi-node: pod 0 starts the Ray head and waits for the group, the others join it and block."""
+    if options.role == "single":
+        return None
+    if not options.leader_address:
+        raise PlanError("multi-node needs --leader-address (the leader pod's DNS name)")
+    if options.role == "leader":
+        return RayStep(
+            ["ray", "start", "--head", f"--port={RAY_PORT}", "--disable-usage-stats"],
+            wait_for_nodes=options.num_nodes,
+            serves=True,
+        )
+    if options.role == "worker":
+        return RayStep(
+            [
+                "ray",
+                "start",
+                f"--address={options.leader_address}:{RAY_PORT}",
+                "--block",
+                "--disable-usage-stats",
+            ],
+            wait_for_nodes=0,
+            serves=False,
+        )
+    raise PlanError(f"unknown multi-node role {options.role!r}")
+
+
+def lora_rank_slot(rank: int) -> int:
+    """The smallest rank vLLM accepts that holds `rank`."""
+    for slot in VLLM_LORA_RANKS:
+        if rank <= slot:
+            return slot
+    raise PlanError(f"LoRA rank {rank} exceeds the largest vLLM supports ({VLLM_LORA_RANKS[-1]})")
+
+
+def plan_vllm(
+    options: VllmOptions, shape: ModelShape, memory: Memory, known_options: Collection[str]
+) -> VllmPlan:
+    extra, notes = check_extra(options.extra, known_options)
+    configured_len = extra.pop("max-model-len", None)
+    if options.max_model_len is None and configured_len is not None:
+        options = replace(options, max_model_len=int(configured_len))
+    max_model_len, memory_flags, memory_notes = plan_memory(options, shape, memory, extra)
+    notes += memory_notes
+    ray = ray_step(options)
+    argv = [
+        "--model",
+        str(options.model_dir),
+        "--served-model-name",
+        options.served_model_name,
+        "--host",
+        options.host,
+        "--port",
+        str(options.port),
+        "--dtype",
+        options.dtype,
+        "--tensor-parallel-size",
+        str(options.tensor_parallel_size),
+        "--pipeline-parallel-size",
+        str(options.pipeline_parallel_size),
+        "--enable-prefix-caching",
+        *memory_flags,
+    ]
+    argv += ["--max-model-len", str(max_model_len)]
+    if ray is not None:
+        argv += ["--distributed-executor-backend", "ray"]
+    if options.tool_call_parser:
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", options.tool_call_parser]
+    if options.reasoning_parser:
+        argv += ["--reasoning-parser", options.reasoning_parser]
+    if options.adapters:
+        argv += ["--enable-lora", "--lora-modules", *(f"{a.name}={a.path}" for a in options.adapters)]
+        argv += ["--max-lora-rank", str(lora_rank_slot(max(a.rank for a in options.adapters)))]
+        argv += ["--max-loras", str(len(options.adapters))]
+    for key, value in extra.items():
+        argv += _option_args(key, value)
+    model_ids = [options.served_model_name, *(a.name for a in options.adapters)]
+    return VllmPlan(argv=argv, model_ids=model_ids, max_model_len=max_model_len, notes=notes, ray=ray)

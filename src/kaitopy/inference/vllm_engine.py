@@ -1,0 +1,486 @@
+"""The vLLM engine: vLLM's OpenAI server runs as a child process on 127.0.0.1 and kaitopy's front
+forwards to it.
+
+The child owns the model, batching and the KV cache; this side plans its flags (vllm_args), waits for
+its /health, forwards requests with one pooled aiohttp session, maps its error JSON to RequestError and
+keeps a copy of its /metrics. A child that dies takes the pod with it (non-zero exit) so Kubernetes
+restarts it rather than leaving a server that answers 503 forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+
+from kaitopy.inference import adapters
+from kaitopy.inference.engine import EngineResult, RequestError, unknown_model
+from kaitopy.inference.settings import SettingsError
+from kaitopy.inference.vllm_args import (
+    Adapter,
+    PlanError,
+    VllmOptions,
+    VllmPlan,
+    adapter_shape_problem,
+    base_weight_shapes,
+    discover_adapters,
+    plan_vllm,
+    read_model_shape,
+)
+from kaitopy.inference.vllm_memory import measure_memory
+from kaitopy.inference.vllm_options import known_vllm_options
+
+log = logging.getLogger(__name__)
+
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+EXIT_CHILD_DIED = 3
+# Consecutive failed /health checks of a live child before ready() turns false.
+UNHEALTHY_AFTER = 3
+# vLLM's /metrics also carries the python_* and process_* families of its own Prometheus client; the
+# front's registry has the same names, and one exposition may not repeat a family.
+_METRIC_PREFIXES = (b"vllm:", b"# HELP vllm:", b"# TYPE vllm:")
+
+
+# How vLLM words "prompt plus max_tokens does not fit the context" (0.32).
+_CONTEXT_MARKERS = ("maximum context length", "max_model_len")
+
+
+class ServeConfig(Protocol):
+    """The parsed inference_config.yaml, as far as this engine reads it."""
+
+    @property
+    def vllm(self) -> Mapping[str, Any]: ...
+
+
+class VllmSettings(Protocol):
+    """What this engine reads from kaitopy serve's settings (settings.ServeSettings)."""
+
+    @property
+    def model_dir(self) -> Path: ...
+    @property
+    def served_model_name(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def tensor_parallel_size(self) -> int: ...
+    @property
+    def pipeline_parallel_size(self) -> int: ...
+    @property
+    def adapter_dir(self) -> Path | None: ...
+    @property
+    def max_model_len(self) -> int | None: ...
+    @property
+    def tool_call_parser(self) -> str | None: ...
+    @property
+    def reasoning_parser(self) -> str | None: ...
+    @property
+    def adapter_strengths(self) -> Mapping[str, float]: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def leader_address(self) -> str | None: ...
+    @property
+    def config(self) -> ServeConfig: ...
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def scaled_adapter(adapter: Adapter, factor: float, workdir: Path) -> Adapter:
+    """A copy of `adapter` whose effect is scaled by `factor`.
+
+    vLLM has no per-adapter strength; a LoRA's delta is (lora_alpha / r) * B @ A, so scaling lora_alpha
+    scales the delta exactly. The weights are linked, only adapter_config.json is rewritten.
+    """
+    target = workdir / adapter.name
+    target.mkdir(parents=True, exist_ok=True)
+    for item in adapter.path.iterdir():
+        if item.name != "adapter_config.json" and not (target / item.name).exists():
+            (target / item.name).symlink_to(item.resolve())
+    config = json.loads((adapter.path / "adapter_config.json").read_text())
+    config["lora_alpha"] = float(config.get("lora_alpha", adapter.rank)) * factor
+    (target / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return Adapter(adapter.name, target, adapter.rank)
+
+
+def filter_metrics(text: bytes) -> bytes:
+    """Only vLLM's own families (vllm:*) from the child's exposition."""
+    lines = [line for line in text.splitlines() if line.startswith(_METRIC_PREFIXES)]
+    return b"\n".join(lines) + b"\n" if lines else b""
+
+
+def request_error(status: int, payload: Any, fallback: str, input_param: str = "messages") -> RequestError:
+    """The child's OpenAI error JSON as a RequestError with its status and message.
+
+    Two vLLM habits are brought in line with OpenAI (and the transformers engine): request-validation
+    errors name the field as `body.<field>`, and a request that does not fit the context names the
+    token count it broke rather than answering `context_length_exceeded` on the input.
+    """
+    err = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(err, dict):
+        return RequestError(fallback or f"vLLM answered {status}", status=status)
+    message = str(err.get("message") or fallback)
+    code = err.get("code")
+    kind = err.get("type")
+    param = err.get("param") if isinstance(err.get("param"), str) else None
+    if param is not None and param.startswith("body."):
+        param = param[len("body.") :]
+    code = code if isinstance(code, str) else None
+    if status == 400 and any(marker in message for marker in _CONTEXT_MARKERS):
+        param, code = input_param, "context_length_exceeded"
+    return RequestError(
+        message,
+        status=status,
+        param=param,
+        type=kind if isinstance(kind, str) else "invalid_request_error",
+        code=code,
+    )
+
+
+def _decoder() -> Callable[[bytes], Any]:
+    # msgspec (a vLLM dependency) decodes a chunk several times faster than json; every streamed token
+    # passes through here, so on a CPU-bound node this is throughput.
+    try:
+        import msgspec
+    except ImportError:
+        return json.loads
+    decode: Callable[[bytes], Any] = msgspec.json.Decoder().decode
+    return decode
+
+
+async def _sse_chunks(
+    response: aiohttp.ClientResponse, decode: Callable[[bytes], Any]
+) -> AsyncIterator[dict[str, Any]]:
+    """The child's SSE stream as chunk objects; ends at [DONE].
+
+    Reads whatever bytes have arrived and splits events on the blank line, rather than a readline
+    round-trip per line: under load several events arrive in one read.
+    """
+    buffer = b""
+    try:
+        async for data in response.content.iter_any():
+            buffer += data
+            *events, buffer = buffer.split(b"\n\n")
+            for event in events:
+                for line in event.splitlines():
+                    if not line.startswith(b"data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        return
+                    chunk: dict[str, Any] = decode(payload)
+                    yield chunk
+    finally:
+        # Stops the child's generation when the client went away before the end.
+        response.close()
+
+
+class VllmEngine:
+    name = "vllm"
+
+    def __init__(
+        self,
+        settings: VllmSettings,
+        *,
+        python: str = sys.executable,
+        startup_timeout: float = 1800.0,
+        metrics_interval: float = 5.0,
+        on_child_death: Callable[[int], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._python = python
+        self._startup_timeout = startup_timeout
+        self._metrics_interval = metrics_interval
+        # Default: leave the process with a non-zero code so the pod restarts (tests pass their own).
+        self._on_child_death = on_child_death or _exit_process
+        self._plan: VllmPlan | None = None
+        self._child: asyncio.subprocess.Process | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._base = ""
+        self._healthy = False
+        self._stopping = False
+        self._metrics = b""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._workdir: tempfile.TemporaryDirectory[str] | None = None
+        self._decode = _decoder()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def plan(self, port: int) -> VllmPlan:
+        s = self._settings
+        scan = discover_adapters(s.adapter_dir)
+        for problem in scan.problems:
+            log.error("%s", problem)
+        served = await asyncio.to_thread(self._checked, scan.adapters)
+        if any(f != 1.0 for f in s.adapter_strengths.values()):
+            self._workdir = tempfile.TemporaryDirectory(prefix="kaitopy-adapters-")
+            served = [
+                scaled_adapter(a, s.adapter_strengths[a.name], Path(self._workdir.name))
+                if s.adapter_strengths.get(a.name, 1.0) != 1.0
+                else a
+                for a in served
+            ]
+        unknown = sorted(set(s.adapter_strengths) - {a.name for a in served})
+        if unknown:
+            log.warning("--adapter-strength names adapters that are not served: %s", ", ".join(unknown))
+        memory, known = await asyncio.gather(measure_memory(), known_vllm_options(self._python))
+        shape = await asyncio.to_thread(read_model_shape, s.model_dir, s.dtype)
+        options = VllmOptions(
+            model_dir=s.model_dir,
+            served_model_name=s.served_model_name,
+            dtype=s.dtype,
+            tensor_parallel_size=s.tensor_parallel_size,
+            pipeline_parallel_size=s.pipeline_parallel_size,
+            max_model_len=s.max_model_len,
+            tool_call_parser=s.tool_call_parser,
+            reasoning_parser=s.reasoning_parser,
+            extra=dict(s.config.vllm),
+            adapters=served,
+            port=port,
+            role=s.role,
+            leader_address=s.leader_address,
+            num_nodes=s.pipeline_parallel_size,
+        )
+        plan = plan_vllm(options, shape, memory, known)
+        for note in plan.notes:
+            log.warning("%s", note)
+        log.info(
+            "vLLM plan: %s memory %.1f GiB free of %.1f GiB, context %d tokens, models %s",
+            memory.device,
+            memory.free_bytes / 1024**3,
+            memory.total_bytes / 1024**3,
+            plan.max_model_len,
+            ", ".join(plan.model_ids),
+        )
+        return plan
+
+    def _checked(self, found: list[Adapter]) -> list[Adapter]:
+        """The adapters that pass the same checks the transformers engine makes (targets that exist in the
+        base model, readable LoRA weights, a name not taken), so both engines serve the same set."""
+        if not found:
+            return []
+        base = base_weight_shapes(self._settings.model_dir)
+        modules = sorted({key.rpartition(".")[0] for key in base})
+        served = {a.path: a for a in found}
+        specs = adapters.usable(list(served), modules, self._settings.served_model_name)
+        checked: list[Adapter] = []
+        for spec in specs:
+            adapter = served[spec.path]
+            problem = adapter_shape_problem(adapter.path, adapter.rank, base)
+            if problem is None:
+                checked.append(adapter)
+            else:
+                log.error("adapter %s skipped: %s", adapter.name, problem)
+        return checked
+
+    async def start(self) -> None:
+        port = free_port()
+        try:
+            self._plan = plan = await self.plan(port)
+        except PlanError as exc:
+            # A setting to fix, not a bug: the front logs it as one line.
+            raise SettingsError(str(exc)) from None
+        env = dict(os.environ)
+        if plan.ray is None:
+            # Single node: vLLM's own processes talk over loopback only. On multi-node Ray needs the pod IP.
+            env["VLLM_HOST_IP"] = "127.0.0.1"
+        if plan.ray is not None and not plan.ray.serves:
+            # A multi-node worker only lends its GPUs to the leader's Ray cluster.
+            log.info("multi-node worker: %s", " ".join(plan.ray.command))
+            self._child = await asyncio.create_subprocess_exec(*plan.ray.command, env=env)
+            self._healthy = True
+            self._tasks.append(asyncio.create_task(self._watch_child()))
+            return
+        if plan.ray is not None:
+            await self._start_ray_head(plan.ray.command, plan.ray.wait_for_nodes, env)
+        self._base = f"http://127.0.0.1:{port}"
+        self._session = aiohttp.ClientSession(
+            self._base,
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+            read_bufsize=2**20,
+        )
+        argv = [self._python, "-m", VLLM_SERVER_MODULE, *plan.argv, "--disable-uvicorn-access-log"]
+        log.info("starting vLLM: %s", " ".join(argv))
+        self._child = await asyncio.create_subprocess_exec(*argv, env=env)
+        await self._wait_healthy()
+        self._healthy = True
+        self._tasks.append(asyncio.create_task(self._watch_child()))
+        self._tasks.append(asyncio.create_task(self._scrape_metrics()))
+
+    async def _start_ray_head(self, command: list[str], nodes: int, env: dict[str, str]) -> None:
+        log.info("multi-node leader: %s; waiting for %d Ray nodes", " ".join(command), nodes)
+        head = await asyncio.create_subprocess_exec(*command, env=env)
+        if await head.wait() != 0:
+            raise RuntimeError(f"`{' '.join(command)}` failed with exit code {head.returncode}")
+        count = "import ray; ray.init(address='auto', logging_level='ERROR'); print(len(ray.nodes()))"
+        deadline = time.monotonic() + self._startup_timeout
+        while time.monotonic() < deadline:
+            probe = await asyncio.create_subprocess_exec(
+                self._python, "-c", count, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+            )
+            out, _ = await probe.communicate()
+            if probe.returncode == 0 and out.strip().isdigit() and int(out.strip()) >= nodes:
+                return
+            await asyncio.sleep(5)
+        raise RuntimeError(f"fewer than {nodes} Ray nodes joined within {self._startup_timeout:.0f} s")
+
+    async def _wait_healthy(self) -> None:
+        assert self._child is not None and self._session is not None
+        deadline = time.monotonic() + self._startup_timeout
+        while time.monotonic() < deadline:
+            if self._child.returncode is not None:
+                raise RuntimeError(
+                    f"vLLM exited with code {self._child.returncode} while starting (see its log above)"
+                )
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with self._session.get("/health", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    if r.status == 200:
+                        log.info("vLLM is healthy on %s", self._base)
+                        return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._child.wait()), 0.5)
+        await self._terminate()
+        raise RuntimeError(f"vLLM was not healthy within {self._startup_timeout:.0f} s")
+
+    async def _watch_child(self) -> None:
+        assert self._child is not None
+        code = await self._child.wait()
+        if self._stopping:
+            return
+        self._healthy = False
+        log.error("the vLLM child exited with code %s; the model server stops", code)
+        self._on_child_death(code)
+
+    async def _scrape_metrics(self) -> None:
+        """Keep a copy of the child's metrics (extra_metrics() must not wait on the child) and follow its
+        health: a child that is alive but stops answering makes ready() false, so the pod's liveness
+        probe restarts it."""
+        assert self._session is not None
+        failures = 0
+        while True:
+            try:
+                async with self._session.get("/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
+                    if r.status == 200:
+                        self._metrics = filter_metrics(await r.read())
+                async with self._session.get("/health", timeout=aiohttp.ClientTimeout(total=10)) as r:
+                    healthy = r.status == 200
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.debug("vLLM /metrics or /health failed: %s", exc)
+                healthy = False
+            failures = 0 if healthy else failures + 1
+            if self._healthy and failures >= UNHEALTHY_AFTER:
+                log.error("vLLM failed %d health checks in a row; reporting not ready", failures)
+            if not self._stopping:
+                self._healthy = failures < UNHEALTHY_AFTER
+            await asyncio.sleep(self._metrics_interval)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._healthy = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self._terminate()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    async def _terminate(self, grace: float = 30.0) -> None:
+        child = self._child
+        if child is None or child.returncode is not None:
+            return
+        child.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(child.wait(), grace)
+        except TimeoutError:
+            log.warning("vLLM did not stop within %.0f s of SIGTERM; killing it", grace)
+            child.kill()
+            await child.wait()
+
+    # -- the Engine protocol -----------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return self._healthy and self._child is not None and self._child.returncode is None
+
+    def model_ids(self) -> list[str]:
+        if self._plan is None or (self._plan.ray is not None and not self._plan.ray.serves):
+            return []
+        return list(self._plan.model_ids)
+
+    def extra_metrics(self) -> bytes:
+        return self._metrics
+
+    async def chat_completion(self, body: dict[str, Any]) -> EngineResult:
+        return await self._forward("/v1/chat/completions", body)
+
+    async def completion(self, body: dict[str, Any]) -> EngineResult:
+        return await self._forward("/v1/completions", body)
+
+    async def count_prompt_tokens(self, body: dict[str, Any]) -> int:
+        """The prompt's length as the child tokenizes it (its /tokenize applies the chat template)."""
+        request: dict[str, Any] = {"model": body.get("model") or self.model_ids()[0]}
+        if "messages" in body:
+            request |= {"messages": body["messages"], "add_generation_prompt": True}
+        else:
+            request["prompt"] = body.get("prompt", "")
+        result = await self._call("/tokenize", request)
+        return int(result["count"])
+
+    async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        result = await self._forward(path, body)
+        assert isinstance(result, dict)
+        return result
+
+    async def _forward(self, path: str, body: dict[str, Any]) -> EngineResult:
+        if self._session is None or not self.ready():
+            raise RequestError("the model is not ready", status=503, type="server_error")
+        known = self.model_ids()
+        model = body.get("model")
+        if model is None:
+            body = {**body, "model": known[0]}
+        elif model not in known:
+            raise unknown_model(model, known)
+        response = await self._session.post(path, json=body)
+        if response.status >= 400:
+            async with response:
+                text = await response.text()
+            try:
+                payload = json.loads(text)
+            except ValueError:
+                payload = None
+            input_param = "messages" if "messages" in body else "prompt"
+            raise request_error(response.status, payload, text.strip(), input_param)
+        if body.get("stream"):
+            return _sse_chunks(response, self._decode)
+        async with response:
+            result: dict[str, Any] = self._decode(await response.read())
+        return result
+
+
+def _exit_process(code: int) -> None:
+    # The event loop may be mid-request; a hard exit is the one way out that cannot hang on it.
+    logging.shutdown()
+    os._exit(EXIT_CHILD_DIED if code == 0 else min(max(code, 1), 255))

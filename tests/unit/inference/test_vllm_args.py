@@ -1,0 +1,335 @@
+"""The vLLM launch plan: argv, context sizing from measured memory, config checking, adapters, Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kaitopy.inference.vllm_args import (
+    FALLBACK_VLLM_OPTIONS,
+    GIB,
+    Adapter,
+    Memory,
+    ModelShape,
+    PlanError,
+    VllmOptions,
+    discover_adapters,
+    lora_rank_slot,
+    model_shape,
+    plan_vllm,
+    read_model_shape,
+)
+
+# Llama-3-8B's shape: 32 layers, 8 KV heads of 128 in bfloat16 = 128 KiB per token; 16 GB of weights.
+LLAMA8B = {
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "hidden_size": 4096,
+    "max_position_embeddings": 8192,
+    "torch_dtype": "bfloat16",
+}
+H100 = 80 * GIB
+
+
+def shape8b() -> ModelShape:
+    return model_shape(LLAMA8B, "auto", 16 * GIB)
+
+
+def options(**kw: object) -> VllmOptions:
+    base: dict[str, object] = {"model_dir": Path("/m"), "served_model_name": "llama", "port": 8123}
+    base.update(kw)
+    return VllmOptions(**base)  # type: ignore[arg-type]
+
+
+def flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_kv_bytes_per_token_from_config() -> None:
+    assert shape8b().kv_bytes_per_token == 2 * 32 * 8 * 128 * 2
+    assert model_shape(LLAMA8B, "float32", 0).kv_bytes_per_token == 2 * 32 * 8 * 128 * 4
+    # head_dim given explicitly wins over hidden/heads; a multimodal wrapper's text_config is used.
+    wrapped = {"text_config": {**LLAMA8B, "head_dim": 64}}
+    assert model_shape(wrapped, "bfloat16", 0).kv_bytes_per_token == 2 * 32 * 8 * 64 * 2
+
+
+def test_config_without_layers_is_a_clear_error() -> None:
+    with pytest.raises(PlanError, match="num_hidden_layers"):
+        model_shape({"hidden_size": 8}, "auto", 0)
+
+
+def test_base_argv_carries_every_serve_option() -> None:
+    plan = plan_vllm(
+        options(dtype="bfloat16", tensor_parallel_size=2, pipeline_parallel_size=1),
+        shape8b(),
+        Memory("cuda", H100, H100),
+        FALLBACK_VLLM_OPTIONS,
+    )
+    argv = plan.argv
+    assert flag(argv, "--served-model-name") == "llama"
+    assert flag(argv, "--dtype") == "bfloat16"
+    assert flag(argv, "--tensor-parallel-size") == "2"
+    assert flag(argv, "--pipeline-parallel-size") == "1"
+    assert flag(argv, "--host") == "127.0.0.1"
+    assert flag(argv, "--port") == "8123"
+    assert "--enable-prefix-caching" in argv
+    assert "--enable-lora" not in argv
+    assert "--enable-auto-tool-choice" not in argv
+    assert plan.model_ids == ["llama"]
+
+
+def test_gpu_context_is_the_model_limit_when_memory_allows() -> None:
+    plan = plan_vllm(options(), shape8b(), Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS)
+    assert plan.max_model_len == 8192
+    assert flag(plan.argv, "--max-model-len") == "8192"
+    assert flag(plan.argv, "--gpu-memory-utilization") == "0.95"
+
+
+def test_gpu_utilization_follows_measured_free_memory() -> None:
+    # Another process holds 30 GiB: vLLM must not ask for more than the 50 GiB left.
+    plan = plan_vllm(options(), shape8b(), Memory("cuda", 50 * GIB, H100), FALLBACK_VLLM_OPTIONS)
+    utilization = float(flag(plan.argv, "--gpu-memory-utilization"))
+    assert utilization * H100 <= 50 * GIB
+    assert utilization >= 0.6
+
+
+def test_gpu_context_shrinks_to_what_fits() -> None:
+    # 24 GiB card at 0.95: ~22.8 GiB - 16 GiB weights - 2 GiB reserve leaves ~4.8 GiB = ~38k tokens of
+    # 128 KiB for a model allowing 8k; with a model allowing 131072 tokens the memory decides.
+    long = model_shape({**LLAMA8B, "max_position_embeddings": 131072}, "auto", 16 * GIB)
+    plan = plan_vllm(options(), long, Memory("cuda", 24 * GIB, 24 * GIB), FALLBACK_VLLM_OPTIONS)
+    budget = int(0.95 * 24 * GIB) - 16 * GIB - 2 * GIB
+    assert plan.max_model_len == budget // (128 * 1024) // 16 * 16
+    assert plan.max_model_len < 131072
+    assert plan.max_model_len * 128 * 1024 <= budget
+    assert any("limited to" in n for n in plan.notes)
+
+
+def test_tensor_parallel_splits_weights_and_cache() -> None:
+    long = model_shape({**LLAMA8B, "max_position_embeddings": 1_000_000}, "auto", 16 * GIB)
+    one = plan_vllm(options(), long, Memory("cuda", 24 * GIB, 24 * GIB), FALLBACK_VLLM_OPTIONS)
+    two = plan_vllm(
+        options(tensor_parallel_size=2), long, Memory("cuda", 24 * GIB, 24 * GIB), FALLBACK_VLLM_OPTIONS
+    )
+    assert two.max_model_len > 2 * one.max_model_len
+
+
+def test_model_that_does_not_fit_is_refused_not_defaulted() -> None:
+    with pytest.raises(PlanError, match="KV cache holds only"):
+        plan_vllm(options(), shape8b(), Memory("cuda", 18 * GIB, 24 * GIB), FALLBACK_VLLM_OPTIONS)
+
+
+def test_given_max_model_len_is_used_and_flagged_when_too_big() -> None:
+    plan = plan_vllm(
+        options(max_model_len=4096), shape8b(), Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS
+    )
+    assert flag(plan.argv, "--max-model-len") == "4096"
+    assert plan.notes == []
+    big = plan_vllm(
+        options(max_model_len=200_000), shape8b(), Memory("cuda", 20 * GIB, 24 * GIB), FALLBACK_VLLM_OPTIONS
+    )
+    assert flag(big.argv, "--max-model-len") == "200000"
+    assert any("exceeds" in n for n in big.notes)
+
+
+def test_config_max_model_len_is_used_once() -> None:
+    plan = plan_vllm(
+        options(extra={"max-model-len": 2048}), shape8b(), Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS
+    )
+    assert plan.argv.count("--max-model-len") == 1
+    assert flag(plan.argv, "--max-model-len") == "2048"
+
+
+def test_cpu_sizes_kv_cache_bytes_from_ram() -> None:
+    tiny = model_shape(
+        {
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "hidden_size": 128,
+            "max_position_embeddings": 512,
+        },
+        "float32",
+        1_000_000,
+    )
+    plan = plan_vllm(options(dtype="float32"), tiny, Memory("cpu", 16 * GIB, 24 * GIB), FALLBACK_VLLM_OPTIONS)
+    kv = int(flag(plan.argv, "--kv-cache-memory-bytes"))
+    # 1 KiB per token; every one of 256 sequences at the full 512 tokens: 128 MiB, not half the RAM.
+    assert kv == 1024 * 512 * 256
+    assert plan.max_model_len == 512
+    assert "--gpu-memory-utilization" not in plan.argv
+
+
+def test_cpu_kv_cache_bytes_from_config_win() -> None:
+    plan = plan_vllm(
+        options(extra={"kv_cache_memory_bytes": 4 * GIB}),
+        shape8b(),
+        Memory("cpu", 64 * GIB, 64 * GIB),
+        FALLBACK_VLLM_OPTIONS,
+    )
+    assert plan.argv.count("--kv-cache-memory-bytes") == 1
+    assert flag(plan.argv, "--kv-cache-memory-bytes") == str(4 * GIB)
+    assert plan.max_model_len == 8192
+
+
+def test_cpu_without_room_for_a_context_is_refused() -> None:
+    with pytest.raises(PlanError, match="KV cache holds only"):
+        plan_vllm(options(), shape8b(), Memory("cpu", 17 * GIB, 24 * GIB), FALLBACK_VLLM_OPTIONS)
+
+
+def test_parsers_become_flags() -> None:
+    plan = plan_vllm(
+        options(tool_call_parser="hermes", reasoning_parser="deepseek_r1"),
+        shape8b(),
+        Memory("cuda", H100, H100),
+        FALLBACK_VLLM_OPTIONS,
+    )
+    i = plan.argv.index("--enable-auto-tool-choice")
+    assert plan.argv[i + 1 : i + 3] == ["--tool-call-parser", "hermes"]
+    assert flag(plan.argv, "--reasoning-parser") == "deepseek_r1"
+
+
+def test_adapters_enable_lora_with_largest_rank() -> None:
+    adapters = [Adapter("a", Path("/ad/a"), 8), Adapter("b", Path("/ad/b"), 12)]
+    plan = plan_vllm(options(adapters=adapters), shape8b(), Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS)
+    argv = plan.argv
+    assert "--enable-lora" in argv
+    i = argv.index("--lora-modules")
+    assert argv[i + 1 : i + 3] == ["a=/ad/a", "b=/ad/b"]
+    assert flag(argv, "--max-lora-rank") == "16"  # 12 rounded up to a rank vLLM accepts
+    assert flag(argv, "--max-loras") == "2"
+    assert plan.model_ids == ["llama", "a", "b"]
+
+
+def test_lora_rank_slots() -> None:
+    assert [lora_rank_slot(r) for r in (1, 2, 8, 9, 64, 512)] == [1, 8, 8, 16, 64, 512]
+    with pytest.raises(PlanError, match="513"):
+        lora_rank_slot(513)
+
+
+def test_config_section_options_pass_through() -> None:
+    extra = {"max_num_seqs": 64, "enforce-eager": True, "disable-log-stats": False, "hf_overrides": {"a": 1}}
+    plan = plan_vllm(options(extra=extra), shape8b(), Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS)
+    assert flag(plan.argv, "--max-num-seqs") == "64"
+    assert "--enforce-eager" in plan.argv
+    assert "--no-disable-log-stats" in plan.argv
+    assert json.loads(flag(plan.argv, "--hf-overrides")) == {"a": 1}
+
+
+def test_config_gpu_utilization_wins_over_measured() -> None:
+    plan = plan_vllm(
+        options(extra={"gpu-memory-utilization": 0.5}),
+        shape8b(),
+        Memory("cuda", H100, H100),
+        FALLBACK_VLLM_OPTIONS,
+    )
+    assert plan.argv.count("--gpu-memory-utilization") == 1
+    assert flag(plan.argv, "--gpu-memory-utilization") == "0.5"
+    assert plan.max_model_len == 8192  # 40 GiB - 16 - 2 still holds 8k tokens
+
+
+def test_unknown_config_key_names_it_and_close_matches() -> None:
+    with pytest.raises(PlanError) as info:
+        plan_vllm(
+            options(extra={"max-num-seq": 8}), shape8b(), Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS
+        )
+    assert "vllm.max-num-seq" in str(info.value)
+    assert "max-num-seqs" in str(info.value)
+
+
+def test_unknown_key_checked_against_given_options() -> None:
+    # The options vLLM's own parser reports decide; the fallback list is only a fallback.
+    plan = plan_vllm(options(extra={"brand-new": 1}), shape8b(), Memory("cuda", H100, H100), ["brand-new"])
+    assert flag(plan.argv, "--brand-new") == "1"
+
+
+def test_reserved_and_obsolete_keys() -> None:
+    with pytest.raises(PlanError, match=r"vllm\.port cannot be set"):
+        plan_vllm(options(extra={"port": 1}), shape8b(), Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS)
+    # Kaito's default ConfigMap still carries swap-space: accepted, dropped, noted.
+    plan = plan_vllm(
+        options(extra={"swap-space": 4, "cpu-offload-gb": 0}),
+        shape8b(),
+        Memory("cuda", H100, H100),
+        FALLBACK_VLLM_OPTIONS,
+    )
+    assert "--swap-space" not in plan.argv
+    assert flag(plan.argv, "--cpu-offload-gb") == "0"
+    assert any("swap-space" in n for n in plan.notes)
+
+
+def _adapter(root: Path, name: str, config: object, weights: bool = True) -> None:
+    d = root / name
+    d.mkdir(parents=True)
+    text = config if isinstance(config, str) else json.dumps(config)
+    (d / "adapter_config.json").write_text(text)
+    if weights:
+        (d / "adapter_model.safetensors").write_bytes(b"x")
+
+
+def test_discover_adapters_reports_and_skips_malformed(tmp_path: Path) -> None:
+    _adapter(tmp_path, "good", {"r": 8})
+    _adapter(tmp_path, "also-good", {"r": 4})
+    _adapter(tmp_path, "bad-json", "{not json")
+    _adapter(tmp_path, "no-weights", {"r": 8}, weights=False)
+    _adapter(tmp_path, "rank-text", {"r": "eight"})
+    (tmp_path / "not-an-adapter").mkdir()
+    scan = discover_adapters(tmp_path)
+    assert [(a.name, a.rank) for a in scan.adapters] == [("also-good", 4), ("good", 8)]
+    assert scan.adapters[0].path == tmp_path / "also-good"
+    reported = sorted(p.split(":")[0] for p in scan.problems)
+    assert reported == ["adapter bad-json", "adapter no-weights", "adapter rank-text"]
+
+
+def test_discover_adapters_without_directory(tmp_path: Path) -> None:
+    assert discover_adapters(None).adapters == []
+    assert discover_adapters(tmp_path / "missing").adapters == []
+
+
+def test_read_model_shape(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA8B))
+    (tmp_path / "model-00001.safetensors").write_bytes(b"0" * 1000)
+    (tmp_path / "model-00002.safetensors").write_bytes(b"0" * 500)
+    shape = read_model_shape(tmp_path, "auto")
+    assert shape.weight_bytes == 1500
+    assert shape.max_position_embeddings == 8192
+    with pytest.raises(PlanError, match=r"config\.json"):
+        read_model_shape(tmp_path / "nope", "auto")
+
+
+def test_multi_node_leader_starts_ray_head_and_serves() -> None:
+    plan = plan_vllm(
+        options(role="leader", leader_address="ws-0.ws-headless", num_nodes=2, pipeline_parallel_size=2),
+        shape8b(),
+        Memory("cuda", H100, H100),
+        FALLBACK_VLLM_OPTIONS,
+    )
+    assert plan.ray is not None
+    assert plan.ray.command[:3] == ["ray", "start", "--head"]
+    assert plan.ray.wait_for_nodes == 2
+    assert plan.ray.serves
+    assert flag(plan.argv, "--distributed-executor-backend") == "ray"
+
+
+def test_multi_node_worker_joins_leader_and_blocks() -> None:
+    plan = plan_vllm(
+        options(role="worker", leader_address="ws-0.ws-headless", num_nodes=2),
+        shape8b(),
+        Memory("cuda", H100, H100),
+        FALLBACK_VLLM_OPTIONS,
+    )
+    assert plan.ray is not None
+    assert "--address=ws-0.ws-headless:6379" in plan.ray.command
+    assert "--block" in plan.ray.command
+    assert not plan.ray.serves
+
+
+def test_single_node_has_no_ray_and_multi_node_needs_leader() -> None:
+    plan = plan_vllm(options(), shape8b(), Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS)
+    assert plan.ray is None
+    assert "--distributed-executor-backend" not in plan.argv
+    with pytest.raises(PlanError, match="leader-address"):
+        plan_vllm(options(role="worker"), shape8b(), Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS)
