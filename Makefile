@@ -47,13 +47,13 @@ cluster-down:  ## stop every process of the local control plane and remove its d
 cluster-status:  ## show the local control plane's processes and health
 	$(PYTHON) hack/localcluster.py status
 
-test: install-test binaries  ## all tests: unit, integration and e2e
+test: install-test binaries helm  ## all tests: unit, integration and e2e
 	$(PY) -m pytest tests
 
 test-unit: install-test  ## unit tests only (no cluster)
 	$(PY) -m pytest -m unit tests
 
-test-integration: install-test binaries  ## integration tests against the control plane
+test-integration: install-test binaries helm  ## integration tests against the control plane
 	$(PY) -m pytest -m integration tests
 
 test-e2e: install-test binaries  ## end-to-end tests (operator + control plane)

