@@ -55,6 +55,20 @@ async def scrape(port: int) -> dict[str, dict[str, float]]:
     return out
 
 
+async def settled(port: int, timeout: float = 60) -> dict[str, dict[str, float]]:
+    """The gauges once nothing is being deleted and two scrapes a second apart agree."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last = await scrape(port)
+    while True:
+        await asyncio.sleep(1.0)
+        now = await scrape(port)
+        if now == last and now.get("kaitopy_workspace_count", {}).get("deleting", 0.0) == 0.0:
+            return now
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the workspace gauges did not settle in {timeout:.0f}s: {now}")
+        last = now
+
+
 def workspace(
     name: str, namespace: str, preset: str, *, finalizers: list[str] | None = None
 ) -> dict[str, Any]:
@@ -74,8 +88,9 @@ async def test_workspace_gauges_on_the_metrics_endpoint(
     controller: tuple[Client, int], namespace: str
 ) -> None:
     client, port = controller
-    # The informer is cluster-wide: count relative to what other tests left behind.
-    before = await scrape(port)
+    # The informer is cluster-wide: count relative to what other tests left behind, once it has
+    # settled (this controller finishes deleting workspaces other tests' controllers left behind).
+    before = await settled(port)
     base = before["kaitopy_workspace_count"]
     base_presets = before.get("kaitopy_workspace_preset_count", {})
     assert set(base) == {"pending", "provisioning", "ready", "succeeded", "failed", "deleting"}
@@ -84,26 +99,27 @@ async def test_workspace_gauges_on_the_metrics_endpoint(
     await client.create(WORKSPACE, workspace("nodes2", namespace, "phi-4"))
     await client.create(WORKSPACE, workspace("bad", namespace, "no-such-model-9b"))
     await client.create(WORKSPACE, workspace("leaving", namespace, "mistral-7b", finalizers=[HOLD]))
-
-    def expect(state: str, delta: int) -> float:
-        return base.get(state, 0.0) + delta
-
-    # byo mode, no matching node: NodesNotFound (provisioning); an unknown preset: failed.
-    await eventually(
-        lambda: scrape(port),
-        until=lambda m: (
-            m["kaitopy_workspace_count"]["provisioning"] == expect("provisioning", 3)
-            and m["kaitopy_workspace_count"]["failed"] == expect("failed", 1)
-        ),
-        timeout=30,
-        what="provisioning +3 and failed +1",
-    )
-    presets = (await scrape(port))["kaitopy_workspace_preset_count"]
-    assert presets["phi-4"] == base_presets.get("phi-4", 0.0) + 2
-    assert presets["no-such-model-9b"] == base_presets.get("no-such-model-9b", 0.0) + 1
-
-    await client.delete(WORKSPACE, "leaving", namespace=namespace)
+    # The test's own finalizer holds "leaving"; release it whatever happens, or it blocks its namespace.
     try:
+
+        def expect(state: str, delta: int) -> float:
+            return base.get(state, 0.0) + delta
+
+        # byo mode, no matching node: NodesNotFound (provisioning); an unknown preset: failed.
+        await eventually(
+            lambda: scrape(port),
+            until=lambda m: (
+                m["kaitopy_workspace_count"]["provisioning"] == expect("provisioning", 3)
+                and m["kaitopy_workspace_count"]["failed"] == expect("failed", 1)
+            ),
+            timeout=30,
+            what="provisioning +3 and failed +1",
+        )
+        presets = (await scrape(port))["kaitopy_workspace_preset_count"]
+        assert presets["phi-4"] == base_presets.get("phi-4", 0.0) + 2
+        assert presets["no-such-model-9b"] == base_presets.get("no-such-model-9b", 0.0) + 1
+
+        await client.delete(WORKSPACE, "leaving", namespace=namespace)
         await eventually(
             lambda: scrape(port),
             until=lambda m: (
