@@ -31,7 +31,7 @@ async def controller(kube_cluster: Cluster) -> AsyncIterator[tuple[Client, int]]
     client = await Client.from_kubeconfig(str(kube_cluster.kubeconfig))
     async with client:
         await ensure_workspace_crd(client)
-        await ensure_crds(client)  # the controller watches NodeClaims even in byo mode
+        await ensure_crds(client)  # as the operator installs them (byo mode itself watches no NodeClaims)
         settings = Settings(node_provisioner="byo")
         mgr = Manager(client, ManagerSettings(probe_host="127.0.0.1", probe_port=0, handle_signals=False))
         wire(mgr, client, make_planner(Catalog.load(), settings), settings, WORKSPACE, resync_period=None)
