@@ -17,6 +17,8 @@ def test_overlay_renders_and_validates(kube_cluster: Cluster, overlay: str) -> N
     kinds = [line.split(":", 1)[1].strip() for line in rendered.splitlines() if line.startswith("kind:")]
     assert kinds.count("CustomResourceDefinition") == 3
     assert {"Deployment", "ClusterRole", "ServiceAccount", "Service"} <= set(kinds)
+    # A dry run creates nothing, so the namespaced objects need their namespace to exist already.
+    kube_cluster.kubectl("apply", "--server-side", "-f", str(MANIFESTS / "base" / "namespace.yaml"))
     out = kube_cluster.kubectl(
         "apply", "--dry-run=server", "--server-side", "--force-conflicts", "-f", "-", input=rendered
     )
