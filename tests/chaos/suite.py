@@ -372,10 +372,18 @@ async def bad_input(env: Env) -> None:
         assert op.controller is not None and op.controller.proc is not None
         if op.controller.proc.poll() is not None:
             raise Violation(f"controller exited with {op.controller.proc.returncode}")
-        errors = op.controller.metric("controller_runtime_reconcile_errors_total")
-        if errors > admitted * 3:
-            raise Violation(f"{errors:.0f} reconcile errors for {admitted} admitted workspaces")
+        # Conflicts while the first reconciles race each other are retried and harmless; what must
+        # not happen is an admitted input that keeps failing hot. Judge a window after the start.
+        settled = op.controller.metric("controller_runtime_reconcile_errors_total")
+        await asyncio.sleep(5.0)
+        errors = op.controller.metric("controller_runtime_reconcile_errors_total") - settled
+        # Clean up before judging, so a broken invariant leaves no nodes behind for other tests.
         await delete_all_and_check_clean(env)
+        if errors > admitted:
+            raise Violation(
+                f"{errors:.0f} reconcile errors in a 5s window after start-up for {admitted} admitted "
+                "workspaces (an input the controller keeps failing on)"
+            )
     finally:
         op.stop()
 
