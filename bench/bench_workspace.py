@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
@@ -25,9 +24,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.operator import WRITE_METHODS, Operator, Process  # noqa: E402
+from tests.e2e.operator import WRITE_METHODS, Operator, Process, ensure_operator_namespace  # noqa: E402
 
-from kaitopy.runtime import AlreadyExists, Client, Kind, kinds  # noqa: E402
+from kaitopy.runtime import Client, Kind, kinds  # noqa: E402
 
 WORKSPACE = Kind("kaito.sh", "v1beta1", "Workspace", "workspaces")
 NODECLAIM = Kind("karpenter.sh", "v1", "NodeClaim", "nodeclaims", namespaced=False)
@@ -126,10 +125,7 @@ async def bench(args: argparse.Namespace, kubeconfig: Path) -> int:
     results = []
     client = await Client.from_kubeconfig(str(kubeconfig))
     async with client:
-        # The operator's own namespace, as manifests/base creates it (webhook certificate).
-        with contextlib.suppress(AlreadyExists):
-            system = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kaito-system"}}
-            await client.create(kinds.NAMESPACE, system)
+        await ensure_operator_namespace(client)
         for n in (int(s) for s in args.sizes.split(",")):
             print(f"== {n} workspaces", flush=True)
             results.append(await run_size(client, kubeconfig, n, args.timeout, workdir))

@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,12 +39,6 @@ def kubectl(kubeconfig: Path, bin_dir: Path, *args: str, check: bool = True, tim
     if check and proc.returncode != 0:
         raise SystemExit(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pod_server_argv(deployment: dict[str, object], model_dir: Path, port: int) -> tuple[list[str], str]:
@@ -84,6 +77,7 @@ def serve_like_the_pod(kubeconfig: Path, bin_dir: Path, workspace: str, logs: Pa
         return
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from tests.e2e.operator import free_port
     from tests.support.tinymodel import build_tiny_model
     from transformers.utils import logging as hf_logging
 

@@ -31,9 +31,9 @@ import aiohttp
 
 from kaitopy.controllers.workspace.crds import ensure_workspace_crd
 from kaitopy.provisioner.install import ensure_crds
-from kaitopy.runtime import AlreadyExists, ApiError, Client, Informer, Kind, NotFound, kinds
+from kaitopy.runtime import ApiError, Client, Informer, Kind, NotFound, kinds
 from kaitopy.runtime.objects import Obj
-from tests.e2e.operator import Operator
+from tests.e2e.operator import Operator, ensure_operator_namespace
 
 REPO = Path(__file__).resolve().parents[2]
 WORKSPACE = Kind("kaito.sh", "v1beta1", "Workspace", "workspaces")
@@ -447,11 +447,7 @@ async def run_one(kubeconfig: Path, scenario: str, seed: int, workdir: Path) -> 
         # a fresh cluster: install the CRDs the operator would install, so its list can succeed.
         await ensure_crds(client)
         await ensure_workspace_crd(client)
-        with contextlib.suppress(AlreadyExists):  # the operator's own namespace (webhook certificate, leases)
-            await client.create(
-                kinds.NAMESPACE,
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kaito-system"}},
-            )
+        await ensure_operator_namespace(client)
         ns = f"chaos-{scenario}-{seed}-{uuid.uuid4().hex[:4]}"
         await client.create(
             kinds.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}

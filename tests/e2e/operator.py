@@ -3,6 +3,7 @@ processes against the control plane, which tests can stop, kill and restart."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -15,8 +16,21 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from kaitopy.runtime import AlreadyExists, Client, kinds
+
 KAITOPY = [sys.executable, "-m", "kaitopy"]
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+OPERATOR_NAMESPACE = "kaito-system"
+
+
+async def ensure_operator_namespace(client: Client) -> None:
+    """The operator's own namespace (webhook certificate, leases), as manifests/base creates it;
+    harnesses that run the operator on a fresh cluster need it first."""
+    with contextlib.suppress(AlreadyExists):
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}
+        await client.create(kinds.NAMESPACE, body)
 
 
 def free_port() -> int:

@@ -64,8 +64,9 @@ def wire(
     # serve the kind (or serve a real Karpenter's): keep the claims view empty instead of
     # watching a kind whose list would never sync.
     byo = settings.node_provisioner == "byo"
-    claims_store = Store({CLAIMS_BY_WORKSPACE: workspace_key_of_labels})
-    if not byo:
+    if byo:
+        claims_store = Store({CLAIMS_BY_WORKSPACE: workspace_key_of_labels})
+    else:
         claims = mgr.cache.informer(NODECLAIM, label_selector=WORKSPACE_LABEL)
         claims.add_indexer(CLAIMS_BY_WORKSPACE, workspace_key_of_labels)
         claims_store = claims.store
