@@ -101,6 +101,7 @@ IMAGE_REGISTRY ?= ghcr.io/kaitopy
 PROVIDER ?= kwok
 KUBECTL ?= kubectl
 WAIT ?= 1
+CLUSTER ?=
 helm:  ## get or build helm (hack/ensure-helm.sh: cached, else built through the Go module proxy)
 	@bash hack/ensure-helm.sh
 
@@ -122,19 +123,29 @@ docker-build:  ## build the controller (and model-server) images, tagged $(IMAGE
 	  docker build -f $$d/Dockerfile -t $(IMAGE_REGISTRY)/$$name:$(VERSION) . || exit 1; \
 	done
 
-deploy:  ## install the operator into the current kubectl context (PROVIDER=kwok|azure|byo; azure: edit its overlay first)
+deploy:  ## install the operator into the current kubectl context (PROVIDER=kwok|azure|byo; azure: edit its overlay first); CLUSTER=local: the local control plane, phi-3 to Ready
 	@case "$(PROVIDER)" in kwok|azure|byo) ;; *) echo "deploy: PROVIDER must be kwok, azure or byo, not '$(PROVIDER)'" >&2; exit 2;; esac
+ifeq ($(CLUSTER),local)
+	@case "$(PROVIDER)" in kwok|byo) ;; *) echo "deploy: CLUSTER=local runs PROVIDER=kwok or byo (there is no Azure here)" >&2; exit 2;; esac
+	$(MAKE) -s install binaries
+	$(PY) hack/deploy_local.py up --provider $(PROVIDER) $(if $(filter kwok,$(PROVIDER)),,--no-example)
+else
 	$(KUBECTL) apply --server-side -k manifests/overlays/$(PROVIDER)
 	@if [ "$(WAIT)" = 1 ]; then \
 	  $(KUBECTL) -n kaito-system rollout status deploy/kaitopy-controller --timeout=180s && \
 	  $(KUBECTL) -n kaito-system rollout status deploy/kaitopy-provisioner --timeout=180s; fi
+endif
 
 undeploy: install  ## remove the operator from the current context (the CRDs stay: deleting them deletes every workspace)
 	@case "$(PROVIDER)" in kwok|azure|byo) ;; *) echo "undeploy: PROVIDER must be kwok, azure or byo, not '$(PROVIDER)'" >&2; exit 2;; esac
+ifeq ($(CLUSTER),local)
+	$(PY) hack/deploy_local.py down --provider $(PROVIDER)
+else
 	$(KUBECTL) kustomize manifests/overlays/$(PROVIDER) | \
 	  $(PY) -c 'import sys,yaml; yaml.safe_dump_all([d for d in yaml.safe_load_all(sys.stdin) if d and d["kind"] != "CustomResourceDefinition"], sys.stdout)' | \
 	  $(KUBECTL) delete --ignore-not-found -f -
 	$(KUBECTL) delete validatingwebhookconfiguration kaitopy-workspace-validation --ignore-not-found
+endif
 
 clean:  ## remove the virtual environment and caches (not the binary cache)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

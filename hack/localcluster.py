@@ -34,7 +34,10 @@ from pathlib import Path
 
 HACK_DIR = Path(__file__).resolve().parent
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-SERVICE_CIDR = "10.0.0.0/24"
+# A /16, not the apiserver's default /24: benchmarks and load waves make a Service per workspace,
+# and 1,000 of them would exhaust 254 addresses ("failed to allocate a serviceIP: range is full").
+SERVICE_CIDR = "10.96.0.0/16"
+APISERVER_SERVICE_IP = "10.96.0.1"  # the first address of SERVICE_CIDR: the `kubernetes` Service
 POD_CIDR = "10.244.0.0/16"
 # Generous on a loaded 2-core machine: the apiserver's first start installs ~60 API groups.
 START_TIMEOUT_S = float(os.environ.get("KAITOPY_CLUSTER_START_TIMEOUT", "180"))
@@ -141,7 +144,7 @@ def make_pki(pki: Path) -> None:
     sans = ",".join(
         [
             "IP:127.0.0.1",
-            "IP:10.0.0.1",
+            f"IP:{APISERVER_SERVICE_IP}",
             "DNS:localhost",
             "DNS:kubernetes",
             "DNS:kubernetes.default",
@@ -432,6 +435,10 @@ def up() -> Path:
             # Benchmarks create thousands of objects: client-side throttling would dominate them.
             "--kube-api-qps=200",
             "--kube-api-burst=400",
+            # kwok renews every simulated node's lease; with a thousand nodes on two cores the
+            # renewals lag by tens of seconds and the default 40 s grace would mark healthy nodes
+            # NotReady (and their pods unready). Pairs with kwok's --node-lease-duration-seconds.
+            "--node-monitor-grace-period=360s",
             "--v=1",
         ],
         root,
@@ -456,7 +463,7 @@ def up() -> Path:
             f"--kubeconfig={root / 'kwok.kubeconfig'}",
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            "--node-lease-duration-seconds=40",
+            "--node-lease-duration-seconds=120",
             f"--cidr={POD_CIDR}",
             "--node-ip=127.0.0.1",
             f"--server-address=127.0.0.1:{ports['kwok']}",

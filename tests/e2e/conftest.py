@@ -27,7 +27,9 @@ def service_account_kubeconfig(kube: Cluster, account: str, out: Path) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: tests/e2e/test_deploy_local.py undeploys the operator, which
+# deletes these service accounts and so invalidates tokens made for them before.
+@pytest.fixture(scope="module")
 def operator_identities(kube_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name in IDENTITY_MANIFESTS:
         kube_cluster.kubectl("apply", "--server-side", "-f", str(MANIFESTS / name))

@@ -18,6 +18,7 @@ from tests.support.wait import eventually
 
 WORKSPACE = Kind("kaito.sh", "v1beta1", "Workspace", "workspaces")
 NODECLAIM = Kind("karpenter.sh", "v1", "NodeClaim", "nodeclaims", namespaced=False)
+RESOURCE_QUOTA = Kind("", "v1", "ResourceQuota", "resourcequotas")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
@@ -320,6 +321,42 @@ async def test_quota_failure_surfaces_on_the_workspace(
     assert cond(ws, "WorkspaceSucceeded")["status"] == "False"
     await asyncio.sleep(2)
     assert len(await claims_of(client, name, namespace)) == 1  # no retry storm of new claims
+    await delete_and_wait(client, kube_cluster, name, namespace)
+
+
+async def test_a_refused_workload_is_explained_then_recovers(
+    operator: Operator, kube_cluster: Cluster, client: Client, namespace: str
+) -> None:
+    """The API server refuses the model's Service (a quota allows none): the workspace says so in
+    the server's words instead of only logging retries, and recovers once the quota is lifted."""
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-services", "namespace": namespace},
+        "spec": {"hard": {"services": "0"}},
+    }
+    apply(kube_cluster, quota)
+    await eventually(
+        lambda: client.get(RESOURCE_QUOTA, "no-services", namespace=namespace),
+        until=lambda q: "services" in ((q.get("status") or {}).get("hard") or {}),
+        timeout=30,
+        what="quota observed by the quota controller",
+    )
+    operator.start_provisioner()
+    operator.start_controller()
+    name = "phi-refused"
+    apply(kube_cluster, phi3(name, namespace))
+    ws = await eventually(
+        lambda: client.get(WORKSPACE, name, namespace=namespace),
+        until=lambda w: cond(w, "InferenceReady").get("reason") == "WorkloadRefused",
+        timeout=90,
+        what="WorkloadRefused on the workspace",
+    )
+    message = cond(ws, "InferenceReady")["message"]
+    assert "exceeded quota" in message and "services" in message, message
+    assert cond(ws, "WorkspaceSucceeded")["reason"] == "WorkloadRefused"
+    kube_cluster.kubectl("delete", "resourcequota", "no-services", "-n", namespace)
+    await wait_condition(client, name, namespace, "WorkspaceSucceeded", timeout=120)
     await delete_and_wait(client, kube_cluster, name, namespace)
 
 

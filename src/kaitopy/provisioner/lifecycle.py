@@ -39,6 +39,7 @@ from kaitopy.provisioner.nodeclaim import (
 from kaitopy.provisioner.settings import ProvisionerSettings
 from kaitopy.runtime import (
     Client,
+    Conflict,
     EventRecorder,
     NotFound,
     Request,
@@ -59,6 +60,7 @@ from kaitopy.runtime.kinds import Kind
 from kaitopy.runtime.objects import Obj
 from kaitopy.runtime.reconcile import reconcile_logger
 from kaitopy.runtime.store import Store
+from kaitopy.runtime.writes import RecentWrites
 
 NODECLAIM = Kind("karpenter.sh", "v1", "NodeClaim", "nodeclaims", namespaced=False)
 NODECLASS = Kind("kaito.sh", "v1", "KaitoNodeClass", "kaitonodeclasses", namespaced=False)
@@ -127,6 +129,8 @@ class NodeClaimLifecycle:
     ) -> None:
         self.client = client
         self.claims = claims
+        # Our own writes until the watch delivers them (see runtime.writes).
+        self.latest = RecentWrites(claims)
         self.nodes = nodes
         self.provider = provider
         self.recorder = recorder
@@ -137,7 +141,7 @@ class NodeClaimLifecycle:
     # -- entry ---------------------------------------------------------------------------------
 
     async def reconcile(self, request: Request) -> Result | None:
-        claim = self.claims.get(request.key)
+        claim = self.latest.get(request.key)
         if claim is None or not is_ours(claim):
             return None
         if is_deleting(claim):
@@ -145,6 +149,7 @@ class NodeClaimLifecycle:
         if not has_finalizer(claim, TERMINATION_FINALIZER):
             # Before any side effect: a claim must never be deleted while its instance lives.
             claim = await add_finalizer(self.client, NODECLAIM, claim, TERMINATION_FINALIZER)
+            self.latest.remember(claim)
         elif LAUNCH_TOKEN_ANNOTATION not in (claim["metadata"].get("annotations") or {}):
             # About to launch: the cache may not show yet what the last pass wrote (a launch
             # token, a terminal failure), and a second launch costs money. One GET settles it.
@@ -152,6 +157,7 @@ class NodeClaimLifecycle:
             if fresh is None:
                 return None
             claim = fresh
+            self.latest.remember(claim)
         now = datetime.fromtimestamp(self.clock(), UTC)
         generation = (claim.get("metadata") or {}).get("generation")
         body = thaw(claim.get("status") or {})
@@ -162,12 +168,13 @@ class NodeClaimLifecycle:
 
         if not st.is_true(LAUNCHED):
             claim = await self._launch(claim, st)
+            self.latest.remember(claim)
         if st.is_true(LAUNCHED):
             node = await self._register(claim, st)
             if node is not None:
                 await self._initialize(claim, node, st)
         st.body["conditions"] = with_ready(st.conditions, now, generation)
-        await patch_status(self.client, NODECLAIM, claim, st.body)
+        self.latest.remember((await patch_status(self.client, NODECLAIM, claim, st.body))[0])
         self._observe_transitions(claim, st, was_true)
         if st.delete_claim_reason is not None:
             await self.recorder.event(claim, "Warning", st.delete_claim_reason, "; ".join(st.notes))
@@ -262,25 +269,7 @@ class NodeClaimLifecycle:
             st.set(REGISTERED, "Unknown", "NodeNotFound", "waiting for the node to join the cluster")
             st.requeue_after = self.settings.poll_interval_s
             return None
-        update = registration_update(claim, node)
-        if update.changes(node):
-            owners = [
-                r
-                for r in node["metadata"].get("ownerReferences") or ()
-                if r.get("uid") != update.owner_reference["uid"]
-            ]
-            node = await self.client.patch(
-                kinds.NODE,
-                str(node["metadata"]["name"]),
-                {
-                    "metadata": {
-                        "labels": update.labels,
-                        "ownerReferences": [*map(thaw, owners), update.owner_reference],
-                        "resourceVersion": node["metadata"].get("resourceVersion"),
-                    },
-                    "spec": {"taints": update.taints},
-                },
-            )
+        node = await self._adopt_node(claim, node)
         if not st.is_true(REGISTERED):
             await self.recorder.event(
                 claim,
@@ -295,6 +284,38 @@ class NodeClaimLifecycle:
         if provider_id:
             st.body["providerID"] = provider_id
         return node
+
+    async def _adopt_node(self, claim: Obj, node: Obj) -> Obj:
+        """Label, taint and own the node for its claim. The patch replaces whole lists (taints,
+        owners), so it is conditional on the node's resourceVersion; the node's agent updates
+        its status meanwhile, so a Conflict is likely and is settled here with a fresh read
+        rather than by failing the whole reconcile."""
+        conflicts = 0
+        while True:
+            update = registration_update(claim, node)
+            if not update.changes(node):
+                return node
+            owners = [
+                r
+                for r in node["metadata"].get("ownerReferences") or ()
+                if r.get("uid") != update.owner_reference["uid"]
+            ]
+            patch = {
+                "metadata": {
+                    "labels": update.labels,
+                    "ownerReferences": [*map(thaw, owners), update.owner_reference],
+                    "resourceVersion": node["metadata"].get("resourceVersion"),
+                },
+                "spec": {"taints": update.taints},
+            }
+            name = str(node["metadata"]["name"])
+            try:
+                return await self.client.patch(kinds.NODE, name, patch)
+            except Conflict:
+                conflicts += 1
+                if conflicts == 3:
+                    raise  # a node that keeps changing: back off and retry the reconcile
+                node = await self.client.get(kinds.NODE, name)
 
     async def _initialize(self, claim: Obj, node: Obj, st: _Status) -> None:
         ok, reason, message = initialization(claim, node)
@@ -335,7 +356,7 @@ class NodeClaimLifecycle:
         node = self._node_of(claim)
         if node is not None and not await self._drained(claim, node):
             st.set(TERMINATING, "Unknown", "Draining", f"evicting pods from node {node['metadata']['name']}")
-            await patch_status(self.client, NODECLAIM, claim, st.body)
+            self.latest.remember((await patch_status(self.client, NODECLAIM, claim, st.body))[0])
             return Result(requeue_after=self.settings.poll_interval_s)
         instance = await self.provider.get(name)
         if instance is not None:
@@ -350,7 +371,7 @@ class NodeClaimLifecycle:
                 "InstanceTerminating",
                 f"waiting for {self.provider.name} to delete {instance.name}",
             )
-            await patch_status(self.client, NODECLAIM, claim, st.body)
+            self.latest.remember((await patch_status(self.client, NODECLAIM, claim, st.body))[0])
             return Result(requeue_after=self.settings.poll_interval_s)
         if node is not None:
             with contextlib.suppress(NotFound):

@@ -89,6 +89,7 @@ from kaitopy.runtime.reconcile import Reconciler, Request, Result, current_recon
 from kaitopy.runtime.store import Store, index_by_label, index_by_owner_uid
 from kaitopy.runtime.watcher import WatchEvent, watch
 from kaitopy.runtime.workqueue import ShutDown, WorkQueue
+from kaitopy.runtime.writes import RecentWrites
 
 __all__ = [
     "AlreadyExists",
@@ -129,6 +130,7 @@ __all__ = [
     "Predicate",
     "RateLimiter",
     "RealClock",
+    "RecentWrites",
     "Reconciler",
     "Request",
     "Result",

@@ -14,6 +14,7 @@ import pytest
 from kubernetes_asyncio.client.api_client import ApiClient
 
 from kaitopy.provisioner.cloudprovider import NODECLAIM_LABEL, LaunchRequest, Taint
+from kaitopy.provisioner.install import ensure_crds
 from kaitopy.provisioner.lifecycle import NODECLAIM
 from kaitopy.provisioner.nodeclaim import LAUNCH_TOKEN_ANNOTATION, TERMINATION_FINALIZER
 from kaitopy.provisioner.settings import ProvisionerSettings
@@ -329,3 +330,47 @@ async def test_claims_of_another_node_class_are_left_alone(cloud_env: Cloud) -> 
         await client.delete(NODECLAIM, name)
         await wait_claim_gone(client, name)
         await running.stop()
+
+
+async def test_registration_settles_a_conflict_with_the_nodes_agent(
+    api_client: ApiClient, tmp_path: Path
+) -> None:
+    """The node's agent writes it between our read and our patch (kwok and the kubelet do, all
+    the time): the conditional registration patch conflicts, and is redone on a fresh read
+    without losing the agent's change or failing the reconcile."""
+    from kaitopy.provisioner.lifecycle import NodeClaimLifecycle
+    from kaitopy.runtime import EventRecorder, Store
+
+    client = Client(api_client)
+    await ensure_crds(client)
+    name = claim_name()
+    body = nodeclaim(name)
+    # Another node class: no provisioner running on this cluster may take the claim meanwhile.
+    body["spec"]["nodeClassRef"] = {"group": "example.com", "kind": "OtherNodeClass", "name": "x"}
+    claim = await client.create(NODECLAIM, body)
+    node = await client.create(
+        kinds.NODE,
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {"agent": "v1"}},
+            "spec": {"taints": [{"key": "karpenter.sh/unregistered", "effect": "NoExecute"}]},
+        },
+    )
+    try:
+        await client.patch(kinds.NODE, name, {"metadata": {"labels": {"agent": "v2"}}})  # the agent
+        async with cloud("kwok", client, tmp_path, launch_delay_s=0) as kwok:
+            recorder = EventRecorder(client, "test")
+            lifecycle = NodeClaimLifecycle(client, Store(), Store(), kwok.provider(), recorder)
+            adopted = await lifecycle._adopt_node(claim, node)  # with the copy read before the agent wrote
+        labels = adopted["metadata"]["labels"]
+        assert labels["agent"] == "v2"  # the agent's write survived
+        assert labels[NODECLAIM_LABEL] == name and labels["karpenter.sh/registered"] == "true"
+        taints = {t["key"] for t in adopted["spec"]["taints"]}
+        assert "sku" in taints and "karpenter.sh/unregistered" not in taints
+        assert [o["name"] for o in adopted["metadata"]["ownerReferences"]] == [name]
+    finally:
+        with contextlib.suppress(NotFound):
+            await client.delete(kinds.NODE, name)
+        with contextlib.suppress(NotFound):
+            await client.delete(NODECLAIM, name)

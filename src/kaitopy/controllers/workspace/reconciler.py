@@ -23,7 +23,9 @@ from kaitopy.controllers.workspace.plan import (
 )
 from kaitopy.runtime import (
     AlreadyExists,
+    ApiError,
     Client,
+    Conflict,
     EventRecorder,
     Kind,
     NotFound,
@@ -43,6 +45,7 @@ from kaitopy.runtime import (
 from kaitopy.runtime.objects import Obj
 from kaitopy.runtime.reconcile import reconcile_logger
 from kaitopy.runtime.store import Store
+from kaitopy.runtime.writes import RecentWrites
 
 FINALIZER = "workspace.finalizer.kaito.sh"
 FIELD_MANAGER = "kaitopy-workspace"
@@ -94,19 +97,23 @@ class WorkspaceReconciler:
         self.recorder = recorder
         self.settings = settings
         self.kind = workspace_kind
+        # This controller's own writes, until the watch brings them: reconciling an older copy
+        # would fail its conditional status patch with Conflict (or undo the newer status).
+        self.latest = RecentWrites(stores.workspaces)
 
     @property
     def byo(self) -> bool:
         return self.settings.node_provisioner == "byo"
 
     async def reconcile(self, request: Request) -> Result | None:
-        ws = self.s.workspaces.get(request.key)
+        ws = self.latest.get(request.key)
         if ws is None:
             return None
         if is_deleting(ws):
             return await self._finalize(ws)
         if not has_finalizer(ws, FINALIZER):
             ws = await add_finalizer(self.client, self.kind, ws, FINALIZER)
+            self.latest.remember(ws)
         now = datetime.now(UTC)
         status = thaw(ws.get("status") or {})
         conds: list[dict[str, Any]] = list(status.get("conditions") or [])
@@ -129,7 +136,7 @@ class WorkspaceReconciler:
         except PlanError as err:
             setc(st.WORKSPACE_SUCCEEDED, st.Verdict("False", err.reason, str(err)))
             status.update(conditions=conds, state="Failed" if "tuning" in ws else "NotReady")
-            await patch_status(self.client, self.kind, ws, status)
+            self.latest.remember((await patch_status(self.client, self.kind, ws, status))[0])
             await self.recorder.event(ws, "Warning", err.reason, str(err))
             return None
 
@@ -148,8 +155,17 @@ class WorkspaceReconciler:
             requeue = WAITING_REQUEUE_S  # nodes also wake us up; this bounds a missed event
 
         # -- workload -------------------------------------------------------------------------
+        refused: ApiError | None = None
         if plan.inference is not None:
-            verdict = await self._ensure_inference(ws, plan.inference, resource.ok)
+            try:
+                verdict = await self._ensure_inference(ws, plan.inference, resource.ok)
+            except Conflict:
+                raise  # a stale cache: the retry reads fresh data, nothing to tell the user
+            except ApiError as err:
+                # Show why on the workspace (e.g. "failed to allocate a serviceIP: range is full"),
+                # then fail the reconcile so it retries with backoff.
+                refused = err
+                verdict = st.workload_refused(err.status, err.reason, err.message)
             setc(st.INFERENCE_READY, verdict)
             done = resource.ok and verdict.ok
             setc(
@@ -182,9 +198,12 @@ class WorkspaceReconciler:
             targetNodeCount=plan.node_count,
             workerNodes=view.ready[: max(plan.node_count, 0)],
         )
-        _, written = await patch_status(self.client, self.kind, ws, status)
+        stored, written = await patch_status(self.client, self.kind, ws, status)
+        self.latest.remember(stored)
         if written:
             log.info("workspace status", extra={"state": state, "workspace": request.key})
+        if refused is not None:
+            raise refused
         return Result(requeue_after=requeue) if requeue else None
 
     # -- nodes --------------------------------------------------------------------------------
@@ -313,7 +332,7 @@ class WorkspaceReconciler:
                 message=f"waiting for {len(claims)} node claim(s) and their nodes to be deleted",
                 now=datetime.now(UTC),
             )
-            await patch_status(self.client, self.kind, ws, status)
+            self.latest.remember((await patch_status(self.client, self.kind, ws, status))[0])
             for c in claims:
                 if not (c["metadata"]).get("deletionTimestamp"):
                     with contextlib.suppress(NotFound):

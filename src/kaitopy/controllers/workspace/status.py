@@ -141,6 +141,16 @@ def workload_verdict(workload: Obj | None, pods: Sequence[Obj], want: int, revis
     )
 
 
+def workload_refused(status: int, reason: str, message: str) -> Verdict:
+    """The API server refused to store the model's workload (a full service IP range, a quota,
+    an admission policy): say so in its words, since only the cluster's admin can fix it."""
+    return Verdict(
+        "False",
+        "WorkloadRefused",
+        f"the API server refused the model's workload ({status} {reason}): {message}",
+    )
+
+
 def job_verdicts(job: Obj | None, pods: Sequence[Obj]) -> tuple[Verdict, Verdict]:
     """(JobStarted, WorkspaceSucceeded) for a tuning workspace."""
     if job is None:

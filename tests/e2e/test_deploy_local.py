@@ -1,0 +1,101 @@
+"""`make deploy PROVIDER=kwok CLUSTER=local`: the shipped overlay applied to the local control
+plane, the operator's Deployments run from their own args as their own service accounts, and the
+phi-3 example brought to WorkspaceSucceeded; then `make undeploy` removes it all."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.support.cluster import Cluster
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "inference" / "kaito_workspace_phi_3.yaml"
+
+
+def deploy_local(kube: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KAITOPY_CLUSTER_DIR": str(kube.kubeconfig.parent)}
+    return subprocess.run(
+        [sys.executable, str(REPO / "hack" / "deploy_local.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        env=env,
+    )
+
+
+def writers(audit_log: Path, since: int, resource: str, subresource: str, namespace: str) -> set[str]:
+    """Who wrote `resource` in the audit log after byte offset `since` (this test's requests)."""
+    found = set()
+    with audit_log.open() as f:
+        f.seek(since)
+        lines = f.read().splitlines()
+    for line in lines:
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        if (
+            ref.get("resource") == resource
+            and ref.get("subresource", "") == subresource
+            and ref.get("namespace", "") == namespace
+            and event.get("verb") in ("patch", "update", "create")
+            and event.get("responseStatus", {}).get("code", 0) < 300
+        ):
+            found.add(event["user"]["username"])
+    return found
+
+
+def test_deploy_local_brings_phi3_to_ready_as_the_manifests_run_it(
+    kube_cluster: Cluster, tmp_path: Path, namespace: str
+) -> None:
+    example = yaml.safe_load(EXAMPLE.read_text())
+    example["metadata"]["namespace"] = namespace
+    example_path = tmp_path / "phi3.yaml"
+    example_path.write_text(yaml.safe_dump(example))
+    name = example["metadata"]["name"]
+
+    audit = kube_cluster.kubeconfig.parent / "logs" / "audit.log"
+    since = audit.stat().st_size
+    up = deploy_local(kube_cluster, "up", "--example", str(example_path))
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"workspace {name} succeeded" in up.stdout
+        # The processes ran the Deployments' own args (leader election on, JSON logs), plus only
+        # the loopback overrides.
+        assert "controller --leader-elect --log-format=json" in up.stdout
+        assert "provisioner --leader-elect --log-format=json" in up.stdout
+        for dep in ("kaitopy-controller", "kaitopy-provisioner"):
+            replicas = kube_cluster.kubectl(
+                "get", "deployment", dep, "-n", "kaito-system", "-o", "jsonpath={.spec.replicas}"
+            )
+            assert replicas == "0"  # its pod is the local process
+        # The container's filesystem: a read-only root, the emptyDir at /tmp writable.
+        if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("setpriv"):
+            pids = json.loads((kube_cluster.kubeconfig.parent / "deploy-local" / "pids.json").read_text())
+            for name, pid in pids.items():
+                lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+                mounts = {f[4]: f[5].split(",") for f in (line.split() for line in lines)}
+                assert "ro" in mounts["/"], (name, mounts["/"])
+                assert "rw" in mounts["/tmp"], (name, mounts.get("/tmp"))
+        # Authenticated as the manifests' service accounts, not as the admin.
+        assert writers(audit, since, "workspaces", "status", namespace) == {
+            "system:serviceaccount:kaito-system:kaitopy-controller"
+        }
+        assert writers(audit, since, "nodeclaims", "status", "") == {
+            "system:serviceaccount:kaito-system:kaitopy-provisioner"
+        }
+        printed = kube_cluster.kubectl("get", "workspace", name, "-n", namespace)
+        assert printed.splitlines()[1].split()[:4] == [name, "Standard_NC6s_v3", "True", "True"]
+    finally:
+        down = deploy_local(kube_cluster, "down", "--example", str(example_path))
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert kube_cluster.kubectl("get", "workspace", name, "-n", namespace, check=False).strip() == ""
+    sel = f"kaito.sh/workspacenamespace={namespace}"
+    assert kube_cluster.kubectl("get", "nodeclaims", "-l", sel, "-o", "name").strip() == ""
+    assert kube_cluster.kubectl("get", "nodes", "-l", sel, "-o", "name").strip() == ""
+    assert not (kube_cluster.kubeconfig.parent / "deploy-local" / "pids.json").exists()
