@@ -219,7 +219,7 @@ def up(args: argparse.Namespace) -> int:
         timeout=args.timeout + 30,
     )
     say(f"workspace {ws} succeeded after {time.monotonic() - started:.1f}s")
-    print(kube("get", "workspace", ws), end="")
+    print(kube("get", "-f", str(args.example)), end="")
     return 0
 
 

@@ -39,6 +39,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def sum_of(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    return sum(v for n, ls, v in samples if n == name and all(ls.get(k) == w for k, w in labels.items()))
+
+
 @dataclass
 class Process:
     name: str
@@ -92,19 +96,20 @@ class Process:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
 
+    def samples(self, timeout: float = 30.0) -> list[tuple[str, dict[str, str], float]]:
+        """Every sample the process exports now: (name, labels, value). The timeout is generous:
+        on a machine shared with a loaded control plane a busy process answers late."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.probe_port}/metrics", timeout=timeout) as r:
+            text = r.read().decode()
+        return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples whose labels include `labels`."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.probe_port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    total += s.value
-        return total
+        return sum_of(self.samples(), name, **labels)
 
     def writes(self) -> float:
-        return sum(self.metric("rest_client_requests_total", method=m) for m in WRITE_METHODS)
+        samples = self.samples()
+        return sum(sum_of(samples, "rest_client_requests_total", method=m) for m in WRITE_METHODS)
 
 
 @dataclass

@@ -77,11 +77,11 @@ def test_deploy_local_brings_phi3_to_ready_as_the_manifests_run_it(
         # The container's filesystem: a read-only root, the emptyDir at /tmp writable.
         if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("setpriv"):
             pids = json.loads((kube_cluster.kubeconfig.parent / "deploy-local" / "pids.json").read_text())
-            for name, pid in pids.items():
+            for process, pid in pids.items():
                 lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
                 mounts = {f[4]: f[5].split(",") for f in (line.split() for line in lines)}
-                assert "ro" in mounts["/"], (name, mounts["/"])
-                assert "rw" in mounts["/tmp"], (name, mounts.get("/tmp"))
+                assert "ro" in mounts["/"], (process, mounts["/"])
+                assert "rw" in mounts["/tmp"], (process, mounts.get("/tmp"))
         # Authenticated as the manifests' service accounts, not as the admin.
         assert writers(audit, since, "workspaces", "status", namespace) == {
             "system:serviceaccount:kaito-system:kaitopy-controller"
@@ -94,7 +94,7 @@ def test_deploy_local_brings_phi3_to_ready_as_the_manifests_run_it(
     finally:
         down = deploy_local(kube_cluster, "down", "--example", str(example_path))
     assert down.returncode == 0, down.stdout + down.stderr
-    assert kube_cluster.kubectl("get", "workspace", name, "-n", namespace, check=False).strip() == ""
+    assert kube_cluster.kubectl("get", "workspace", name, "-n", namespace, "--ignore-not-found").strip() == ""
     sel = f"kaito.sh/workspacenamespace={namespace}"
     assert kube_cluster.kubectl("get", "nodeclaims", "-l", sel, "-o", "name").strip() == ""
     assert kube_cluster.kubectl("get", "nodes", "-l", sel, "-o", "name").strip() == ""

@@ -19,6 +19,7 @@ from tests.support.wait import eventually
 WORKSPACE = Kind("kaito.sh", "v1beta1", "Workspace", "workspaces")
 NODECLAIM = Kind("karpenter.sh", "v1", "NodeClaim", "nodeclaims", namespaced=False)
 RESOURCE_QUOTA = Kind("", "v1", "ResourceQuota", "resourcequotas")
+CORE_EVENT = Kind("", "v1", "Event", "events")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
@@ -118,6 +119,14 @@ async def test_phi3_example_becomes_ready_and_is_cleaned_up(
     await delete_and_wait(client, kube_cluster, name, namespace)
     assert await claims_of(client, name, namespace) == []
     assert await client.get_or_none(kinds.NODE, node_name) is None
+    # The model was stopped before its node was drained: no replacement pod was ever created.
+    events = (await client.list(CORE_EVENT, namespace=namespace)).items
+    created = [
+        e
+        for e in events
+        if e.get("reason") == "SuccessfulCreate" and e["involvedObject"]["kind"] == "ReplicaSet"
+    ]
+    assert sum(int(e.get("count") or 1) for e in created) == 1, [e.get("message") for e in created]
     await eventually(
         lambda: client.get_or_none(kinds.DEPLOYMENT, name, namespace=namespace),
         until=lambda d: d is None,

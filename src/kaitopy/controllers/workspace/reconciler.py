@@ -34,6 +34,7 @@ from kaitopy.runtime import (
     add_finalizer,
     apply,
     has_finalizer,
+    is_controlled_by,
     is_deleting,
     kinds,
     patch_status,
@@ -318,29 +319,60 @@ class WorkspaceReconciler:
 
     # -- deletion -----------------------------------------------------------------------------
 
+    async def _delete_workloads(self, ws: Obj) -> list[str]:
+        """Delete the workspace's workloads in the foreground (the workload stays until its pods
+        are gone, so "gone" means stopped); returns those still there."""
+        namespace, name = ws["metadata"]["namespace"], ws["metadata"]["name"]
+        left = []
+        for kind, store in (
+            (kinds.DEPLOYMENT, self.s.deployments),
+            (kinds.STATEFUL_SET, self.s.statefulsets),
+            (kinds.JOB, self.s.jobs),
+        ):
+            obj = store.get(f"{namespace}/{name}")  # workloads are named after their workspace
+            if obj is None or not is_controlled_by(obj, ws):
+                continue
+            left.append(f"{kind.kind} {name}")
+            if not obj["metadata"].get("deletionTimestamp"):
+                with contextlib.suppress(NotFound):
+                    await self.client.delete(kind, name, namespace=namespace, propagation_policy="Foreground")
+        return left
+
     async def _finalize(self, ws: Obj) -> Result | None:
         if not has_finalizer(ws, FINALIZER):
             return None
         claims = self.claims_of(ws)
-        if claims:
-            status = thaw(ws.get("status") or {})
-            status["conditions"] = set_condition(
-                status.get("conditions"),
-                st.WORKSPACE_DELETING,
-                "True",
-                reason="DeletingNodeClaims",
-                message=f"waiting for {len(claims)} node claim(s) and their nodes to be deleted",
-                now=datetime.now(UTC),
+        if not claims:
+            with contextlib.suppress(NotFound):  # gone already: nothing left to hold back
+                await remove_finalizer(self.client, self.kind, ws, FINALIZER)
+            return None
+        # The model stops before its nodes go: drained pods of a live workload would only be
+        # replaced by pods with no node to run on, retried by the scheduler for nothing.
+        workloads = await self._delete_workloads(ws)
+        if workloads:
+            reason, message = (
+                "StoppingWorkload",
+                f"stopping the model ({', '.join(workloads)}) before its nodes",
             )
-            self.latest.remember((await patch_status(self.client, self.kind, ws, status))[0])
+        else:
+            reason = "DeletingNodeClaims"
+            message = f"waiting for {len(claims)} node claim(s) and their nodes to be deleted"
+        status = thaw(ws.get("status") or {})
+        status["conditions"] = set_condition(
+            status.get("conditions"),
+            st.WORKSPACE_DELETING,
+            "True",
+            reason=reason,
+            message=message,
+            now=datetime.now(UTC),
+        )
+        self.latest.remember((await patch_status(self.client, self.kind, ws, status))[0])
+        if not workloads:
             for c in claims:
                 if not (c["metadata"]).get("deletionTimestamp"):
                     with contextlib.suppress(NotFound):
                         await self.client.delete(NODECLAIM, c["metadata"]["name"])
-            return Result(requeue_after=5.0)  # claim deletions also wake us up
-        with contextlib.suppress(NotFound):  # gone already: nothing left to hold back
-            await remove_finalizer(self.client, self.kind, ws, FINALIZER)
-        return None
+        return Result(requeue_after=5.0)  # workload and claim deletions also wake us up
 
 
 def keys_to_requests(keys: Iterable[str]) -> list[Request]:
