@@ -1,5 +1,5 @@
 """Write manifests/crds/*.yaml (and the Helm chart's copy, charts/kaitopy/files/crds) from the
-code that defines them (`make manifests`).
+code that defines them, and docs/api-reference.md from those CRDs (`make manifests`).
 
 `--check` writes nothing and exits 1 when a committed file differs from what would be written.
 """
@@ -11,6 +11,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from api_reference import render as render_reference
 
 from kaitopy.api.crd import render, workspace_crd
 from kaitopy.provisioner.crds import nodeclaim_crd, nodeclass_crd
@@ -41,6 +45,7 @@ def expected() -> dict[Path, str]:
     rendered = {name: render(build()) for name, build in generators().items()}
     files = {d / name: text for d in (CRDS, CHART_CRDS) for name, text in rendered.items()}
     files[CRDS / "kustomization.yaml"] = render(kustomization())
+    files[REPO / "docs" / "api-reference.md"] = render_reference([build() for build in generators().values()])
     return files
 
 

@@ -81,3 +81,14 @@ def test_names_columns_and_rules() -> None:
     assert "has(self.inference) != has(self.tuning)" in rules
     instance_type = root["properties"]["resource"]["properties"]["instanceType"]
     assert instance_type["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
+
+
+def test_api_reference_lists_every_field_with_its_rules() -> None:
+    text = (REPO / "docs" / "api-reference.md").read_text()
+    schema = workspace_crd()["spec"]["versions"][-1]["schema"]["openAPIV3Schema"]
+    walked = [p.lstrip(".") for p, _ in _walk(schema) if p and not p.endswith("[]")]  # "x[]" is x's items
+    paths = [p for p in walked if p.split(".")[0] not in ("apiVersion", "kind", "metadata")]
+    assert len(paths) > 40
+    missing = [p for p in paths if f"| `{p}` |" not in text]
+    assert not missing, missing
+    assert "rule: inference.adapters[].source.name must be unique" in text
