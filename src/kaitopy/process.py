@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from kaitopy import logconfig
-from kaitopy.runtime import Client, LeaderElectionSettings, LeadershipLost, ManagerSettings
+from kaitopy.runtime import Client, ClientSettings, LeaderElectionSettings, LeadershipLost, ManagerSettings
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,9 @@ def _env_bool(name: str, default: bool) -> bool:
     return default if value is None else value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def add_process_arguments(parser: argparse.ArgumentParser, *, default_probe_port: int) -> None:
+def add_process_arguments(
+    parser: argparse.ArgumentParser, *, component: str, default_probe_port: int
+) -> None:
     g = parser.add_argument_group("process")
     g.add_argument(
         "--kubeconfig",
@@ -56,6 +58,9 @@ def add_process_arguments(parser: argparse.ArgumentParser, *, default_probe_port
         default=os.environ.get("KAITOPY_LOG_FORMAT", "text"),
     )
     g.add_argument("--log-level", default=os.environ.get("KAITOPY_LOG_LEVEL", "INFO"))
+    # One identity per process: the Lease holder and the User-Agent of every request, so the API
+    # server's audit log tells two replicas apart (and can prove only the leader writes).
+    parser.set_defaults(component=component, identity=f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
 
 
 async def require_namespace(client: Client, namespace: str, what: str) -> None:
@@ -77,10 +82,17 @@ async def require_namespace(client: Client, namespace: str, what: str) -> None:
         ) from None
 
 
+def user_agent(args: argparse.Namespace) -> str:
+    from kaitopy import __version__
+
+    return f"kaitopy/{__version__} ({args.component}; {args.identity})"
+
+
 async def open_client(args: argparse.Namespace) -> Client:
+    settings = ClientSettings(user_agent=user_agent(args))
     if args.kubeconfig:
-        return await Client.from_kubeconfig(args.kubeconfig)
-    return await Client.auto()
+        return await Client.from_kubeconfig(args.kubeconfig, settings=settings)
+    return await Client.auto(settings=settings)
 
 
 def manager_settings(args: argparse.Namespace, lease_name: str) -> ManagerSettings:
@@ -92,9 +104,8 @@ def manager_settings(args: argparse.Namespace, lease_name: str) -> ManagerSettin
         probe_port = int(port)
     election = None
     if args.leader_elect:
-        identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
         election = LeaderElectionSettings(
-            lease_name=lease_name, namespace=args.leader_election_namespace, identity=identity
+            lease_name=lease_name, namespace=args.leader_election_namespace, identity=args.identity
         )
     return ManagerSettings(
         leader_election=election, probe_host=probe_host or "0.0.0.0", probe_port=probe_port

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 import subprocess
@@ -321,7 +322,35 @@ async def edit_loop(env: Env) -> None:
         op.stop()
 
 
+def audit_writers(env: Env, since: int) -> list[tuple[str, str, str]]:
+    """(time, writer identity, what) for every write by a controller replica to this scenario's
+    objects, from the API server's audit log after byte offset `since`. The User-Agent carries
+    the process identity (kaitopy/<version> (controller; <identity>))."""
+    path = env.kubeconfig.parent / "logs" / "audit.log"
+    with path.open() as f:
+        f.seek(since)
+        lines = f.read().splitlines()
+    out = []
+    for line in lines:
+        event = json.loads(line)
+        agent = str(event.get("userAgent") or "")
+        ref = event.get("objectRef") or {}
+        mine = ref.get("namespace") == env.namespace or ref.get("resource") == "nodeclaims"
+        if (
+            "(controller; " in agent
+            and mine
+            and event.get("verb") in ("create", "update", "patch", "delete")
+            and ref.get("resource") != "leases"  # the election itself is how they take turns
+        ):
+            identity = agent.split("(controller; ", 1)[1].rstrip(")")
+            what = f"{event['verb']} {ref.get('resource')}/{ref.get('name', '')}"
+            out.append((str(event["requestReceivedTimestamp"]), identity, what))
+    return sorted(out)
+
+
 async def leader_failover(env: Env) -> None:
+    audit = env.kubeconfig.parent / "logs" / "audit.log"
+    since = audit.stat().st_size
     a, b = env.operator("leader-a"), env.operator("leader-b")
     a.start_provisioner()
     ns_flag = f"--leader-election-namespace={env.namespace}"
@@ -343,6 +372,16 @@ async def leader_failover(env: Env) -> None:
             raise Violation("the follower did not take over after the leader was killed")
         if took > 15.0 + 60.0:
             raise Violation(f"takeover and reconcile took {took:.0f}s")
+        writes = audit_writers(env, since)
+        writers = [identity for _, identity, _ in writes]
+        switches = sum(1 for x, y in itertools.pairwise(writers) if x != y)
+        if not writes:
+            raise Violation("no controller writes found in the audit log (is the User-Agent set?)")
+        if switches > 1:
+            raise Violation(
+                f"two replicas wrote in turn ({switches} switches): "
+                + "; ".join(f"{t} {i} {w}" for t, i, w in writes[:12])
+            )
         check_no_double_provisioning(env)
         await delete_all_and_check_clean(env)
     finally:

@@ -109,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="INSTANCE_TYPE=REASON",
         help="simulate a terminal launch failure (QuotaExceeded, InsufficientCapacity, SKUNotAvailable)",
     )
-    process.add_process_arguments(parser, default_probe_port=8082)
+    process.add_process_arguments(parser, component="provisioner", default_probe_port=8082)
 
 
 def settings_from(args: argparse.Namespace) -> ProvisionerSettings:

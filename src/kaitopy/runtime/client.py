@@ -44,6 +44,9 @@ class ClientSettings:
     """Items per list page: client-go's default; bounds the memory of one response."""
     request_timeout: float = 60.0
     """Seconds for a non-watch request: the API server's own default request timeout."""
+    user_agent: str | None = None
+    """Sent with every request (client-go sends binary/version (os/arch) component); the API
+    server's audit log records it, which tells replicas of one service account apart."""
 
 
 @dataclass(frozen=True)
@@ -75,25 +78,32 @@ class Client:
     # -- construction -----------------------------------------------------------------------------
     @classmethod
     async def from_kubeconfig(
-        cls, path: str | None = None, *, context: str | None = None, metrics: Metrics | None = None
+        cls,
+        path: str | None = None,
+        *,
+        context: str | None = None,
+        metrics: Metrics | None = None,
+        settings: ClientSettings | None = None,
     ) -> Client:
         cfg = k8s_client.Configuration()
         await k8s_config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
-        return cls(k8s_client.ApiClient(configuration=cfg), metrics=metrics, owns_api_client=True)
+        api = k8s_client.ApiClient(configuration=cfg)
+        return cls(api, metrics=metrics, settings=settings, owns_api_client=True)
 
     @classmethod
-    def in_cluster(cls, *, metrics: Metrics | None = None) -> Client:
+    def in_cluster(cls, *, metrics: Metrics | None = None, settings: ClientSettings | None = None) -> Client:
         cfg = k8s_client.Configuration()
         k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        return cls(k8s_client.ApiClient(configuration=cfg), metrics=metrics, owns_api_client=True)
+        api = k8s_client.ApiClient(configuration=cfg)
+        return cls(api, metrics=metrics, settings=settings, owns_api_client=True)
 
     @classmethod
-    async def auto(cls, *, metrics: Metrics | None = None) -> Client:
+    async def auto(cls, *, metrics: Metrics | None = None, settings: ClientSettings | None = None) -> Client:
         """In-cluster when a service account is mounted, else $KUBECONFIG / ~/.kube/config."""
         try:
-            return cls.in_cluster(metrics=metrics)
+            return cls.in_cluster(metrics=metrics, settings=settings)
         except k8s_config.ConfigException:
-            return await cls.from_kubeconfig(metrics=metrics)
+            return await cls.from_kubeconfig(metrics=metrics, settings=settings)
 
     async def close(self) -> None:
         if self._owns:
@@ -112,6 +122,8 @@ class Client:
     # -- raw requests -----------------------------------------------------------------------------
     async def _headers(self, content_type: str | None) -> dict[str, str]:
         headers: dict[str, str] = {"Accept": "application/json"}
+        if self.settings.user_agent:
+            headers["User-Agent"] = self.settings.user_agent
         if content_type:
             headers["Content-Type"] = content_type
         await self._api.update_params_for_auth(headers, [], ["BearerToken"])

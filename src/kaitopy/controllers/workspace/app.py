@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="URL the API server calls instead of the kaitopy-webhook Service ({port}: the bound port); "
         "for an operator running outside the cluster, e.g. https://127.0.0.1:{port}/validate",
     )
-    process.add_process_arguments(parser, default_probe_port=8081)
+    process.add_process_arguments(parser, component="controller", default_probe_port=8081)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
