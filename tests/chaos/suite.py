@@ -32,8 +32,11 @@ import aiohttp
 from kaitopy.controllers.workspace.crds import ensure_workspace_crd
 from kaitopy.provisioner.install import ensure_crds
 from kaitopy.runtime import ApiError, Client, Informer, Kind, NotFound, kinds
+from kaitopy.runtime.kinds import EVENT
 from kaitopy.runtime.objects import Obj
-from tests.e2e.operator import Operator, ensure_operator_namespace
+from tests.chaos.cloud import peak_rate, test_arm
+from tests.e2e.operator import Operator, Process, ensure_operator_namespace
+from tests.support.fake_arm import Behavior, FakeArm
 
 REPO = Path(__file__).resolve().parents[2]
 WORKSPACE = Kind("kaito.sh", "v1beta1", "Workspace", "workspaces")
@@ -56,7 +59,10 @@ class Env:
     rng: random.Random
     namespace: str = ""
     claims_seen: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # By UID: a claim deleted and created again under its slot's name counts twice here.
+    claim_uids: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     targets: dict[str, int] = field(default_factory=dict)
+    verdict: str = ""  # one line on what the run saw, for the report
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
         state = json.loads((self.kubeconfig.parent / "state.json").read_text())
@@ -88,6 +94,7 @@ class ClaimMonitor:
         labels = obj["metadata"].get("labels") or {}
         key = f"{labels.get('kaito.sh/workspacenamespace')}/{labels.get('kaito.sh/workspace')}"
         self.env.claims_seen[key].add(str(obj["metadata"]["name"]))
+        self.env.claim_uids[key].add(str(obj["metadata"]["uid"]))
 
     def on_update(self, old: Obj, new: Obj) -> None:
         self.on_add(new)
@@ -411,6 +418,281 @@ async def waves(env: Env, count: int = 30, rounds: int = 5) -> None:
         op.stop()
 
 
+# -- the azure provider against the ARM-shaped test server -------------------------------------
+
+INSTANCE_TYPE = "Standard_NC6s_v3"  # what workspace() asks for
+LAUNCH_TIMEOUT_S = 8.0  # cloud-stuck-operation's provisioner gives up on a launch after this
+
+
+async def start_azure_provisioner(op: Operator, arm: FakeArm, *extra: str) -> Process:
+    # In a thread: the test server answers in this event loop while the process starts.
+    return await asyncio.to_thread(op.start_azure_provisioner, arm.base_url, arm.cert.ca_path, *extra)
+
+
+async def until(what: str, check: Callable[[], Awaitable[bool]], bound: float) -> float:
+    """Wait for `check` to hold; returns the seconds it took, raises Violation past `bound`."""
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > bound:
+            raise Violation(f"{what}: not within {bound:.0f}s")
+        await asyncio.sleep(0.5)
+    return time.monotonic() - started
+
+
+def condition(obj: Obj, type_: str) -> dict[str, Any]:
+    for c in (obj.get("status") or {}).get("conditions") or ():
+        if c.get("type") == type_:
+            return dict(c)
+    return {}
+
+
+def check_created_once(arm: FakeArm) -> None:
+    twice = {pool: n for pool, n in arm.created_total.items() if n > 1}
+    if twice:
+        raise Violation(f"agent pools created by more than one PUT: {twice}")
+
+
+async def delete_all_and_check_no_pools(env: Env, arm: FakeArm) -> None:
+    await delete_all_and_check_clean(env)
+
+    async def no_pools() -> bool:
+        return not arm.pools
+
+    try:
+        await until("agent pools deleted", no_pools, 30.0)
+    except Violation:
+        left = {n: p["properties"]["provisioningState"] for n, p in arm.pools.items()}
+        raise Violation(f"agent pools left after deletion: {left}") from None
+
+
+async def azure_kill_mid_lro(env: Env) -> None:
+    """SIGKILL the azure provisioner while agent-pool creations are in flight: the restarted one
+    resumes (continuation token) or adopts (409) each operation; no pool is PUT into being twice."""
+    async with test_arm(env.client, env.workdir, Behavior(create_seconds=3.0)) as arm:
+        op = env.operator("azure-kill-mid-lro")
+        await start_azure_provisioner(op, arm)
+        await asyncio.to_thread(op.start_controller)
+        try:
+            names = await create_workspaces(env, 3)
+
+            async def first_put() -> bool:
+                return bool(arm.created_total)
+
+            await until("the first agent-pool PUT", first_put, 60.0)
+            kills, mid_lro = env.rng.randint(2, 4), 0
+            for i in range(kills):
+                await asyncio.sleep(env.rng.uniform(0.0, 1.5) if i == 0 else env.rng.uniform(0.3, 2.5))
+                states = [p["properties"]["provisioningState"] for p in arm.pools.values()]
+                mid_lro += "Creating" in states or len(states) < len(names)
+                assert op.provisioner is not None
+                op.provisioner.kill()
+                await start_azure_provisioner(op, arm)
+            await wait_all_ready(env, names)
+            check_no_double_provisioning(env)
+            check_created_once(arm)
+            if len(arm.created_total) != len(names):
+                raise Violation(f"{len(arm.created_total)} agent pools for {len(names)} workspaces")
+            await delete_all_and_check_no_pools(env, arm)
+            env.verdict = (
+                f"{kills} SIGKILLs ({mid_lro} while a pool was not yet created); {len(arm.created_total)} "
+                f"pools, each created by one PUT ({sum(arm.requests[('PUT', p)] for p in arm.created_total)} "
+                "PUTs in all); none left after deletion"
+            )
+        finally:
+            await asyncio.to_thread(op.stop)
+
+
+THROTTLED = 8
+REQUESTS_PER_LAUNCH = 3  # the least a launch takes: the PUT, one look at the operation, the pool
+MAX_REQUEST_MULTIPLE = 4  # what the throttle/5xx scenarios allow over that least
+MAX_REQUESTS_PER_S = 10  # two claims polled every 0.5 s make ~4/s; a hot loop makes hundreds
+
+
+def check_no_request_storm(arm: FakeArm, since: int, faults: int, launches: int) -> str:
+    made = len(arm.request_times) - since
+    least = faults + REQUESTS_PER_LAUNCH * launches
+    peak = peak_rate(arm.request_times[since:])
+    if made > MAX_REQUEST_MULTIPLE * least:
+        raise Violation(
+            f"{made} ARM requests to launch {launches} pools through {faults} faults: more than "
+            f"{MAX_REQUEST_MULTIPLE}x the least ({least}), a hot loop"
+        )
+    if peak > MAX_REQUESTS_PER_S:
+        raise Violation(f"{peak} ARM requests within one second (bound {MAX_REQUESTS_PER_S}): a hot loop")
+    return f"{made} ARM requests (least {least}, bound {MAX_REQUEST_MULTIPLE * least}), peak {peak}/s"
+
+
+async def _transient_faults(
+    env: Env, name: str, inject: Callable[[Behavior], None], left: Callable[[Behavior], int]
+) -> None:
+    async with test_arm(env.client, env.workdir, Behavior(create_seconds=1.0)) as arm:
+        op = env.operator(name)
+        await start_azure_provisioner(op, arm)
+        await asyncio.to_thread(op.start_controller)
+        try:
+            since = len(arm.request_times)
+            inject(arm.behavior)
+            started = time.monotonic()
+            names = await create_workspaces(env, 2)
+            await wait_all_ready(env, names)
+            took = time.monotonic() - started
+            faults = arm.requests[("PUT", "throttled")] + arm.requests[("GET", "throttled")]
+            faults += arm.requests[("PUT", "5xx")] + arm.requests[("GET", "5xx")]
+            if left(arm.behavior):
+                raise Violation(
+                    f"{left(arm.behavior)} injected faults never reached: the scenario tested nothing"
+                )
+            storm = check_no_request_storm(arm, since, faults, len(names))
+            check_no_double_provisioning(env)
+            check_created_once(arm)
+            await delete_all_and_check_no_pools(env, arm)
+            env.verdict = f"{faults} faulted answers, Ready in {took:.0f}s; {storm}; each pool created once"
+        finally:
+            await asyncio.to_thread(op.stop)
+
+
+async def cloud_throttle(env: Env) -> None:
+    """429 with Retry-After on the next requests: the SDK waits as told, workspaces become Ready."""
+
+    def inject(b: Behavior) -> None:
+        b.throttle_next, b.throttle_retry_after_s = THROTTLED, 1
+
+    await _transient_faults(env, "cloud-throttle", inject, lambda b: b.throttle_next)
+
+
+async def cloud_5xx(env: Env) -> None:
+    """500s on the next requests: retried (by the SDK, then the controller's backoff), Ready."""
+
+    def inject(b: Behavior) -> None:
+        b.fail_next_5xx = THROTTLED
+
+    await _transient_faults(env, "cloud-5xx", inject, lambda b: b.fail_next_5xx)
+
+
+async def cloud_quota(env: Env) -> None:
+    """No quota for the VM size: the workspace says so (QuotaExceeded, the size, "quota"), and
+    the failed claim stays the only one: no new claims, no retried PUTs."""
+    async with test_arm(env.client, env.workdir, Behavior(quota={INSTANCE_TYPE: 0})) as arm:
+        op = env.operator("cloud-quota")
+        await start_azure_provisioner(op, arm)
+        await asyncio.to_thread(op.start_controller)
+        try:
+            name = (await create_workspaces(env, 1))[0]
+            key = f"{env.namespace}/{name}"
+            seen: dict[str, Any] = {}
+
+            async def says_quota() -> bool:
+                ws = await env.client.get(WORKSPACE, name, namespace=env.namespace)
+                seen.update(condition(ws, "ResourceReady"))
+                return seen.get("status") == "False" and seen.get("reason") == "QuotaExceeded"
+
+            try:
+                await until("ResourceReady=False with reason QuotaExceeded", says_quota, 60.0)
+            except Violation as v:
+                raise Violation(f"{v}; last ResourceReady: {seen}") from None
+            message = str(seen.get("message") or "")
+            if INSTANCE_TYPE not in message or "quota" not in message.lower():
+                raise Violation(
+                    f"the QuotaExceeded message names neither {INSTANCE_TYPE} nor quota: {message!r}"
+                )
+            # A while longer: a failed claim must be neither retried nor replaced.
+            since = len(arm.request_times)
+            await asyncio.sleep(8.0)
+            later = len(arm.request_times) - since
+            await check_quiet(op)
+            claims, uids = env.claims_seen.get(key, set()), env.claim_uids.get(key, set())
+            if len(claims) != 1 or len(uids) != 1:
+                raise Violation(
+                    f"{len(uids)} NodeClaims ({sorted(claims)}) for a workspace over quota: a storm"
+                )
+            if sum(arm.created_total.values()) > 1:
+                raise Violation(f"agent pool PUTs retried over quota: {dict(arm.created_total)}")
+            running = [n for n, p in arm.pools.items() if p["properties"]["provisioningState"] != "Failed"]
+            nodes = await env.client.list(
+                kinds.NODE, label_selector=f"kaito.sh/workspacenamespace={env.namespace}"
+            )
+            if running or nodes.items:
+                raise Violation(f"capacity appeared over quota: pools {running}, nodes {len(nodes.items)}")
+            if later > 2:
+                raise Violation(f"{later} ARM requests in 8s after the launch failed for good")
+            await delete_all_and_check_no_pools(env, arm)
+            env.verdict = (
+                f"ResourceReady=False QuotaExceeded: {message[:90]!r}...; 1 claim, "
+                f"{sum(arm.created_total.values())} pool PUT (Failed, deleted with the workspace), "
+                f"{later} ARM requests in the 8s after"
+            )
+        finally:
+            await asyncio.to_thread(op.stop)
+
+
+async def cloud_stuck_operation(env: Env) -> None:
+    """Agent-pool operations that never finish: past the launch timeout the claim is deleted
+    (LaunchTimeout Event, the workspace says so), its pool is deleted once the cloud recovers,
+    and one replacement claim follows, which then becomes Ready."""
+    behavior = Behavior(create_seconds=0.5, operations_never_finish=True)
+    async with test_arm(env.client, env.workdir, behavior) as arm:
+        op = env.operator("cloud-stuck-operation")
+        await start_azure_provisioner(op, arm, f"--launch-timeout={LAUNCH_TIMEOUT_S:g}")
+        await asyncio.to_thread(op.start_controller)
+        try:
+            name = (await create_workspaces(env, 1))[0]
+            key = f"{env.namespace}/{name}"
+            seen: dict[str, Any] = {}
+
+            async def says_timeout() -> bool:
+                ws = await env.client.get(WORKSPACE, name, namespace=env.namespace)
+                seen.update(condition(ws, "ResourceReady"))
+                return seen.get("reason") == "LaunchTimeout"
+
+            try:
+                waited = await until(
+                    "ResourceReady with reason LaunchTimeout", says_timeout, LAUNCH_TIMEOUT_S + 30
+                )
+            except Violation as v:
+                raise Violation(f"{v}; last ResourceReady: {seen}") from None
+            message = str(seen.get("message") or "")
+            if "not launched after" not in message:
+                raise Violation(f"the LaunchTimeout condition does not say what happened: {message!r}")
+            claim = next(iter(env.claims_seen[key]))
+
+            async def timeout_event() -> bool:
+                events = await env.client.list(EVENT, namespace="default")
+                return any(
+                    e.get("reason") == "LaunchTimeout" and (e.get("regarding") or {}).get("name") == claim
+                    for e in events.items
+                )
+
+            await until(f"a LaunchTimeout Event for NodeClaim {claim}", timeout_event, 10.0)
+
+            async def pool_deleting() -> bool:
+                pool = arm.pools.get(claim)
+                return pool is not None and pool["properties"]["provisioningState"] == "Deleting"
+
+            await until(f"the timed-out claim's pool {claim} being deleted", pool_deleting, 20.0)
+            # Still stuck: the claim waits on the deletion, polling, without a storm or new claims.
+            since = len(arm.request_times)
+            await asyncio.sleep(5.0)
+            stuck_requests = len(arm.request_times) - since
+            if stuck_requests > 5.0 / 0.5 * 2 + 2:
+                raise Violation(f"{stuck_requests} ARM requests in 5s while one deletion was stuck")
+            arm.behavior.operations_never_finish = False  # the cloud recovers
+            await wait_all_ready(env, [name])
+            uids = env.claim_uids.get(key, set())
+            if len(uids) > 2:
+                raise Violation(f"{len(uids)} NodeClaims over the run for one stuck launch (bound 2)")
+            if arm.created_total[claim] != len(uids):
+                raise Violation(
+                    f"pool {claim} created {arm.created_total[claim]} times for {len(uids)} claims"
+                )
+            await delete_all_and_check_no_pools(env, arm)
+            env.verdict = (
+                f"LaunchTimeout on the workspace after {waited:.0f}s ({message[:60]!r}...), Event recorded, "
+                f"pool deleted; {len(uids)} claims in all; {stuck_requests} ARM requests in 5s stuck"
+            )
+        finally:
+            await asyncio.to_thread(op.stop)
+
+
 SCENARIOS: dict[str, Callable[[Env], Awaitable[None]]] = {
     "kill-controller": kill_controller,
     "kill-provisioner": kill_provisioner,
@@ -421,6 +703,11 @@ SCENARIOS: dict[str, Callable[[Env], Awaitable[None]]] = {
     "leader-failover": leader_failover,
     "bad-input": bad_input,
     "waves": waves,
+    "azure-kill-mid-lro": azure_kill_mid_lro,
+    "cloud-throttle": cloud_throttle,
+    "cloud-5xx": cloud_5xx,
+    "cloud-quota": cloud_quota,
+    "cloud-stuck-operation": cloud_stuck_operation,
 }
 SHORT = (
     "kill-controller",
@@ -438,6 +725,7 @@ class Outcome:
     seed: int
     seconds: float
     violation: str | None
+    verdict: str = ""
 
 
 async def run_one(kubeconfig: Path, scenario: str, seed: int, workdir: Path) -> Outcome:
@@ -468,7 +756,7 @@ async def run_one(kubeconfig: Path, scenario: str, seed: int, workdir: Path) -> 
             await monitor.informer.stop()
             with contextlib.suppress(ApiError):
                 await client.delete(kinds.NAMESPACE, ns)
-        return Outcome(scenario, seed, time.monotonic() - started, violation)
+        return Outcome(scenario, seed, time.monotonic() - started, violation, env.verdict)
 
 
 def print_table(outcomes: list[Outcome]) -> None:
@@ -508,7 +796,7 @@ def main() -> int:
                 o = asyncio.run(run_one(kubeconfig, name, seed, Path(tmp)))
                 print(
                     f"{name} seed {seed}: {'ok' if o.violation is None else 'BROKEN: ' + o.violation} "
-                    f"({o.seconds:.1f}s)",
+                    f"({o.seconds:.1f}s){': ' + o.verdict if o.verdict else ''}",
                     flush=True,
                 )
                 outcomes.append(o)

@@ -7,7 +7,7 @@ reaches Succeeded/Failed/Canceled, GET of a missing pool is a 404 `NotFound` err
 When a pool succeeds the server calls `on_pool_ready(pool)` (tests create the AKS-shaped Node
 there); when a pool is deleted it calls `on_pool_deleted(pool)`. Faults are injected through
 `Behavior`: quota per VM size, unavailable SKUs, throttling, transient 5xx, operations that
-never finish.
+never finish (until the fault is cleared).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class Behavior:
     throttle_next: int = 0  # the next N requests get 429 with Retry-After
     throttle_retry_after_s: int = 1
     fail_next_5xx: int = 0
+    # While set, no operation finishes (creates and deletes stay InProgress); clearing it lets the
+    # ones waiting go on, as a backend that recovers would.
     operations_never_finish: bool = False
 
 
@@ -89,6 +91,7 @@ class FakeArm:
         self.operations: dict[str, Operation] = {}
         self.requests: Counter[tuple[str, str]] = Counter()  # (method, pool or kind) -> count
         self.created_total: Counter[str] = Counter()  # pool -> accepted PUTs that created it
+        self.request_times: list[float] = []  # monotonic time of every authenticated request
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
@@ -137,6 +140,7 @@ class FakeArm:
             return arm_error(
                 400, "MissingApiVersionParameter", "The api-version query parameter is required."
             )
+        self.request_times.append(time.monotonic())
         if self.behavior.throttle_next > 0:
             self.behavior.throttle_next -= 1
             self.requests[(request.method, "throttled")] += 1
@@ -256,7 +260,8 @@ class FakeArm:
 
     async def _finish_create(self, op: Operation) -> None:
         await asyncio.sleep(self.behavior.create_seconds)
-        if self.behavior.operations_never_finish or op.status != "InProgress":
+        await self._while_stuck()
+        if op.status != "InProgress":
             return
         pool = self.pools.get(op.pool)
         if pool is None:
@@ -284,6 +289,11 @@ class FakeArm:
             await self.on_pool_ready(pool)
         pool["properties"]["provisioningState"] = "Succeeded"
         op.status, op.ended = "Succeeded", time.time()
+
+    async def _while_stuck(self) -> None:
+        # Behavior is a plain field tests flip at any moment, so it is looked at, not awaited.
+        while self.behavior.operations_never_finish:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
 
     def _fail(self, op: Operation, pool: dict[str, Any], code: str, message: str) -> None:
         pool["properties"]["provisioningState"] = "Failed"
@@ -335,8 +345,7 @@ class FakeArm:
 
     async def _finish_delete(self, op: Operation) -> None:
         await asyncio.sleep(self.behavior.delete_seconds)
-        if self.behavior.operations_never_finish:
-            return
+        await self._while_stuck()
         pool = self.pools.pop(op.pool, None)
         if pool is not None and self.on_pool_deleted is not None:
             await self.on_pool_deleted(pool)
