@@ -92,6 +92,7 @@ class FakeArm:
         self.requests: Counter[tuple[str, str]] = Counter()  # (method, pool or kind) -> count
         self.created_total: Counter[str] = Counter()  # pool -> accepted PUTs that created it
         self.request_times: list[float] = []  # monotonic time of every authenticated request
+        self.throttled_times: list[float] = []  # monotonic time of every 429 answered
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
@@ -144,6 +145,7 @@ class FakeArm:
         if self.behavior.throttle_next > 0:
             self.behavior.throttle_next -= 1
             self.requests[(request.method, "throttled")] += 1
+            self.throttled_times.append(time.monotonic())
             return arm_error(
                 429,
                 "TooManyRequests",
