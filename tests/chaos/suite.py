@@ -481,24 +481,33 @@ async def clean_up_after(env: Env) -> None:
 
 
 async def azure_kill_mid_lro(env: Env) -> None:
-    """SIGKILL the azure provisioner while agent-pool creations are in flight: the restarted one
-    resumes (continuation token) or adopts (409) each operation; no pool is PUT into being twice."""
+    """SIGKILL the azure provisioner while agent-pool creations are in flight, once per workspace
+    (created one after another): either right at its pool's PUT, before the continuation token is
+    saved on the claim (the restarted one meets a 409 and adopts the pool), or at a random moment of
+    the operation (it resumes polling from the token). No pool is PUT into being twice."""
     async with test_arm(env.client, env.workdir, Behavior(create_seconds=3.0)) as arm:
         op = env.operator("azure-kill-mid-lro")
         await start_azure_provisioner(op, arm)
         await asyncio.to_thread(op.start_controller)
         try:
-            names = await create_workspaces(env, 3)
-
-            async def first_put() -> bool:
-                return bool(arm.created_total)
-
-            await until("the first agent-pool PUT", first_put, 60.0)
-            kills, mid_lro = env.rng.randint(2, 4), 0
-            for i in range(kills):
-                await asyncio.sleep(env.rng.uniform(0.0, 1.5) if i == 0 else env.rng.uniform(0.3, 2.5))
-                states = [p["properties"]["provisioningState"] for p in arm.pools.values()]
-                mid_lro += "Creating" in states or len(states) < len(names)
+            names: list[str] = []
+            at_put = mid_operation = 0
+            for i in range(3):
+                name = f"ws-{i}"
+                await env.client.create(WORKSPACE, workspace(name, env.namespace))
+                env.targets[f"{env.namespace}/{name}"] = 1
+                names.append(name)
+                if env.rng.random() < 0.5:
+                    # Looked at every few milliseconds: the kill lands while the provisioner
+                    # still writes the token it just got.
+                    for _ in range(10_000):
+                        if len(arm.created_total) >= len(names):
+                            break
+                        await asyncio.sleep(0.002)
+                    at_put += 1
+                else:
+                    await asyncio.sleep(env.rng.uniform(0.5, 3.0))
+                    mid_operation += 1
                 assert op.provisioner is not None
                 op.provisioner.kill()
                 await start_azure_provisioner(op, arm)
@@ -508,10 +517,11 @@ async def azure_kill_mid_lro(env: Env) -> None:
             if len(arm.created_total) != len(names):
                 raise Violation(f"{len(arm.created_total)} agent pools for {len(names)} workspaces")
             await delete_all_and_check_no_pools(env, arm)
+            puts = sum(arm.requests[("PUT", p)] for p in arm.created_total)
             env.verdict = (
-                f"{kills} SIGKILLs ({mid_lro} while a pool was not yet created); {len(arm.created_total)} "
-                f"pools, each created by one PUT ({sum(arm.requests[('PUT', p)] for p in arm.created_total)} "
-                "PUTs in all); none left after deletion"
+                f"3 SIGKILLs ({at_put} at a pool's PUT, {mid_operation} mid-operation); "
+                f"{len(arm.created_total)} pools, each created by one PUT ({puts} PUTs in all, the "
+                "rest answered 409 or 200); none left after deletion"
             )
         finally:
             await clean_up_after(env)
@@ -830,13 +840,16 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3, help="runs per scenario (seeds 1..N)")
     ap.add_argument("--scenarios", default="", help="comma-separated subset (default: all, or the short set)")
     ap.add_argument("--full", action="store_true", help="every scenario, including the load waves")
+    ap.add_argument("--first-seed", type=int, default=1, help="run seeds FIRST..FIRST+N-1")
+    ap.add_argument("--workdir", type=Path, help="keep the processes' logs here (default: a temporary dir)")
     args = ap.parse_args()
     names = args.scenarios.split(",") if args.scenarios else list(SCENARIOS if args.full else SHORT)
     kubeconfig = cluster_kubeconfig()
     outcomes = []
-    with tempfile.TemporaryDirectory(prefix="kaitopy-chaos-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="kaitopy-chaos-"))
         for name in names:
-            for seed in range(1, args.seeds + 1):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 o = asyncio.run(run_one(kubeconfig, name, seed, Path(tmp)))
                 print(
                     f"{name} seed {seed}: {'ok' if o.violation is None else 'BROKEN: ' + o.violation} "
