@@ -446,6 +446,31 @@ def condition(obj: Obj, type_: str) -> dict[str, Any]:
     return {}
 
 
+async def wait_ready_on_azure(env: Env, arm: FakeArm, op: Operator, names: list[str]) -> None:
+    """wait_all_ready, and when it fails, what the cloud and the claims looked like."""
+    try:
+        await wait_all_ready(env, names)
+    except Violation as v:
+        sel = f"kaito.sh/workspacenamespace={env.namespace}"
+        claims = {
+            c["metadata"]["name"]: {
+                t: f"{cond.get('status')}/{cond.get('reason')}"
+                for t in ("Launched", "Registered", "Ready")
+                if (cond := condition(c, t))
+            }
+            for c in (await env.client.list(NODECLAIM, label_selector=sel)).items
+        }
+        pools = {n: p["properties"]["provisioningState"] for n, p in arm.pools.items()}
+        nodes = len((await env.client.list(kinds.NODE, label_selector=sel)).items)
+        proc = op.provisioner.proc if op.provisioner is not None else None
+        alive = proc is not None and proc.poll() is None
+        raise Violation(
+            f"{v}; pools {pools}, claims {claims}, {nodes} nodes, provisioner "
+            f"{'running' if alive else 'exited'}, ARM requests {dict(arm.requests)}, "
+            f"test-server errors {arm.errors}"
+        ) from None
+
+
 def check_created_once(arm: FakeArm) -> None:
     twice = {pool: n for pool, n in arm.created_total.items() if n > 1}
     if twice:
@@ -511,7 +536,7 @@ async def azure_kill_mid_lro(env: Env) -> None:
                 assert op.provisioner is not None
                 op.provisioner.kill()
                 await start_azure_provisioner(op, arm)
-            await wait_all_ready(env, names)
+            await wait_ready_on_azure(env, arm, op, names)
             check_no_double_provisioning(env)
             check_created_once(arm)
             if len(arm.created_total) != len(names):
@@ -583,7 +608,7 @@ async def _transient_faults(
             inject(arm.behavior)
             started = time.monotonic()
             names = await create_workspaces(env, 2)
-            await wait_all_ready(env, names)
+            await wait_ready_on_azure(env, arm, op, names)
             took = time.monotonic() - started
             faults = arm.requests[("PUT", "throttled")] + arm.requests[("GET", "throttled")]
             faults += arm.requests[("PUT", "5xx")] + arm.requests[("GET", "5xx")]
@@ -729,7 +754,7 @@ async def cloud_stuck_operation(env: Env) -> None:
             if stuck_requests > 5.0 / 0.5 * 2 + 2:
                 raise Violation(f"{stuck_requests} ARM requests in 5s while one deletion was stuck")
             arm.behavior.operations_never_finish = False  # the cloud recovers
-            await wait_all_ready(env, [name])
+            await wait_ready_on_azure(env, arm, op, [name])
             uids = env.claim_uids.get(key, set())
             if len(uids) > 2:
                 raise Violation(f"{len(uids)} NodeClaims over the run for one stuck launch (bound 2)")

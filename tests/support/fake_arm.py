@@ -95,6 +95,7 @@ class FakeArm:
         self.throttled_times: list[float] = []  # monotonic time of every 429 answered
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.errors: list[str] = []  # what an operation's task (a hook, say) raised
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -381,7 +382,13 @@ class FakeArm:
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The operation stays InProgress for good; say why rather than hang silently.
+            self.errors.append(repr(task.exception()))
 
 
 def aks_node_for_pool(
