@@ -653,6 +653,52 @@ async def cloud_5xx(env: Env) -> None:
     await _transient_faults(env, "cloud-5xx", inject, lambda b: b.fail_next_5xx)
 
 
+async def cloud_outage(env: Env) -> None:
+    """ARM unreachable for a while (connections refused, open ones dropped) while pools are being
+    created, with the garbage collector passing every second: the provisioner rides it out (it
+    neither exits nor gives a claim up), and every workspace becomes Ready once ARM is back."""
+    async with test_arm(env.client, env.workdir, Behavior(create_seconds=2.0)) as arm:
+        op = env.operator("cloud-outage")
+        await start_azure_provisioner(op, arm, "--gc-interval=1")
+        await asyncio.to_thread(op.start_controller)
+        try:
+            names = await create_workspaces(env, 2)
+
+            async def first_put() -> bool:
+                return bool(arm.created_total)
+
+            await until("the first agent-pool PUT", first_put, 60.0)
+            await asyncio.sleep(env.rng.uniform(0.0, 1.5))
+            outage = env.rng.uniform(4.0, 8.0)
+            await arm.go_offline()
+            await asyncio.sleep(outage)
+            await arm.go_online()
+
+            def still_up(when: str) -> None:
+                assert op.provisioner is not None and op.provisioner.proc is not None
+                if op.provisioner.proc.poll() is not None:
+                    raise Violation(
+                        f"the provisioner exited ({op.provisioner.proc.returncode}) {when} a {outage:.0f}s "
+                        f"ARM outage; its log ends: {op.provisioner.logs()[-600:]!r}"
+                    )
+
+            still_up("during")
+            try:
+                await wait_ready_on_azure(env, arm, op, names)
+            finally:
+                still_up("after")
+            check_no_double_provisioning(env)
+            check_created_once(arm)
+            await delete_all_and_check_no_pools(env, arm)
+            env.verdict = (
+                f"{outage:.1f}s outage mid-creation; provisioner stayed up; all Ready; "
+                f"{len(arm.created_total)} pools each created once; none left after deletion"
+            )
+        finally:
+            await clean_up_after(env)
+            await asyncio.to_thread(op.stop)
+
+
 async def cloud_quota(env: Env) -> None:
     """No quota for the VM size: the workspace says so (QuotaExceeded, the size, "quota"), and
     the failed claim stays the only one: no new claims, no retried PUTs."""
@@ -795,6 +841,7 @@ SCENARIOS: dict[str, Callable[[Env], Awaitable[None]]] = {
     "azure-kill-mid-lro": azure_kill_mid_lro,
     "cloud-throttle": cloud_throttle,
     "cloud-5xx": cloud_5xx,
+    "cloud-outage": cloud_outage,
     "cloud-quota": cloud_quota,
     "cloud-stuck-operation": cloud_stuck_operation,
 }
@@ -808,6 +855,7 @@ SHORT = (
     "azure-kill-mid-lro",
     "cloud-throttle",
     "cloud-5xx",
+    "cloud-outage",
     "cloud-quota",
     "cloud-stuck-operation",
 )

@@ -117,9 +117,21 @@ class FakeArm:
         app.router.add_get(ops + "/operationresults/{op}", self._get_operation_result)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.cert.server_context())
+        # After go_offline the same port again: clients hold the URL.
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.cert.server_context())
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def go_offline(self) -> None:
+        """An outage: the port closes and open connections drop; pools and their operations
+        live on, as Azure's would, and go_online serves them again on the same port."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def go_online(self) -> None:
+        if self._runner is None:
+            await self.start()
 
     async def stop(self) -> None:
         for task in list(self._tasks):
