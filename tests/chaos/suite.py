@@ -905,12 +905,12 @@ def print_table(outcomes: list[Outcome]) -> None:
     by: dict[str, list[Outcome]] = defaultdict(list)
     for o in outcomes:
         by[o.scenario].append(o)
-    print(f"\n{'scenario':<20} {'runs':>5} {'failures':>9} {'mean s':>7}  invariant broken")
+    print(f"\n{'scenario':<22} {'runs':>5} {'failures':>9} {'mean s':>7}  invariant broken")
     for name, runs in by.items():
         failed = [o for o in runs if o.violation]
         broken = "; ".join(f"seed {o.seed}: {o.violation}" for o in failed) or "-"
         mean = sum(o.seconds for o in runs) / len(runs)
-        print(f"{name:<20} {len(runs):>5} {len(failed):>9} {mean:>7.1f}  {broken}")
+        print(f"{name:<22} {len(runs):>5} {len(failed):>9} {mean:>7.1f}  {broken}")
 
 
 def cluster_kubeconfig() -> Path:
