@@ -7,6 +7,10 @@ Each scenario runs once per seed (the seed drives every random choice: when to k
 edit, which inputs to send), bounded in time. A table (scenario, runs, failures, invariant
 broken) is printed and the exit code is 1 if any invariant broke. `make chaos` runs the full
 suite; tests/e2e/test_chaos.py runs a short one in CI.
+
+The azure-*/cloud-* scenarios run the provisioner with the azure provider
+(tests/chaos/azure_provisioner.py) against the ARM-shaped test server, which lives in this
+process so that it outlives a killed provisioner.
 """
 
 from __future__ import annotations
