@@ -727,7 +727,7 @@ async def cloud_quota(env: Env) -> None:
             message = str(seen.get("message") or "")
             if INSTANCE_TYPE not in message or "quota" not in message.lower():
                 raise Violation(
-                    f"the QuotaExceeded message names neither {INSTANCE_TYPE} nor quota: {message!r}"
+                    f"the QuotaExceeded message does not name both {INSTANCE_TYPE} and quota: {message!r}"
                 )
             # A while longer: a failed claim must be neither retried nor replaced.
             since = len(arm.request_times)
@@ -751,7 +751,7 @@ async def cloud_quota(env: Env) -> None:
                 raise Violation(f"{later} ARM requests in 8s after the launch failed for good")
             await delete_all_and_check_no_pools(env, arm)
             env.verdict = (
-                f"ResourceReady=False QuotaExceeded: {message[:90]!r}...; 1 claim, "
+                f"ResourceReady=False QuotaExceeded: '...{message[-100:]}'; 1 claim, "
                 f"{sum(arm.created_total.values())} pool PUT (Failed, deleted with the workspace), "
                 f"{later} ARM requests in the 8s after"
             )
