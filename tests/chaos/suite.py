@@ -7,6 +7,10 @@ Each scenario runs once per seed (the seed drives every random choice: when to k
 edit, which inputs to send), bounded in time. A table (scenario, runs, failures, invariant
 broken) is printed and the exit code is 1 if any invariant broke. `make chaos` runs the full
 suite; tests/e2e/test_chaos.py runs a short one in CI.
+
+The azure-*/cloud-* scenarios run the provisioner with the azure provider
+(tests/chaos/azure_provisioner.py) against the ARM-shaped test server, which lives in this
+process so that it outlives a killed provisioner.
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ import aiohttp
 from kaitopy.controllers.workspace.crds import ensure_workspace_crd
 from kaitopy.provisioner.install import ensure_crds
 from kaitopy.runtime import ApiError, Client, Informer, Kind, NotFound, kinds
+from kaitopy.runtime.kinds import EVENT
 from kaitopy.runtime.objects import Obj
-from tests.e2e.operator import Operator, ensure_operator_namespace
+from tests.chaos.cloud import peak_rate, test_arm
+from tests.e2e.operator import Operator, Process, ensure_operator_namespace
+from tests.support.fake_arm import Behavior, FakeArm
 
 REPO = Path(__file__).resolve().parents[2]
 WORKSPACE = Kind("kaito.sh", "v1beta1", "Workspace", "workspaces")
@@ -57,7 +64,10 @@ class Env:
     rng: random.Random
     namespace: str = ""
     claims_seen: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # By UID: a claim deleted and created again under its slot's name counts twice here.
+    claim_uids: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     targets: dict[str, int] = field(default_factory=dict)
+    verdict: str = ""  # one line on what the run saw, for the report
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
         state = json.loads((self.kubeconfig.parent / "state.json").read_text())
@@ -89,6 +99,7 @@ class ClaimMonitor:
         labels = obj["metadata"].get("labels") or {}
         key = f"{labels.get('kaito.sh/workspacenamespace')}/{labels.get('kaito.sh/workspace')}"
         self.env.claims_seen[key].add(str(obj["metadata"]["name"]))
+        self.env.claim_uids[key].add(str(obj["metadata"]["uid"]))
 
     def on_update(self, old: Obj, new: Obj) -> None:
         self.on_add(new)
@@ -455,6 +466,416 @@ async def load_waves(env: Env) -> None:
     await waves(env, count=200, rounds=5)
 
 
+# -- the azure provider against the ARM-shaped test server -------------------------------------
+
+INSTANCE_TYPE = "Standard_NC6s_v3"  # what workspace() asks for
+LAUNCH_TIMEOUT_S = 8.0  # cloud-stuck-operation's provisioner gives up on a launch after this
+POLL_INTERVAL_S = 0.5  # how often the provisioner looks at an operation in flight
+
+
+async def start_azure_provisioner(op: Operator, arm: FakeArm, *extra: str) -> Process:
+    # In a thread: the test server answers in this event loop while the process starts.
+    return await asyncio.to_thread(
+        op.start_azure_provisioner,
+        arm.base_url,
+        arm.cert.ca_path,
+        f"--poll-interval={POLL_INTERVAL_S}",
+        *extra,
+    )
+
+
+async def until(what: str, check: Callable[[], Awaitable[bool]], bound: float) -> float:
+    """Wait for `check` to hold; returns the seconds it took, raises Violation past `bound`."""
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > bound:
+            raise Violation(f"{what}: not within {bound:.0f}s")
+        await asyncio.sleep(0.5)
+    return time.monotonic() - started
+
+
+def condition(obj: Obj, type_: str) -> dict[str, Any]:
+    for c in (obj.get("status") or {}).get("conditions") or ():
+        if c.get("type") == type_:
+            return dict(c)
+    return {}
+
+
+async def wait_ready_on_azure(env: Env, arm: FakeArm, op: Operator, names: list[str]) -> None:
+    """wait_all_ready, and when it fails, what the cloud and the claims looked like."""
+    try:
+        await wait_all_ready(env, names)
+    except Violation as v:
+        sel = f"kaito.sh/workspacenamespace={env.namespace}"
+        claims = {
+            c["metadata"]["name"]: {
+                t: f"{cond.get('status')}/{cond.get('reason')}"
+                for t in ("Launched", "Registered", "Ready")
+                if (cond := condition(c, t))
+            }
+            for c in (await env.client.list(NODECLAIM, label_selector=sel)).items
+        }
+        pools = {n: p["properties"]["provisioningState"] for n, p in arm.pools.items()}
+        nodes = len((await env.client.list(kinds.NODE, label_selector=sel)).items)
+        proc = op.provisioner.proc if op.provisioner is not None else None
+        alive = proc is not None and proc.poll() is None
+        raise Violation(
+            f"{v}; pools {pools}, claims {claims}, {nodes} nodes, provisioner "
+            f"{'running' if alive else 'exited'}, ARM requests {dict(arm.requests)}, "
+            f"test-server errors {arm.errors}"
+        ) from None
+
+
+def check_created_once(arm: FakeArm) -> None:
+    twice = {pool: n for pool, n in arm.created_total.items() if n > 1}
+    if twice:
+        raise Violation(f"agent pools created by more than one PUT: {twice}")
+
+
+async def delete_all_and_check_no_pools(env: Env, arm: FakeArm) -> None:
+    await delete_all_and_check_clean(env)
+
+    async def no_pools() -> bool:
+        return not arm.pools
+
+    try:
+        await until("agent pools deleted", no_pools, 30.0)
+    except Violation:
+        left = {n: p["properties"]["provisioningState"] for n, p in arm.pools.items()}
+        raise Violation(f"agent pools left after deletion: {left}") from None
+
+
+async def clean_up_after(env: Env) -> None:
+    """Whatever a broken run left behind goes: the next run's workspaces have the same names and
+    labels, and would take this run's nodes as theirs."""
+    with contextlib.suppress(Violation, ApiError):
+        await delete_all_and_check_clean(env, bound=60.0)
+    sel = f"kaito.sh/workspacenamespace={env.namespace}"
+    for claim in (await env.client.list(NODECLAIM, label_selector=sel)).items:
+        with contextlib.suppress(NotFound):
+            await env.client.patch(NODECLAIM, claim["metadata"]["name"], {"metadata": {"finalizers": None}})
+            await env.client.delete(NODECLAIM, claim["metadata"]["name"])
+    for node in (await env.client.list(kinds.NODE, label_selector=sel)).items:
+        with contextlib.suppress(NotFound):
+            await env.client.delete(kinds.NODE, node["metadata"]["name"])
+
+
+async def azure_kill_mid_lro(env: Env) -> None:
+    """SIGKILL the azure provisioner while agent-pool creations are in flight, once per workspace
+    (created one after another): either right at its pool's PUT, before the continuation token is
+    saved on the claim (the restarted one meets a 409 and adopts the pool), or at a random moment of
+    the operation (it resumes polling from the token). No pool is PUT into being twice."""
+    async with test_arm(env.client, env.workdir, Behavior(create_seconds=3.0)) as arm:
+        op = env.operator("azure-kill-mid-lro")
+        await start_azure_provisioner(op, arm)
+        await asyncio.to_thread(op.start_controller)
+        try:
+            names: list[str] = []
+            at_put = mid_operation = 0
+            for i in range(3):
+                name = f"ws-{i}"
+                await env.client.create(WORKSPACE, workspace(name, env.namespace))
+                env.targets[f"{env.namespace}/{name}"] = 1
+                names.append(name)
+                if env.rng.random() < 0.5:
+                    # Looked at every few milliseconds: the kill lands while the provisioner
+                    # still writes the token it just got.
+                    for _ in range(10_000):
+                        if len(arm.created_total) >= len(names):
+                            break
+                        await asyncio.sleep(0.002)
+                    at_put += 1
+                else:
+                    await asyncio.sleep(env.rng.uniform(0.5, 3.0))
+                    mid_operation += 1
+                assert op.provisioner is not None
+                op.provisioner.kill()
+                await start_azure_provisioner(op, arm)
+            await wait_ready_on_azure(env, arm, op, names)
+            check_no_double_provisioning(env)
+            check_created_once(arm)
+            if len(arm.created_total) != len(names):
+                raise Violation(f"{len(arm.created_total)} agent pools for {len(names)} workspaces")
+            await delete_all_and_check_no_pools(env, arm)
+            puts = sum(arm.requests[("PUT", p)] for p in arm.created_total)
+            env.verdict = (
+                f"3 SIGKILLs ({at_put} at a pool's PUT, {mid_operation} mid-operation); "
+                f"{len(arm.created_total)} pools, each created by one PUT ({puts} PUTs in all, the "
+                "rest answered 409 or 200); none left after deletion"
+            )
+        finally:
+            await clean_up_after(env)
+            await asyncio.to_thread(op.stop)
+
+
+THROTTLED = 8
+REQUESTS_PER_LAUNCH = 3  # the least a launch takes: the PUT, one look at the operation, the pool
+MAX_REQUEST_MULTIPLE = 4  # what the throttle/5xx scenarios allow over that least
+RATE_WINDOW_S = 3.0
+
+
+def check_no_request_storm(arm: FakeArm, since: int, faults: int, launches: int) -> str:
+    """Two bounds: in all, a few times the least the launches need; at any moment, no more than
+    polling every claim at the poll interval (at most REQUESTS_PER_LAUNCH requests a look) plus one
+    extra try per fault (the SDK's first retry of a 5xx is immediate). A loop that ignores
+    Retry-After or backoff makes hundreds a second against a local server."""
+    made = len(arm.request_times) - since
+    least = faults + REQUESTS_PER_LAUNCH * launches
+    peak = peak_rate(arm.request_times[since:], RATE_WINDOW_S)
+    peak_bound = int(faults + launches * REQUESTS_PER_LAUNCH / POLL_INTERVAL_S * RATE_WINDOW_S)
+    if made > MAX_REQUEST_MULTIPLE * least:
+        raise Violation(
+            f"{made} ARM requests to launch {launches} pools through {faults} faults: more than "
+            f"{MAX_REQUEST_MULTIPLE}x the least ({least}), a hot loop"
+        )
+    if peak > peak_bound:
+        raise Violation(f"{peak} ARM requests within {RATE_WINDOW_S:g}s (bound {peak_bound}): a hot loop")
+    return (
+        f"{made} ARM requests (least {least}, bound {MAX_REQUEST_MULTIPLE * least}), "
+        f"peak {peak} per {RATE_WINDOW_S:g}s (bound {peak_bound})"
+    )
+
+
+def check_retry_after_honoured(arm: FakeArm, callers: int) -> str:
+    """Each caller (a claim's reconcile, the garbage collector) that is told to wait Retry-After
+    seconds before its next try can meet at most one 429 per wait: `callers` of them need at least
+    ceil(n / callers) - 1 waits for n throttled answers. Retrying at once does them in milliseconds."""
+    n, wait = len(arm.throttled_times), arm.behavior.throttle_retry_after_s
+    span = arm.throttled_times[-1] - arm.throttled_times[0]
+    least = (-(-n // callers) - 1) * wait * 0.9
+    if span < least:
+        raise Violation(
+            f"{n} answers of 429 (Retry-After: {wait}s) within {span:.2f}s; honouring Retry-After with "
+            f"{callers} callers takes at least {least:.1f}s: the throttle is not respected"
+        )
+    return f"{n} 429s over {span:.1f}s (Retry-After honoured: >= {least:.1f}s)"
+
+
+async def _transient_faults(
+    env: Env, name: str, inject: Callable[[Behavior], None], left: Callable[[Behavior], int]
+) -> None:
+    async with test_arm(env.client, env.workdir, Behavior(create_seconds=1.0)) as arm:
+        op = env.operator(name)
+        await start_azure_provisioner(op, arm)
+        await asyncio.to_thread(op.start_controller)
+        try:
+            since = len(arm.request_times)
+            inject(arm.behavior)
+            started = time.monotonic()
+            names = await create_workspaces(env, 2)
+            await wait_ready_on_azure(env, arm, op, names)
+            took = time.monotonic() - started
+            faults = arm.requests[("PUT", "throttled")] + arm.requests[("GET", "throttled")]
+            faults += arm.requests[("PUT", "5xx")] + arm.requests[("GET", "5xx")]
+            if left(arm.behavior):
+                raise Violation(
+                    f"{left(arm.behavior)} injected faults never reached: the scenario tested nothing"
+                )
+            storm = check_no_request_storm(arm, since, faults, len(names))
+            if arm.throttled_times:
+                storm += "; " + check_retry_after_honoured(arm, callers=len(names) + 1)
+            check_no_double_provisioning(env)
+            check_created_once(arm)
+            await delete_all_and_check_no_pools(env, arm)
+            env.verdict = f"{faults} faulted answers, Ready in {took:.0f}s; {storm}; each pool created once"
+        finally:
+            await clean_up_after(env)
+            await asyncio.to_thread(op.stop)
+
+
+async def cloud_throttle(env: Env) -> None:
+    """429 with Retry-After on the next requests: the SDK waits as told, workspaces become Ready."""
+
+    def inject(b: Behavior) -> None:
+        b.throttle_next, b.throttle_retry_after_s = THROTTLED, 1
+
+    await _transient_faults(env, "cloud-throttle", inject, lambda b: b.throttle_next)
+
+
+async def cloud_5xx(env: Env) -> None:
+    """500s on the next requests: retried (by the SDK, then the controller's backoff), Ready."""
+
+    def inject(b: Behavior) -> None:
+        b.fail_next_5xx = THROTTLED
+
+    await _transient_faults(env, "cloud-5xx", inject, lambda b: b.fail_next_5xx)
+
+
+async def cloud_outage(env: Env) -> None:
+    """ARM unreachable for a while (connections refused, open ones dropped) while pools are being
+    created, with the garbage collector passing every second: the provisioner rides it out (it
+    neither exits nor gives a claim up), and every workspace becomes Ready once ARM is back."""
+    async with test_arm(env.client, env.workdir, Behavior(create_seconds=2.0)) as arm:
+        op = env.operator("cloud-outage")
+        await start_azure_provisioner(op, arm, "--gc-interval=1")
+        await asyncio.to_thread(op.start_controller)
+        try:
+            names = await create_workspaces(env, 2)
+
+            async def first_put() -> bool:
+                return bool(arm.created_total)
+
+            await until("the first agent-pool PUT", first_put, 60.0)
+            await asyncio.sleep(env.rng.uniform(0.0, 1.5))
+            outage = env.rng.uniform(4.0, 8.0)
+            await arm.go_offline()
+            await asyncio.sleep(outage)
+            await arm.go_online()
+
+            def still_up(when: str) -> None:
+                assert op.provisioner is not None and op.provisioner.proc is not None
+                if op.provisioner.proc.poll() is not None:
+                    raise Violation(
+                        f"the provisioner exited ({op.provisioner.proc.returncode}) {when} a {outage:.0f}s "
+                        f"ARM outage; its log ends: {op.provisioner.logs()[-600:]!r}"
+                    )
+
+            still_up("during")
+            try:
+                await wait_ready_on_azure(env, arm, op, names)
+            finally:
+                still_up("after")
+            check_no_double_provisioning(env)
+            check_created_once(arm)
+            await delete_all_and_check_no_pools(env, arm)
+            env.verdict = (
+                f"{outage:.1f}s outage mid-creation; provisioner stayed up; all Ready; "
+                f"{len(arm.created_total)} pools each created once; none left after deletion"
+            )
+        finally:
+            await clean_up_after(env)
+            await asyncio.to_thread(op.stop)
+
+
+async def cloud_quota(env: Env) -> None:
+    """No quota for the VM size: the workspace says so (QuotaExceeded, the size, "quota"), and
+    the failed claim stays the only one: no new claims, no retried PUTs."""
+    async with test_arm(env.client, env.workdir, Behavior(quota={INSTANCE_TYPE: 0})) as arm:
+        op = env.operator("cloud-quota")
+        await start_azure_provisioner(op, arm)
+        await asyncio.to_thread(op.start_controller)
+        try:
+            name = (await create_workspaces(env, 1))[0]
+            key = f"{env.namespace}/{name}"
+            seen: dict[str, Any] = {}
+
+            async def says_quota() -> bool:
+                ws = await env.client.get(WORKSPACE, name, namespace=env.namespace)
+                seen.update(condition(ws, "ResourceReady"))
+                return seen.get("status") == "False" and seen.get("reason") == "QuotaExceeded"
+
+            try:
+                await until("ResourceReady=False with reason QuotaExceeded", says_quota, 60.0)
+            except Violation as v:
+                raise Violation(f"{v}; last ResourceReady: {seen}") from None
+            message = str(seen.get("message") or "")
+            if INSTANCE_TYPE not in message or "quota" not in message.lower():
+                raise Violation(
+                    f"the QuotaExceeded message does not name both {INSTANCE_TYPE} and quota: {message!r}"
+                )
+            # A while longer: a failed claim must be neither retried nor replaced.
+            since = len(arm.request_times)
+            await asyncio.sleep(8.0)
+            later = len(arm.request_times) - since
+            await check_quiet(op)
+            claims, uids = env.claims_seen.get(key, set()), env.claim_uids.get(key, set())
+            if len(claims) != 1 or len(uids) != 1:
+                raise Violation(
+                    f"{len(uids)} NodeClaims ({sorted(claims)}) for a workspace over quota: a storm"
+                )
+            if sum(arm.created_total.values()) > 1:
+                raise Violation(f"agent pool PUTs retried over quota: {dict(arm.created_total)}")
+            running = [n for n, p in arm.pools.items() if p["properties"]["provisioningState"] != "Failed"]
+            nodes = await env.client.list(
+                kinds.NODE, label_selector=f"kaito.sh/workspacenamespace={env.namespace}"
+            )
+            if running or nodes.items:
+                raise Violation(f"capacity appeared over quota: pools {running}, nodes {len(nodes.items)}")
+            if later > 2:
+                raise Violation(f"{later} ARM requests in 8s after the launch failed for good")
+            await delete_all_and_check_no_pools(env, arm)
+            env.verdict = (
+                f"ResourceReady=False QuotaExceeded: '...{message[-100:]}'; 1 claim, "
+                f"{sum(arm.created_total.values())} pool PUT (Failed, deleted with the workspace), "
+                f"{later} ARM requests in the 8s after"
+            )
+        finally:
+            await clean_up_after(env)
+            await asyncio.to_thread(op.stop)
+
+
+async def cloud_stuck_operation(env: Env) -> None:
+    """Agent-pool operations that never finish: past the launch timeout the claim is deleted
+    (LaunchTimeout Event, the workspace says so), its pool is deleted once the cloud recovers,
+    and one replacement claim follows, which then becomes Ready."""
+    behavior = Behavior(create_seconds=0.5, operations_never_finish=True)
+    async with test_arm(env.client, env.workdir, behavior) as arm:
+        op = env.operator("cloud-stuck-operation")
+        await start_azure_provisioner(op, arm, f"--launch-timeout={LAUNCH_TIMEOUT_S:g}")
+        await asyncio.to_thread(op.start_controller)
+        try:
+            name = (await create_workspaces(env, 1))[0]
+            key = f"{env.namespace}/{name}"
+            seen: dict[str, Any] = {}
+
+            async def says_timeout() -> bool:
+                ws = await env.client.get(WORKSPACE, name, namespace=env.namespace)
+                seen.update(condition(ws, "ResourceReady"))
+                return seen.get("reason") == "LaunchTimeout"
+
+            try:
+                waited = await until(
+                    "ResourceReady with reason LaunchTimeout", says_timeout, LAUNCH_TIMEOUT_S + 30
+                )
+            except Violation as v:
+                raise Violation(f"{v}; last ResourceReady: {seen}") from None
+            message = str(seen.get("message") or "")
+            if "not launched after" not in message:
+                raise Violation(f"the LaunchTimeout condition does not say what happened: {message!r}")
+            claim = next(iter(env.claims_seen[key]))
+
+            async def timeout_event() -> bool:
+                events = await env.client.list(EVENT, namespace="default")
+                return any(
+                    e.get("reason") == "LaunchTimeout" and (e.get("regarding") or {}).get("name") == claim
+                    for e in events.items
+                )
+
+            await until(f"a LaunchTimeout Event for NodeClaim {claim}", timeout_event, 10.0)
+
+            async def pool_deleting() -> bool:
+                pool = arm.pools.get(claim)
+                return pool is not None and pool["properties"]["provisioningState"] == "Deleting"
+
+            await until(f"the timed-out claim's pool {claim} being deleted", pool_deleting, 20.0)
+            # Still stuck: the claim waits on the deletion (its finalizer holds the slot's name, so
+            # no replacement yet), looking at the pool once a poll interval, two requests allowed.
+            since = len(arm.request_times)
+            await asyncio.sleep(5.0)
+            stuck_requests = len(arm.request_times) - since
+            if stuck_requests > 5.0 / POLL_INTERVAL_S * 2 + 2:
+                raise Violation(f"{stuck_requests} ARM requests in 5s while one deletion was stuck")
+            if len(env.claim_uids.get(key, set())) != 1:
+                raise Violation("a replacement claim while the timed-out one's pool was still deleting")
+            arm.behavior.operations_never_finish = False  # the cloud recovers
+            await wait_ready_on_azure(env, arm, op, [name])
+            uids = env.claim_uids.get(key, set())
+            if len(uids) > 2:
+                raise Violation(f"{len(uids)} NodeClaims over the run for one stuck launch (bound 2)")
+            if arm.created_total[claim] != len(uids):
+                raise Violation(
+                    f"pool {claim} created {arm.created_total[claim]} times for {len(uids)} claims"
+                )
+            await delete_all_and_check_no_pools(env, arm)
+            env.verdict = (
+                f"LaunchTimeout on the workspace after {waited:.0f}s ({message[:60]!r}...), Event recorded, "
+                f"pool deleted; {len(uids)} claims in all; {stuck_requests} ARM requests in 5s stuck"
+            )
+        finally:
+            await clean_up_after(env)
+            await asyncio.to_thread(op.stop)
+
+
 SCENARIOS: dict[str, Callable[[Env], Awaitable[None]]] = {
     "kill-controller": kill_controller,
     "kill-provisioner": kill_provisioner,
@@ -466,6 +887,12 @@ SCENARIOS: dict[str, Callable[[Env], Awaitable[None]]] = {
     "bad-input": bad_input,
     "waves": waves,
     "load-1000": load_waves,
+    "azure-kill-mid-lro": azure_kill_mid_lro,
+    "cloud-throttle": cloud_throttle,
+    "cloud-5xx": cloud_5xx,
+    "cloud-outage": cloud_outage,
+    "cloud-quota": cloud_quota,
+    "cloud-stuck-operation": cloud_stuck_operation,
 }
 # Every scenario is bounded; the load waves get longer than the 15 minutes the others get.
 BOUND_S = {"load-1000": 2400.0}
@@ -476,6 +903,12 @@ SHORT = (
     "gone-everywhere",
     "edit-loop",
     "bad-input",
+    "azure-kill-mid-lro",
+    "cloud-throttle",
+    "cloud-5xx",
+    "cloud-outage",
+    "cloud-quota",
+    "cloud-stuck-operation",
 )
 
 
@@ -485,6 +918,7 @@ class Outcome:
     seed: int
     seconds: float
     violation: str | None
+    verdict: str = ""
 
 
 async def run_one(kubeconfig: Path, scenario: str, seed: int, workdir: Path) -> Outcome:
@@ -515,19 +949,19 @@ async def run_one(kubeconfig: Path, scenario: str, seed: int, workdir: Path) -> 
             await monitor.informer.stop()
             with contextlib.suppress(ApiError):
                 await client.delete(kinds.NAMESPACE, ns)
-        return Outcome(scenario, seed, time.monotonic() - started, violation)
+        return Outcome(scenario, seed, time.monotonic() - started, violation, env.verdict)
 
 
 def print_table(outcomes: list[Outcome]) -> None:
     by: dict[str, list[Outcome]] = defaultdict(list)
     for o in outcomes:
         by[o.scenario].append(o)
-    print(f"\n{'scenario':<20} {'runs':>5} {'failures':>9} {'mean s':>7}  invariant broken")
+    print(f"\n{'scenario':<22} {'runs':>5} {'failures':>9} {'mean s':>7}  invariant broken")
     for name, runs in by.items():
         failed = [o for o in runs if o.violation]
         broken = "; ".join(f"seed {o.seed}: {o.violation}" for o in failed) or "-"
         mean = sum(o.seconds for o in runs) / len(runs)
-        print(f"{name:<20} {len(runs):>5} {len(failed):>9} {mean:>7.1f}  {broken}")
+        print(f"{name:<22} {len(runs):>5} {len(failed):>9} {mean:>7.1f}  {broken}")
 
 
 def cluster_kubeconfig() -> Path:
@@ -545,17 +979,20 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3, help="runs per scenario (seeds 1..N)")
     ap.add_argument("--scenarios", default="", help="comma-separated subset (default: all, or the short set)")
     ap.add_argument("--full", action="store_true", help="every scenario, including the load waves")
+    ap.add_argument("--first-seed", type=int, default=1, help="run seeds FIRST..FIRST+N-1")
+    ap.add_argument("--workdir", type=Path, help="keep the processes' logs here (default: a temporary dir)")
     args = ap.parse_args()
     names = args.scenarios.split(",") if args.scenarios else list(SCENARIOS if args.full else SHORT)
     kubeconfig = cluster_kubeconfig()
     outcomes = []
-    with tempfile.TemporaryDirectory(prefix="kaitopy-chaos-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="kaitopy-chaos-"))
         for name in names:
-            for seed in range(1, args.seeds + 1):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 o = asyncio.run(run_one(kubeconfig, name, seed, Path(tmp)))
                 print(
                     f"{name} seed {seed}: {'ok' if o.violation is None else 'BROKEN: ' + o.violation} "
-                    f"({o.seconds:.1f}s)",
+                    f"({o.seconds:.1f}s){': ' + o.verdict if o.verdict else ''}",
                     flush=True,
                 )
                 outcomes.append(o)

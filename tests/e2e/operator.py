@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kaitopy.runtime import AlreadyExists, Client, kinds
 
 KAITOPY = [sys.executable, "-m", "kaitopy"]
+REPO = Path(__file__).resolve().parents[2]
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
@@ -139,6 +140,31 @@ class Operator:
                 *extra,
             ],
             self._env(self.provisioner_kubeconfig),
+            self.log_dir / "provisioner.log",
+        )
+        self.provisioner.start()
+        return self.provisioner
+
+    def start_azure_provisioner(self, arm_url: str, ca: Path, *extra: str) -> Process:
+        """The provisioner with the azure provider, talking to an ARM-shaped test server
+        (tests/chaos/azure_provisioner.py: the real process wiring, a test credential)."""
+        self.provisioner = Process(
+            "provisioner",
+            [
+                sys.executable,
+                "-m",
+                "tests.chaos.azure_provisioner",
+                f"--arm-url={arm_url}",
+                f"--ca={ca}",
+                "--poll-interval=0.5",
+                *self.provisioner_args,
+                *extra,
+            ],
+            # `-m tests....` needs the repository on the path whatever the caller's directory.
+            {
+                **self._env(self.provisioner_kubeconfig),
+                "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))),
+            },
             self.log_dir / "provisioner.log",
         )
         self.provisioner.start()

@@ -7,7 +7,7 @@ reaches Succeeded/Failed/Canceled, GET of a missing pool is a 404 `NotFound` err
 When a pool succeeds the server calls `on_pool_ready(pool)` (tests create the AKS-shaped Node
 there); when a pool is deleted it calls `on_pool_deleted(pool)`. Faults are injected through
 `Behavior`: quota per VM size, unavailable SKUs, throttling, transient 5xx, operations that
-never finish.
+never finish (until the fault is cleared).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class Behavior:
     throttle_next: int = 0  # the next N requests get 429 with Retry-After
     throttle_retry_after_s: int = 1
     fail_next_5xx: int = 0
+    # While set, no operation finishes (creates and deletes stay InProgress); clearing it lets the
+    # ones waiting go on, as a backend that recovers would.
     operations_never_finish: bool = False
 
 
@@ -89,8 +91,11 @@ class FakeArm:
         self.operations: dict[str, Operation] = {}
         self.requests: Counter[tuple[str, str]] = Counter()  # (method, pool or kind) -> count
         self.created_total: Counter[str] = Counter()  # pool -> accepted PUTs that created it
+        self.request_times: list[float] = []  # monotonic time of every authenticated request
+        self.throttled_times: list[float] = []  # monotonic time of every 429 answered
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.errors: list[str] = []  # what an operation's task (a hook, say) raised
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -112,9 +117,21 @@ class FakeArm:
         app.router.add_get(ops + "/operationresults/{op}", self._get_operation_result)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.cert.server_context())
+        # After go_offline the same port again: clients hold the URL.
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.cert.server_context())
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def go_offline(self) -> None:
+        """An outage: the port closes and open connections drop; pools and their operations
+        live on, as Azure's would, and go_online serves them again on the same port."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def go_online(self) -> None:
+        if self._runner is None:
+            await self.start()
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -137,9 +154,11 @@ class FakeArm:
             return arm_error(
                 400, "MissingApiVersionParameter", "The api-version query parameter is required."
             )
+        self.request_times.append(time.monotonic())
         if self.behavior.throttle_next > 0:
             self.behavior.throttle_next -= 1
             self.requests[(request.method, "throttled")] += 1
+            self.throttled_times.append(time.monotonic())
             return arm_error(
                 429,
                 "TooManyRequests",
@@ -256,7 +275,8 @@ class FakeArm:
 
     async def _finish_create(self, op: Operation) -> None:
         await asyncio.sleep(self.behavior.create_seconds)
-        if self.behavior.operations_never_finish or op.status != "InProgress":
+        await self._while_stuck()
+        if op.status != "InProgress":
             return
         pool = self.pools.get(op.pool)
         if pool is None:
@@ -284,6 +304,11 @@ class FakeArm:
             await self.on_pool_ready(pool)
         pool["properties"]["provisioningState"] = "Succeeded"
         op.status, op.ended = "Succeeded", time.time()
+
+    async def _while_stuck(self) -> None:
+        # Behavior is a plain field tests flip at any moment, so it is looked at, not awaited.
+        while self.behavior.operations_never_finish:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
 
     def _fail(self, op: Operation, pool: dict[str, Any], code: str, message: str) -> None:
         pool["properties"]["provisioningState"] = "Failed"
@@ -335,8 +360,7 @@ class FakeArm:
 
     async def _finish_delete(self, op: Operation) -> None:
         await asyncio.sleep(self.behavior.delete_seconds)
-        if self.behavior.operations_never_finish:
-            return
+        await self._while_stuck()
         pool = self.pools.pop(op.pool, None)
         if pool is not None and self.on_pool_deleted is not None:
             await self.on_pool_deleted(pool)
@@ -370,7 +394,13 @@ class FakeArm:
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The operation stays InProgress for good; say why rather than hang silently.
+            self.errors.append(repr(task.exception()))
 
 
 def aks_node_for_pool(

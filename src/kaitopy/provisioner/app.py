@@ -154,9 +154,15 @@ def provider_factory(args: argparse.Namespace) -> ProviderFactory:
     return lambda _client: AzureProvider(azure)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(
+    args: argparse.Namespace,
+    choose_provider: Callable[[argparse.Namespace], ProviderFactory] = provider_factory,
+) -> int:
+    """Run the provisioner process. `choose_provider` is the one seam: the fault suite runs this
+    same process with a provider pointed at its ARM-shaped test server."""
+
     async def main() -> None:
-        make_provider = provider_factory(args)
+        make_provider = choose_provider(args)
         client = await process.open_client(args)
         async with client:
             provider = make_provider(client)

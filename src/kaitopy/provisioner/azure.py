@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 from azure.mgmt.containerservice.aio import ContainerServiceClient
 from azure.mgmt.containerservice.models import AgentPool, AgentPoolManagedClusterAgentPoolProfileProperties
 
@@ -149,6 +149,13 @@ def classify(err: HttpResponseError, claim: str) -> CloudProviderError:
     return CloudProviderError(message, cause=err)
 
 
+def unreachable(err: AzureError, what: str) -> CloudProviderError:
+    """ARM could not be reached or did not answer (connection refused or reset, a timeout): no
+    HTTP status to classify, always worth retrying. Left as is, it would escape the controller's
+    error handling and the garbage collector's loop, ending the process."""
+    return CloudProviderError(f"{what}: azure resource manager unreachable: {err.message}", cause=err)
+
+
 def agent_pool_for(request: LaunchRequest) -> AgentPool:
     """The agent pool a launch request asks for: one User-mode node of the requested size."""
     taints = [*request.taints, *request.startup_taints]
@@ -210,6 +217,9 @@ class AzureProvider:
                 # The pool is already being created (by us, before a restart): follow it.
                 return _ADOPT_TOKEN
             raise classified from err
+        except AzureError as err:
+            # The PUT may have reached ARM: the next try meets the pool (409 or 200) and follows it.
+            raise unreachable(err, f"agent pool {request.claim_name}") from err
         return _LRO_PREFIX + poller.continuation_token()
 
     async def poll_launch(self, request: LaunchRequest, token: str) -> LaunchProgress:
@@ -229,6 +239,8 @@ class AzureProvider:
                 await poller.result()  # raises the operation's error when it failed
             except HttpResponseError as err:
                 raise classify(err, request.claim_name) from err
+            except AzureError as err:
+                raise unreachable(err, f"agent pool {request.claim_name}") from err
         instance = await self.get(request.claim_name)
         if instance is None:
             raise LaunchFailedError(
@@ -247,6 +259,8 @@ class AzureProvider:
             return None
         except HttpResponseError as err:
             raise classify(err, claim_name) from err
+        except AzureError as err:
+            raise unreachable(err, f"agent pool {claim_name}") from err
         return self._instance(pool)
 
     async def list(self) -> list[Instance]:
@@ -254,6 +268,8 @@ class AzureProvider:
             pools = [p async for p in self._pools.list(*self._where())]
         except HttpResponseError as err:
             raise CloudProviderError(f"listing agent pools: {err.message}", cause=err) from err
+        except AzureError as err:
+            raise unreachable(err, "listing agent pools") from err
         return [self._instance(p) for p in pools if (p.tags or {}).get(NODECLAIM_LABEL)]
 
     async def begin_delete(self, claim_name: str) -> None:
@@ -263,6 +279,8 @@ class AzureProvider:
             return
         except HttpResponseError as err:
             raise classify(err, claim_name) from err
+        except AzureError as err:
+            raise unreachable(err, f"agent pool {claim_name}") from err
 
     def _instance(self, pool: AgentPool) -> Instance:
         tags = pool.tags or {}

@@ -13,11 +13,14 @@ from kaitopy.provisioner.cloudprovider import (
     CloudProviderError,
     InsufficientCapacityError,
     InvalidLaunchRequestError,
+    LaunchFailedError,
     LaunchRequest,
     QuotaExceededError,
     SkuNotAvailableError,
     Taint,
 )
+from kaitopy.provisioner.garbage import GarbageCollector
+from kaitopy.provisioner.settings import ProvisionerSettings
 from tests.support.azure import provider_for
 from tests.support.fake_arm import Behavior, FakeArm
 from tests.support.tls import make_server_cert
@@ -228,3 +231,40 @@ def test_settings_from_env_name_what_is_missing() -> None:
     assert "ARM_SUBSCRIPTION_ID" not in message
     full = dict.fromkeys(AzureSettings.ENV, "x")
     assert AzureSettings.from_env(full).cluster_name == "x"
+
+
+async def test_an_unreachable_arm_is_a_retryable_error_and_garbage_collection_survives_it(
+    tmp_path: Path,
+) -> None:
+    """A network failure (connection refused, reset, timeout) is no HTTP error: it must still come
+    out as a retryable CloudProviderError, or it escapes the garbage collector's loop and takes
+    the whole provisioner down with it."""
+    arm = FakeArm(make_server_cert(tmp_path / "tls"))
+    await arm.start()
+    provider = provider_for(arm, retry_total=0)
+    try:
+        token = await provider.begin_launch(request("ws1a1b2c3d4"))
+        await arm.stop()  # the port is closed now: every connection is refused
+        calls = [
+            provider.begin_launch(request()),
+            provider.poll_launch(request("ws1a1b2c3d4"), token),
+            provider.get("ws0a1b2c3d4"),
+            provider.list(),
+            provider.begin_delete("ws0a1b2c3d4"),
+        ]
+        for call in calls:
+            with pytest.raises(CloudProviderError) as info:
+                await call
+            assert not isinstance(info.value, LaunchFailedError)  # retried, never terminal
+            assert "127.0.0.1" in str(info.value) or "connect" in str(info.value).lower()
+
+        class Synced:
+            store = type("Store", (), {"list": staticmethod(list)})()
+
+            async def wait_synced(self) -> None:
+                return None
+
+        collector = GarbageCollector(provider, Synced(), ProvisionerSettings())  # type: ignore[arg-type]
+        assert await collector.collect_once() == []
+    finally:
+        await provider.close()
