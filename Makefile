@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help install install-test install-inference-cpu install-tuning test-tuning binaries cluster-up cluster-down cluster-status test test-unit \
         test-integration test-e2e chaos lint manifests check-manifests run bench bench-inference clean \
-        helm helm-lint test-helm docker-build deploy undeploy image-runtime
+        helm helm-lint test-helm docker-build deploy undeploy image-runtime kind-up kind-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -135,6 +135,23 @@ else
 	  $(KUBECTL) -n kaito-system rollout status deploy/kaitopy-controller --timeout=180s && \
 	  $(KUBECTL) -n kaito-system rollout status deploy/kaitopy-provisioner --timeout=180s; fi
 endif
+
+KIND ?= kind
+KIND_CLUSTER ?= kaitopy
+KWOK_VERSION := $(shell sed -n 's/^KWOK_VERSION=//p' hack/versions.env)
+KWOK_RELEASE := https://github.com/kubernetes-sigs/kwok/releases/download/$(KWOK_VERSION)
+kind-up:  ## a kind cluster for trying kaitopy on a machine with Docker: kwok in it for simulated GPU nodes, the image loaded, the operator deployed
+	@command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 || { echo "kind-up: needs a running Docker engine (docker info failed); on a machine without one use make deploy PROVIDER=kwok CLUSTER=local" >&2; exit 2; }
+	@command -v $(KIND) >/dev/null 2>&1 || { echo "kind-up: kind is not installed (go install sigs.k8s.io/kind@latest, or KIND=/path/to/kind)" >&2; exit 2; }
+	@$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || $(KIND) create cluster --name $(KIND_CLUSTER)
+	$(MAKE) docker-build
+	$(KIND) load docker-image $(IMAGE_REGISTRY)/controller:$(VERSION) --name $(KIND_CLUSTER)
+	$(KUBECTL) --context kind-$(KIND_CLUSTER) apply -f $(KWOK_RELEASE)/kwok.yaml -f $(KWOK_RELEASE)/stage-fast.yaml
+	$(MAKE) deploy PROVIDER=kwok KUBECTL="$(KUBECTL) --context kind-$(KIND_CLUSTER)"
+	@echo "kind-up: done; try kubectl --context kind-$(KIND_CLUSTER) apply -f examples/inference/kaito_workspace_phi_3.yaml"
+
+kind-down:  ## delete the kind cluster made by kind-up
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
 undeploy: install  ## remove the operator from the current context (the CRDs stay: deleting them deletes every workspace)
 	@case "$(PROVIDER)" in kwok|azure|byo) ;; *) echo "undeploy: PROVIDER must be kwok, azure or byo, not '$(PROVIDER)'" >&2; exit 2;; esac
