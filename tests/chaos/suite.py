@@ -261,6 +261,7 @@ async def _control_plane_fault(env: Env, component: str, compact: bool = False) 
             env.targets[f"{env.namespace}/{n}"] = 1
         await wait_all_ready(env, names + more)
         check_no_double_provisioning(env)
+        await check_quiet(op)  # every informer re-listed after the fault: that must not start a storm
         await delete_all_and_check_clean(env)
     finally:
         op.stop()
