@@ -46,6 +46,21 @@ def requests_by_verb(p: Process) -> dict[str, float]:
     return {v: sum_of(samples, "rest_client_requests_total", method=v) for v in VERBS}
 
 
+def loop_lag(p: Process) -> dict[str, float]:
+    """Upper bounds of the event loop's p99 and worst lag, from the event_loop_lag_seconds buckets."""
+    buckets = sorted(
+        (float(labels["le"]), value)
+        for name, labels, value in p.samples()
+        if name == "event_loop_lag_seconds_bucket"
+    )
+    total = buckets[-1][1] if buckets else 0.0
+    if not total:
+        return {}
+    p99 = next(le for le, count in buckets if count >= 0.99 * total)
+    worst = next(le for le, count in buckets if count >= total)
+    return {"p99_le_s": p99, "max_le_s": worst}
+
+
 def workspace(i: int, ns: str) -> dict[str, Any]:
     name = f"phi-{i:05d}"
     return {
@@ -104,6 +119,8 @@ async def run_size(client: Client, kubeconfig: Path, n: int, timeout: float, wor
             ctrl.metric("controller_runtime_reconcile_total", controller="workspace") - reconciles_before
         )
         result["resync_writes"] = int(ctrl.writes() - writes_before)
+        result["controller_loop_lag"] = loop_lag(ctrl)
+        result["provisioner_loop_lag"] = loop_lag(op.provisioner)
         result["controller_peak_rss_mib"] = round(peak_rss_mib(ctrl), 1)
         result["provisioner_peak_rss_mib"] = round(peak_rss_mib(op.provisioner), 1)
     finally:

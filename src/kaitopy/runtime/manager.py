@@ -21,6 +21,7 @@ from kaitopy.runtime.errors import LeadershipLost
 from kaitopy.runtime.health import HealthServer
 from kaitopy.runtime.informer import InformerCache, InformerSettings
 from kaitopy.runtime.leaderelection import LeaderElectionSettings, LeaderElector
+from kaitopy.runtime.looplag import LoopLagMonitor
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Manager:
         if s.probe_port is not None:
             self.health = HealthServer(self.metrics, self.ready, s.probe_host, s.probe_port)
             await self.health.start()
+        lag = asyncio.create_task(LoopLagMonitor(self.metrics).run(), name="event loop lag")
         self.cache.start()
         lost: LeadershipLost | None = None
         try:
@@ -110,6 +112,9 @@ class Manager:
                 and s.leader_election.release_on_cancel
             ):
                 await self.elector.release()
+            lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag
             await self.cache.stop()
             if self.health is not None:
                 await self.health.stop()
