@@ -9,30 +9,14 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from prometheus_client import Histogram
-
 from kaitopy.runtime.metrics import Metrics
-
-LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def lag_histogram(metrics: Metrics) -> Histogram:
-    return metrics.extension(
-        "event_loop_lag",
-        lambda registry: Histogram(
-            "event_loop_lag_seconds",
-            "How late the process's asyncio event loop ran a periodic timer (time the loop was held)",
-            buckets=LAG_BUCKETS,
-            registry=registry,
-        ),
-    )
 
 
 class LoopLagMonitor:
     def __init__(
         self, metrics: Metrics, *, interval_s: float = 0.25, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._histogram = lag_histogram(metrics)
+        self._histogram = metrics.event_loop_lag_seconds
         self._interval_s = interval_s
         self._clock = clock
         self.max_lag_s = 0.0

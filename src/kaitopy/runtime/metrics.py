@@ -58,6 +58,8 @@ _RECONCILE_BUCKETS = (
 )
 _QUEUE_BUCKETS = tuple(10.0**e for e in range(-8, 4))
 
+_LOOP_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
 
 class Metrics:
     """Every metric the runtime exports, registered in `self.registry`."""
@@ -148,6 +150,13 @@ class Metrics:
             "Gauge of if the reporting system is master of the relevant lease, "
             "0 indicates backup, 1 indicates master.",
             ["name"],
+            registry=r,
+        )
+
+        self.event_loop_lag_seconds = Histogram(
+            "event_loop_lag_seconds",
+            "How late the process's asyncio event loop ran a periodic timer (time the loop was held)",
+            buckets=_LOOP_LAG_BUCKETS,
             registry=r,
         )
 
