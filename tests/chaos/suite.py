@@ -456,6 +456,7 @@ async def waves(env: Env, count: int = 30, rounds: int = 5) -> None:
             assert ctrl.proc is not None
             status = await asyncio.to_thread(Path(f"/proc/{ctrl.proc.pid}/status").read_text)
             rss.append(int(next(x for x in status.splitlines() if x.startswith("VmRSS:")).split()[1]) / 1024)
+        env.verdict = f"{rounds} waves of {count}; controller RSS after each: {[round(r) for r in rss]} MiB"
         if rss[-1] > rss[0] * 1.25 + 10:
             raise Violation(f"controller RSS grew over the waves: {[round(r) for r in rss]} MiB")
     finally:
