@@ -79,7 +79,7 @@ BAD_URLS = (
     "http://[::1",
     "not a url",
 )
-UNKNOWN_PRESETS = ("phi-3-mini", "gpt-5", "llama-3.3-70b-instructx", "PHI-3-MINI-4K", "microsoft/", "..")
+UNKNOWN_PRESETS = ("phi-3-mini", "gpt-5", "llama-3.3-70b-instructx", "phi-3-mini-4k-instruct-v2", "microsoft/", "..")
 UNKNOWN_INSTANCE_TYPES = ("Standard_NC6s_v4", "p9.48xlarge", "standard nc6s v3", "", "*", "Standard_NC6s_v3 ")
 PUBLIC_HOSTS = ("huggingface.co", "example.com", "data.example.org", "storage.googleapis.com")
 

@@ -15,10 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kaitopy.api import Workspace
+from kaitopy.controllers.workspace import job as jobs
+from kaitopy.controllers.workspace import nodes, workload
 from kaitopy.controllers.workspace.plan import PlanError, Settings, WorkspacePlan
 from kaitopy.controllers.workspace.planner import make_planner
 from kaitopy.presets import Catalog
 from kaitopy.runtime import Client, Kind
+from kaitopy.runtime.objects import freeze
 from kaitopy.webhooks import FieldError
 from kaitopy.webhooks.server import WebhookServer
 from tests.chaos.inputs import workspace_bodies
@@ -75,11 +78,36 @@ def review(webhook: WebhookServer, body: dict[str, Any]) -> list[FieldError]:
 
 
 def plan(catalog: Catalog, body: dict[str, Any]) -> WorkspacePlan:
+    """Plan as the controller does, and build everything it builds from the plan."""
     # The controller reads what the API server stored: unknown fields pruned, defaults filled in,
-    # types as the schema says. The models are the schema (the CRD is generated from them), so
-    # their wire form of an admitted body is that stored object.
+    # types as the schema says (the models are the schema: the CRD is generated from them),
+    # frozen as the informer cache hands it out.
     stored = Workspace.model_validate(named(body)).to_dict()
-    return make_planner(catalog, Settings())(stored)
+    stored["metadata"]["uid"] = "0f5e1d4c-0000-4000-8000-000000000001"
+    planned = make_planner(catalog, Settings())(freeze(stored))
+    for slot in range(planned.node_count):
+        nodes.nodeclaim(
+            workspace="ws",
+            namespace=NAMESPACE,
+            workspace_uid=stored["metadata"]["uid"],
+            slot=slot,
+            instance_type=planned.instance_type,
+            match_labels=planned.match_labels,
+            storage_gib=planned.storage_gib,
+            gpus=planned.gpus_per_node,
+        )
+    if planned.inference is not None:
+        planned.inference.revision()
+        if planned.inference.multi_node:
+            workload.statefulset(planned.inference)
+            workload.headless_service(planned.inference)
+        else:
+            workload.deployment(planned.inference)
+        workload.service(planned.inference)
+    if planned.tuning is not None:
+        planned.tuning.revision()
+        jobs.tuning_job(planned.tuning)
+    return planned
 
 
 def assert_names_fields(errors: list[FieldError]) -> None:

@@ -142,6 +142,7 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
             check_tuning_fits(model, sku, method, catalog=catalog)
         except DoesNotFit as err:
             raise PlanError("InsufficientGPUMemory", str(err)) from err
+        # The cache hands out read-only mappings; the plan keeps plain copies (its revision deep-copies).
         data_in = tuning.get("input") or {}
         data_out = tuning.get("output") or {}
         return WorkspacePlan(
@@ -162,10 +163,10 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                 match_labels=match_labels,
                 input_urls=tuple(str(u) for u in data_in.get("urls") or ()),
                 input_image=data_in.get("image") or None,
-                input_volume=data_in.get("volumeSource") or None,
+                input_volume=thaw(data_in.get("volumeSource")) or None,
                 output_image=data_out.get("image") or None,
                 output_push_secret=data_out.get("imagePushSecret") or None,
-                output_volume=data_out.get("volumeSource") or None,
+                output_volume=thaw(data_out.get("volumeSource")) or None,
                 config_map=tuning.get("config") or None,
                 image_pull_secrets=pull,
                 model_access_secret=str(access) if access else None,
