@@ -79,8 +79,8 @@ BAD_URLS = (
     "http://[::1",
     "not a url",
 )
-UNKNOWN_PRESETS = ("phi-3-mini", "gpt-5", "llama-3.3-70b-instructx", "phi-3-mini-4k-instruct-v2", "microsoft/", "..")
-UNKNOWN_INSTANCE_TYPES = ("Standard_NC6s_v4", "p9.48xlarge", "standard nc6s v3", "", "*", "Standard_NC6s_v3 ")
+UNKNOWN_PRESETS = ("phi-3-mini", "gpt-5", "llama-3.3-70b-instructx", "phi-3-mini-4k-instruct-v2", "..")
+UNKNOWN_INSTANCE_TYPES = ("Standard_NC6s_v4", "p9.48xlarge", "standard nc6s v3", "", "*", "Standard_NC6s_v3x")
 PUBLIC_HOSTS = ("huggingface.co", "example.com", "data.example.org", "storage.googleapis.com")
 
 
