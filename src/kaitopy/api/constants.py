@@ -36,6 +36,8 @@ CONDITION_TYPES: Final = (
 
 DEFAULT_INSTANCE_TYPE: Final = "Standard_NC24ads_A100_v4"
 MAX_ADAPTERS: Final = 10
+# resource.count's ceiling: the estimator never plans more nodes, and every node is a NodeClaim.
+MAX_NODE_COUNT: Final = 16
 # The keys the runtimes read from a user's ConfigMap (Kaito's names).
 INFERENCE_CONFIG_KEY: Final = "inference_config.yaml"
 TUNING_CONFIG_KEY: Final = "training_config.yaml"

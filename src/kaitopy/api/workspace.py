@@ -18,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from pydantic.alias_generators import to_camel
 
 from kaitopy.api import messages
-from kaitopy.api.constants import DEFAULT_INSTANCE_TYPE, GROUP, MAX_ADAPTERS, STORAGE_VERSION
+from kaitopy.api.constants import DEFAULT_INSTANCE_TYPE, GROUP, MAX_ADAPTERS, MAX_NODE_COUNT, STORAGE_VERSION
 
 SCHEMALESS: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
 # A string holding a float in [0, 1]: "0", "0.25", "1", "1.0". No backslashes: it is also a CEL string.
@@ -104,9 +104,9 @@ class ResourceSpec(ApiModel):
     )
     """The cloud instance type of each GPU node, e.g. Standard_NC24ads_A100_v4 or p5.48xlarge.
     Immutable."""
-    count: int | None = Field(default=1, ge=1)
-    """Deprecated: the number of nodes. The node count is now derived from the model and the
-    instance type; a larger value is honoured. Immutable."""
+    count: int | None = Field(default=1, ge=1, le=MAX_NODE_COUNT)
+    """Deprecated: the number of nodes (at most 16). The node count is now derived from the model
+    and the instance type; a larger value is honoured. Immutable."""
     label_selector: LabelSelector = Field(json_schema_extra=_immutable(messages.IMMUTABLE_LABEL_SELECTOR))
     """Selects the GPU nodes for this workspace; provisioned nodes get these labels. Immutable."""
     preferred_nodes: list[str] | None = None

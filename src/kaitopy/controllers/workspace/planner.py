@@ -18,7 +18,17 @@ from kaitopy.controllers.workspace.plan import (
     WorkspacePlan,
 )
 from kaitopy.controllers.workspace.reconciler import Planner
-from kaitopy.presets import Catalog, DoesNotFit, EstimateError, UnknownInstanceType, UnknownPreset, estimate
+from kaitopy.presets import (
+    Catalog,
+    DoesNotFit,
+    EstimateError,
+    TuningMethod,
+    UnknownInstanceType,
+    UnknownPreset,
+    check_tuning_fits,
+    estimate,
+)
+from kaitopy.presets.estimator import storage_gib
 from kaitopy.runtime.objects import Obj, thaw
 
 RUNTIMES = ("vllm", "transformers")
@@ -56,26 +66,27 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
             raise PlanError("InvalidWorkspace", "set inference.preset.name or tuning.preset.name")
         try:
             model = catalog.model(str(preset_name))
-            est = estimate(model, sku, catalog=catalog)
         except UnknownPreset as err:
             raise PlanError("InvalidPreset", str(err)) from err
-        except DoesNotFit as err:
-            raise PlanError("InsufficientGPUMemory", str(err)) from err
-        except EstimateError as err:
-            raise PlanError("InvalidWorkspace", str(err)) from err
         options = preset.get("presetOptions") or {}
         image = str(options.get("image") or settings.runtime_image)
         pull = _secrets(options.get("imagePullSecrets"))
         access = options.get("modelAccessSecret")
-        base = WorkspacePlan(
-            instance_type=instance_type,
-            node_count=est.node_count,
-            gpus_per_node=est.gpus_per_node,
-            storage_gib=int(est.storage_gib),
-            match_labels=match_labels,
-            match_expressions=expressions,
-        )
         if inference is not None:
+            try:
+                est = estimate(model, sku, catalog=catalog)
+            except DoesNotFit as err:
+                raise PlanError("InsufficientGPUMemory", str(err)) from err
+            except EstimateError as err:
+                raise PlanError("InvalidWorkspace", str(err)) from err
+            base = WorkspacePlan(
+                instance_type=instance_type,
+                node_count=est.node_count,
+                gpus_per_node=est.gpus_per_node,
+                storage_gib=int(est.storage_gib),
+                match_labels=match_labels,
+                match_expressions=expressions,
+            )
             runtime = str(annotations.get(RUNTIME_ANNOTATION) or est.runtime)
             if runtime not in RUNTIMES:
                 raise PlanError(
@@ -121,25 +132,41 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                 ),
             )
         assert tuning is not None
+        given = str(tuning.get("method") or "lora")
+        if given not in ("lora", "qlora"):
+            raise PlanError("InvalidWorkspace", f"tuning.method must be lora or qlora, not {given!r}")
+        method: TuningMethod = "qlora" if given == "qlora" else "lora"
+        # Tuning has its own memory rule (the one admission checks), on one whole node: the
+        # inference estimate would refuse a QLoRA job the webhook admitted, e.g. on a long context.
+        try:
+            check_tuning_fits(model, sku, method, catalog=catalog)
+        except DoesNotFit as err:
+            raise PlanError("InsufficientGPUMemory", str(err)) from err
+        # The cache hands out read-only mappings; the plan keeps plain copies (its revision deep-copies).
         data_in = tuning.get("input") or {}
         data_out = tuning.get("output") or {}
-        return replace(
-            base,
+        return WorkspacePlan(
+            instance_type=instance_type,
+            node_count=1,
+            gpus_per_node=int(sku.gpu_count),
+            storage_gib=storage_gib(model),
+            match_labels=match_labels,
+            match_expressions=expressions,
             tuning=TuningPlan(
                 name=name,
                 namespace=namespace,
                 preset=model.name,
-                method=str(tuning.get("method") or "lora"),
+                method=method,
                 image=str(options.get("image") or settings.tuning_image),
                 hf_model_id=model.hf_id,
-                gpus_per_node=est.gpus_per_node,
+                gpus_per_node=int(sku.gpu_count),
                 match_labels=match_labels,
                 input_urls=tuple(str(u) for u in data_in.get("urls") or ()),
                 input_image=data_in.get("image") or None,
-                input_volume=data_in.get("volumeSource") or None,
+                input_volume=thaw(data_in.get("volumeSource")) or None,
                 output_image=data_out.get("image") or None,
                 output_push_secret=data_out.get("imagePushSecret") or None,
-                output_volume=data_out.get("volumeSource") or None,
+                output_volume=thaw(data_out.get("volumeSource")) or None,
                 config_map=tuning.get("config") or None,
                 image_pull_secrets=pull,
                 model_access_secret=str(access) if access else None,

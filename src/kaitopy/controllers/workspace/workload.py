@@ -4,6 +4,7 @@ Service (several nodes), and the Service users call. Pure: plan in, dicts out.""
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 from kaitopy.controllers.workspace.plan import (
@@ -291,7 +292,14 @@ def service(plan: InferencePlan) -> dict[str, Any]:
 def _target_port(plan: InferencePlan) -> int:
     if plan.template is None:
         return SERVER_PORT
-    for c in (plan.template.get("spec") or {}).get("containers") or ():
-        for p in c.get("ports") or ():
-            return int(p["containerPort"])
+    # The template is schemaless: the API server admits any shape, so read it without trusting it
+    # (a port without containerPort must not fail every reconcile of the workspace).
+    spec = plan.template.get("spec")
+    containers = spec.get("containers") if isinstance(spec, Mapping) else None
+    for c in containers if isinstance(containers, list | tuple) else ():
+        ports = c.get("ports") if isinstance(c, Mapping) else None
+        for p in ports if isinstance(ports, list | tuple) else ():
+            port = p.get("containerPort") if isinstance(p, Mapping) else None
+            if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536:
+                return port
     return 80

@@ -1,0 +1,94 @@
+"""The planner agrees with admission: what the webhook admits, the controller can place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from kaitopy.api import MAX_NODE_COUNT, Workspace
+from kaitopy.api.crd import workspace_schema
+from kaitopy.controllers.workspace import job as jobs
+from kaitopy.controllers.workspace import workload
+from kaitopy.controllers.workspace.plan import PlanError, Settings
+from kaitopy.controllers.workspace.planner import make_planner
+from kaitopy.presets import Catalog
+from kaitopy.runtime.objects import freeze
+from kaitopy.webhooks import validate_create
+
+pytestmark = pytest.mark.unit
+
+
+def tuning(preset: str, instance_type: str, method: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "t", "namespace": "default"},
+        "resource": {"instanceType": instance_type, "labelSelector": {"matchLabels": {"a": "t"}}},
+        "tuning": {
+            "preset": {"name": preset},
+            "method": method,
+            "input": {"urls": ["https://example.com/data.parquet"]},
+            "output": {"image": "registry.example.com/a:1", "imagePushSecret": "push"},
+        },
+    }
+
+
+def test_admitted_qlora_job_is_planned_even_when_inference_would_not_fit() -> None:
+    # Found by the property tests: the planner used to size tuning with the inference estimate
+    # (weights + KV cache for the 128k context), refusing a QLoRA job the webhook had admitted.
+    catalog = Catalog.load()
+    raw = tuning("phi-3-medium-128k-instruct", "Standard_NC12s_v3", "qlora")
+    assert validate_create(Workspace.model_validate(raw), catalog) == []
+    plan = make_planner(catalog, Settings())(Workspace.model_validate(raw).to_dict())
+    assert plan.tuning is not None
+    assert (plan.node_count, plan.gpus_per_node, plan.tuning.gpus_per_node) == (1, 2, 2)
+    assert plan.tuning.method == "qlora"
+    assert plan.storage_gib >= 26  # room for the weights
+
+
+def test_tuning_that_does_not_fit_is_refused_with_the_admission_reason() -> None:
+    catalog = Catalog.load()
+    raw = tuning("phi-3-medium-128k-instruct", "Standard_NC12s_v3", "lora")
+    refusal = validate_create(Workspace.model_validate(raw), catalog)
+    assert [e.field for e in refusal] == ["resource.instanceType"]
+    with pytest.raises(PlanError) as err:
+        make_planner(catalog, Settings())(Workspace.model_validate(raw).to_dict())
+    assert err.value.reason == "InsufficientGPUMemory"
+    assert "or use qlora" in str(err.value)
+
+
+def test_tuning_volumes_from_the_cache_plan_and_hash() -> None:
+    # Found by the fault suite: the informer hands out read-only mappings, and the plan kept the
+    # volumeSource as one, so revision() (dataclasses.asdict deep-copies) raised on every reconcile.
+    raw = tuning("phi-3-mini-4k-instruct", "Standard_NC24ads_A100_v4", "qlora")
+    raw["tuning"]["output"] = {"volumeSource": {"persistentVolumeClaim": {"claimName": "out"}}}
+    plan = make_planner(Catalog.load(), Settings())(freeze(Workspace.model_validate(raw).to_dict()))
+    assert plan.tuning is not None
+    assert plan.tuning.output_volume == {"persistentVolumeClaim": {"claimName": "out"}}
+    assert len(plan.tuning.revision()) == 16
+    assert jobs.tuning_job(plan.tuning)["kind"] == "Job"
+
+
+@pytest.mark.parametrize("ports", [[{}], [{"containerPort": "http"}], ["x"], "x", [{"containerPort": True}]])
+def test_a_template_port_of_any_shape_gets_a_service(ports: Any) -> None:
+    # Found by the property tests: the template is schemaless, and a port without containerPort
+    # raised KeyError while building the Service, on every reconcile.
+    raw = {
+        "metadata": {"name": "c", "namespace": "default"},
+        "resource": {"instanceType": "Standard_NC6s_v3", "labelSelector": {"matchLabels": {"a": "c"}}},
+        "inference": {"template": {"spec": {"containers": [{"name": "c", "image": "i", "ports": ports}]}}},
+    }
+    assert validate_create(Workspace.model_validate(raw), Catalog.load()) == []
+    plan = make_planner(Catalog.load(), Settings())(freeze(Workspace.model_validate(raw).to_dict()))
+    assert plan.inference is not None
+    assert workload.service(plan.inference)["spec"]["ports"][0]["targetPort"] == 80
+
+
+def test_node_count_is_bounded() -> None:
+    # Found by the property tests: count had no ceiling, and a template workspace asks for
+    # `count` NodeClaims: 2**62 passes int64 and would have the controller create claims forever.
+    raw = tuning("phi-3-mini-4k-instruct", "Standard_NC24ads_A100_v4", "qlora")
+    raw["resource"]["count"] = MAX_NODE_COUNT + 1
+    with pytest.raises(ValidationError, match="less than or equal to 16"):
+        Workspace.model_validate(raw)
+    assert workspace_schema()["properties"]["resource"]["properties"]["count"]["maximum"] == MAX_NODE_COUNT
