@@ -113,6 +113,10 @@ class Controller:
                 await self._process(req)
             finally:
                 self.queue.done(req)
+            # A reconcile that finds nothing to write never awaits anything, and get() does not
+            # suspend while items are queued: without this, a resync of a thousand objects holds
+            # the event loop for seconds, starving watches, probes and the other workers.
+            await asyncio.sleep(0)
 
     async def _process(self, req: Request) -> None:
         ctx = ReconcileContext(self.name, req, uuid.uuid4().hex[:12])
