@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -42,8 +43,15 @@ pytestmark = pytest.mark.unit
 
 NAMESPACE = "props"
 TOP_LEVEL = {"apiVersion", "kind", "metadata", "resource", "inference", "tuning"}
+# The suite that gates a merge draws the same examples every run (derandomize); set
+# KAITOPY_EXPLORE=1 to let hypothesis search with fresh random seeds, e.g. in a nightly job.
+EXPLORE = bool(os.environ.get("KAITOPY_EXPLORE"))
 PROPERTY_SETTINGS = settings(
-    max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=200,
+    deadline=None,
+    database=None,
+    derandomize=not EXPLORE,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 
 
@@ -155,7 +163,13 @@ def test_valid_bodies_are_admitted_and_planned(
     [unknown_name, bad_url, too_many_adapters, duplicate_adapters, both, neither],
     ids=lambda m: m.__name__,
 )
-@settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=25,
+    deadline=None,
+    database=None,
+    derandomize=not EXPLORE,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_each_rule_breaking_mutation_is_refused(
     webhook: WebhookServer, mutation: Callable[[Any, dict[str, Any]], None], data: st.DataObject
