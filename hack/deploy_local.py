@@ -10,7 +10,7 @@ the RBAC that runs is the RBAC that ships. It then scales those Deployments to z
 are these processes) and, unless told not to, applies the phi-3 example and waits for it.
 
 Where it can (root, with unshare and setpriv), each process also gets its container's
-filesystem: a read-only root with the Deployment's emptyDir volumes as tmpfs mounts, and no
+filesystem rules: a read-only root, writable only at the Deployment's emptyDir mount paths, and no
 capabilities. What differs from a pod, and why: one replica each (two local replicas would fight
 over one loopback webhook registration); probe addresses on free loopback ports (no per-pod
 network); the webhook is registered at its loopback URL instead of through the kaitopy-webhook
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -105,19 +104,13 @@ def local_args(args: list[str], probe_port: int, is_controller: bool) -> list[st
     return out
 
 
-def tmpfs_size(limit: str) -> str:
-    """A sizeLimit quantity (64Mi, 1Gi, 500M) as a tmpfs size option."""
-    m = re.fullmatch(r"(\d+)([KMG]i?)?", limit)
-    if m is None:
-        raise SystemExit(f"emptyDir sizeLimit {limit!r}: only plain K/M/G quantities are emulated here")
-    return m.group(1) + (m.group(2) or "")[:1].lower()
-
-
 def as_in_the_pod(argv: list[str], pod_spec: dict[str, Any], container: dict[str, Any]) -> list[str]:
-    """Wrap argv so the process sees the container's filesystem: with readOnlyRootFilesystem, a
-    private mount namespace where / is read-only and each emptyDir volume is a tmpfs at its
-    mountPath, and no capabilities. (runAsUser is not emulated: this machine's Python may live
-    where that user cannot read.)"""
+    """Wrap argv so the process sees the container's filesystem rules: with readOnlyRootFilesystem,
+    a private mount namespace where / is read-only except the container's emptyDir mountPaths, and
+    no capabilities. The "image" here is this machine's own filesystem, which may keep the repo and
+    its venv under a volume's path (a clone in /tmp), so each mountPath stays this machine's
+    directory, writable, rather than an empty tmpfs that would hide them. (runAsUser is not
+    emulated: this machine's Python may live where that user cannot read.)"""
     security = container.get("securityContext") or {}
     if not security.get("readOnlyRootFilesystem"):
         return argv
@@ -125,13 +118,17 @@ def as_in_the_pod(argv: list[str], pod_spec: dict[str, Any], container: dict[str
         say("cannot emulate readOnlyRootFilesystem (needs root, unshare and setpriv); / stays writable")
         return argv
     volumes = {v["name"]: v for v in pod_spec.get("volumes") or ()}
-    steps = ["mount -o remount,bind,ro /"]
+    steps = []
     for mount in container.get("volumeMounts") or ():
         volume = volumes[mount["name"]]
+        path = str(mount["mountPath"])
         if "emptyDir" not in volume:
             raise SystemExit(f"volume {mount['name']}: only emptyDir volumes are emulated here")
-        size = tmpfs_size(str((volume["emptyDir"] or {}).get("sizeLimit", "64Mi")))
-        steps.append(f"mount -t tmpfs -o size={size},mode=1777 tmpfs {shlex.quote(mount['mountPath'])}")
+        if not Path(path).is_dir():
+            raise SystemExit(f"volume {mount['name']}: {path} does not exist here to stand in for it")
+        # A mount point of its own, so the read-only remount of / below leaves it writable.
+        steps.append(f"mount --bind {shlex.quote(path)} {shlex.quote(path)}")
+    steps.append("mount -o remount,bind,ro /")
     steps.append('exec setpriv --no-new-privs --bounding-set=-all --inh-caps=-all "$@"')
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(steps), "pod", *argv]
 
