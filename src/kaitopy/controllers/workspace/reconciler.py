@@ -27,6 +27,7 @@ from kaitopy.runtime import (
     Client,
     Conflict,
     EventRecorder,
+    Forbidden,
     Kind,
     NotFound,
     Request,
@@ -332,10 +333,22 @@ class WorkspaceReconciler:
             obj = store.get(f"{namespace}/{name}")  # workloads are named after their workspace
             if obj is None or not is_controlled_by(obj, ws):
                 continue
+            if obj["metadata"].get("deletionTimestamp"):
+                left.append(f"{kind.kind} {name}")
+                continue
+            try:
+                await self.client.delete(kind, name, namespace=namespace, propagation_policy="Foreground")
+            except NotFound:
+                continue
+            except Forbidden as err:
+                # RBAC older than this code: do not hold the deletion hostage; garbage collection
+                # removes the workload once the workspace is gone, as it did before.
+                log.warning(
+                    "cannot stop the workload first",
+                    extra={"workspace": f"{namespace}/{name}", "error": str(err)},
+                )
+                continue
             left.append(f"{kind.kind} {name}")
-            if not obj["metadata"].get("deletionTimestamp"):
-                with contextlib.suppress(NotFound):
-                    await self.client.delete(kind, name, namespace=namespace, propagation_policy="Foreground")
         return left
 
     async def _finalize(self, ws: Obj) -> Result | None:
