@@ -21,24 +21,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from localkube import kubectl
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_EXAMPLE = REPO / "examples" / "inference" / "kaito_workspace_phi_3.yaml"
 
 
 def say(msg: str) -> None:
     print(f"demo: {msg}", flush=True)
-
-
-def kubectl(kubeconfig: Path, bin_dir: Path, *args: str, check: bool = True, timeout: float = 120) -> str:
-    proc = subprocess.run(
-        [str(bin_dir / "kubectl"), f"--kubeconfig={kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise SystemExit(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout
 
 
 def pod_server_argv(deployment: dict[str, object], model_dir: Path, port: int) -> tuple[list[str], str]:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from localkube import bin_dir_of, kubectl
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_EXAMPLE = REPO / "examples" / "inference" / "kaito_workspace_phi_3.yaml"
@@ -47,22 +48,14 @@ def say(msg: str) -> None:
 
 
 class Kube:
+    """kubectl against one kubeconfig of the local control plane."""
+
     def __init__(self, kubeconfig: Path) -> None:
         self.kubeconfig = kubeconfig
-        state = json.loads((kubeconfig.parent / "state.json").read_text())
-        self.kubectl_bin = Path(state["bin_dir"]) / "kubectl"
+        self.bin_dir = bin_dir_of(kubeconfig)
 
     def __call__(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 180) -> str:
-        proc = subprocess.run(
-            [str(self.kubectl_bin), f"--kubeconfig={self.kubeconfig}", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise SystemExit(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-        return proc.stdout
+        return kubectl(self.kubeconfig, self.bin_dir, *args, input=input, check=check, timeout=timeout)
 
 
 def cluster_kubeconfig() -> Path:

@@ -14,8 +14,8 @@ import argparse
 import sys
 
 from kaitopy.provisioner import app
-from kaitopy.provisioner.azure import AzureProvider, AzureSettings
-from tests.support.azure import StaticToken
+from kaitopy.provisioner.azure import AzureProvider
+from tests.support.azure import StaticToken, fake_arm_settings
 from tests.support.fake_arm import FakeArm
 
 
@@ -39,14 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def provider_for_test_arm(args: argparse.Namespace) -> app.ProviderFactory:
-    settings = AzureSettings(
-        subscription_id=args.subscription,
-        resource_group=args.resource_group,
-        cluster_name=args.cluster,
-        location=args.location,
-        tenant_id="00000000-0000-0000-0000-0000000000aa",
-        client_id="00000000-0000-0000-0000-0000000000bb",
-        arm_endpoint=args.arm_url,
+    settings = fake_arm_settings(
+        args.arm_url, args.subscription, args.resource_group, args.cluster, args.location
     )
     return lambda _client: AzureProvider(
         settings,

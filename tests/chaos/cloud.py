@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from kaitopy.provisioner.shapes import catalog_shapes
-from kaitopy.runtime import AlreadyExists, Client, NotFound, kinds
+from kaitopy.runtime import AlreadyExists, Client, kinds
+from tests.support.azure import delete_nodes_of_pool
 from tests.support.fake_arm import Behavior, FakeArm, aks_node_for_pool
 from tests.support.tls import make_server_cert
 
@@ -31,10 +32,7 @@ async def test_arm(client: Client, workdir: Path, behavior: Behavior) -> AsyncIt
             await client.create(kinds.NODE, node)
 
     async def pool_deleted(pool: dict[str, Any]) -> None:
-        nodes = await client.list(kinds.NODE, label_selector=f"kubernetes.azure.com/agentpool={pool['name']}")
-        for n in nodes.items:
-            with contextlib.suppress(NotFound):
-                await client.delete(kinds.NODE, n["metadata"]["name"])
+        await delete_nodes_of_pool(client, pool)
 
     arm = FakeArm(
         make_server_cert(workdir / "arm-tls"),

@@ -19,8 +19,8 @@ from kaitopy.provisioner.kwok import KwokProvider, KwokSettings, NodeShape
 from kaitopy.provisioner.lifecycle import NODECLAIM
 from kaitopy.provisioner.settings import ProvisionerSettings
 from kaitopy.provisioner.shapes import shape
-from kaitopy.runtime import Client, Manager, ManagerSettings, NotFound, kinds
-from tests.support.azure import provider_for
+from kaitopy.runtime import Client, Manager, ManagerSettings, kinds
+from tests.support.azure import delete_nodes_of_pool, provider_for
 from tests.support.fake_arm import Behavior, FakeArm, aks_node_for_pool
 from tests.support.tls import make_server_cert
 
@@ -94,10 +94,7 @@ async def cloud(kind: str, client: Client, tmp_path: Path, *, launch_delay_s: fl
         await client.create(kinds.NODE, node)
 
     async def pool_deleted(pool: dict[str, Any]) -> None:
-        nodes = await client.list(kinds.NODE, label_selector=f"kubernetes.azure.com/agentpool={pool['name']}")
-        for n in nodes.items:
-            with contextlib.suppress(NotFound):
-                await client.delete(kinds.NODE, n["metadata"]["name"])
+        await delete_nodes_of_pool(client, pool)
 
     arm = FakeArm(
         make_server_cert(tmp_path / "arm-tls"),
