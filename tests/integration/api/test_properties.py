@@ -6,10 +6,12 @@ body the valid strategy draws is admitted and planned."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import os
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +23,7 @@ from kaitopy.controllers.workspace import nodes, workload
 from kaitopy.controllers.workspace.plan import PlanError, Settings, WorkspacePlan
 from kaitopy.controllers.workspace.planner import make_planner
 from kaitopy.presets import Catalog
-from kaitopy.runtime import Client, Kind
+from kaitopy.runtime import AlreadyExists, Client, kinds
 from kaitopy.runtime.objects import freeze
 from kaitopy.webhooks import FieldError
 from kaitopy.webhooks.server import WebhookServer
@@ -38,8 +40,9 @@ from tests.chaos.strategies import (
     valid_workspaces,
     workspaces,
 )
+from tests.support.cluster import Cluster
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 NAMESPACE = "props"
 TOP_LEVEL = {"apiVersion", "kind", "metadata", "resource", "inference", "tuning"}
@@ -55,34 +58,49 @@ PROPERTY_SETTINGS = settings(
 )
 
 
-class ConfigMapsOnly:
-    """The webhook reads nothing but ConfigMaps: serve the ones the strategies name."""
-
-    def __init__(self) -> None:
-        self.maps = {cm["metadata"]["name"]: cm for cm in config_maps(NAMESPACE)}
-
-    async def get_or_none(self, kind: Kind, name: str, namespace: str | None = None) -> dict[str, Any] | None:
-        assert kind.kind == "ConfigMap", kind
-        return copy.deepcopy(self.maps.get(name)) if namespace == NAMESPACE else None
-
-
 @pytest.fixture(scope="module")
 def catalog() -> Catalog:
     return Catalog.load()
 
 
+@dataclass
+class LiveWebhook:
+    """The webhook's review against the real API server, on one loop for the whole module (the
+    hypothesis-driven tests are synchronous; a client belongs to the loop it was made on)."""
+
+    server: WebhookServer
+    loop: asyncio.AbstractEventLoop
+
+
 @pytest.fixture(scope="module")
-def webhook(catalog: Catalog) -> WebhookServer:
-    return WebhookServer(cast(Client, ConfigMapsOnly()), catalog=catalog)
+def webhook(kube_cluster: Cluster, catalog: Catalog) -> Iterator[LiveWebhook]:
+    loop = asyncio.new_event_loop()
+    client = loop.run_until_complete(Client.from_kubeconfig(str(kube_cluster.kubeconfig)))
+
+    async def config_maps_in_place() -> None:
+        # The only objects the webhook reads: the ConfigMaps the strategies name.
+        with contextlib.suppress(AlreadyExists):
+            await client.create(
+                kinds.NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+            )
+        for cm in config_maps(NAMESPACE):
+            await client.apply(kinds.CONFIG_MAP, cm, field_manager="test-properties", force=True)
+
+    try:
+        loop.run_until_complete(config_maps_in_place())
+        yield LiveWebhook(WebhookServer(client, catalog=catalog), loop)
+    finally:
+        loop.run_until_complete(client.close())
+        loop.close()
 
 
 def named(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "metadata": {"name": "ws", "namespace": NAMESPACE}}
 
 
-def review(webhook: WebhookServer, body: dict[str, Any]) -> list[FieldError]:
+def review(webhook: LiveWebhook, body: dict[str, Any]) -> list[FieldError]:
     req = {"uid": "1", "operation": "CREATE", "namespace": NAMESPACE, "object": named(body)}
-    return asyncio.run(webhook.review(req))
+    return webhook.loop.run_until_complete(webhook.server.review(req))
 
 
 def plan(catalog: Catalog, body: dict[str, Any]) -> WorkspacePlan:
@@ -127,14 +145,14 @@ def assert_names_fields(errors: list[FieldError]) -> None:
 
 @PROPERTY_SETTINGS
 @given(workspaces())
-def test_webhook_answers_every_body_with_field_errors(webhook: WebhookServer, body: dict[str, Any]) -> None:
+def test_webhook_answers_every_body_with_field_errors(webhook: LiveWebhook, body: dict[str, Any]) -> None:
     assert_names_fields(review(webhook, body))
 
 
 @PROPERTY_SETTINGS
 @given(mutated_workspaces())
 def test_whatever_is_admitted_is_planned_or_refused_with_plan_error(
-    webhook: WebhookServer, catalog: Catalog, body: dict[str, Any]
+    webhook: LiveWebhook, catalog: Catalog, body: dict[str, Any]
 ) -> None:
     if review(webhook, body):
         return
@@ -149,7 +167,7 @@ def test_whatever_is_admitted_is_planned_or_refused_with_plan_error(
 @PROPERTY_SETTINGS
 @given(valid_workspaces())
 def test_valid_bodies_are_admitted_and_planned(
-    webhook: WebhookServer, catalog: Catalog, body: dict[str, Any]
+    webhook: LiveWebhook, catalog: Catalog, body: dict[str, Any]
 ) -> None:
     assert review(webhook, body) == []
     planned = plan(catalog, body)
@@ -172,7 +190,7 @@ def test_valid_bodies_are_admitted_and_planned(
 )
 @given(data=st.data())
 def test_each_rule_breaking_mutation_is_refused(
-    webhook: WebhookServer, mutation: Callable[[Any, dict[str, Any]], None], data: st.DataObject
+    webhook: LiveWebhook, mutation: Callable[[Any, dict[str, Any]], None], data: st.DataObject
 ) -> None:
     body = copy.deepcopy(data.draw(valid_workspaces()))
     mutation(data.draw, body)
