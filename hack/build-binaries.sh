@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the control-plane binaries with the Go toolchain through the Go module proxy, for machines
+# Builds the control-plane and node binaries with the Go toolchain through the Go module proxy, for machines
 # that cannot download release archives. The result lands in $KAITOPY_BIN_DIR (default
 # ~/.cache/kaitopy/bin/<kube-version>) and is reused on the next run.
 #
@@ -15,7 +15,7 @@ bin_dir=${KAITOPY_BIN_DIR:-$HOME/.cache/kaitopy/bin/$KUBE_VERSION}
 work=${KAITOPY_BUILD_DIR:-$HOME/.cache/kaitopy/build/$KUBE_VERSION}
 mkdir -p "$bin_dir" "$work"
 
-want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
+want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy crictl kwok)
 missing=()
 for b in "${want[@]}"; do [ -x "$bin_dir/$b" ] || missing+=("$b"); done
 if [ ${#missing[@]} -eq 0 ]; then
@@ -58,6 +58,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
 
@@ -86,6 +88,9 @@ build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
 build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
 build kubectl k8s.io/kubernetes/cmd/kubectl
+# The node agents of the `local` provider's real nodes (containerd and runc come from Debian).
+build kubelet k8s.io/kubernetes/cmd/kubelet
+build kube-proxy k8s.io/kubernetes/cmd/kube-proxy
 build etcd go.etcd.io/etcd/server/v3
 
 if [ ! -x "$bin_dir/kwok" ]; then
@@ -94,5 +99,12 @@ if [ ! -x "$bin_dir/kwok" ]; then
     "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
   mv "$work/gobin/kwok" "$bin_dir/kwok"
   echo "build-binaries: kwok in $((SECONDS - t0)) s"
+fi
+# crictl: how the local provider removes a node's pod sandboxes through the CRI on teardown.
+if [ ! -x "$bin_dir/crictl" ]; then
+  t0=$SECONDS
+  GOBIN="$work/gobin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+  mv "$work/gobin/crictl" "$bin_dir/crictl"
+  echo "build-binaries: crictl in $((SECONDS - t0)) s"
 fi
 echo "build-binaries: done in $bin_dir"

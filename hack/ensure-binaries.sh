@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Puts etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kwok into the
+# Puts etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy and kwok into the
 # cache dir (~/.cache/kaitopy/bin/<kube-version>), trying in order:
 #   1. $KAITOPY_K8S_BIN_DIR (used as is by hack/localcluster.py; nothing to do here),
 #   2. what is already in the cache dir or on PATH at the pinned versions,
@@ -11,7 +11,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
 bin_dir=${KAITOPY_BIN_DIR:-$HOME/.cache/kaitopy/bin/$KUBE_VERSION}
 mkdir -p "$bin_dir"
-names=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
+names=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy crictl kwok)
 
 if [ -n "${KAITOPY_K8S_BIN_DIR:-}" ]; then
   echo "ensure-binaries: using KAITOPY_K8S_BIN_DIR=$KAITOPY_K8S_BIN_DIR"; exit 0
@@ -33,7 +33,7 @@ have_all && exit 0
 arch=$(go env GOARCH 2>/dev/null || echo amd64)
 fetch() { curl -fsSL --connect-timeout 5 --max-time 600 -o "$2" "$1"; }
 if curl -fsS --connect-timeout 5 --max-time 10 -o /dev/null "https://dl.k8s.io/release/$KUBE_VERSION/bin/linux/$arch/kubectl.sha256" 2>/dev/null; then
-  for n in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for n in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
     [ -x "$bin_dir/$n" ] || { fetch "https://dl.k8s.io/release/$KUBE_VERSION/bin/linux/$arch/$n" "$bin_dir/$n.tmp" && chmod +x "$bin_dir/$n.tmp" && mv "$bin_dir/$n.tmp" "$bin_dir/$n"; } || true
   done
   if [ ! -x "$bin_dir/etcd" ]; then

@@ -62,6 +62,11 @@ def log(msg: str) -> None:
     print(f"localcluster: {msg}", file=sys.stderr, flush=True)
 
 
+# Bumped when the components' flags change, so `up` replaces a cluster started with old ones
+# instead of reusing it (2: the API server reaches kubelets at their InternalIP).
+STATE_FORMAT = 2
+
+
 @dataclass
 class State:
     ports: dict[str, int] = field(default_factory=dict)
@@ -69,6 +74,7 @@ class State:
     bin_dir: str = ""
     started_at: float = 0.0
     argv: dict[str, list[str]] = field(default_factory=dict)
+    format: int = 1
 
     @classmethod
     def load(cls, path: Path) -> State | None:
@@ -338,7 +344,7 @@ def up() -> Path:
     root = cluster_dir()
     state_path = root / "state.json"
     state = State.load(state_path)
-    if state is not None and healthy(state, root):
+    if state is not None and state.format == STATE_FORMAT and healthy(state, root):
         log(f"reusing the running cluster in {root}")
         return root / "kubeconfig"
     if state is not None:
@@ -350,7 +356,7 @@ def up() -> Path:
     make_pki(pki)
     t0 = time.monotonic()
     ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "kwok")}
-    state = State(ports=ports, bin_dir=str(bin_dir), started_at=time.time())
+    state = State(ports=ports, bin_dir=str(bin_dir), started_at=time.time(), format=STATE_FORMAT)
     state.save(state_path)
 
     def b(name: str) -> str:
@@ -404,6 +410,9 @@ def up() -> Path:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
+            # Reach kubelets (logs, exec, port-forward) at their InternalIP, on a bridge of the
+            # local provider: a node name would be looked up in DNS, off this machine.
+            "--kubelet-preferred-address-types=InternalIP",
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",

@@ -134,6 +134,7 @@ class Operator:
             [
                 *KAITOPY,
                 "provisioner",
+                # The last --cloud-provider wins: start_local_provisioner passes its own.
                 "--cloud-provider=kwok",
                 "--poll-interval=0.5",
                 *self.provisioner_args,
@@ -144,6 +145,18 @@ class Operator:
         )
         self.provisioner.start()
         return self.provisioner
+
+    def start_local_provisioner(
+        self, local_dir: Path, bin_dir: Path, ca: tuple[Path, Path], *extra: str
+    ) -> Process:
+        """The provisioner with the `local` provider: real kubelet + containerd nodes here."""
+        return self.start_provisioner(
+            "--cloud-provider=local",
+            f"--local-dir={local_dir}",
+            f"--local-bin-dir={bin_dir}",
+            f"--local-ca={ca[0]},{ca[1]}",
+            *extra,
+        )
 
     def start_azure_provisioner(self, arm_url: str, ca: Path, *extra: str) -> Process:
         """The provisioner with the azure provider, talking to an ARM-shaped test server

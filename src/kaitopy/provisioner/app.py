@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from kaitopy import process
 from kaitopy.provisioner.cloudprovider import NODECLAIM_LABEL, CloudProvider
@@ -31,7 +32,7 @@ from kaitopy.runtime.objects import Obj
 log = logging.getLogger(__name__)
 COMPONENT = "kaitopy-provisioner"
 LEASE_NAME = "kaitopy-provisioner"
-PROVIDERS = ("azure", "kwok")
+PROVIDERS = ("azure", "kwok", "local")
 
 
 @dataclass
@@ -80,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cloud-provider",
         choices=PROVIDERS,
         default=os.environ.get("KAITOPY_CLOUD_PROVIDER", "kwok"),
-        help="where GPU nodes come from: azure (AKS agent pools) or kwok (simulated nodes); "
+        help="where GPU nodes come from: azure (AKS agent pools), kwok (simulated nodes) or local "
+        "(real kubelet + containerd nodes on this machine); "
         "env KAITOPY_CLOUD_PROVIDER",
     )
     d = ProvisionerSettings()
@@ -109,6 +111,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="INSTANCE_TYPE=REASON",
         help="simulate a terminal launch failure (QuotaExceeded, InsufficientCapacity, SKUNotAvailable)",
     )
+    local = parser.add_argument_group("local provider (real nodes on this machine; needs root)")
+    local.add_argument(
+        "--local-dir",
+        default=os.environ.get(
+            "KAITOPY_LOCAL_NODES_DIR", str(Path.home() / ".cache" / "kaitopy" / "local-nodes")
+        ),
+        help="the provider's state: one folder per node (env KAITOPY_LOCAL_NODES_DIR)",
+    )
+    local.add_argument(
+        "--local-bin-dir",
+        default=os.environ.get("KAITOPY_LOCAL_BIN_DIR"),
+        help="where kubelet, kube-proxy and crictl are (hack/ensure-binaries.sh; env KAITOPY_LOCAL_BIN_DIR)",
+    )
+    local.add_argument(
+        "--local-ca",
+        default=os.environ.get("KAITOPY_LOCAL_CA"),
+        metavar="CERT,KEY",
+        help="the cluster CA's certificate and key files, which sign each node's identity "
+        "(env KAITOPY_LOCAL_CA)",
+    )
+    local.add_argument(
+        "--local-pause-image",
+        default=os.environ.get("KAITOPY_LOCAL_PAUSE_IMAGE", "127.0.0.1:5001/kaitopy/pause:dev"),
+        help="the pod sandbox image, pulled from a reachable registry",
+    )
+    local.add_argument(
+        "--local-insecure-registry",
+        action="append",
+        default=[
+            r for r in os.environ.get("KAITOPY_LOCAL_INSECURE_REGISTRIES", "127.0.0.1:5001").split(",") if r
+        ],
+        metavar="HOST:PORT",
+        help="a registry the nodes pull from over plain HTTP (loopback only)",
+    )
+    local.add_argument("--local-apiserver-url", default=os.environ.get("KAITOPY_LOCAL_APISERVER_URL"))
     process.add_process_arguments(parser, component="provisioner", default_probe_port=8082)
 
 
@@ -145,6 +182,8 @@ def provider_factory(args: argparse.Namespace) -> ProviderFactory:
             raise process.StartupError(str(err)) from err
         shapes = _default_shapes()
         return lambda client: KwokProvider(client, shapes, kwok)
+    if args.cloud_provider == "local":
+        return _local_factory(args)
     from kaitopy.provisioner.azure import AzureConfigError, AzureProvider, AzureSettings
 
     try:
@@ -152,6 +191,40 @@ def provider_factory(args: argparse.Namespace) -> ProviderFactory:
     except AzureConfigError as err:
         raise process.StartupError(str(err)) from err
     return lambda _client: AzureProvider(azure)
+
+
+def _local_factory(args: argparse.Namespace) -> ProviderFactory:
+    from kaitopy.provisioner.local.provider import LocalProvider, LocalSettings
+
+    if not args.local_bin_dir:
+        raise process.StartupError(
+            "--cloud-provider=local needs --local-bin-dir (or KAITOPY_LOCAL_BIN_DIR): the folder with "
+            "kubelet, kube-proxy and crictl; `bash hack/ensure-binaries.sh` builds them into "
+            "~/.cache/kaitopy/bin/<kube version>"
+        )
+    bin_dir = Path(args.local_bin_dir)
+    missing = [b for b in ("kubelet", "kube-proxy", "crictl") if not (bin_dir / b).is_file()]
+    if missing:
+        raise process.StartupError(
+            f"--local-bin-dir {bin_dir} lacks {', '.join(missing)}; run hack/ensure-binaries.sh"
+        )
+    cert, sep, key = str(args.local_ca or "").partition(",")
+    if not sep or not Path(cert).is_file() or not Path(key).is_file():
+        raise process.StartupError(
+            "--cloud-provider=local needs --local-ca CERT,KEY (or KAITOPY_LOCAL_CA): the cluster CA files "
+            "that sign each node's client certificate (hack/localcluster.py keeps them in <cluster dir>/pki)"
+        )
+    settings = LocalSettings(
+        root=Path(args.local_dir),
+        bin_dir=bin_dir,
+        ca_cert=Path(cert),
+        ca_key=Path(key),
+        pause_image=args.local_pause_image,
+        insecure_registries=tuple(dict.fromkeys(args.local_insecure_registry)),
+        apiserver_url=args.local_apiserver_url,
+    )
+    shapes = _default_shapes()
+    return lambda client: LocalProvider(client, shapes, settings)
 
 
 def run(

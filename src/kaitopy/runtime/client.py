@@ -75,6 +75,11 @@ class Client:
         self._host = str(urlsplit(str(api_client.configuration.host)).netloc)
         self._kinds: dict[tuple[str, str], Kind] = dict(WELL_KNOWN)
 
+    @property
+    def server(self) -> str:
+        """The API server's base URL, as this client reaches it."""
+        return str(self._api.configuration.host)
+
     # -- construction -----------------------------------------------------------------------------
     @classmethod
     async def from_kubeconfig(

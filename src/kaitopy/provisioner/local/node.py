@@ -1,0 +1,161 @@
+"""One local node's life: lay out its files, start its containerd and kubelet, and take it all
+down again leaving nothing behind (processes, mounts, network namespaces, cgroups, bridge, files).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kaitopy.provisioner.local import configs, network, system
+from kaitopy.provisioner.local.layout import NodeLayout
+from kaitopy.provisioner.local.pki import CertificateAuthority
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Binaries:
+    kubelet: Path
+    crictl: Path
+    containerd: str = "/usr/bin/containerd"
+
+
+@dataclass
+class NodeRecord:
+    """What the provider remembers about a node, in <node dir>/node.json: it survives a restart
+    of the provisioner, as a cloud's instance records do."""
+
+    name: str
+    index: int
+    instance_type: str
+    created_at: float
+    labels: dict[str, str] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+    state: str = "creating"  # creating | running | deleting
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> NodeRecord | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def write_files(
+    node: NodeLayout,
+    settings: configs.NodeSettings,
+    ca: CertificateAuthority,
+) -> None:
+    for d in (
+        node.logs,
+        node.containerd_dir,
+        node.cni_conf_dir,
+        node.cni_ipam_dir,
+        node.kubelet_dir,
+        node.pki,
+    ):
+        d.mkdir(parents=True, exist_ok=True)
+    node.containerd_config.write_text(configs.containerd_config(node, settings))
+    for registry in settings.insecure_registries:
+        hosts = node.registry_hosts_dir / registry
+        hosts.mkdir(parents=True, exist_ok=True)
+        (hosts / "hosts.toml").write_text(configs.registry_hosts(registry))
+    (node.cni_conf_dir / "10-kaitopy.conflist").write_text(configs.cni_conflist(node))
+    (node.pki / "ca.crt").write_bytes(ca.cert_pem)
+    node.kubelet_config.write_text(configs.kubelet_config(node, str(node.pki / "ca.crt")))
+    node.resolv_conf.write_text(configs.RESOLV_CONF)
+    cert, key = ca.issue_client(f"system:node:{node.name}", "system:nodes")
+    node.kubeconfig.write_text(configs.kubeconfig(settings.apiserver_url, ca.cert_pem, cert, key, node.name))
+    node.kubeconfig.chmod(0o600)
+
+
+async def start(
+    node: NodeLayout,
+    record: NodeRecord,
+    bins: Binaries,
+    labels: Mapping[str, str],
+    taints: Sequence[tuple[str, str, str]],
+) -> None:
+    """Bridge, cgroup root, containerd (wait for its socket), kubelet. Idempotent: a process
+    already running is kept."""
+    await network.ensure_bridge(node)
+    system.ensure_cgroup(node.cgroup_root)
+    marker = str(node.root)
+    if not system.alive(record.pids.get("containerd", 0), marker):
+        record.pids["containerd"] = system.spawn_detached(
+            [bins.containerd, "--config", str(node.containerd_config)], node.logs / "containerd.log"
+        )
+        record.save(node.state_file)
+    await _wait_socket(node, record)
+    if not system.alive(record.pids.get("kubelet", 0), marker):
+        argv = [
+            str(bins.kubelet),
+            f"--config={node.kubelet_config}",
+            f"--kubeconfig={node.kubeconfig}",
+            f"--root-dir={node.kubelet_dir}",
+            f"--cert-dir={node.pki}",
+            f"--hostname-override={node.name}",
+            f"--node-ip={node.node_ip}",
+            f"--node-labels={configs.node_labels_arg(labels)}",
+            "--v=1",
+        ]
+        if taints:
+            argv.append(f"--register-with-taints={configs.taints_arg(taints)}")
+        record.pids["kubelet"] = system.spawn_detached(argv, node.logs / "kubelet.log")
+    record.state = "running"
+    record.save(node.state_file)
+
+
+async def _wait_socket(node: NodeLayout, record: NodeRecord, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not node.containerd_socket.exists():
+        if not system.alive(record.pids.get("containerd", 0), str(node.root)):
+            raise system.CommandError(
+                f"containerd of node {node.name} exited; see {node.logs / 'containerd.log'}"
+            )
+        if time.monotonic() > deadline:
+            raise system.CommandError(f"containerd of node {node.name} made no socket within {timeout:.0f}s")
+        await asyncio.sleep(0.1)
+
+
+async def teardown(node: NodeLayout, record: NodeRecord | None, bins: Binaries) -> None:
+    """Stop the kubelet, remove every pod sandbox through the CRI (so CNI releases addresses and
+    deletes network namespaces), stop containerd and stray shims, then unmount, remove cgroups,
+    the bridge and the files. Each step tolerates what an earlier, interrupted run left."""
+    marker = str(node.root)
+    pids = record.pids if record else {}
+    await system.stop(pids.get("kubelet", 0), marker)
+    if node.containerd_socket.exists() and system.alive(pids.get("containerd", 0), marker):
+        crictl = [
+            str(bins.crictl),
+            "--runtime-endpoint",
+            f"unix://{node.containerd_socket}",
+            "--timeout",
+            "30s",
+        ]
+        pods = (await system.run(*crictl, "pods", "-q", check=False)).split()
+        for pod in pods:
+            await system.run(*crictl, "stopp", pod, check=False, timeout=60)
+            await system.run(*crictl, "rmp", "-f", pod, check=False, timeout=60)
+    await system.stop(pids.get("containerd", 0), marker)
+    # Shims run in sessions of their own; they name their containerd's socket on the command line.
+    await system.kill_all(system.pids_mentioning(str(node.containerd_socket)), str(node.containerd_socket))
+    await system.unmount_all(node.root)
+    await system.remove_cgroup(node.cgroup_root)
+    await network.remove_bridge(node)
+    with contextlib.suppress(FileNotFoundError):
+        await asyncio.to_thread(shutil.rmtree, node.root)

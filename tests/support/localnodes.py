@@ -1,0 +1,61 @@
+"""What the e2e tests on real local nodes share: the images in the loopback registry, the
+binaries, the cluster CA, and the checks that a deleted node left nothing behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class LocalImages:
+    registry: str
+    refs: dict[str, str]  # image name -> pullable reference
+
+
+def ensure_images(*names: str) -> LocalImages:
+    """The loopback registry up, the named images built (cached by content) and pushed."""
+    images = [sys.executable, str(REPO / "hack" / "images.py")]
+    subprocess.run([*images, "registry", "up"], check=True, timeout=120)
+    subprocess.run([*images, "build", *names], check=True, timeout=3000)
+    out = subprocess.run([*images, "refs", "--json"], check=True, capture_output=True, text=True, timeout=60)
+    data = json.loads(out.stdout)
+    return LocalImages(registry=str(data["registry"]), refs={k: str(v) for k, v in data["images"].items()})
+
+
+def leftovers(node_root: Path, node_name: str, bridge: str) -> list[str]:
+    """Everything of a deleted node that is still on the machine: processes, mounts, its bridge,
+    cgroups and files. Empty when the teardown was complete."""
+    found: list[str] = []
+    marker = str(node_root)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd and "pytest" not in cmd:
+            found.append(f"process {entry.name}: {cmd[:160]}")
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4]
+        if point.startswith(marker):
+            found.append(f"mount {point}")
+    if Path(f"/sys/class/net/{bridge}").exists():
+        found.append(f"bridge {bridge}")
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        if (hierarchy / "kaitopy" / node_name).exists():
+            found.append(f"cgroup {hierarchy / 'kaitopy' / node_name}")
+    if node_root.exists():
+        found.append(f"directory {node_root}")
+    return found
+
+
+def netns() -> set[str]:
+    d = Path("/var/run/netns")
+    return {p.name for p in d.iterdir()} if d.is_dir() else set()
