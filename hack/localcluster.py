@@ -5,7 +5,11 @@ kube-scheduler and kwok (simulated nodes), no containers.
     python3 hack/localcluster.py up|down|status|kubeconfig|restart COMPONENT [--kill]
 
 Standard library only, so it runs before the project's virtual environment exists.
-Everything binds to 127.0.0.1 on free ports. Certificates, the service-account signing key, the
+Everything binds to 127.0.0.1 on free ports, except the API server when run as root: it listens
+on 10.229.255.1, an address on a link this script creates (`kaitopy-api`, a bridge with no ports),
+so that pods on the local provider's real nodes reach it through the `kubernetes` Service (the API
+server refuses to publish a loopback endpoint for it). Nothing is exposed on the machine's own
+interfaces. Certificates, the service-account signing key, the
 data directories, the logs and a state file live in the cluster directory
 ($KAITOPY_CLUSTER_DIR, default ~/.cache/kaitopy/cluster); the kubeconfig is <dir>/kubeconfig.
 
@@ -63,8 +67,11 @@ def log(msg: str) -> None:
 
 
 # Bumped when the components' flags change, so `up` replaces a cluster started with old ones
-# instead of reusing it (2: the API server reaches kubelets at their InternalIP).
-STATE_FORMAT = 2
+# instead of reusing it (3: the API server reaches kubelets at their InternalIP with a client
+# certificate, and listens on API_ADDRESS).
+STATE_FORMAT = 3
+API_LINK = "kaitopy-api"
+API_ADDRESS = "10.229.255.1"
 
 
 @dataclass
@@ -75,6 +82,10 @@ class State:
     started_at: float = 0.0
     argv: dict[str, list[str]] = field(default_factory=dict)
     format: int = 1
+    api_host: str = "127.0.0.1"
+
+    def api_url(self) -> str:
+        return f"https://{self.api_host}:{self.ports['apiserver']}"
 
     @classmethod
     def load(cls, path: Path) -> State | None:
@@ -150,6 +161,7 @@ def make_pki(pki: Path) -> None:
     sans = ",".join(
         [
             "IP:127.0.0.1",
+            f"IP:{API_ADDRESS}",
             f"IP:{APISERVER_SERVICE_IP}",
             "DNS:localhost",
             "DNS:kubernetes",
@@ -161,6 +173,8 @@ def make_pki(pki: Path) -> None:
     clients = {
         "apiserver": ("/CN=kube-apiserver", f"subjectAltName={sans}"),
         "admin": ("/O=system:masters/CN=kaitopy-admin", None),
+        # The API server's identity towards kubelets (logs, exec, port-forward).
+        "apiserver-kubelet-client": ("/O=system:masters/CN=kube-apiserver-kubelet-client", None),
         "controller-manager": ("/CN=system:kube-controller-manager", None),
         "scheduler": ("/CN=system:kube-scheduler", None),
         "kwok": ("/O=system:masters/CN=kwok", None),
@@ -207,7 +221,7 @@ def make_pki(pki: Path) -> None:
     openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 
 
-def write_kubeconfig(path: Path, pki: Path, user: str, port: int) -> None:
+def write_kubeconfig(path: Path, pki: Path, user: str, port: int, host: str = "127.0.0.1") -> None:
     def b64(name: str) -> str:
         return base64.b64encode((pki / name).read_bytes()).decode()
 
@@ -218,7 +232,7 @@ def write_kubeconfig(path: Path, pki: Path, user: str, port: int) -> None:
             {
                 "name": "kaitopy-local",
                 "cluster": {
-                    "server": f"https://127.0.0.1:{port}",
+                    "server": f"https://{host}:{port}",
                     "certificate-authority-data": b64("ca.crt"),
                 },
             }
@@ -337,7 +351,37 @@ def wait_for(what: str, check: object, state: State, timeout: float = START_TIME
 def healthy(state: State, root: Path) -> bool:
     if not all(pid_runs(state.pids.get(n, -1), n) for n in COMPONENTS):
         return False
-    return http_ok(f"https://127.0.0.1:{state.ports['apiserver']}/readyz", root / "pki")
+    return http_ok(f"{state.api_url()}/readyz", root / "pki")
+
+
+def api_host() -> str:
+    """API_ADDRESS on the `kaitopy-api` link where this process may create links (root with
+    iproute2), else loopback (then pods on local nodes cannot reach the API server)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "127.0.0.1"
+    if not Path(f"/sys/class/net/{API_LINK}").exists():
+        subprocess.run(["ip", "link", "add", API_LINK, "type", "bridge"], check=True)
+    addrs = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", API_LINK], capture_output=True, text=True)
+    if f" {API_ADDRESS}/" not in addrs.stdout:
+        subprocess.run(["ip", "addr", "add", f"{API_ADDRESS}/32", "dev", API_LINK], check=True)
+    subprocess.run(["ip", "link", "set", API_LINK, "up"], check=True)
+    return API_ADDRESS
+
+
+def remove_api_link() -> None:
+    """The link goes with the last API server that listens on it (clusters in other
+    KAITOPY_CLUSTER_DIRs share it)."""
+    if not Path(f"/sys/class/net/{API_LINK}").exists():
+        return
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd and cmd[0].endswith(b"kube-apiserver") and f"--bind-address={API_ADDRESS}".encode() in cmd:
+                return
+    subprocess.run(["ip", "link", "delete", API_LINK], check=False)
 
 
 def up() -> Path:
@@ -356,7 +400,9 @@ def up() -> Path:
     make_pki(pki)
     t0 = time.monotonic()
     ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "kwok")}
-    state = State(ports=ports, bin_dir=str(bin_dir), started_at=time.time(), format=STATE_FORMAT)
+    state = State(
+        ports=ports, bin_dir=str(bin_dir), started_at=time.time(), format=STATE_FORMAT, api_host=api_host()
+    )
     state.save(state_path)
 
     def b(name: str) -> str:
@@ -399,8 +445,10 @@ def up() -> Path:
         [
             b("kube-apiserver"),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={state.api_host}",
+            f"--advertise-address={state.api_host}",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
             f"--secure-port={api}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -421,11 +469,11 @@ def up() -> Path:
         root,
     )
     state.save(state_path)
-    write_kubeconfig(root / "kubeconfig", pki, "admin", api)
-    write_kubeconfig(root / "controller-manager.kubeconfig", pki, "controller-manager", api)
-    write_kubeconfig(root / "scheduler.kubeconfig", pki, "scheduler", api)
-    write_kubeconfig(root / "kwok.kubeconfig", pki, "kwok", api)
-    wait_for("kube-apiserver /readyz", lambda: http_ok(f"https://127.0.0.1:{api}/readyz", pki), state)
+    write_kubeconfig(root / "kubeconfig", pki, "admin", api, state.api_host)
+    write_kubeconfig(root / "controller-manager.kubeconfig", pki, "controller-manager", api, state.api_host)
+    write_kubeconfig(root / "scheduler.kubeconfig", pki, "scheduler", api, state.api_host)
+    write_kubeconfig(root / "kwok.kubeconfig", pki, "kwok", api, state.api_host)
+    wait_for("kube-apiserver /readyz", lambda: http_ok(f"{state.api_url()}/readyz", pki), state)
 
     state.pids["kube-controller-manager"] = start_recorded(
         state,
@@ -485,7 +533,7 @@ def up() -> Path:
         if not pid_runs(pid, name):
             raise SystemExit(f"{name} exited during start-up; see {root / 'logs' / (name + '.log')}")
     log(
-        f"cluster up in {time.monotonic() - t0:.1f}s: https://127.0.0.1:{api} "
+        f"cluster up in {time.monotonic() - t0:.1f}s: {state.api_url()} "
         f"(KUBECONFIG={root / 'kubeconfig'})"
     )
     return root / "kubeconfig"
@@ -494,7 +542,7 @@ def up() -> Path:
 def default_sa_exists(root: Path) -> bool:
     state = State.load(root / "state.json")
     assert state is not None
-    url = f"https://127.0.0.1:{state.ports['apiserver']}/api/v1/namespaces/default/serviceaccounts/default"
+    url = f"{state.api_url()}/api/v1/namespaces/default/serviceaccounts/default"
     return http_ok(url, root / "pki")
 
 
@@ -508,6 +556,7 @@ def down() -> None:
             stop_all({name: state.pids[name] for name in stage if name in state.pids})
     if root.exists():
         shutil.rmtree(root)
+    remove_api_link()
     log("cluster down")
 
 
@@ -533,9 +582,9 @@ def status() -> int:
     for name in COMPONENTS:
         pid = state.pids.get(name, -1)
         print(f"{name:<24} pid {pid:<8} {'running' if pid_runs(pid, name) else 'NOT RUNNING'}")
-    ready = http_ok(f"https://127.0.0.1:{state.ports['apiserver']}/readyz", root / "pki")
+    ready = http_ok(f"{state.api_url()}/readyz", root / "pki")
     print(
-        f"{'apiserver /readyz':<24} https://127.0.0.1:{state.ports['apiserver']} "
+        f"{'apiserver /readyz':<24} {state.api_url()} "
         f"{'ok' if ready else 'NOT READY'}"
     )
     print(f"{'kubeconfig':<24} {root / 'kubeconfig'}")
