@@ -1,38 +1,32 @@
 #!/usr/bin/env python3
-"""`make deploy PROVIDER=kwok CLUSTER=local`: the shipped manifests on the local control plane.
+"""`make deploy PROVIDER=kwok CLUSTER=local`: the shipped manifests on the local control plane,
+the operator running as real pods.
 
-The local control plane has no kubelet and no pod network, so the operator's pods cannot run in
-it. This script applies the overlay exactly as `make deploy` does on a real cluster, then plays
-the kubelet for the operator's own Deployments: for each one it starts the container's args
-(from the rendered manifest, env resolved as the kubelet would) as a local process,
-authenticated as the Deployment's service account with a token from the TokenRequest API, so
-the RBAC that runs is the RBAC that ships. It then scales those Deployments to zero (their pods
-are these processes) and, unless told not to, applies the phi-3 example and waits for it.
-
-Where it can (root, with unshare and setpriv), each process also gets its container's
-filesystem rules: a read-only root, writable only at the Deployment's emptyDir mount paths, and no
-capabilities. What differs from a pod, and why: one replica each (two local replicas would fight
-over one loopback webhook registration); probe addresses on free loopback ports (no per-pod
-network); the webhook is registered at its loopback URL instead of through the kaitopy-webhook
-Service; the user id is not changed (this machine's Python may not be readable by it).
+1. The images are built from docker/ (buildah) and pushed to the loopback registry
+   (hack/images.py; cached by content).
+2. A system node joins the cluster: a real kubelet + containerd node made by the `local` provider's
+   code (docs/local-nodes.md), with no GPU and no taint, as a real cluster's system pool would be.
+3. The overlay is rendered with kustomize and applied server-side, as `make deploy` does on a real
+   cluster, with two local settings only: the images point at the loopback registry (pinned by
+   digest) and the operator's pods are placed on the system node. Everything else (args, probes,
+   service accounts and RBAC, security contexts, the read-only root, the webhook Service) is what
+   ships. The API server calls the webhook through its Service, the pods reach the API server
+   through the `kubernetes` Service.
+4. Unless told not to, it applies the phi-3 example and waits for WorkspaceSucceeded (its GPU node
+   is a kwok node: the kwok provider runs in the provisioner pod).
 
     python hack/deploy_local.py up [--provider kwok] [--example PATH | --no-example]
-    python hack/deploy_local.py down
+    python hack/deploy_local.py down [--example PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shlex
-import shutil
-import signal
-import socket
+import asyncio
+import importlib.util
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +35,8 @@ from localkube import bin_dir_of, kubectl
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_EXAMPLE = REPO / "examples" / "inference" / "kaito_workspace_phi_3.yaml"
+SYSTEM_NODE = "kaitopy-system"
+IMAGES = ("pause", "tools", "controller")
 
 
 def say(msg: str) -> None:
@@ -67,137 +63,114 @@ def cluster_kubeconfig() -> Path:
     return Path(up.stdout.strip().splitlines()[-1])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def image_refs(names: tuple[str, ...]) -> dict[str, str]:
+    script = REPO / "hack" / "images.py"
+    subprocess.run([sys.executable, str(script), "build", *names], check=True)
+    spec = importlib.util.spec_from_file_location("kaitopy_hack_images", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    refs: dict[str, str] = module.image_refs()
+    return refs
 
 
-def resolve_env(container: dict[str, Any], pod_namespace: str, pod_name: str) -> dict[str, str]:
-    """The container's env as the kubelet would set it (the downward-API fields the manifests use)."""
-    out: dict[str, str] = {}
-    fields = {"metadata.namespace": pod_namespace, "metadata.name": pod_name}
-    for var in container.get("env") or ():
-        if "value" in var:
-            out[var["name"]] = str(var["value"])
+# -- the system node ------------------------------------------------------------------------------
+
+
+def system_provider(kubeconfig: Path, refs: dict[str, str]) -> Any:
+    """The local provider's code, set up for one CPU-only node with no taint."""
+    from kaitopy.provisioner.kwok import NodeShape
+    from kaitopy.provisioner.local.provider import LocalProvider, LocalSettings
+    from kaitopy.runtime import Client
+
+    pki = kubeconfig.parent / "pki"
+    registry = refs["pause"].split("/", 1)[0]
+    settings = LocalSettings(
+        root=kubeconfig.parent / "system-nodes",
+        bin_dir=bin_dir_of(kubeconfig),
+        ca_cert=pki / "ca.crt",
+        ca_key=pki / "ca.key",
+        pause_image=refs["pause"],
+        insecure_registries=(registry,),
+    )
+
+    async def make() -> Any:
+        client = await Client.from_kubeconfig(str(kubeconfig))
+        shape = NodeShape(capacity={}, labels={"kaitopy.sh/pool": "system"})
+        return client, LocalProvider(client, lambda _sku: shape, settings)
+
+    return make
+
+
+async def system_node_up(kubeconfig: Path, refs: dict[str, str]) -> None:
+    from kaitopy.provisioner.cloudprovider import LaunchRequest
+
+    client, provider = await system_provider(kubeconfig, refs)()
+    async with client:
+        request = LaunchRequest(claim_name=SYSTEM_NODE, instance_type="system")
+        token = await provider.begin_launch(request)
+        deadline = time.monotonic() + 120
+        while not (await provider.poll_launch(request, token)).done:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"node {SYSTEM_NODE} did not register within 120s")
+            await asyncio.sleep(0.5)
+
+
+async def system_node_down(kubeconfig: Path, refs: dict[str, str]) -> None:
+    client, provider = await system_provider(kubeconfig, refs)()
+    async with client:
+        await provider.begin_delete(SYSTEM_NODE)
+
+
+# -- the operator ---------------------------------------------------------------------------------
+
+
+def localized(rendered: str, controller_image: str) -> list[dict[str, Any]]:
+    """The overlay's objects with the two local settings (see the module doc)."""
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    for doc in docs:
+        if doc.get("kind") != "Deployment":
             continue
-        path = ((var.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
-        if path not in fields:
-            raise SystemExit(f"env {var['name']}: only {sorted(fields)} can be resolved locally, not {var}")
-        out[var["name"]] = fields[path]
-    return out
-
-
-def local_args(args: list[str], probe_port: int, is_controller: bool) -> list[str]:
-    """The container's args with the pod-network-only settings replaced (see the module doc)."""
-    out = [a for a in args if not a.startswith("--probe-address")]
-    out.append(f"--probe-address=127.0.0.1:{probe_port}")
-    if is_controller:
-        out += ["--webhook-port=0", "--webhook-url=https://127.0.0.1:{port}/validate"]
-    return out
-
-
-def as_in_the_pod(argv: list[str], pod_spec: dict[str, Any], container: dict[str, Any]) -> list[str]:
-    """Wrap argv so the process sees the container's filesystem rules: with readOnlyRootFilesystem,
-    a private mount namespace where / is read-only except the container's emptyDir mountPaths, and
-    no capabilities. The "image" here is this machine's own filesystem, which may keep the repo and
-    its venv under a volume's path (a clone in /tmp), so each mountPath stays this machine's
-    directory, writable, rather than an empty tmpfs that would hide them. (runAsUser is not
-    emulated: this machine's Python may live where that user cannot read.)"""
-    security = container.get("securityContext") or {}
-    if not security.get("readOnlyRootFilesystem"):
-        return argv
-    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("setpriv") is None:
-        say("cannot emulate readOnlyRootFilesystem (needs root, unshare and setpriv); / stays writable")
-        return argv
-    volumes = {v["name"]: v for v in pod_spec.get("volumes") or ()}
-    steps = []
-    for mount in container.get("volumeMounts") or ():
-        volume = volumes[mount["name"]]
-        path = str(mount["mountPath"])
-        if "emptyDir" not in volume:
-            raise SystemExit(f"volume {mount['name']}: only emptyDir volumes are emulated here")
-        if not Path(path).is_dir():
-            raise SystemExit(f"volume {mount['name']}: {path} does not exist here to stand in for it")
-        # A mount point of its own, so the read-only remount of / below leaves it writable.
-        steps.append(f"mount --bind {shlex.quote(path)} {shlex.quote(path)}")
-    steps.append("mount -o remount,bind,ro /")
-    steps.append('exec setpriv --no-new-privs --bounding-set=-all --inh-caps=-all "$@"')
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(steps), "pod", *argv]
-
-
-def token_kubeconfig(kube: Kube, account: str, namespace: str, out: Path) -> Path:
-    token = kube("create", "token", account, "-n", namespace, "--duration=24h").strip()
-    config = json.loads(kube.kubeconfig.read_text())
-    config["users"] = [{"name": account, "user": {"token": token}}]
-    for ctx in config["contexts"]:
-        ctx["context"]["user"] = account
-    out.write_text(json.dumps(config))
-    out.chmod(0o600)
-    return out
-
-
-def wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"exited with {proc.returncode}; see {log}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"not ready within {timeout:.0f}s; see {log}")
+        spec = doc["spec"]["template"]["spec"]
+        for container in spec["containers"]:
+            container["image"] = controller_image
+        spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), "kubernetes.io/hostname": SYSTEM_NODE}
+    return docs
 
 
 def up(args: argparse.Namespace) -> int:
     kubeconfig = cluster_kubeconfig()
     kube = Kube(kubeconfig)
-    work = kubeconfig.parent / "deploy-local"
-    if (work / "pids.json").exists():
-        down_processes(work)
-    work.mkdir(exist_ok=True)
+    say("building the images (cached by content) and starting the loopback registry")
+    refs = image_refs(IMAGES)
+    started = time.monotonic()
+    asyncio.run(system_node_up(kubeconfig, refs))
+    say(f"node {SYSTEM_NODE} joined in {time.monotonic() - started:.1f}s")
+    kube("wait", f"node/{SYSTEM_NODE}", "--for=condition=Ready", "--timeout=120s", timeout=150)
     overlay = REPO / "manifests" / "overlays" / args.provider
-    rendered = kube("kustomize", str(overlay))
+    docs = localized(kube("kustomize", str(overlay)), refs["controller"])
     say(f"applying {overlay.relative_to(REPO)} (server-side, as make deploy does)")
+    say(f"image: {refs['controller']}")
+    rendered = yaml.safe_dump_all(docs)
     print(kube("apply", "--server-side", "--force-conflicts", "-f", "-", input=rendered), end="")
-    deployments = [d for d in yaml.safe_load_all(rendered) if d and d.get("kind") == "Deployment"]
-    pids: dict[str, int] = {}
-    for dep in deployments:
+    for dep in (d for d in docs if d["kind"] == "Deployment"):
         name, namespace = dep["metadata"]["name"], dep["metadata"]["namespace"]
-        spec = dep["spec"]["template"]["spec"]
-        container = spec["containers"][0]
-        account = spec.get("serviceAccountName", "default")
-        identity = token_kubeconfig(kube, account, namespace, work / f"{name}.kubeconfig")
-        port = free_port()
-        argv = local_args([str(a) for a in container.get("args") or ()], port, name.endswith("controller"))
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": os.environ.get("HOME", "/tmp"),
-            "PYTHONUNBUFFERED": "1",
-            **resolve_env(container, namespace, f"{name}-local"),
-            "KUBECONFIG": str(identity),
-        }
-        log = work / f"{name}.log"
-        proc = subprocess.Popen(
-            as_in_the_pod([sys.executable, "-m", "kaitopy", *argv], spec, container),
-            env=env,
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # outlives this script, like a pod outlives `kubectl apply`
-        )
-        pids[name] = proc.pid
-        (work / "pids.json").write_text(json.dumps(pids))
-        say(f"{name}: kaitopy {' '.join(argv)}  (as {namespace}/{account}, pid {proc.pid}, log {log})")
-        wait_ready(port, proc, log)
-        kube("scale", "deployment", name, "-n", namespace, "--replicas=0")
+        started = time.monotonic()
+        kube("rollout", "status", f"deployment/{name}", "-n", namespace, "--timeout=300s", timeout=330)
+        say(f"{name}: rolled out in {time.monotonic() - started:.1f}s")
+    print(kube("get", "pods", "-n", "kaito-system", "-o", "wide"), end="")
     if args.no_example:
-        say("operator running; `python hack/deploy_local.py down` (make undeploy CLUSTER=local) stops it")
+        say("operator running; `python hack/deploy_local.py down` (make undeploy CLUSTER=local) removes it")
         return 0
-    say(f"applying {args.example.relative_to(REPO) if args.example.is_relative_to(REPO) else args.example}")
-    print(kube("apply", "-f", str(args.example)), end="")
+    shown = args.example.relative_to(REPO) if args.example.is_relative_to(REPO) else args.example
+    say(f"applying {shown}")
+    # The webhook is served by the pods: the first apply may come before its Service has endpoints.
+    deadline = time.monotonic() + 90
+    while not (out := kube("apply", "-f", str(args.example), check=False)).strip():
+        if time.monotonic() > deadline:
+            kube("apply", "-f", str(args.example))  # exits with kubectl's own error
+        time.sleep(2)
+    print(out, end="")
     ws = kube("get", "-f", str(args.example), "-o", "jsonpath={.metadata.name}")
     started = time.monotonic()
     kube(
@@ -213,42 +186,23 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
-def down_processes(work: Path) -> None:
-    pids_file = work / "pids.json"
-    if not pids_file.exists():
-        return
-    pids: dict[str, int] = json.loads(pids_file.read_text())
-    for name, pid in pids.items():
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            os.kill(pid, signal.SIGKILL)
-        say(f"stopped {name} (pid {pid})")
-    pids_file.unlink()
-
-
 def down(args: argparse.Namespace) -> int:
     kubeconfig = cluster_kubeconfig()
     kube = Kube(kubeconfig)
-    work = kubeconfig.parent / "deploy-local"
     if not args.no_example and kube("get", "crd", "workspaces.kaito.sh", check=False).strip():
         # While the operator still runs: its finalizer removes the nodes before the workspace goes.
         kube("delete", "-f", str(args.example), "--ignore-not-found", "--timeout=120s")
-    down_processes(work)
     rendered = kube("kustomize", str(REPO / "manifests" / "overlays" / args.provider))
     kept = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] != "CustomResourceDefinition"]
-    kube("delete", "--ignore-not-found", "-f", "-", input=yaml.safe_dump_all(kept))
+    kube(
+        "delete", "--ignore-not-found", "--wait=true", "-f", "-", input=yaml.safe_dump_all(kept), timeout=240
+    )
     kube("delete", "validatingwebhookconfiguration", "kaitopy-workspace-validation", "--ignore-not-found")
-    say("operator removed (the CRDs stay: deleting them would delete every workspace)")
+    asyncio.run(system_node_down(kubeconfig, image_refs(("pause",))))
+    kube("delete", "node", SYSTEM_NODE, "--ignore-not-found")
+    say(
+        f"operator and node {SYSTEM_NODE} removed (the CRDs stay: deleting them would delete every workspace)"
+    )
     return 0
 
 

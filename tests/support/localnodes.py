@@ -3,13 +3,14 @@ binaries, the cluster CA, and the checks that a deleted node left nothing behind
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+IMAGES_SCRIPT = REPO / "hack" / "images.py"
 
 
 @dataclass(frozen=True)
@@ -19,13 +20,17 @@ class LocalImages:
 
 
 def ensure_images(*names: str) -> LocalImages:
-    """The loopback registry up, the named images built (cached by content) and pushed."""
-    images = [sys.executable, str(REPO / "hack" / "images.py")]
-    subprocess.run([*images, "registry", "up"], check=True, timeout=120)
-    subprocess.run([*images, "build", *names], check=True, timeout=3000)
-    out = subprocess.run([*images, "refs", "--json"], check=True, capture_output=True, text=True, timeout=60)
-    data = json.loads(out.stdout)
-    return LocalImages(registry=str(data["registry"]), refs={k: str(v) for k, v in data["images"].items()})
+    """The loopback registry up, the named images built (cached by content) and pushed; their
+    references pinned by digest, as hack/images.py recorded them."""
+    subprocess.run([sys.executable, str(IMAGES_SCRIPT), "build", *names], check=True, timeout=3000)
+    spec = importlib.util.spec_from_file_location("kaitopy_hack_images", IMAGES_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    refs = {k: str(v) for k, v in module.image_refs().items()}
+    missing = [n for n in names if n not in refs]
+    assert not missing, f"hack/images.py built no reference for {missing}"
+    return LocalImages(registry=refs[names[0]].split("/", 1)[0], refs=refs)
 
 
 def leftovers(node_root: Path, node_name: str, bridge: str) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kaitopy.provisioner.local import system
-from kaitopy.provisioner.local.layout import POD_NETWORK, NodeLayout
+from kaitopy.provisioner.local.layout import BRIDGE_PREFIX, POD_NETWORK, NodeLayout
 
 GUARD_CHAIN = "KAITOPY-EGRESS"
 SYSCTLS = {
@@ -115,7 +115,16 @@ def bridge_ports(bridge: str) -> list[str]:
 
 
 def bridges() -> list[str]:
-    return sorted(p.name for p in Path("/sys/class/net").iterdir() if p.name.startswith("kpbr"))
+    """Every local node's bridge on this machine, whoever made it."""
+    return sorted(
+        p.name
+        for p in Path("/sys/class/net").iterdir()
+        if p.name.startswith(BRIDGE_PREFIX) and p.name[len(BRIDGE_PREFIX) :].isdigit()
+    )
+
+
+def bridge_indexes() -> set[int]:
+    return {int(b[len(BRIDGE_PREFIX) :]) for b in bridges()}
 
 
 def _bridge_netfilter_loaded() -> bool:

@@ -34,6 +34,9 @@ from kaitopy.runtime import ApiError, Client, NotFound, kinds
 
 log = logging.getLogger(__name__)
 GPU_RESOURCE = "nvidia.com/gpu"
+# What every local node on this machine shares, whichever provider instance (or local-dir) made
+# it: the node network's index space (the bridges) and kube-proxy.
+MACHINE_DIR = Path("/run/kaitopy")
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ class LocalProvider:
             insecure_registries=settings.insecure_registries,
         )
         self._proxy = KubeProxy(
-            settings.root, settings.bin_dir / "kube-proxy", self._node_settings.apiserver_url, self._ca
+            MACHINE_DIR, settings.bin_dir / "kube-proxy", self._node_settings.apiserver_url, self._ca
         )
 
     async def close(self) -> None:
@@ -101,7 +104,7 @@ class LocalProvider:
         async with self._lock:
             record = self._record(name)
             if record is None:
-                used = {r.index for r in self._records()}
+                used = {r.index for r in self._records()} | network.bridge_indexes()
                 record = node.NodeRecord(
                     name=name,
                     index=free_index(used),
@@ -168,7 +171,7 @@ class LocalProvider:
             record.save(layout.state_file)
             try:
                 await node.teardown(layout, record, self._bins)
-                if not self._records():
+                if not network.bridges():  # the last local node on this machine
                     await self._proxy.stop()
                     await network.remove_kube_chains()
                     await network.remove_guard()
