@@ -361,7 +361,8 @@ def api_host() -> str:
         return "127.0.0.1"
     if not Path(f"/sys/class/net/{API_LINK}").exists():
         subprocess.run(["ip", "link", "add", API_LINK, "type", "bridge"], check=True)
-    addrs = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", API_LINK], capture_output=True, text=True)
+    show = ["ip", "-4", "-o", "addr", "show", "dev", API_LINK]
+    addrs = subprocess.run(show, capture_output=True, text=True)
     if f" {API_ADDRESS}/" not in addrs.stdout:
         subprocess.run(["ip", "addr", "add", f"{API_ADDRESS}/32", "dev", API_LINK], check=True)
     subprocess.run(["ip", "link", "set", API_LINK, "up"], check=True)
