@@ -533,10 +533,7 @@ def up() -> Path:
     for name, pid in state.pids.items():
         if not pid_runs(pid, name):
             raise SystemExit(f"{name} exited during start-up; see {root / 'logs' / (name + '.log')}")
-    log(
-        f"cluster up in {time.monotonic() - t0:.1f}s: {state.api_url()} "
-        f"(KUBECONFIG={root / 'kubeconfig'})"
-    )
+    log(f"cluster up in {time.monotonic() - t0:.1f}s: {state.api_url()} (KUBECONFIG={root / 'kubeconfig'})")
     return root / "kubeconfig"
 
 
@@ -584,10 +581,7 @@ def status() -> int:
         pid = state.pids.get(name, -1)
         print(f"{name:<24} pid {pid:<8} {'running' if pid_runs(pid, name) else 'NOT RUNNING'}")
     ready = http_ok(f"{state.api_url()}/readyz", root / "pki")
-    print(
-        f"{'apiserver /readyz':<24} {state.api_url()} "
-        f"{'ok' if ready else 'NOT READY'}"
-    )
+    print(f"{'apiserver /readyz':<24} {state.api_url()} {'ok' if ready else 'NOT READY'}")
     print(f"{'kubeconfig':<24} {root / 'kubeconfig'}")
     return 0 if healthy(state, root) else 1
 
