@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from kaitopy.provisioner.local import configs
-from kaitopy.provisioner.local.layout import MAX_NODES, POD_NETWORK, SERVICE_NETWORK, NodeLayout, free_index
+from kaitopy.provisioner.local.layout import (
+    INFRA_NETWORK,
+    MAX_NODES,
+    POD_NETWORK,
+    SERVICE_NETWORK,
+    NodeLayout,
+    free_index,
+)
 
 
 def layout(index: int = 7) -> NodeLayout:
@@ -46,7 +53,7 @@ def test_pods_get_no_default_route_and_no_masquerade() -> None:
     assert bridge["type"] == "bridge" and bridge["bridge"] == "kpbr7"
     assert bridge["ipMasq"] is False and bridge["isDefaultGateway"] is False
     routes = {r["dst"] for r in bridge["ipam"]["routes"]}
-    assert routes == {str(POD_NETWORK), str(SERVICE_NETWORK)}
+    assert routes == {str(POD_NETWORK), str(SERVICE_NETWORK), str(INFRA_NETWORK)}
     assert "0.0.0.0/0" not in routes
     assert bridge["ipam"]["ranges"][0][0] == {"subnet": "10.230.7.0/24", "gateway": "10.230.7.1"}
 

@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from kaitopy.provisioner.local.layout import POD_NETWORK, SERVICE_NETWORK, NodeLayout
+from kaitopy.provisioner.local.layout import INFRA_NETWORK, POD_NETWORK, SERVICE_NETWORK, NodeLayout
 
 CNI_BIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 RUNC = "/usr/sbin/runc"
@@ -79,7 +79,8 @@ def registry_hosts(registry: str) -> str:
 
 
 def cni_conflist(node: NodeLayout) -> str:
-    # Routes: the pod network and the Service range only. No default route, so a pod cannot
+    # Routes: the pod network, the Service range and the project's own endpoints (layout.py). No
+    # default route, so a pod cannot
     # even try to reach an address off this machine; ipMasq off, so nothing is NATed outward.
     conf = {
         "cniVersion": "1.0.0",
@@ -96,7 +97,11 @@ def cni_conflist(node: NodeLayout) -> str:
                     "type": "host-local",
                     "dataDir": str(node.cni_ipam_dir),
                     "ranges": [[{"subnet": str(node.pod_subnet), "gateway": node.node_ip}]],
-                    "routes": [{"dst": str(POD_NETWORK)}, {"dst": str(SERVICE_NETWORK)}],
+                    "routes": [
+                        {"dst": str(POD_NETWORK)},
+                        {"dst": str(SERVICE_NETWORK)},
+                        {"dst": str(INFRA_NETWORK)},
+                    ],
                 },
             }
         ],

@@ -5,7 +5,8 @@ Every node gets an index `i` (1..MAX_NODES) and, from it:
   - a Linux bridge `kpbr<i>` that the project creates, holding 10.230.<i>.1/24: the node's
     InternalIP (the kubelet refuses a loopback node IP) and its pods' gateway;
   - a pod subnet 10.230.<i>.0/24 handed out by CNI host-local IPAM on that bridge.
-Pods get routes to the pod network and the Service range only, never a default route, and the
+Pods get routes to the pod network, the Service range and the project's own endpoints (API
+server, registry) only, never a default route, and the
 host drops any forwarded packet from the pod network that leaves it (see network.py): traffic
 stays on this machine.
 """
@@ -18,6 +19,10 @@ from pathlib import Path
 
 POD_NETWORK = ipaddress.IPv4Network("10.230.0.0/16")
 SERVICE_NETWORK = ipaddress.IPv4Network("10.96.0.0/16")  # hack/localcluster.py's Service range
+# The project's own endpoints on this machine, each on a link the project creates: the API server
+# (10.229.255.1, hack/localcluster.py) and the image registry (10.229.254.1, hack/images.py).
+# Pods reach them directly (the weights init container pulls from the registry).
+INFRA_NETWORK = ipaddress.IPv4Network("10.229.0.0/16")
 MAX_NODES = 250
 BRIDGE_PREFIX = "kpbr"
 
