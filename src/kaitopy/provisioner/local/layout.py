@@ -23,6 +23,10 @@ SERVICE_NETWORK = ipaddress.IPv4Network("10.96.0.0/16")  # hack/localcluster.py'
 # (10.229.255.1, hack/localcluster.py) and the image registry (10.229.254.1, hack/images.py).
 # Pods reach them directly (the weights init container pulls from the registry).
 INFRA_NETWORK = ipaddress.IPv4Network("10.229.0.0/16")
+# kwok's simulated pods get made-up addresses here (hack/localcluster.py's POD_CIDR); kube-proxy
+# programs Services that point at them too.
+SIMULATED_POD_NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
+CLUSTER_NETWORKS = (POD_NETWORK, SERVICE_NETWORK, INFRA_NETWORK, SIMULATED_POD_NETWORK)
 MAX_NODES = 250
 BRIDGE_PREFIX = "kpbr"
 

@@ -1,17 +1,43 @@
-"""The host side of the local nodes' network: each node's bridge and the egress guard.
+"""The host side of the local nodes' network: each node's bridge and the guards.
 
-The guard is a filter chain that drops every forwarded packet from the pod network whose
-destination is outside it. Pods already have no default route (configs.cni_conflist); the guard
-makes "traffic stays on this machine" hold even for a pod that adds a route of its own."""
+The guards are filter chains (guard_chains) that drop a forwarded packet from the pod network
+whose destination is outside it, and any packet for a cluster address that would leave through
+an interface that is not the project's. Pods already have no default route
+(configs.cni_conflist); the guards make "traffic stays on this machine" hold even for a pod that
+adds a route of its own, or for a host process that calls a ClusterIP nothing answers."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from kaitopy.provisioner.local import system
-from kaitopy.provisioner.local.layout import BRIDGE_PREFIX, POD_NETWORK, NodeLayout
+from kaitopy.provisioner.local.layout import BRIDGE_PREFIX, CLUSTER_NETWORKS, POD_NETWORK, NodeLayout
 
 GUARD_CHAIN = "KAITOPY-EGRESS"
+CLUSTER_CHAIN = "KAITOPY-CLUSTER"
+# Where a packet for a cluster address may go: loopback (the project's own endpoints are local
+# addresses), a node's bridge, or a project link. Anything else is a real interface: off the machine.
+OUR_INTERFACES = ("lo", f"{BRIDGE_PREFIX}+", "kaitopy-+")
+
+
+def guard_chains() -> dict[str, tuple[list[list[str]], list[list[str]]]]:
+    """chain -> (its rules, the jumps into it). Two guards:
+    - KAITOPY-EGRESS: a forwarded packet from the pod network must stay in it;
+    - KAITOPY-CLUSTER: a packet (from the host or forwarded) for any cluster address (pods,
+      Services, the project's endpoints, kwok's simulated pods) must leave through one of our
+      interfaces. A ClusterIP with no kube-proxy rule, or a kwok pod's made-up IP, would otherwise
+      follow the default route off the machine."""
+    egress = [["-d", str(POD_NETWORK), "-j", "RETURN"], ["-j", "DROP"]]
+    cluster: list[list[str]] = []
+    for net in CLUSTER_NETWORKS:
+        cluster += [["-d", str(net), "-o", iface, "-j", "RETURN"] for iface in OUR_INTERFACES]
+        cluster.append(["-d", str(net), "-j", "DROP"])
+    return {
+        GUARD_CHAIN: (egress, [["FORWARD", "-s", str(POD_NETWORK)]]),
+        CLUSTER_CHAIN: (cluster, [["OUTPUT"], ["FORWARD"]]),
+    }
+
+
 SYSCTLS = {
     # Pods on two nodes' bridges, and Service traffic DNATed by kube-proxy, cross the host.
     "net/ipv4/ip_forward": "1",
@@ -36,26 +62,27 @@ def set_sysctl(key: str, value: str) -> None:
 
 
 async def ensure_guard() -> None:
-    """Idempotent: the chain, its two rules, and a jump to it first in FORWARD."""
+    """Idempotent: each guard chain with exactly its rules, jumped to first."""
     ipt = "iptables"
-    if await _exit_code(ipt, "-w", "-n", "-L", GUARD_CHAIN) != 0:
-        await system.run(ipt, "-w", "-N", GUARD_CHAIN)
-    rules = [["-d", str(POD_NETWORK), "-j", "RETURN"], ["-j", "DROP"]]
-    await system.run(ipt, "-w", "-F", GUARD_CHAIN)
-    for rule in rules:
-        await system.run(ipt, "-w", "-A", GUARD_CHAIN, *rule)
-    jump = ["FORWARD", "-s", str(POD_NETWORK), "-j", GUARD_CHAIN]
-    if (await _exit_code(ipt, "-w", "-C", *jump)) != 0:
-        await system.run(ipt, "-w", "-I", *jump[:1], "1", *jump[1:])
+    for chain, (rules, jumps) in guard_chains().items():
+        if await _exit_code(ipt, "-w", "-n", "-L", chain) != 0:
+            await system.run(ipt, "-w", "-N", chain)
+        await system.run(ipt, "-w", "-F", chain)
+        for rule in rules:
+            await system.run(ipt, "-w", "-A", chain, *rule)
+        for jump in jumps:
+            if await _exit_code(ipt, "-w", "-C", *jump, "-j", chain) != 0:
+                await system.run(ipt, "-w", "-I", jump[0], "1", *jump[1:], "-j", chain)
 
 
 async def remove_guard() -> None:
     ipt = "iptables"
-    jump = ["FORWARD", "-s", str(POD_NETWORK), "-j", GUARD_CHAIN]
-    while (await _exit_code(ipt, "-w", "-C", *jump)) == 0:
-        await system.run(ipt, "-w", "-D", *jump)
-    await system.run(ipt, "-w", "-F", GUARD_CHAIN, check=False)
-    await system.run(ipt, "-w", "-X", GUARD_CHAIN, check=False)
+    for chain, (_, jumps) in guard_chains().items():
+        for jump in jumps:
+            while await _exit_code(ipt, "-w", "-C", *jump, "-j", chain) == 0:
+                await system.run(ipt, "-w", "-D", *jump, "-j", chain)
+        await system.run(ipt, "-w", "-F", chain, check=False)
+        await system.run(ipt, "-w", "-X", chain, check=False)
 
 
 async def remove_kube_chains() -> None:
