@@ -90,7 +90,7 @@ def ensure() -> tuple[str, str]:
     image_id = buildah.local_id(ref)
     if manifest is None or not image_id:
         raise SystemExit(f"base image {ref} is missing from buildah's store or the registry after the build")
-    refs.record(NAME, f"{pushed}@{manifest.digest}")
+    refs.record(NAME, f"{pushed.rsplit(':', 1)[0]}@{manifest.digest}")
     return ref, image_id
 
 

@@ -18,8 +18,10 @@ STABLE_TAG = "dev"
 @dataclass(frozen=True)
 class Result:
     name: str
-    ref: str  # host/kaitopy/name:hash@sha256:...
-    size: int  # bytes of layers in the registry (uncompressed: pushed with -D)
+    tagged: str  # host/kaitopy/name:<input hash>
+    ref: str  # host/kaitopy/name@sha256:... (a tag and a digest together trip containers/image tools)
+    pushed: int  # bytes of (compressed) layers in the registry: what a node pulls
+    size: str  # unpacked, as buildah's store reports it (empty when only the registry has it)
     seconds: float | None  # build and push time; None when cached
 
 
@@ -59,9 +61,9 @@ def build(image: Image, base: tuple[str, str] | None = None) -> Result:
     current = remote.manifest(stable)
     if current is None or current.digest != manifest.digest:
         remote.put_tag(stable, manifest)
-    pinned = f"{hashed}@{manifest.digest}"
+    pinned = f"{repo}@{manifest.digest}"
     refs.record(image.name, pinned)
-    return Result(image.name, pinned, manifest.size(), seconds)
+    return Result(image.name, hashed, pinned, manifest.size(), buildah.local_size(hashed), seconds)
 
 
 def human(size: int) -> str:
@@ -74,11 +76,11 @@ def human(size: int) -> str:
 
 
 def table(results: list[Result]) -> str:
-    rows = [("IMAGE", "SIZE", "BUILD", "REFERENCE")]
+    rows = [("IMAGE", "SIZE", "PUSHED", "BUILD", "TAG", "DIGEST")]
     for r in results:
         took = "cached" if r.seconds is None else f"{r.seconds:.0f}s"
-        rows.append((r.name, human(r.size), took, r.ref))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        rows.append((r.name, r.size or "-", human(r.pushed), took, r.tagged, r.ref.split("@")[1]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
-        "  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)) for row in rows
+        "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]) for row in rows
     )

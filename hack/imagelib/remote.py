@@ -29,7 +29,7 @@ class Manifest:
         return doc
 
     def size(self) -> int:
-        """Bytes the image's layers take in the registry (uncompressed here: pushes use -D)."""
+        """Bytes the image's layers take in the registry (gzip-compressed): what a node pulls."""
         return sum(int(layer["size"]) for layer in self.doc.get("layers", []))
 
 
