@@ -345,3 +345,56 @@ def test_model_server_image_imports_its_stack(built: dict[str, Any], container: 
     proc = container(ref, "kaitopy", "serve", "--help")
     assert proc.returncode == 0 and "--engine" in proc.stdout, proc
     assert "vllm" not in container(ref, "python", "-m", "pip", "list").stdout.lower()
+
+
+@pytest.mark.slow
+def test_model_server_image_serves_a_tiny_model(built: dict[str, Any], tmp_path: Path) -> None:
+    """The image's default engine, for real: a tiny Llama mounted at /workspace/weights, one chat call."""
+    from tests.support.tinymodel import build_tiny_model
+
+    weights = build_tiny_model(tmp_path / "weights")
+    ref = built["first"]["model-server-cpu"].ref
+    name = subprocess.run(
+        ["buildah", "from", "--tls-verify=false", ref], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    serve = ["kaitopy", "serve", "--engine=transformers", "--model-dir=/workspace/weights", f"--port={port}"]
+    # chroot isolation shares the host's network namespace, so the server is on host loopback.
+    server = subprocess.Popen(
+        ["buildah", "run", "--isolation", "chroot", "-v", f"{weights}:/workspace/weights:ro", name, *serve],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so teardown ends buildah and the server together
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as r:
+                    models = json.load(r)
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()
+                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(0.5)
+        assert [m["id"] for m in models["data"]] == ["weights"]
+        body = {"model": "weights", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=60) as r:
+            answer = json.load(r)
+        assert answer["choices"][0]["finish_reason"] in {"length", "stop"}
+        assert answer["usage"]["completion_tokens"] >= 1
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+        subprocess.run(["buildah", "rm", name], capture_output=True)
