@@ -14,7 +14,7 @@ TORCH_SOURCE ?= $(if $(wildcard $(TORCH_WHEELS)/torch-*.whl),--find-links $(TORC
 
 .PHONY: help packages install install-test install-inference-cpu install-tuning test-tuning binaries cluster-up cluster-down cluster-status test test-unit \
         test-integration test-e2e chaos lint manifests check-manifests run bench bench-inference clean \
-        helm helm-lint test-helm docker-build deploy undeploy image-runtime kind-up kind-down
+        helm helm-lint test-helm docker-build deploy undeploy image-runtime kind-up kind-down images
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -101,6 +101,10 @@ image-runtime:  ## build the model-server image (vLLM base + kaitopy serve) with
 	elif ! docker info >/dev/null 2>&1; then \
 		echo "image-runtime: docker is installed but its daemon is not reachable; not building $(RUNTIME_IMAGE)"; \
 	else docker build -f docker/runtime/Dockerfile --build-arg VLLM_IMAGE=$(VLLM_IMAGE) -t $(RUNTIME_IMAGE) . ; fi
+
+images:  ## build pause, tools, controller, model-server-cpu with buildah; push to the loopback registry 127.0.0.1:5001 (cached by input hash)
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) hack/images.py registry up
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) hack/images.py build $(IMAGES)
 
 chaos: install binaries  ## the fault and load suite, every scenario with 3 seeds (a short run is part of make test)
 	$(PY) -m tests.chaos.suite --full --seeds 3

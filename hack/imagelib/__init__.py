@@ -1,0 +1,1 @@
+"""Helpers for hack/images.py: the loopback registry, the Debian base, buildah builds, the content cache."""

@@ -1,0 +1,145 @@
+"""The loopback image registry: Debian's docker-registry (distribution 2.8), anonymous, plain HTTP.
+
+It runs detached (its own session, a pid file, a log file) so it outlives this command and any cluster;
+its storage sits in the image cache so pushed images survive cluster restarts. Anonymous because the
+local kubelet's containerd pulls from it without credentials; it listens on loopback only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagelib import paths
+
+BINARY = "/usr/bin/docker-registry"
+
+
+@dataclass(frozen=True)
+class Status:
+    pid: int | None  # our registry's process, when its pid file names a live one
+    healthy: bool  # something answers /v2/ on the port
+    host: str
+    storage: Path
+
+    def describe(self) -> str:
+        owner = f"pid {self.pid}" if self.pid else "not started by us"
+        state = "healthy" if self.healthy else "not answering"
+        return f"registry {self.host}: {state} ({owner}); storage {self.storage}"
+
+
+def _dir() -> Path:
+    return paths.cache_dir() / "registry"
+
+
+def _config_path() -> Path:
+    return _dir() / "config.yml"
+
+
+def _pid_path() -> Path:
+    return _dir() / "registry.pid"
+
+
+def storage() -> Path:
+    return _dir() / "storage"
+
+
+def _write_config() -> Path:
+    config = {
+        "version": 0.1,
+        "log": {"level": "info", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(storage())}, "delete": {"enabled": True}},
+        "http": {"addr": paths.registry_host()},
+    }
+    path = _config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2) + "\n")  # JSON is YAML
+    return path
+
+
+def healthy(host: str | None = None, timeout: float = 1.0) -> bool:
+    """True when a registry answers /v2/ anonymously (200). A 401 means one with auth: not usable here."""
+    try:
+        with urllib.request.urlopen(f"http://{host or paths.registry_host()}/v2/", timeout=timeout) as r:
+            return int(r.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _our_pid() -> int | None:
+    """The pid in our pid file, only if that process is still this registry (pids get reused)."""
+    try:
+        pid = int(_pid_path().read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    if cmdline[:1] == [BINARY.encode()] and str(_config_path()).encode() in cmdline:
+        return pid
+    return None
+
+
+def status() -> Status:
+    return Status(_our_pid(), healthy(), paths.registry_host(), storage())
+
+
+def up(timeout: float = 30.0) -> Status:
+    """Start the registry unless a healthy one already answers on the port (idempotent)."""
+    current = status()
+    if current.healthy:
+        return current
+    if current.pid:
+        # Ours but not answering: restart it rather than stack a second one on the port.
+        down()
+    if not Path(BINARY).is_file():
+        raise SystemExit(f"{BINARY} is missing: apt-get install -y docker-registry")
+    config = _write_config()
+    storage().mkdir(parents=True, exist_ok=True)
+    log = (_dir() / "registry.log").open("ab")
+    # start_new_session: setsid, so the registry survives this command's terminal and process group.
+    proc = subprocess.Popen(
+        [BINARY, "serve", str(config)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    _pid_path().write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"docker-registry exited with {proc.returncode}; see {_dir() / 'registry.log'}")
+        if healthy():
+            return status()
+        time.sleep(0.1)
+    raise SystemExit(f"docker-registry did not answer on {paths.registry_host()} within {timeout:.0f}s")
+
+
+def down(timeout: float = 10.0) -> bool:
+    """Stop our registry (only the process our pid file names and whose cmdline is ours)."""
+    pid = _our_pid()
+    _pid_path().unlink(missing_ok=True)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
+            return True
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
