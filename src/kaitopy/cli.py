@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "webhook": ("kaitopy.webhooks.command", "run the Workspace validating admission webhook"),
     "serve": ("kaitopy.inference.cli", "run the model server (OpenAI API, Kaito's /chat) in a pod"),
     "tune": ("kaitopy.tuning.command", "tuning Job steps: fetch data, train an adapter, push/pull its image"),
+    "weights": ("kaitopy.weights.command", "build a preset's weights, push/pull them as OCI artifacts"),
 }
 
 

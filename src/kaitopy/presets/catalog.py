@@ -27,6 +27,21 @@ class UnknownInstanceType(CatalogError):
     """No GPU SKU has this instance type."""
 
 
+Engine = Literal["auto", "transformers-cpu"]
+WeightsSource = Literal["huggingface", "oci"]
+
+
+class CpuResources(BaseModel):
+    """What a model server running on CPU asks of its node (Kubernetes quantities)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpu: str
+    """Cores, requested and limited alike: torch sizes its thread pool to them."""
+    memory_request: str
+    memory_limit: str
+
+
 class ModelPreset(BaseModel):
     """A model kaitopy knows how to run: where its weights are and what it needs."""
 
@@ -66,6 +81,17 @@ class ModelPreset(BaseModel):
     """Whether Hugging Face requires accepting a licence (a token via modelAccessSecret)."""
     legacy_names: tuple[str, ...] = ()
     """Other names that resolve to this model."""
+    engine: Engine = "auto"
+    """auto: vLLM or transformers on the node's GPUs, chosen by the SKU (see the estimator);
+    transformers-cpu: the transformers engine on the node's CPU, for models small enough that a
+    GPU buys nothing (the node still comes from the workspace's instance type)."""
+    weights_source: WeightsSource = "huggingface"
+    """huggingface: the server downloads hf_id; oci: an init container pulls the weights artifact
+    `<weights registry>/<name>:<weights_version>` (`kaitopy weights pull`), no Hugging Face access."""
+    weights_version: str | None = None
+    """The tag of the weights artifact (weights_source oci)."""
+    cpu_resources: CpuResources | None = None
+    """Pod CPU and memory (engine transformers-cpu), from the server's measured use."""
 
     @property
     def weights_gib(self) -> float:
@@ -80,6 +106,20 @@ class ModelPreset(BaseModel):
                 f"2 * layers * kv_heads * head_dim * 2 = {computed}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _runtime_fields_agree(self) -> ModelPreset:
+        if self.engine == "transformers-cpu" and self.cpu_resources is None:
+            raise ValueError(f"{self.name}: engine transformers-cpu needs cpu_resources (cpu, memory)")
+        if self.engine != "transformers-cpu" and self.cpu_resources is not None:
+            raise ValueError(f"{self.name}: cpu_resources apply to engine transformers-cpu only")
+        if self.weights_source == "oci" and not self.weights_version:
+            raise ValueError(f"{self.name}: weights_source oci needs weights_version (the artifact's tag)")
+        return self
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.engine == "transformers-cpu"
 
 
 class GpuSku(BaseModel):

@@ -10,6 +10,8 @@ The rule, stated once:
   the node's GPU count and the model's attention heads). Across nodes, pipeline parallelism with one
   stage per node, each node using all of its usable GPUs for tensor parallelism. The transformers
   runtime and models not marked multi-node never span nodes.
+- A CPU preset (engine transformers-cpu) needs no GPU memory: it runs the transformers engine on
+  one node of any SKU, which its pod does not take a GPU of.
 """
 
 from __future__ import annotations
@@ -131,6 +133,8 @@ def fitting_skus(
 
 def longest_context(model: ModelPreset, sku: GpuSku) -> int | None:
     """The longest max_model_len that fits on one node of `sku`, None when even the weights do not."""
+    if model.on_cpu:
+        return model.max_context
     room = usable_gib_per_gpu(sku) * _usable_gpus(model, sku) * GIB - model.weights_bytes
     if room <= 0 or sku.compute_capability < model.min_compute_capability:
         return None
@@ -153,6 +157,8 @@ def _divisors(n: int) -> list[int]:
 
 def _plan(model: ModelPreset, sku: GpuSku, length: int) -> Plan | str:
     """A plan, or why there is none (a phrase completing "but <sku> ...")."""
+    if model.on_cpu:
+        return _cpu_plan(model, sku, length)
     if sku.compute_capability < model.min_compute_capability:
         return (
             f"has compute capability {sku.compute_capability:.1f} and {model.name} needs "
@@ -200,6 +206,25 @@ def _plan(model: ModelPreset, sku: GpuSku, length: int) -> Plan | str:
             f"gives {per_node:.1f} GiB usable per node, so it would take {nodes} nodes (at most {MAX_NODES})"
         )
     return plan(nodes, tp, tp, nodes)
+
+
+def _cpu_plan(model: ModelPreset, sku: GpuSku, length: int) -> Plan:
+    # One node of the SKU (the workspace asked for it); gpus_per_node stays 1 so the node is
+    # provisioned and recognised as that SKU's, but the model server takes no GPU.
+    return Plan(
+        model=model.name,
+        instance_type=sku.instance_type,
+        node_count=1,
+        gpus_per_node=1,
+        tensor_parallel_size=1,
+        pipeline_parallel_size=1,
+        runtime="transformers",
+        max_model_len=length,
+        dtype=model.dtype,
+        storage_gib=storage_gib(model),
+        required_gib=0.0,
+        usable_gib_per_gpu=usable_gib_per_gpu(sku),
+    )
 
 
 TuningMethod = Literal["lora", "qlora"]

@@ -213,7 +213,7 @@ def image_config(diff_id: str, architecture: str) -> bytes:
 # --- registry access --------------------------------------------------------------------------
 
 
-class _Session:
+class RegistrySession:
     """An oras Registry bound to one image's registry, with the auth backend its challenge asks
     for (Basic for htpasswd registries, bearer tokens for the rest)."""
 
@@ -286,7 +286,7 @@ class _Session:
         raise OciError(f"{what} for {self.ref}: HTTP {resp.status_code} {detail}".rstrip())
 
 
-def _creds(docker_config: Path | None, ref: ImageRef) -> Credentials | None:
+def resolve_credentials(docker_config: Path | None, ref: ImageRef) -> Credentials | None:
     if docker_config is None:
         return None
     creds = credentials_for(read_docker_config(docker_config), ref.registry, str(docker_config))
@@ -345,12 +345,12 @@ def push(
         raise OciError("no architectures to push for")
     src = adapter_root(src)
     ref = parse_image(image)
-    creds = _creds(docker_config, ref)
+    creds = resolve_credentials(docker_config, ref)
     with tempfile.TemporaryDirectory(prefix="kaitopy-push-") as tmp:
         work = Path(tmp)
         layer_path, diff_id, layer_digest, layer_size = build_layer(src, work)
         layer_desc = {"mediaType": LAYER_TYPE, "digest": layer_digest, "size": layer_size}
-        session = _Session(ref, creds, plain_http)
+        session = RegistrySession(ref, creds, plain_http)
         _upload_blob(session, layer_path, layer_desc, "layer")
         entries: list[dict[str, Any]] = []
         for arch in architectures:
@@ -388,7 +388,7 @@ def push(
     return str(digest)
 
 
-def _upload_blob(session: _Session, path: Path, desc: dict[str, Any], what: str) -> None:
+def _upload_blob(session: RegistrySession, path: Path, desc: dict[str, Any], what: str) -> None:
     try:
         resp = session.registry.upload_blob(str(path), session.container, desc)
     except ValueError as exc:
@@ -396,7 +396,7 @@ def _upload_blob(session: _Session, path: Path, desc: dict[str, Any], what: str)
     session.check(resp, f"uploading the {what}")
 
 
-def _put_manifest(session: _Session, reference: str, body: bytes, media_type: str, what: str) -> None:
+def _put_manifest(session: RegistrySession, reference: str, body: bytes, media_type: str, what: str) -> None:
     url = f"{session.prefix}://{session.ref.api_host}/v2/{session.ref.repository}/manifests/{reference}"
     resp = session.request(url, "PUT", data=body, headers={"Content-Type": media_type})
     session.check(resp, f"uploading {what}")
@@ -418,7 +418,7 @@ def _pick_platform(index: dict[str, Any], architecture: str) -> str:
     return str(manifests[0]["digest"])
 
 
-def _get_json(session: _Session, url: str, accept: list[str], what: str) -> dict[str, Any]:
+def _get_json(session: RegistrySession, url: str, accept: list[str], what: str) -> dict[str, Any]:
     resp = session.request(url, "GET", headers={"Accept": ", ".join(accept)})
     if resp.status_code == 404:
         raise OciError(f"{session.ref}: {what} not found (HTTP 404)")
@@ -433,7 +433,7 @@ def pull(image: str, dest: Path, docker_config: Path | None = None, plain_http: 
     """Copy the image's /data files into `dest`, as the inference pod's init container does
     (`cp -r /data/. dest/`); return the files written."""
     ref = parse_image(image)
-    session = _Session(ref, _creds(docker_config, ref), plain_http)
+    session = RegistrySession(ref, resolve_credentials(docker_config, ref), plain_http)
     accept = [MANIFEST_TYPE, DOCKER_MANIFEST_TYPE, INDEX_TYPE, DOCKER_LIST_TYPE]
     base = f"{session.prefix}://{ref.api_host}/v2/{ref.repository}"
     manifest = _get_json(session, f"{base}/manifests/{ref.reference}", accept, "manifest")

@@ -48,14 +48,15 @@ def preset_rows(catalog: Catalog, instance_type: str | None = None) -> list[dict
 
 def _describe(model: ModelPreset, catalog: Catalog) -> dict[str, Any]:
     fits = fitting_skus(model, catalog.skus.values())
-    runtimes = sorted({runtime_for(catalog.skus[f]) for f in fits})
+    # A CPU preset runs the same engine on every SKU and uses none of its GPU memory.
+    runtimes = ["transformers-cpu"] if model.on_cpu else sorted({runtime_for(catalog.skus[f]) for f in fits})
     return {
         "name": model.name,
         "huggingFaceId": model.hf_id,
         "paramsBillions": model.params_b,
         "weightsGiB": round(model.weights_gib, 1),
         "maxContext": model.max_context,
-        "minGpuMemoryGiB": round(required_gib(model, model.max_context), 1),
+        "minGpuMemoryGiB": 0.0 if model.on_cpu else round(required_gib(model, model.max_context), 1),
         "runtimes": runtimes,
         "tuning": model.supports_tuning,
         "multiNode": model.supports_multi_node,

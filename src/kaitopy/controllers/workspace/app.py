@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 
 from kaitopy import process
 from kaitopy.controllers.workspace.plan import Settings
@@ -15,6 +16,7 @@ from kaitopy.runtime import Manager
 
 log = logging.getLogger(__name__)
 LEASE_NAME = "kaitopy-workspace-controller"
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +25,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--runtime-image",
         default=os.environ.get("KAITOPY_RUNTIME_IMAGE", d.runtime_image),
         help="model server image used when a preset does not name one (env KAITOPY_RUNTIME_IMAGE)",
+    )
+    parser.add_argument(
+        "--cpu-runtime-image",
+        default=os.environ.get("KAITOPY_CPU_RUNTIME_IMAGE", d.cpu_runtime_image),
+        help="model server image for presets that run on CPU (transformers engine, no vLLM) "
+        "(env KAITOPY_CPU_RUNTIME_IMAGE)",
+    )
+    parser.add_argument(
+        "--weights-registry",
+        default=os.environ.get("KAITOPY_WEIGHTS_REGISTRY", d.weights_registry),
+        metavar="REGISTRY/PREFIX",
+        help="where presets with OCI weights find them: <prefix>/<preset>:<version> "
+        "(env KAITOPY_WEIGHTS_REGISTRY)",
+    )
+    parser.add_argument(
+        "--weights-digest",
+        action="append",
+        default=None,
+        metavar="PRESET=sha256:...",
+        help="pin a preset's weights artifact to a manifest digest (repeatable; env "
+        "KAITOPY_WEIGHTS_DIGESTS, comma separated)",
+    )
+    parser.add_argument(
+        "--weights-plain-http",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("KAITOPY_WEIGHTS_PLAIN_HTTP", "").lower() in ("1", "true", "yes"),
+        help="pull weights artifacts over HTTP (env KAITOPY_WEIGHTS_PLAIN_HTTP=1)",
     )
     parser.add_argument("--tuning-image", default=os.environ.get("KAITOPY_TUNING_IMAGE", d.tuning_image))
     parser.add_argument(
@@ -67,12 +96,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     process.add_process_arguments(parser, component="controller", default_probe_port=8081)
 
 
+def weights_digests(given: list[str] | None, env: str | None) -> dict[str, str]:
+    """PRESET=sha256:... pairs from the flags, else from the comma-separated env value."""
+    items = given if given is not None else [i for i in (env or "").split(",") if i.strip()]
+    out: dict[str, str] = {}
+    for item in items:
+        preset, sep, digest = item.strip().partition("=")
+        if not sep or not preset:
+            raise SystemExit(f"--weights-digest {item!r}: expected PRESET=sha256:<64 hex digits>")
+        if not _DIGEST.match(digest):
+            raise SystemExit(f"--weights-digest {item!r}: expected PRESET=sha256:<64 lowercase hex digits>")
+        out[preset] = digest
+    return out
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
         runtime_image=args.runtime_image,
         tuning_image=args.tuning_image,
         tools_image=args.tools_image,
         node_provisioner=args.node_provisioner,
+        cpu_runtime_image=args.cpu_runtime_image,
+        weights_registry=args.weights_registry,
+        weights_digests=weights_digests(args.weights_digest, os.environ.get("KAITOPY_WEIGHTS_DIGESTS")),
+        weights_plain_http=args.weights_plain_http,
     )
 
 

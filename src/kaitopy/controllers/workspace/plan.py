@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,6 +42,26 @@ class Settings:
     tuning_image: str = "ghcr.io/kaitopy/runtime:0.1.0"
     node_provisioner: str = "auto"
     """auto: create NodeClaims for the shortfall; byo: use the user's labelled GPU nodes only."""
+    cpu_runtime_image: str = "ghcr.io/kaitopy/model-server-cpu:0.1.0"
+    """The model server for presets that run on CPU (engine transformers-cpu): the transformers
+    engine on torch's CPU build, no vLLM or CUDA, plus `kaitopy weights pull`."""
+    weights_registry: str = ""
+    """`<registry>/<repo prefix>` holding the weights artifacts of presets whose weights come from
+    OCI: their init container pulls `<prefix>/<preset>:<weights_version>`. Empty: such presets
+    cannot be planned (there is nowhere to get their weights from)."""
+    weights_digests: Mapping[str, str] = field(default_factory=dict)
+    """Preset name -> the sha256 manifest digest its weights artifact must have (optional pins)."""
+    weights_plain_http: bool = False
+    """Pull weights artifacts over HTTP (a registry without TLS); loopback registries always are."""
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    """Resources of a model server that runs on CPU (Kubernetes quantities)."""
+
+    cpu: str
+    memory_request: str
+    memory_limit: str
 
 
 @dataclass(frozen=True)
@@ -73,6 +94,13 @@ class InferencePlan:
     extra_labels: dict[str, str] = field(default_factory=dict)
     template: dict[str, Any] | None = None
     """A user's pod template (a `template` workspace): deployed as given, placed on the nodes."""
+    weights_image: str | None = None
+    """An OCI weights artifact an init container pulls into the weights volume (instead of the
+    server downloading hf_model_id)."""
+    weights_digest: str | None = None
+    weights_plain_http: bool = False
+    cpu: CpuPlan | None = None
+    """Set when the server runs on CPU: the pod's CPU and memory instead of GPUs."""
 
     @property
     def multi_node(self) -> bool:
@@ -86,8 +114,17 @@ class InferencePlan:
 
     def revision(self) -> str:
         """A hash of the spec the pods are made from: an edit changes it, and so rolls out once."""
-        data = json.dumps(asdict(self), sort_keys=True, default=str)
+        spec = asdict(self)
+        # Fields added after release count only once set, so a controller upgrade does not roll
+        # out every existing workload whose pods did not change.
+        for name in _LATER_FIELDS:
+            if not spec[name]:
+                del spec[name]
+        data = json.dumps(spec, sort_keys=True, default=str)
         return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+_LATER_FIELDS = ("weights_image", "weights_digest", "weights_plain_http", "cpu")
 
 
 @dataclass(frozen=True)

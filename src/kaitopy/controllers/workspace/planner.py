@@ -4,13 +4,14 @@ A workspace the catalog cannot place raises PlanError with the reason the user w
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kaitopy.controllers.workspace.plan import (
     ENABLE_LB_ANNOTATION,
     RUNTIME_ANNOTATION,
     AdapterPlan,
+    CpuPlan,
     InferencePlan,
     PlanError,
     Settings,
@@ -22,6 +23,7 @@ from kaitopy.presets import (
     Catalog,
     DoesNotFit,
     EstimateError,
+    ModelPreset,
     TuningMethod,
     UnknownInstanceType,
     UnknownPreset,
@@ -69,7 +71,8 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
         except UnknownPreset as err:
             raise PlanError("InvalidPreset", str(err)) from err
         options = preset.get("presetOptions") or {}
-        image = str(options.get("image") or settings.runtime_image)
+        default_image = settings.cpu_runtime_image if model.on_cpu else settings.runtime_image
+        image = str(options.get("image") or default_image)
         pull = _secrets(options.get("imagePullSecrets"))
         access = options.get("modelAccessSecret")
         if inference is not None:
@@ -93,6 +96,13 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                     "InvalidRuntime",
                     f"annotation {RUNTIME_ANNOTATION}={runtime!r}: expected one of {', '.join(RUNTIMES)}",
                 )
+            if model.on_cpu and runtime != "transformers":
+                raise PlanError(
+                    "InvalidRuntime",
+                    f"annotation {RUNTIME_ANNOTATION}={runtime!r}: {model.name} runs on CPU with the "
+                    "transformers engine only",
+                )
+            weights = _weights_source(model, settings)
             adapters = tuple(
                 AdapterPlan(
                     name=str(a["source"]["name"]),
@@ -117,7 +127,8 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                     pipeline_parallel_size=est.pipeline_parallel_size,
                     max_model_len=est.max_model_len,
                     dtype=str(est.dtype),
-                    hf_model_id=model.hf_id,
+                    # Weights from an OCI artifact: the server must not reach Hugging Face.
+                    hf_model_id="" if weights.image else model.hf_id,
                     weights_gib=_weights_gib(model),
                     match_labels=match_labels,
                     match_expressions=expressions,
@@ -129,6 +140,10 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                     reasoning_parser=model.reasoning_parser,
                     load_balancer=str(annotations.get(ENABLE_LB_ANNOTATION, "")).lower() == "true",
                     tools_image=settings.tools_image,
+                    weights_image=weights.image,
+                    weights_digest=weights.digest,
+                    weights_plain_http=settings.weights_plain_http if weights.image else False,
+                    cpu=_cpu_plan(model),
                 ),
             )
         assert tuning is not None
@@ -175,6 +190,36 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
         )
 
     return plan
+
+
+@dataclass(frozen=True)
+class _Weights:
+    image: str | None = None
+    digest: str | None = None
+
+
+def _weights_source(model: ModelPreset, settings: Settings) -> _Weights:
+    """Where the weights come from: Hugging Face (the server downloads them) or the preset's
+    artifact under the controller's weights registry, with the operator's digest pin if any."""
+    if model.weights_source != "oci":
+        return _Weights()
+    prefix = settings.weights_registry.strip().rstrip("/")
+    if not prefix:
+        raise PlanError(
+            "WeightsRegistryUnset",
+            f"{model.name} takes its weights from an OCI artifact and the controller has no weights "
+            "registry: start it with --weights-registry=<registry>/<repo prefix> "
+            "(env KAITOPY_WEIGHTS_REGISTRY)",
+        )
+    image = f"{prefix}/{model.name}:{model.weights_version}"
+    return _Weights(image, settings.weights_digests.get(model.name))
+
+
+def _cpu_plan(model: ModelPreset) -> CpuPlan | None:
+    r = model.cpu_resources
+    if not model.on_cpu or r is None:
+        return None
+    return CpuPlan(cpu=r.cpu, memory_request=r.memory_request, memory_limit=r.memory_limit)
 
 
 def _weights_gib(model: Any) -> float:

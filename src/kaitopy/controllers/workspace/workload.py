@@ -42,7 +42,7 @@ def server_args(plan: InferencePlan) -> list[str]:
         "serve",
         f"--engine={plan.runtime}",
         f"--model-dir={WEIGHTS_MOUNT}",
-        f"--hf-model-id={plan.hf_model_id}",
+        *([f"--hf-model-id={plan.hf_model_id}"] if plan.hf_model_id or not plan.weights_image else []),
         f"--served-model-name={plan.preset}",
         f"--dtype={plan.dtype}",
         f"--tensor-parallel-size={plan.tensor_parallel_size}",
@@ -77,6 +77,50 @@ def _probe(path: str, failure_threshold: int) -> dict[str, Any]:
         "timeoutSeconds": 5,
         "failureThreshold": failure_threshold,
     }
+
+
+WEIGHTS_PULL_RESOURCES = {
+    # `kaitopy weights pull` streams each blob to disk in 1 MiB chunks: measured ~36 MiB RSS.
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"memory": "256Mi"},
+}
+
+
+def weights_pull_args(plan: InferencePlan) -> list[str]:
+    args = ["weights", "pull", f"--image={plan.weights_image}", f"--dest={WEIGHTS_MOUNT}"]
+    if plan.weights_digest:
+        args.append(f"--digest={plan.weights_digest}")
+    if plan.weights_plain_http:
+        args.append("--plain-http")
+    return args
+
+
+def _weights_init_containers(plan: InferencePlan) -> list[dict[str, Any]]:
+    if not plan.weights_image:
+        return []
+    # The model server's own image has `kaitopy weights pull`: no extra image to trust or mirror.
+    return [
+        {
+            "name": "weights",
+            "image": plan.image,
+            "command": ["kaitopy"],
+            "args": weights_pull_args(plan),
+            "resources": WEIGHTS_PULL_RESOURCES,
+            "volumeMounts": [{"name": "weights", "mountPath": WEIGHTS_MOUNT}],
+        }
+    ]
+
+
+def _resources(plan: InferencePlan) -> dict[str, Any]:
+    if plan.cpu is not None:
+        # The server runs on the node's CPU: the node's GPU stays free, and the measured CPU and
+        # memory are what the scheduler must find.
+        return {
+            "requests": {"cpu": plan.cpu.cpu, "memory": plan.cpu.memory_request},
+            "limits": {"cpu": plan.cpu.cpu, "memory": plan.cpu.memory_limit},
+        }
+    gpus = str(plan.gpus_per_node)
+    return {"requests": {GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}}
 
 
 def _adapter_init_containers(plan: InferencePlan) -> list[dict[str, Any]]:
@@ -148,7 +192,6 @@ def _gpu_tolerations() -> list[dict[str, Any]]:
 def pod_template(plan: InferencePlan) -> dict[str, Any]:
     if plan.template is not None:
         return _user_template(plan)
-    gpus = str(plan.gpus_per_node)
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -160,6 +203,10 @@ def pod_template(plan: InferencePlan) -> dict[str, Any]:
                 "valueFrom": {"secretKeyRef": {"name": plan.model_access_secret, "key": "HF_TOKEN"}},
             }
         )
+    if plan.cpu is not None:
+        # torch sizes its thread pool to the node's cores, not the container's CPU limit; more
+        # threads than the limit allows only get throttled.
+        env.append({"name": "OMP_NUM_THREADS", "value": _whole_cores(plan.cpu.cpu)})
     mounts: list[dict[str, Any]] = [
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "weights", "mountPath": WEIGHTS_MOUNT},
@@ -183,7 +230,7 @@ def pod_template(plan: InferencePlan) -> dict[str, Any]:
         "args": server_args(plan),
         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
         "env": env,
-        "resources": {"requests": {GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}},
+        "resources": _resources(plan),
         "startupProbe": _probe("/health", startup_failures),
         "readinessProbe": _probe("/health", 3),
         "livenessProbe": _probe("/health", 6),
@@ -195,7 +242,7 @@ def pod_template(plan: InferencePlan) -> dict[str, Any]:
         "containers": [container],
         "volumes": volumes,
     }
-    init = _adapter_init_containers(plan)
+    init = _weights_init_containers(plan) + _adapter_init_containers(plan)
     if init:
         spec["initContainers"] = init
     secrets = sorted({*plan.image_pull_secrets, *(s for a in plan.adapters for s in a.image_pull_secrets)})
@@ -208,6 +255,12 @@ def pod_template(plan: InferencePlan) -> dict[str, Any]:
         },
         "spec": spec,
     }
+
+
+def _whole_cores(quantity: str) -> str:
+    """A CPU quantity ("2", "1500m") as a thread count, at least 1."""
+    cores = int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+    return str(max(1, int(cores)))
 
 
 def _meta(plan: InferencePlan, name: str) -> dict[str, Any]:
