@@ -2,7 +2,8 @@
 
 It runs detached (its own session, a pid file, a log file) so it outlives this command and any cluster;
 its storage sits in the image cache so pushed images survive cluster restarts. Anonymous because the
-local kubelet's containerd pulls from it without credentials; it listens on loopback only.
+local kubelet's containerd pulls from it without credentials. It listens on 10.229.254.1 (a link it
+creates, see paths.registry_address) when run as root, else on loopback; never on a real interface.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def up(timeout: float = 30.0) -> Status:
         down()
     if not Path(BINARY).is_file():
         raise SystemExit(f"{BINARY} is missing: apt-get install -y docker-registry")
+    ensure_link()
     config = _write_config()
     storage().mkdir(parents=True, exist_ok=True)
     log = (_dir() / "registry.log").open("ab")
@@ -120,6 +122,19 @@ def up(timeout: float = 30.0) -> Status:
             return status()
         time.sleep(0.1)
     raise SystemExit(f"docker-registry did not answer on {paths.registry_host()} within {timeout:.0f}s")
+
+
+def ensure_link() -> None:
+    """The link holding the registry's address, when that address is ours to create."""
+    if paths.registry_address() != paths.REGISTRY_ADDRESS:
+        return
+    link = paths.REGISTRY_LINK
+    if not Path(f"/sys/class/net/{link}").exists():
+        subprocess.run(["ip", "link", "add", link, "type", "bridge"], check=True)
+    shown = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", link], capture_output=True, text=True)
+    if f" {paths.REGISTRY_ADDRESS}/" not in shown.stdout:
+        subprocess.run(["ip", "addr", "add", f"{paths.REGISTRY_ADDRESS}/32", "dev", link], check=True)
+    subprocess.run(["ip", "link", "set", link, "up"], check=True)
 
 
 def down(timeout: float = 10.0) -> bool:

@@ -18,6 +18,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "version": ("kaitopy.cli", "print the version"),
     "provisioner": ("kaitopy.provisioner.app", "run the GPU node provisioner (NodeClaim controller)"),
     "controller": ("kaitopy.controllers.workspace.app", "run the Workspace controller"),
+    "local-nodes": (
+        "kaitopy.provisioner.local.command",
+        "list or reset the local provider's nodes on this machine",
+    ),
     "status": ("kaitopy.usercli.status", "show a workspace's conditions, events and what it waits on"),
     "presets": ("kaitopy.usercli.presets", "list the model presets and the instance types each fits"),
     "estimate": ("kaitopy.usercli.estimate", "plan a preset on an instance type: nodes, GPUs, parallelism"),

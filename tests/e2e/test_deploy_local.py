@@ -76,7 +76,7 @@ def test_deploy_local_brings_phi3_to_ready_as_the_manifests_run_it(
             # Ready means the real readiness probe on /readyz passed.
             assert any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"]["conditions"])
             image = pod["spec"]["containers"][0]["image"]
-            assert "/kaitopy/controller:" in image and "@sha256:" in image
+            assert "/kaitopy/controller@sha256:" in image
             args = pod["spec"]["containers"][0]["args"]
             assert "--leader-elect" in args and "--log-format=json" in args
             # The container's security context as shipped: non-root, read-only root, /tmp writable.

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,26 @@ def test_a_cpu_preset_workspace_runs_on_a_real_node_and_answers_through_its_serv
     name = ws["metadata"]["name"]
     netns_before = localnodes.netns()
     k("apply", "-f", "-", input=json.dumps(ws))
+    try:
+        check_the_workspace(k, name, namespace, local_dir, netns_before)
+    finally:
+        # Even after a failure, while the operator still runs: its finalizers remove the node.
+        k(
+            "delete",
+            "workspace",
+            name,
+            "-n",
+            namespace,
+            "--ignore-not-found",
+            "--timeout=300s",
+            check=False,
+            timeout=330,
+        )
+
+
+def check_the_workspace(
+    k: Callable[..., str], name: str, namespace: str, local_dir: Path, netns_before: set[str]
+) -> None:
 
     def succeeded() -> bool:
         got = json.loads(k("get", "workspace", name, "-n", namespace, "-o", "json"))

@@ -10,6 +10,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,7 @@ def web_pod(namespace: str, node: str, tools: str) -> dict[str, object]:
         "metadata": {"name": "web", "namespace": namespace, "labels": {"app": "web"}},
         "spec": {
             "nodeSelector": {"kubernetes.io/hostname": node},
+            "terminationGracePeriodSeconds": 2,  # busybox httpd as PID 1 ignores SIGTERM
             "tolerations": [{"key": "sku", "operator": "Exists", "effect": "NoSchedule"}],
             "initContainers": [
                 {
@@ -119,7 +121,21 @@ def test_a_nodeclaim_becomes_a_real_node_that_runs_pods_and_leaves_nothing_when_
     name = f"nc{uuid.uuid4().hex[:9]}"
     netns_before = localnodes.netns()
     k("apply", "-f", "-", input=json.dumps(nodeclaim(name)))
+    try:
+        check_the_node(k, name, namespace, images, local_dir, netns_before)
+    finally:
+        # Even after a failure, while the provisioner still runs: its finalizer tears the node down.
+        k("delete", "nodeclaim", name, "--ignore-not-found", "--timeout=180s", check=False, timeout=200)
 
+
+def check_the_node(
+    k: Callable[..., str],
+    name: str,
+    namespace: str,
+    images: localnodes.LocalImages,
+    local_dir: Path,
+    netns_before: set[str],
+) -> None:
     def node_ready() -> dict[str, object] | None:
         out = k("get", "node", name, "-o", "json", check=False)
         if not out.startswith("{"):
@@ -136,7 +152,6 @@ def test_a_nodeclaim_becomes_a_real_node_that_runs_pods_and_leaves_nothing_when_
     assert node["metadata"]["labels"]["node.kubernetes.io/instance-type"] == INSTANCE_TYPE  # type: ignore[index]
     address = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")  # type: ignore[index]
     assert address.startswith("10.230.")
-    claim = json.loads(k("get", "nodeclaim", name, "-o", "json"))
     wait(
         "the NodeClaim to be Initialized",
         lambda: any(
@@ -144,6 +159,7 @@ def test_a_nodeclaim_becomes_a_real_node_that_runs_pods_and_leaves_nothing_when_
             for c in json.loads(k("get", "nodeclaim", name, "-o", "json"))["status"].get("conditions", [])
         ),
     )
+    claim = json.loads(k("get", "nodeclaim", name, "-o", "json"))
     assert claim["status"].get("providerID") == f"local://{name}"
 
     k("apply", "-f", "-", input=json.dumps(web_pod(namespace, name, images.refs["tools"])))

@@ -49,7 +49,7 @@ def leftovers(node_root: Path, node_name: str, bridge: str) -> list[str]:
             found.append(f"process {entry.name}: {cmd[:160]}")
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         point = line.split()[4]
-        if point.startswith(marker):
+        if point.startswith((marker, "/var/lib/kaitopy/nodes/")):
             found.append(f"mount {point}")
     if Path(f"/sys/class/net/{bridge}").exists():
         found.append(f"bridge {bridge}")
@@ -58,6 +58,9 @@ def leftovers(node_root: Path, node_name: str, bridge: str) -> list[str]:
             found.append(f"cgroup {hierarchy / 'kaitopy' / node_name}")
     if node_root.exists():
         found.append(f"directory {node_root}")
+    data = Path("/var/lib/kaitopy/nodes") / bridge.removeprefix("kpbr")
+    if data.exists():
+        found.append(f"directory {data}")
     return found
 
 

@@ -58,6 +58,11 @@ def test_pods_get_no_default_route_and_no_masquerade() -> None:
     assert bridge["ipam"]["ranges"][0][0] == {"subnet": "10.230.7.0/24", "gateway": "10.230.7.1"}
 
 
+def test_sockets_stay_under_the_unix_path_limit_wherever_the_node_folder_is() -> None:
+    deep = NodeLayout("n" * 63, MAX_NODES, Path("/tmp") / ("x" * 200))
+    assert len(f"{deep.containerd_socket}.ttrpc") < 104
+
+
 def test_containerd_config_is_private_to_the_node() -> None:
     n = layout()
     text = configs.containerd_config(

@@ -25,7 +25,7 @@ class NodeSettings:
 
 
 def containerd_config(node: NodeLayout, settings: NodeSettings) -> str:
-    d = node.containerd_dir
+    d = node.containerd_data
     # One containerd per node (its own root, state and socket), so deleting a node removes
     # exactly its containers and images. restrict_oom_score_adj: this machine's root lacks
     # CAP_SYS_RESOURCE, and without it runc fails every sandbox ("can't get final child's PID").

@@ -29,6 +29,11 @@ SIMULATED_POD_NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
 CLUSTER_NETWORKS = (POD_NETWORK, SERVICE_NETWORK, INFRA_NETWORK, SIMULATED_POD_NETWORK)
 MAX_NODES = 250
 BRIDGE_PREFIX = "kpbr"
+# What the runtime writes (containerd's root and socket, the kubelet's root dir with its sockets
+# and pod volumes) lives under a short machine-wide path, one folder per node index: a Unix
+# socket's path may not pass 104 bytes, and the node's own folder (its record, configuration,
+# certificates and logs) can be anywhere, a test's temporary directory say.
+DATA_DIR = Path("/var/lib/kaitopy/nodes")
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,16 @@ class NodeLayout:
         return self.root / "logs"
 
     @property
+    def data(self) -> Path:
+        return DATA_DIR / str(self.index)
+
+    @property
     def containerd_dir(self) -> Path:
         return self.root / "containerd"
+
+    @property
+    def containerd_data(self) -> Path:
+        return self.data / "containerd"
 
     @property
     def containerd_config(self) -> Path:
@@ -73,7 +86,7 @@ class NodeLayout:
 
     @property
     def containerd_socket(self) -> Path:
-        return self.containerd_dir / "containerd.sock"
+        return self.data / "containerd.sock"
 
     @property
     def registry_hosts_dir(self) -> Path:
@@ -81,7 +94,7 @@ class NodeLayout:
 
     @property
     def runc_root(self) -> Path:
-        return self.containerd_dir / "runc"
+        return self.containerd_data / "runc"
 
     @property
     def cni_conf_dir(self) -> Path:
@@ -93,7 +106,7 @@ class NodeLayout:
 
     @property
     def kubelet_dir(self) -> Path:
-        return self.root / "kubelet"
+        return self.data / "kubelet"
 
     @property
     def kubelet_config(self) -> Path:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kaitopy.provisioner.local import configs, network, system
-from kaitopy.provisioner.local.layout import NodeLayout
+from kaitopy.provisioner.local.layout import DATA_DIR, NodeLayout
 from kaitopy.provisioner.local.pki import CertificateAuthority
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,18 @@ async def start(
     marker = str(node.root)
     if not system.alive(record.pids.get("containerd", 0), marker):
         record.pids["containerd"] = system.spawn_detached(
-            [bins.containerd, "--config", str(node.containerd_config)], node.logs / "containerd.log"
+            # --address and --root repeat the config so that the command line names the node's
+            # data folder: how reset_machine finds the process when no record is left.
+            [
+                bins.containerd,
+                "--config",
+                str(node.containerd_config),
+                "--address",
+                str(node.containerd_socket),
+                "--root",
+                str(node.containerd_data / "root"),
+            ],
+            node.logs / "containerd.log",
         )
         record.save(node.state_file)
     await _wait_socket(node, record)
@@ -157,5 +168,39 @@ async def teardown(node: NodeLayout, record: NodeRecord | None, bins: Binaries) 
     await system.unmount_all(node.root)
     await system.remove_cgroup(node.cgroup_root)
     await network.remove_bridge(node)
-    with contextlib.suppress(FileNotFoundError):
-        await asyncio.to_thread(shutil.rmtree, node.root)
+    await system.unmount_all(node.data)
+    for d in (node.data, node.root):
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(shutil.rmtree, d)
+
+
+async def reset_machine() -> list[str]:
+    """Tear down every local node on this machine, whoever made it and whether or not its record
+    survives: what `kaitopy local-nodes reset` does after a crash left nodes behind. Returns what
+    it removed."""
+    removed: list[str] = []
+    for index in sorted(network.bridge_indexes() | _data_indexes()):
+        data = DATA_DIR / str(index)
+        marker = str(data)
+        for pid in system.pids_mentioning(marker):
+            await system.stop(pid, marker, grace_s=5.0)
+        await system.kill_all(system.pids_mentioning(marker), marker)
+        await system.unmount_all(data)
+        removed.append(f"node data {data}")
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(shutil.rmtree, data)
+    for cgroup in system.cgroup_dirs("kaitopy"):
+        if cgroup.is_dir():
+            for child in [c for c in cgroup.iterdir() if c.is_dir()]:
+                await system.remove_cgroup(f"kaitopy/{child.name}")
+    system.remove_empty_cgroup("kaitopy")
+    for bridge in network.bridges():
+        await system.run("ip", "link", "delete", bridge, check=False)
+        removed.append(f"bridge {bridge}")
+    return removed
+
+
+def _data_indexes() -> set[int]:
+    if not DATA_DIR.is_dir():
+        return set()
+    return {int(p.name) for p in DATA_DIR.iterdir() if p.name.isdigit()}

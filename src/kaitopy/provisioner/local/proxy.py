@@ -61,3 +61,19 @@ class KubeProxy:
         await system.run(str(self.binary), "--cleanup", check=False)
         self._pid_file.unlink(missing_ok=True)
         await asyncio.to_thread(shutil.rmtree, self.dir, True)
+
+
+async def stop_recorded(machine_dir: Path, binary: Path | None) -> bool:
+    """Stop the kube-proxy a pid file under `machine_dir` names, without the CA a KubeProxy
+    needs (for `kaitopy local-nodes reset`); True when one ran."""
+    state = machine_dir / "kube-proxy"
+    try:
+        pid = int(json.loads((state / "pid").read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        pid = 0
+    running = system.alive(pid, str(state))
+    await system.stop(pid, str(state))
+    if binary is not None:  # a missing binary is fine: run() with check=False returns ""
+        await system.run(str(binary), "--cleanup", check=False)
+    await asyncio.to_thread(shutil.rmtree, state, True)
+    return running
