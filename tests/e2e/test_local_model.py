@@ -153,7 +153,7 @@ def check_the_workspace(
     assert "paris" in str(chat["Result"]).lower(), chat
 
     record = json.loads((local_dir / "nodes" / node_name / "node.json").read_text())
-    k("delete", "workspace", name, "-n", namespace, "--timeout=300s", timeout=330)
+    k("delete", "workspace", name, "-n", namespace, "--wait=false")
     wait("the node to be gone", lambda: "NotFound" in k("get", "node", node_name, check=False), timeout=180)
     assert localnodes.leftovers(local_dir / "nodes" / node_name, node_name, f"kpbr{record['index']}") == []
     assert localnodes.netns() - netns_before == set()

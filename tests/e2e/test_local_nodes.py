@@ -28,7 +28,7 @@ def wait(what: str, check, timeout: float = 240.0, interval: float = 1.0):  # ty
     while time.monotonic() < deadline:
         try:
             last = check()
-        except AssertionError as err:
+        except (AssertionError, OSError) as err:  # OSError: a Service kube-proxy has not programmed yet
             last = err
         else:
             if last:
@@ -125,7 +125,8 @@ def test_a_nodeclaim_becomes_a_real_node_that_runs_pods_and_leaves_nothing_when_
         check_the_node(k, name, namespace, images, local_dir, netns_before)
     finally:
         # Even after a failure, while the provisioner still runs: its finalizer tears the node down.
-        k("delete", "nodeclaim", name, "--ignore-not-found", "--timeout=180s", check=False, timeout=200)
+        k("delete", "nodeclaim", name, "--ignore-not-found", "--wait=false", check=False)
+        wait("the NodeClaim to be gone", lambda: "NotFound" in k("get", "nodeclaim", name, check=False), 180)
 
 
 def check_the_node(

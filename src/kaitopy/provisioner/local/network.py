@@ -20,21 +20,23 @@ CLUSTER_CHAIN = "KAITOPY-CLUSTER"
 OUR_INTERFACES = ("lo", f"{BRIDGE_PREFIX}+", "kaitopy-+")
 
 
-def guard_chains() -> dict[str, tuple[list[list[str]], list[list[str]]]]:
-    """chain -> (its rules, the jumps into it). Two guards:
-    - KAITOPY-EGRESS: a forwarded packet from the pod network must stay in it;
-    - KAITOPY-CLUSTER: a packet (from the host or forwarded) for any cluster address (pods,
-      Services, the project's endpoints, kwok's simulated pods) must leave through one of our
-      interfaces. A ClusterIP with no kube-proxy rule, or a kwok pod's made-up IP, would otherwise
-      follow the default route off the machine."""
+def guard_chains() -> dict[tuple[str, str], tuple[list[list[str]], list[list[str]]]]:
+    """(table, chain) -> (its rules, the jumps into it). Two guards:
+    - filter KAITOPY-EGRESS: a forwarded packet from the pod network must stay in it;
+    - mangle KAITOPY-CLUSTER, in POSTROUTING: a packet (from the host or forwarded) for any cluster
+      address (pods, Services, the project's endpoints, kwok's simulated pods) must leave through
+      one of our interfaces. A ClusterIP with no kube-proxy rule, or a kwok pod's made-up IP, would
+      otherwise follow the default route off the machine. POSTROUTING because only there are the
+      destination (after kube-proxy's DNAT) and the outgoing interface both final: filter OUTPUT
+      still sees the interface the packet was routed to before its DNAT."""
     egress = [["-d", str(POD_NETWORK), "-j", "RETURN"], ["-j", "DROP"]]
     cluster: list[list[str]] = []
     for net in CLUSTER_NETWORKS:
         cluster += [["-d", str(net), "-o", iface, "-j", "RETURN"] for iface in OUR_INTERFACES]
         cluster.append(["-d", str(net), "-j", "DROP"])
     return {
-        GUARD_CHAIN: (egress, [["FORWARD", "-s", str(POD_NETWORK)]]),
-        CLUSTER_CHAIN: (cluster, [["OUTPUT"], ["FORWARD"]]),
+        ("filter", GUARD_CHAIN): (egress, [["FORWARD", "-s", str(POD_NETWORK)]]),
+        ("mangle", CLUSTER_CHAIN): (cluster, [["POSTROUTING"]]),
     }
 
 
@@ -63,26 +65,26 @@ def set_sysctl(key: str, value: str) -> None:
 
 async def ensure_guard() -> None:
     """Idempotent: each guard chain with exactly its rules, jumped to first."""
-    ipt = "iptables"
-    for chain, (rules, jumps) in guard_chains().items():
-        if await _exit_code(ipt, "-w", "-n", "-L", chain) != 0:
-            await system.run(ipt, "-w", "-N", chain)
-        await system.run(ipt, "-w", "-F", chain)
+    for (table, chain), (rules, jumps) in guard_chains().items():
+        ipt = ["iptables", "-w", "-t", table]
+        if await _exit_code(*ipt, "-n", "-L", chain) != 0:
+            await system.run(*ipt, "-N", chain)
+        await system.run(*ipt, "-F", chain)
         for rule in rules:
-            await system.run(ipt, "-w", "-A", chain, *rule)
+            await system.run(*ipt, "-A", chain, *rule)
         for jump in jumps:
-            if await _exit_code(ipt, "-w", "-C", *jump, "-j", chain) != 0:
-                await system.run(ipt, "-w", "-I", jump[0], "1", *jump[1:], "-j", chain)
+            if await _exit_code(*ipt, "-C", *jump, "-j", chain) != 0:
+                await system.run(*ipt, "-I", jump[0], "1", *jump[1:], "-j", chain)
 
 
 async def remove_guard() -> None:
-    ipt = "iptables"
-    for chain, (_, jumps) in guard_chains().items():
+    for (table, chain), (_, jumps) in guard_chains().items():
+        ipt = ["iptables", "-w", "-t", table]
         for jump in jumps:
-            while await _exit_code(ipt, "-w", "-C", *jump, "-j", chain) == 0:
-                await system.run(ipt, "-w", "-D", *jump, "-j", chain)
-        await system.run(ipt, "-w", "-F", chain, check=False)
-        await system.run(ipt, "-w", "-X", chain, check=False)
+            while await _exit_code(*ipt, "-C", *jump, "-j", chain) == 0:
+                await system.run(*ipt, "-D", *jump, "-j", chain)
+        await system.run(*ipt, "-F", chain, check=False)
+        await system.run(*ipt, "-X", chain, check=False)
 
 
 async def remove_kube_chains() -> None:

@@ -130,7 +130,11 @@ class LocalProvider:
         name = request.claim_name
         record = self._record(name)
         if record is None:
-            raise CloudProviderError(f"local node {name} has no record; it was deleted during its launch")
+            # Its folder is gone (deleted by hand, or by `kaitopy local-nodes reset`): the
+            # instance no longer exists and never will; the claim's owner replaces the claim.
+            raise LaunchFailedError(
+                f"local node {name} has no record any more; it was removed during its launch"
+            )
         layout = self._layout(name, record.index)
         if not system.alive(record.pids.get("kubelet", 0), str(layout.root)):
             tail = _tail(layout.logs / "kubelet.log")
