@@ -45,7 +45,9 @@ def bud(
     build_args: Mapping[str, str] | None = None,
     quiet: bool = False,
 ) -> None:
-    cmd = ["buildah", "bud", "--isolation", "chroot", "--format", "oci", "-f", str(dockerfile)]
+    # --layers: keep each step's layer in the store and reuse it when the step and its inputs are
+    # unchanged, so a source edit does not reinstall torch (the Dockerfiles put dependencies first).
+    cmd = ["buildah", "bud", "--isolation", "chroot", "--layers", "--format", "oci", "-f", str(dockerfile)]
     for tag in tags:
         cmd += ["-t", tag]
     for key, value in (build_args or {}).items():
