@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -32,7 +33,11 @@ def missing() -> list[str]:
         text=True,
     )
     installed = {line.split()[0] for line in proc.stdout.splitlines() if line.split()[1:2] == ["ii"]}
-    return [pkg for pkg in PACKAGES if pkg not in installed]
+    wanted = list(PACKAGES)
+    if importlib.util.find_spec("pip") is None:
+        # The wheels are downloaded with this interpreter's pip (Debian's python3 lacks it by default).
+        wanted.append("python3-pip")
+    return [pkg for pkg in wanted if pkg not in installed]
 
 
 def ensure() -> None:

@@ -275,6 +275,7 @@ def test_pause_reaps_orphans(tmp_path: Path) -> None:
     """As PID 1 of a new PID namespace, pause reaps a child's orphaned grandchildren."""
     if os.geteuid() != 0 or not shutil.which("unshare"):
         pytest.skip("needs root and unshare")
+    images.prereqs.ensure()  # the C compiler and static libc
     staging.add_pause(tmp_path)
     # pause becomes PID 1; a shell in the same namespace leaves an orphan that exits at once.
     p = subprocess.Popen(
