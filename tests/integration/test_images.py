@@ -265,10 +265,23 @@ def test_pause_runs_and_stops_cleanly(built: dict[str, Any], container: Containe
     assert staging.is_static(binary)
     for sig in (signal.SIGTERM, signal.SIGINT):
         p = subprocess.Popen([str(binary)], stderr=subprocess.PIPE)
-        time.sleep(0.3)
+        _wait_for_handler(p.pid, sig)
+        time.sleep(0.2)
         assert p.poll() is None  # it waits
         p.send_signal(sig)
         assert p.wait(timeout=5) == 0
+
+
+def _wait_for_handler(pid: int, sig: int, timeout: float = 5.0) -> None:
+    """Until the process catches `sig` (SigCgt in /proc): a signal sent earlier would just kill it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        if caught & (1 << (sig - 1)):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never installed a handler for signal {sig}")
 
 
 def test_pause_reaps_orphans(tmp_path: Path) -> None:
