@@ -127,11 +127,12 @@ helm-lint:  ## helm lint charts/kaitopy for both providers and byo mode
 test-helm: install binaries helm  ## the chart against the control plane: lint, template, server-side dry run
 	$(PY) -m pytest tests/integration/test_helm.py
 
-docker-build:  ## build the controller (and model-server) images, tagged $(IMAGE_REGISTRY)/<name>:$(VERSION)
+docker-build:  ## build the controller (and model-server) images, tagged $(IMAGE_REGISTRY)/<name>:$(VERSION) (base, pause, tools need hack/images.py's staging)
 	@command -v docker >/dev/null 2>&1 || { echo "docker-build: docker is not installed; install it (or build docker/*/Dockerfile with another OCI builder)" >&2; exit 2; }
 	@docker info >/dev/null 2>&1 || { echo "docker-build: the docker daemon is not reachable (docker info failed); start it or set DOCKER_HOST" >&2; exit 2; }
 	@for d in docker/*/; do \
 	  name=$$(basename $$d); [ -f $$d/Dockerfile ] || continue; \
+	  case $$name in base|pause|tools) continue;; esac; \
 	  echo "== $(IMAGE_REGISTRY)/$$name:$(VERSION)"; \
 	  docker build -f $$d/Dockerfile -t $(IMAGE_REGISTRY)/$$name:$(VERSION) . || exit 1; \
 	done

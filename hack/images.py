@@ -20,7 +20,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from imagelib import base, catalog, paths, prereqs, refs, registry  # noqa: E402
+from imagelib import base, catalog, lock, paths, prereqs, refs, registry  # noqa: E402
 from imagelib import build as builder  # noqa: E402
 from imagelib.progress import say  # noqa: E402
 
@@ -41,8 +41,9 @@ def build(names: list[str]) -> list[builder.Result]:
     wanted = [i for i in catalog.IMAGES if not names or i.name in names]
     prereqs.ensure()
     say(registry.up().describe())
-    base_ref = base.ensure() if any(i.on_base for i in wanted) else None
-    return [builder.build(image, base_ref) for image in wanted]
+    with lock.exclusive():
+        base_ref = base.ensure() if any(i.on_base for i in wanted) else None
+        return [builder.build(image, base_ref) for image in wanted]
 
 
 def _registry(action: str) -> int:
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "base":
         prereqs.ensure()
         registry.up()
-        base.ensure()
+        with lock.exclusive():
+            base.ensure()
         return 0
     t0 = time.monotonic()
     results = build(args.names)

@@ -44,8 +44,15 @@ def bud(
     tags: Sequence[str],
     build_args: Mapping[str, str] | None = None,
     quiet: bool = False,
+    timestamp: str | None = None,
 ) -> None:
-    cmd = ["buildah", "bud", "--isolation", "chroot", "--format", "oci", "-f", str(dockerfile)]
+    """`timestamp` (epoch seconds) fixes the image's creation time and its files' times, so the same
+    inputs give the same image ID."""
+    # --layers: keep each step's layer in the store and reuse it when the step and its inputs are
+    # unchanged, so a source edit does not reinstall torch (the Dockerfiles put dependencies first).
+    cmd = ["buildah", "bud", "--isolation", "chroot", "--layers", "--format", "oci", "-f", str(dockerfile)]
+    if timestamp is not None:
+        cmd += ["--timestamp", timestamp]
     for tag in tags:
         cmd += ["-t", tag]
     for key, value in (build_args or {}).items():

@@ -2,36 +2,42 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 from imagelib.progress import say, step
 
-# command or file that proves it -> the Debian package that provides it
-NEEDS: dict[str, str] = {
-    "buildah": "buildah",
-    "mmdebstrap": "mmdebstrap",
-    "skopeo": "skopeo",
-    "/usr/bin/docker-registry": "docker-registry",
+PACKAGES = [
+    "buildah",
+    "mmdebstrap",
+    "skopeo",
+    "docker-registry",
     # The tools image needs busybox linked statically; the plain `busybox` package's is dynamic.
-    "/usr/share/doc/busybox-static": "busybox-static",
-    "cc": "gcc",
-    # libc.a: the pause binary is linked statically.
-    "/usr/lib/x86_64-linux-gnu/libc.a": "libc6-dev",
-}
+    "busybox-static",
+    # The pause binary is compiled on the host and linked statically (libc.a is in libc6-dev).
+    "gcc",
+    "libc6-dev",
+]
 
 # Debian's containers-common normally ships this; without it buildah refuses to pull or push anything.
 POLICY = Path("/etc/containers/policy.json")
 
 
-def _present(what: str) -> bool:
-    return Path(what).exists() if what.startswith("/") else shutil.which(what) is not None
-
-
 def missing() -> list[str]:
-    return sorted({pkg for what, pkg in NEEDS.items() if not _present(what)})
+    """Packages dpkg does not report as installed ("ii")."""
+    proc = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\n", *PACKAGES],
+        capture_output=True,
+        text=True,
+    )
+    installed = {line.split()[0] for line in proc.stdout.splitlines() if line.split()[1:2] == ["ii"]}
+    wanted = list(PACKAGES)
+    if importlib.util.find_spec("pip") is None:
+        # The wheels are downloaded with this interpreter's pip (Debian's python3 lacks it by default).
+        wanted.append("python3-pip")
+    return [pkg for pkg in wanted if pkg not in installed]
 
 
 def ensure() -> None:

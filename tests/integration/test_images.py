@@ -224,60 +224,71 @@ def test_refs_include_the_base(built: dict[str, Any]) -> None:
     assert refs["base-python"].startswith(f"{images.paths.registry_host()}/kaitopy/base-python@sha256:")
 
 
-@pytest.fixture
-def container() -> Iterator[Any]:
-    """Start a working container from an image: yields run(ref, *cmd) -> CompletedProcess."""
-    made: list[str] = []
+class Container:
+    """A buildah working container from an image (made on first use), run with chroot isolation."""
 
-    def run(ref: str, *cmd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-        if not made:
-            made.append(
-                subprocess.run(
-                    ["buildah", "from", "--tls-verify=false", ref], capture_output=True, text=True, check=True
-                ).stdout.strip()
-            )
+    def __init__(self) -> None:
+        self.name = ""
+
+    def __call__(self, ref: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+        if not self.name:
+            self.name = subprocess.run(
+                ["buildah", "from", "--tls-verify=false", ref], capture_output=True, text=True, check=True
+            ).stdout.strip()
         return subprocess.run(
-            ["buildah", "run", "--isolation", "chroot", made[0], "--", *cmd],
+            ["buildah", "run", "--isolation", "chroot", self.name, "--", *cmd],
             capture_output=True,
             text=True,
             timeout=300,
-            **kw,
         )
 
-    yield run
-    for name in made:
-        subprocess.run(["buildah", "rm", name], capture_output=True)
+    def mount(self) -> Path:
+        out = subprocess.run(["buildah", "mount", self.name], capture_output=True, text=True, check=True)
+        return Path(out.stdout.strip())
 
 
-def test_pause_runs_and_stops_cleanly(built: dict[str, Any], container: Any, tmp_path: Path) -> None:
-    ref = built["first"]["pause"].ref
-    proc = container(ref, "/pause", "-v")
+@pytest.fixture
+def container() -> Iterator[Container]:
+    c = Container()
+    yield c
+    if c.name:
+        subprocess.run(["buildah", "umount", c.name], capture_output=True)
+        subprocess.run(["buildah", "rm", c.name], capture_output=True)
+
+
+def test_pause_runs_and_stops_cleanly(built: dict[str, Any], container: Container, tmp_path: Path) -> None:
+    proc = container(built["first"]["pause"].ref, "/pause", "-v")
     assert proc.returncode == 0 and proc.stdout.strip() == "kaitopy-pause 1.0", proc
     # The binary itself, taken out of the image: SIGTERM and SIGINT end it with status 0.
-    mount = subprocess.run(["buildah", "mount", _container_name(ref)], capture_output=True, text=True)
     binary = tmp_path / "pause"
-    if mount.returncode == 0:
-        shutil.copy2(Path(mount.stdout.strip()) / "pause", binary)
-    else:  # fall back to compiling the same source
-        staging.add_pause(tmp_path)
+    shutil.copy2(container.mount() / "pause", binary)
+    assert staging.is_static(binary)
     for sig in (signal.SIGTERM, signal.SIGINT):
         p = subprocess.Popen([str(binary)], stderr=subprocess.PIPE)
-        time.sleep(0.3)
+        _wait_for_handler(p.pid, sig)
+        time.sleep(0.2)
         assert p.poll() is None  # it waits
         p.send_signal(sig)
         assert p.wait(timeout=5) == 0
 
 
-def _container_name(ref: str) -> str:
-    out = subprocess.run(["buildah", "containers", "--json"], capture_output=True, text=True, check=True)
-    names = [c["containername"] for c in json.loads(out.stdout or "[]") if c.get("imagename") == ref]
-    return names[-1] if names else ""
+def _wait_for_handler(pid: int, sig: int, timeout: float = 5.0) -> None:
+    """Until the process catches `sig` (SigCgt in /proc): a signal sent earlier would just kill it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        if caught & (1 << (sig - 1)):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never installed a handler for signal {sig}")
 
 
 def test_pause_reaps_orphans(tmp_path: Path) -> None:
     """As PID 1 of a new PID namespace, pause reaps a child's orphaned grandchildren."""
     if os.geteuid() != 0 or not shutil.which("unshare"):
         pytest.skip("needs root and unshare")
+    images.prereqs.ensure()  # the C compiler and static libc
     staging.add_pause(tmp_path)
     # pause becomes PID 1; a shell in the same namespace leaves an orphan that exits at once.
     p = subprocess.Popen(
@@ -317,7 +328,7 @@ def _ppid_state(stat: Path) -> tuple[int, str] | None:
     return int(fields[1]), fields[0]
 
 
-def test_tools_image_has_a_static_busybox_with_cp(built: dict[str, Any], container: Any) -> None:
+def test_tools_image_has_a_static_busybox_with_cp(built: dict[str, Any], container: Container) -> None:
     ref = built["first"]["tools"].ref
     proc = container(ref, "/bin/cp", "/bin/busybox", "/tmp/busybox")
     assert proc.returncode == 0, proc
@@ -325,7 +336,7 @@ def test_tools_image_has_a_static_busybox_with_cp(built: dict[str, Any], contain
     assert proc.stdout.strip() == "ok", proc
 
 
-def test_controller_image_runs_kaitopy(built: dict[str, Any], container: Any) -> None:
+def test_controller_image_runs_kaitopy(built: dict[str, Any], container: Container) -> None:
     ref = built["first"]["controller"].ref
     proc = container(ref, "kaitopy", "--help")
     assert proc.returncode == 0 and "controller" in proc.stdout and "provisioner" in proc.stdout, proc
@@ -334,7 +345,7 @@ def test_controller_image_runs_kaitopy(built: dict[str, Any], container: Any) ->
 
 
 @pytest.mark.slow
-def test_model_server_image_imports_its_stack(built: dict[str, Any], container: Any) -> None:
+def test_model_server_image_imports_its_stack(built: dict[str, Any], container: Container) -> None:
     ref = built["first"]["model-server-cpu"].ref
     code = (
         "import torch, transformers, peft, safetensors, accelerate, gguf, kaitopy.inference; "
