@@ -58,7 +58,7 @@ def test_admitted_and_planned_on_a_v100_node_without_taking_its_gpu() -> None:
     # ...but the pod takes CPU and memory, not the GPU.
     resources = pod_spec()["containers"][0]["resources"]
     assert resources == {
-        "requests": {"cpu": "2", "memory": "1280Mi"},
+        "requests": {"cpu": "1", "memory": "1280Mi"},
         "limits": {"cpu": "2", "memory": "2560Mi"},
     }
     assert GPU_RESOURCE not in str(resources)

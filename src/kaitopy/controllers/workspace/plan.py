@@ -59,7 +59,8 @@ class Settings:
 class CpuPlan:
     """Resources of a model server that runs on CPU (Kubernetes quantities)."""
 
-    cpu: str
+    cpu_request: str
+    cpu_limit: str
     memory_request: str
     memory_limit: str
 

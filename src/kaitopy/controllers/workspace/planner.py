@@ -219,7 +219,12 @@ def _cpu_plan(model: ModelPreset) -> CpuPlan | None:
     r = model.cpu_resources
     if not model.on_cpu or r is None:
         return None
-    return CpuPlan(cpu=r.cpu, memory_request=r.memory_request, memory_limit=r.memory_limit)
+    return CpuPlan(
+        cpu_request=r.cpu_request,
+        cpu_limit=r.cpu_limit,
+        memory_request=r.memory_request,
+        memory_limit=r.memory_limit,
+    )
 
 
 def _weights_gib(model: Any) -> float:

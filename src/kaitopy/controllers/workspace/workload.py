@@ -116,8 +116,8 @@ def _resources(plan: InferencePlan) -> dict[str, Any]:
         # The server runs on the node's CPU: the node's GPU stays free, and the measured CPU and
         # memory are what the scheduler must find.
         return {
-            "requests": {"cpu": plan.cpu.cpu, "memory": plan.cpu.memory_request},
-            "limits": {"cpu": plan.cpu.cpu, "memory": plan.cpu.memory_limit},
+            "requests": {"cpu": plan.cpu.cpu_request, "memory": plan.cpu.memory_request},
+            "limits": {"cpu": plan.cpu.cpu_limit, "memory": plan.cpu.memory_limit},
         }
     gpus = str(plan.gpus_per_node)
     return {"requests": {GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}}
@@ -206,7 +206,7 @@ def pod_template(plan: InferencePlan) -> dict[str, Any]:
     if plan.cpu is not None:
         # torch sizes its thread pool to the node's cores, not the container's CPU limit; more
         # threads than the limit allows only get throttled.
-        env.append({"name": "OMP_NUM_THREADS", "value": _whole_cores(plan.cpu.cpu)})
+        env.append({"name": "OMP_NUM_THREADS", "value": _whole_cores(plan.cpu.cpu_limit)})
     mounts: list[dict[str, Any]] = [
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "weights", "mountPath": WEIGHTS_MOUNT},
