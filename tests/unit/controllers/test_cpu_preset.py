@@ -107,6 +107,27 @@ def test_unpinned_and_plain_http() -> None:
     assert pod_spec(settings)["containers"][0]["image"] == Settings().cpu_runtime_image
 
 
+def test_a_pull_secret_reaches_the_init_container_only() -> None:
+    settings = Settings(weights_registry="r.local/m", weights_pull_secret="weights-creds")
+    spec = pod_spec(settings)
+    [init] = spec["initContainers"]
+    assert init["args"][-1] == "--docker-config=/var/run/kaitopy/weights-auth/config.json"
+    assert {"name": "weights-auth", "mountPath": "/var/run/kaitopy/weights-auth", "readOnly": True} in init[
+        "volumeMounts"
+    ]
+    assert {
+        "name": "weights-auth",
+        "secret": {
+            "secretName": "weights-creds",
+            "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+        },
+    } in spec["volumes"]
+    assert not any(m["name"] == "weights-auth" for m in spec["containers"][0]["volumeMounts"])
+    # A GPU preset gets neither, whatever the settings say.
+    gpu = pod_spec(settings, preset="phi-3-mini-4k-instruct")
+    assert "initContainers" not in gpu and not any(v["name"] == "weights-auth" for v in gpu["volumes"])
+
+
 def test_without_a_weights_registry_the_plan_says_which_setting_is_missing() -> None:
     with pytest.raises(PlanError) as err:
         plan_of(workspace(), Settings())

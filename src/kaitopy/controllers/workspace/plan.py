@@ -53,6 +53,9 @@ class Settings:
     """Preset name -> the sha256 manifest digest its weights artifact must have (optional pins)."""
     weights_plain_http: bool = False
     """Pull weights artifacts over HTTP (a registry without TLS); loopback registries always are."""
+    weights_pull_secret: str = ""
+    """A kubernetes.io/dockerconfigjson Secret, in the workspace's namespace, with the weights
+    registry's credentials; empty: pull anonymously."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class InferencePlan:
     server downloading hf_model_id)."""
     weights_digest: str | None = None
     weights_plain_http: bool = False
+    weights_pull_secret: str | None = None
     cpu: CpuPlan | None = None
     """Set when the server runs on CPU: the pod's CPU and memory instead of GPUs."""
 
@@ -125,7 +129,7 @@ class InferencePlan:
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
-_LATER_FIELDS = ("weights_image", "weights_digest", "weights_plain_http", "cpu")
+_LATER_FIELDS = ("weights_image", "weights_digest", "weights_plain_http", "weights_pull_secret", "cpu")
 
 
 @dataclass(frozen=True)
