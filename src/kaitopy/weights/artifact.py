@@ -42,6 +42,9 @@ MARKER = ".kaitopy-weights.json"
 CHUNK = 1 << 20
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+TIMEOUT_S = (15.0, 120.0)
+"""(connect, read) for every registry request: a stalled registry fails the pull (and the kubelet
+retries the init container) instead of hanging the pod in Init forever."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ def push(src: Path, image: str, docker_config: Path | None = None, plain_http: b
         )
     config = _json_bytes({"files": [layer["annotations"][TITLE] for layer in layers]})
     config_desc = {"mediaType": CONFIG_TYPE, "digest": _digest_of(config), "size": len(config)}
-    session = RegistrySession(ref, resolve_credentials(docker_config, ref), plain_http)
+    session = _session(ref, docker_config, plain_http)
     for path, layer in zip(files, layers, strict=True):
         _upload(session, layer, path.open("rb"), str(path))
     _upload_bytes(session, config_desc, config)
@@ -134,6 +137,20 @@ def push(src: Path, image: str, docker_config: Path | None = None, plain_http: b
     total = sum(int(layer["size"]) for layer in layers)
     log.info("pushed %s@%s (%d files, %d bytes)", ref, digest, len(layers), total)
     return digest
+
+
+def _session(ref: ImageRef, docker_config: Path | None, plain_http: bool) -> RegistrySession:
+    session = RegistrySession(ref, resolve_credentials(docker_config, ref), plain_http)
+    http = session.registry.session
+    send = http.request
+
+    def with_timeout(method: str, url: str, **kwargs: Any) -> Any:
+        # oras passes no timeout of its own; requests would wait forever on a silent socket.
+        kwargs.setdefault("timeout", TIMEOUT_S)
+        return send(method, url, **kwargs)
+
+    http.request = with_timeout
+    return session
 
 
 def _base(session: RegistrySession) -> str:
@@ -255,7 +272,7 @@ def pull(
         if present is not None:
             log.info("%s already holds %s@%s", dest, ref, pin)
             return Pulled(pin, present, reused=True)
-    session = RegistrySession(ref, resolve_credentials(docker_config, ref), plain_http)
+    session = _session(ref, docker_config, plain_http)
     body, actual = _manifest(session, ref, pin)
     manifest = json.loads(body)
     config_type = (manifest.get("config") or {}).get("mediaType")
