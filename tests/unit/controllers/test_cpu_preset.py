@@ -128,9 +128,14 @@ def test_a_pull_secret_reaches_the_init_container_only() -> None:
     assert "initContainers" not in gpu and not any(v["name"] == "weights-auth" for v in gpu["volumes"])
 
 
+def test_the_default_weights_registry_sits_beside_the_default_images() -> None:
+    [init] = pod_spec(Settings())["initContainers"]
+    assert f"--image=ghcr.io/kaitopy/weights/{PRESET}:0.1.2" in init["args"]
+
+
 def test_without_a_weights_registry_the_plan_says_which_setting_is_missing() -> None:
     with pytest.raises(PlanError) as err:
-        plan_of(workspace(), Settings())
+        plan_of(workspace(), Settings(weights_registry=""))
     assert err.value.reason == "WeightsRegistryUnset"
     assert "--weights-registry" in str(err.value) and "KAITOPY_WEIGHTS_REGISTRY" in str(err.value)
 

@@ -45,10 +45,11 @@ class Settings:
     cpu_runtime_image: str = "ghcr.io/kaitopy/model-server-cpu:0.1.0"
     """The model server for presets that run on CPU (engine transformers-cpu): the transformers
     engine on torch's CPU build, no vLLM or CUDA, plus `kaitopy weights pull`."""
-    weights_registry: str = ""
+    weights_registry: str = "ghcr.io/kaitopy/weights"
     """`<registry>/<repo prefix>` holding the weights artifacts of presets whose weights come from
-    OCI: their init container pulls `<prefix>/<preset>:<weights_version>`. Empty: such presets
-    cannot be planned (there is nowhere to get their weights from)."""
+    OCI: their init container pulls `<prefix>/<preset>:<weights_version>`. The default sits
+    beside the default images (what the webhook admits, the controller can plan); an air-gapped
+    install points it at its own registry. Set empty, such presets are refused."""
     weights_digests: Mapping[str, str] = field(default_factory=dict)
     """Preset name -> the sha256 manifest digest its weights artifact must have (optional pins)."""
     weights_plain_http: bool = False
