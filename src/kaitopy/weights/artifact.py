@@ -13,6 +13,7 @@ the registry returned against the pin before trusting the blob digests listed in
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -172,6 +173,8 @@ def _upload(session: RegistrySession, desc: dict[str, Any], body: Any, what: str
         resp = session.request(f"{_base(session)}/blobs/uploads/", "POST")
         session.check(resp, f"starting the upload of {what}")
         location = resp.headers.get("Location", "")
+        if not location:
+            raise OciError(f"{session.ref}: the registry started an upload of {what} but gave no Location")
         if location.startswith("/"):
             location = f"{session.prefix}://{session.ref.api_host}{location}"
         sep = "&" if "?" in location else "?"
@@ -192,8 +195,6 @@ def _basic_header(session: RegistrySession) -> dict[str, str]:
 
 
 def _upload_bytes(session: RegistrySession, desc: dict[str, Any], body: bytes) -> None:
-    import io
-
     _upload(session, desc, io.BytesIO(body), "the artifact config")
 
 
