@@ -36,8 +36,11 @@ class CpuResources(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    cpu: str
-    """Cores, requested and limited alike: torch sizes its thread pool to them."""
+    cpu_request: str
+    """Cores the scheduler reserves: kept below a small node's whole count, so the pod still
+    fits a node where other pods request a little CPU."""
+    cpu_limit: str
+    """Cores the server may use; torch's thread pool is sized to them (OMP_NUM_THREADS)."""
     memory_request: str
     memory_limit: str
 

@@ -13,6 +13,7 @@ the registry returned against the pin before trusting the blob digests listed in
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -42,6 +43,9 @@ MARKER = ".kaitopy-weights.json"
 CHUNK = 1 << 20
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+TIMEOUT_S = (15.0, 120.0)
+"""(connect, read) for every registry request: a stalled registry fails the pull (and the kubelet
+retries the init container) instead of hanging the pod in Init forever."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ def push(src: Path, image: str, docker_config: Path | None = None, plain_http: b
         )
     config = _json_bytes({"files": [layer["annotations"][TITLE] for layer in layers]})
     config_desc = {"mediaType": CONFIG_TYPE, "digest": _digest_of(config), "size": len(config)}
-    session = RegistrySession(ref, resolve_credentials(docker_config, ref), plain_http)
+    session = _session(ref, docker_config, plain_http)
     for path, layer in zip(files, layers, strict=True):
         _upload(session, layer, path.open("rb"), str(path))
     _upload_bytes(session, config_desc, config)
@@ -136,6 +140,20 @@ def push(src: Path, image: str, docker_config: Path | None = None, plain_http: b
     return digest
 
 
+def _session(ref: ImageRef, docker_config: Path | None, plain_http: bool) -> RegistrySession:
+    session = RegistrySession(ref, resolve_credentials(docker_config, ref), plain_http)
+    http = session.registry.session
+    send = http.request
+
+    def with_timeout(method: str, url: str, **kwargs: Any) -> Any:
+        # oras passes no timeout of its own; requests would wait forever on a silent socket.
+        kwargs.setdefault("timeout", TIMEOUT_S)
+        return send(method, url, **kwargs)
+
+    http.request = with_timeout
+    return session
+
+
 def _base(session: RegistrySession) -> str:
     return f"{session.prefix}://{session.ref.api_host}/v2/{session.ref.repository}"
 
@@ -155,6 +173,8 @@ def _upload(session: RegistrySession, desc: dict[str, Any], body: Any, what: str
         resp = session.request(f"{_base(session)}/blobs/uploads/", "POST")
         session.check(resp, f"starting the upload of {what}")
         location = resp.headers.get("Location", "")
+        if not location:
+            raise OciError(f"{session.ref}: the registry started an upload of {what} but gave no Location")
         if location.startswith("/"):
             location = f"{session.prefix}://{session.ref.api_host}{location}"
         sep = "&" if "?" in location else "?"
@@ -175,8 +195,6 @@ def _basic_header(session: RegistrySession) -> dict[str, str]:
 
 
 def _upload_bytes(session: RegistrySession, desc: dict[str, Any], body: bytes) -> None:
-    import io
-
     _upload(session, desc, io.BytesIO(body), "the artifact config")
 
 
@@ -255,7 +273,7 @@ def pull(
         if present is not None:
             log.info("%s already holds %s@%s", dest, ref, pin)
             return Pulled(pin, present, reused=True)
-    session = RegistrySession(ref, resolve_credentials(docker_config, ref), plain_http)
+    session = _session(ref, docker_config, plain_http)
     body, actual = _manifest(session, ref, pin)
     manifest = json.loads(body)
     config_type = (manifest.get("config") or {}).get("mediaType")

@@ -81,6 +81,9 @@ def build(dest: Path | None = None, dtype: str = "float32") -> Built:
     if is_built(dest):
         log.info("%s already holds %s", dest, PRESET)
         return Built(dest, 0.0)
+    if dest.exists() and any(dest.iterdir()):
+        # Not ours to replace: a finished build would carry the marker.
+        raise BuildError(f"{dest} exists and holds no finished build ({MARKER}); remove it or pick --dest")
     source = gguf_path()
     dest.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -91,10 +94,10 @@ def build(dest: Path | None = None, dtype: str = "float32") -> Built:
         _convert(source, work, dtype)
         (work / MARKER).write_text(json.dumps(_provenance(source, dtype), sort_keys=True, indent=2))
         try:
-            work.rename(dest)
-        except OSError:
+            work.rename(dest)  # replaces an empty dest directory; fails on a non-empty one
+        except OSError as exc:
             if not is_built(dest):
-                raise
+                raise BuildError(f"cannot move the built model into {dest}: {exc}") from None
             log.info("another build finished %s first; keeping it", dest)  # a concurrent build won
     finally:
         shutil.rmtree(work, ignore_errors=True)

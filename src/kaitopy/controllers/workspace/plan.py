@@ -45,21 +45,26 @@ class Settings:
     cpu_runtime_image: str = "ghcr.io/kaitopy/model-server-cpu:0.1.0"
     """The model server for presets that run on CPU (engine transformers-cpu): the transformers
     engine on torch's CPU build, no vLLM or CUDA, plus `kaitopy weights pull`."""
-    weights_registry: str = ""
+    weights_registry: str = "ghcr.io/kaitopy/weights"
     """`<registry>/<repo prefix>` holding the weights artifacts of presets whose weights come from
-    OCI: their init container pulls `<prefix>/<preset>:<weights_version>`. Empty: such presets
-    cannot be planned (there is nowhere to get their weights from)."""
+    OCI: their init container pulls `<prefix>/<preset>:<weights_version>`. The default sits
+    beside the default images (what the webhook admits, the controller can plan); an air-gapped
+    install points it at its own registry. Set empty, such presets are refused."""
     weights_digests: Mapping[str, str] = field(default_factory=dict)
     """Preset name -> the sha256 manifest digest its weights artifact must have (optional pins)."""
     weights_plain_http: bool = False
     """Pull weights artifacts over HTTP (a registry without TLS); loopback registries always are."""
+    weights_pull_secret: str = ""
+    """A kubernetes.io/dockerconfigjson Secret, in the workspace's namespace, with the weights
+    registry's credentials; empty: pull anonymously."""
 
 
 @dataclass(frozen=True)
 class CpuPlan:
     """Resources of a model server that runs on CPU (Kubernetes quantities)."""
 
-    cpu: str
+    cpu_request: str
+    cpu_limit: str
     memory_request: str
     memory_limit: str
 
@@ -99,6 +104,7 @@ class InferencePlan:
     server downloading hf_model_id)."""
     weights_digest: str | None = None
     weights_plain_http: bool = False
+    weights_pull_secret: str | None = None
     cpu: CpuPlan | None = None
     """Set when the server runs on CPU: the pod's CPU and memory instead of GPUs."""
 
@@ -124,7 +130,7 @@ class InferencePlan:
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
-_LATER_FIELDS = ("weights_image", "weights_digest", "weights_plain_http", "cpu")
+_LATER_FIELDS = ("weights_image", "weights_digest", "weights_plain_http", "weights_pull_secret", "cpu")
 
 
 @dataclass(frozen=True)

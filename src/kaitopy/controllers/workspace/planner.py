@@ -143,6 +143,7 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                     weights_image=weights.image,
                     weights_digest=weights.digest,
                     weights_plain_http=settings.weights_plain_http if weights.image else False,
+                    weights_pull_secret=(settings.weights_pull_secret or None) if weights.image else None,
                     cpu=_cpu_plan(model),
                 ),
             )
@@ -219,7 +220,12 @@ def _cpu_plan(model: ModelPreset) -> CpuPlan | None:
     r = model.cpu_resources
     if not model.on_cpu or r is None:
         return None
-    return CpuPlan(cpu=r.cpu, memory_request=r.memory_request, memory_limit=r.memory_limit)
+    return CpuPlan(
+        cpu_request=r.cpu_request,
+        cpu_limit=r.cpu_limit,
+        memory_request=r.memory_request,
+        memory_limit=r.memory_limit,
+    )
 
 
 def _weights_gib(model: Any) -> float:

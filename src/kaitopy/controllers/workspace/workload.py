@@ -86,18 +86,27 @@ WEIGHTS_PULL_RESOURCES = {
 }
 
 
+WEIGHTS_AUTH_MOUNT = "/var/run/kaitopy/weights-auth"
+
+
 def weights_pull_args(plan: InferencePlan) -> list[str]:
     args = ["weights", "pull", f"--image={plan.weights_image}", f"--dest={WEIGHTS_MOUNT}"]
     if plan.weights_digest:
         args.append(f"--digest={plan.weights_digest}")
     if plan.weights_plain_http:
         args.append("--plain-http")
+    if plan.weights_pull_secret:
+        args.append(f"--docker-config={WEIGHTS_AUTH_MOUNT}/config.json")
     return args
 
 
 def _weights_init_containers(plan: InferencePlan) -> list[dict[str, Any]]:
     if not plan.weights_image:
         return []
+    mounts: list[dict[str, Any]] = [{"name": "weights", "mountPath": WEIGHTS_MOUNT}]
+    if plan.weights_pull_secret:
+        # Only the init container sees the registry credentials, not the model server.
+        mounts.append({"name": "weights-auth", "mountPath": WEIGHTS_AUTH_MOUNT, "readOnly": True})
     # The model server's own image has `kaitopy weights pull`: no extra image to trust or mirror.
     return [
         {
@@ -106,9 +115,16 @@ def _weights_init_containers(plan: InferencePlan) -> list[dict[str, Any]]:
             "command": ["kaitopy"],
             "args": weights_pull_args(plan),
             "resources": WEIGHTS_PULL_RESOURCES,
-            "volumeMounts": [{"name": "weights", "mountPath": WEIGHTS_MOUNT}],
+            "volumeMounts": mounts,
         }
     ]
+
+
+def _weights_auth_volume(plan: InferencePlan) -> list[dict[str, Any]]:
+    if not (plan.weights_image and plan.weights_pull_secret):
+        return []
+    items = [{"key": ".dockerconfigjson", "path": "config.json"}]
+    return [{"name": "weights-auth", "secret": {"secretName": plan.weights_pull_secret, "items": items}}]
 
 
 def _resources(plan: InferencePlan) -> dict[str, Any]:
@@ -116,8 +132,8 @@ def _resources(plan: InferencePlan) -> dict[str, Any]:
         # The server runs on the node's CPU: the node's GPU stays free, and the measured CPU and
         # memory are what the scheduler must find.
         return {
-            "requests": {"cpu": plan.cpu.cpu, "memory": plan.cpu.memory_request},
-            "limits": {"cpu": plan.cpu.cpu, "memory": plan.cpu.memory_limit},
+            "requests": {"cpu": plan.cpu.cpu_request, "memory": plan.cpu.memory_request},
+            "limits": {"cpu": plan.cpu.cpu_limit, "memory": plan.cpu.memory_limit},
         }
     gpus = str(plan.gpus_per_node)
     return {"requests": {GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}}
@@ -206,7 +222,7 @@ def pod_template(plan: InferencePlan) -> dict[str, Any]:
     if plan.cpu is not None:
         # torch sizes its thread pool to the node's cores, not the container's CPU limit; more
         # threads than the limit allows only get throttled.
-        env.append({"name": "OMP_NUM_THREADS", "value": _whole_cores(plan.cpu.cpu)})
+        env.append({"name": "OMP_NUM_THREADS", "value": _whole_cores(plan.cpu.cpu_limit)})
     mounts: list[dict[str, Any]] = [
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "weights", "mountPath": WEIGHTS_MOUNT},
@@ -219,6 +235,7 @@ def pod_template(plan: InferencePlan) -> dict[str, Any]:
     ]
     if plan.adapters:
         volumes.append({"name": "tools", "emptyDir": {}})
+    volumes += _weights_auth_volume(plan)
     if plan.config_map:
         mounts.append({"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True})
         volumes.append({"name": "config", "configMap": {"name": plan.config_map}})
