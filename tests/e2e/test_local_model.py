@@ -99,25 +99,20 @@ def test_a_cpu_preset_workspace_runs_on_a_real_node_and_answers_through_its_serv
     k("apply", "-f", "-", input=json.dumps(ws))
     try:
         check_the_workspace(k, name, namespace, local_dir, netns_before)
+    except BaseException:
+        print(k("get", "workspace,pods,nodeclaims,nodes", "-A", "-o", "wide", check=False))
+        print(k("describe", "pods", "-n", namespace, check=False)[-6000:])
+        raise
     finally:
         # Even after a failure, while the operator still runs: its finalizers remove the node.
-        k(
-            "delete",
-            "workspace",
-            name,
-            "-n",
-            namespace,
-            "--ignore-not-found",
-            "--timeout=300s",
-            check=False,
-            timeout=330,
-        )
+        k("delete", "workspace", name, "-n", namespace, "--ignore-not-found", "--wait=false", check=False)
+        gone = lambda: "NotFound" in k("get", "workspace", name, "-n", namespace, check=False)  # noqa: E731
+        wait("the Workspace to be gone", gone, timeout=300)
 
 
 def check_the_workspace(
     k: Callable[..., str], name: str, namespace: str, local_dir: Path, netns_before: set[str]
 ) -> None:
-
     def succeeded() -> bool:
         got = json.loads(k("get", "workspace", name, "-n", namespace, "-o", "json"))
         conditions = {c["type"]: c["status"] for c in (got.get("status") or {}).get("conditions") or ()}
