@@ -143,7 +143,7 @@ deploy:  ## install the operator into the current kubectl context (PROVIDER=kwok
 	@case "$(PROVIDER)" in kwok|azure|byo) ;; *) echo "deploy: PROVIDER must be kwok, azure or byo, not '$(PROVIDER)'" >&2; exit 2;; esac
 ifeq ($(CLUSTER),local)
 	@case "$(PROVIDER)" in kwok|byo) ;; *) echo "deploy: CLUSTER=local runs PROVIDER=kwok or byo (there is no Azure here)" >&2; exit 2;; esac
-	$(MAKE) -s install binaries
+	$(MAKE) -s packages install binaries
 	$(PY) hack/deploy_local.py up --provider $(PROVIDER) $(if $(filter kwok,$(PROVIDER)),,--no-example)
 else
 	$(KUBECTL) apply --server-side -k manifests/overlays/$(PROVIDER)

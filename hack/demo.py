@@ -28,6 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import yaml
 from coldstart import phases, render
 from localkube import kubectl
 
@@ -129,27 +130,56 @@ class Operator:
             self.stop(name)
 
 
-def apply_and_wait(kube: Kube, example: Path, timeout: float) -> str:
+def apply_and_wait(kube: Kube, example: Path, timeout: float, op: Operator) -> str:
+    """Apply, then follow the workspace to WorkspaceSucceeded, printing each new event of its
+    namespace (node launch, image pulls, probes) as progress."""
     shown = example.relative_to(REPO) if example.is_relative_to(REPO) else example
+    meta = yaml.safe_load(example.read_text())["metadata"]
+    name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
+    seen: set[str] = set()
+    new_events(kube, namespace, seen)  # what happened before this apply is not its progress
     say(f"applying {shown}")
     print(kube("apply", "-f", str(example)), end="")
-    name = kube("get", "-f", str(example), "-o", "jsonpath={.metadata.name}")
     started = time.monotonic()
-    out = kube(
-        "wait",
-        f"workspace/{name}",
-        "--for=condition=WorkspaceSucceeded",
-        f"--timeout={int(timeout)}s",
-        check=False,
-        timeout=timeout + 30,
-    )
-    if "condition met" not in out:
-        print(kube("get", "workspace", name, "-o", "yaml"))
-        print(kube("get", "pods,events", "-o", "wide", check=False))
-        raise SystemExit(f"workspace {name} did not succeed within {timeout:.0f}s")
+    while not succeeded(kube, name, namespace):
+        op.check()
+        if time.monotonic() - started > timeout:
+            print(kube("get", "workspace", name, "-n", namespace, "-o", "yaml"))
+            print(kube("get", "pods,events", "-n", namespace, "-o", "wide", check=False))
+            raise SystemExit(f"workspace {name} did not succeed within {timeout:.0f}s")
+        for line in new_events(kube, namespace, seen):
+            say(f"  [{time.monotonic() - started:5.1f}s] {line}")
+        time.sleep(1)
     say(f"workspace {name} succeeded in {time.monotonic() - started:.1f}s")
-    print(kube("get", "workspace", name), end="")
+    print(kube("get", "workspace", name, "-n", namespace), end="")
     return name
+
+
+def succeeded(kube: Kube, name: str, namespace: str) -> bool:
+    status = kube(
+        "get",
+        "workspace",
+        name,
+        "-n",
+        namespace,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type=='WorkspaceSucceeded')].status}",
+        check=False,
+    )
+    return status.strip() == "True"
+
+
+def new_events(kube: Kube, namespace: str, seen: set[str]) -> list[str]:
+    events = json.loads(kube("get", "events", "-n", namespace, "-o", "json", check=False) or '{"items": []}')
+    out = []
+    for event in sorted(events["items"], key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or ""):
+        uid = f"{event['metadata']['uid']}/{event.get('count', 1)}"
+        if uid in seen:
+            continue
+        seen.add(uid)
+        obj = event.get("involvedObject") or {}
+        out.append(f"{obj.get('kind', '?').lower()}/{obj.get('name', '?')}: {event.get('message', '')}"[:200])
+    return out
 
 
 class Kube:
@@ -201,7 +231,7 @@ def talk_through_the_service(kube: Kube, name: str) -> float:
 
 def kwok_part(kube: Kube, op: Operator, timeout: float) -> None:
     op.start("provisioner", "provisioner", "--cloud-provider=kwok", "--probe-address=127.0.0.1:0")
-    name = apply_and_wait(kube, PHI3, timeout)
+    name = apply_and_wait(kube, PHI3, timeout, op)
     print(kube("get", "nodeclaims,nodes,deployments,services", "-l", f"kaito.sh/workspace={name}"), end="")
     kube("delete", "-f", str(PHI3), "--timeout=120s")
     say(f"deleted workspace {name} and its simulated node")
@@ -224,7 +254,7 @@ def local_part(kube: Kube, op: Operator, kubeconfig: Path, refs: dict[str, str],
         "--poll-interval=1",
         "--probe-address=127.0.0.1:0",
     )
-    name = apply_and_wait(kube, SMOLLM2, timeout=900)
+    name = apply_and_wait(kube, SMOLLM2, 900, op)
     print(kube("get", "nodes", "-o", "wide"), end="")
     print(kube("get", "pods", "-o", "wide"), end="")
     first_answer = talk_through_the_service(kube, name)
