@@ -26,7 +26,7 @@ from imagelib.progress import say  # noqa: E402
 
 
 def image_refs() -> dict[str, str]:
-    """name -> `127.0.0.1:5001/kaitopy/<name>@sha256:...` for every image last built or found cached.
+    """name -> `10.229.254.1:5001/kaitopy/<name>@sha256:...` for every image last built or found cached.
 
     Names: pause, tools, controller, model-server-cpu, base-python. Empty before the first build.
     """

@@ -1,5 +1,5 @@
 """images.json: image name -> the reference last pushed for it, pinned by digest
-(`127.0.0.1:5001/kaitopy/pause@sha256:...`), for other tooling to pick up."""
+(`10.229.254.1:5001/kaitopy/pause@sha256:...`), for other tooling to pick up."""
 
 from __future__ import annotations
 

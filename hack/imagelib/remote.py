@@ -34,7 +34,7 @@ class Manifest:
 
 
 def split(ref: str) -> tuple[str, str, str]:
-    """127.0.0.1:5001/kaitopy/pause:abc -> (127.0.0.1:5001, kaitopy/pause, abc)."""
+    """10.229.254.1:5001/kaitopy/pause:abc -> (10.229.254.1:5001, kaitopy/pause, abc)."""
     host, _, rest = ref.partition("/")
     repo, _, tag = rest.rpartition(":")
     return host, repo, tag

@@ -133,14 +133,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     local.add_argument(
         "--local-pause-image",
-        default=os.environ.get("KAITOPY_LOCAL_PAUSE_IMAGE", "127.0.0.1:5001/kaitopy/pause:dev"),
+        default=os.environ.get("KAITOPY_LOCAL_PAUSE_IMAGE", "10.229.254.1:5001/kaitopy/pause:dev"),
         help="the pod sandbox image, pulled from a reachable registry",
     )
     local.add_argument(
         "--local-insecure-registry",
         action="append",
         default=[
-            r for r in os.environ.get("KAITOPY_LOCAL_INSECURE_REGISTRIES", "127.0.0.1:5001").split(",") if r
+            r
+            for r in os.environ.get("KAITOPY_LOCAL_INSECURE_REGISTRIES", "10.229.254.1:5001").split(",")
+            if r
         ],
         metavar="HOST:PORT",
         help="a registry the nodes pull from over plain HTTP (loopback only)",
