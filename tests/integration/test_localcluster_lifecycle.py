@@ -19,9 +19,9 @@ def run(cmd: str, cluster_dir: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def port_in_use(port: int) -> bool:
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 def test_up_is_idempotent_and_down_cleans_up(tmp_path: Path, kube_cluster: Cluster) -> None:
@@ -36,8 +36,13 @@ def test_up_is_idempotent_and_down_cleans_up(tmp_path: Path, kube_cluster: Clust
         assert "reusing the running cluster" in second.stderr
         assert json.loads((cluster_dir / "state.json").read_text())["pids"] == state["pids"]
         assert run("status", cluster_dir).returncode == 0
-        ports = [state["ports"]["apiserver"], state["ports"]["etcd"], state["ports"]["etcd_peer"]]
-        assert all(port_in_use(p) for p in ports)
+        # The API server listens on the project's API link when run as root, else on loopback.
+        ports = [
+            (state["ports"]["apiserver"], state["api_host"]),
+            (state["ports"]["etcd"], "127.0.0.1"),
+            (state["ports"]["etcd_peer"], "127.0.0.1"),
+        ]
+        assert all(port_in_use(p, h) for p, h in ports)
     finally:
         down = run("down", cluster_dir)
     assert down.returncode == 0, down.stderr
@@ -45,6 +50,6 @@ def test_up_is_idempotent_and_down_cleans_up(tmp_path: Path, kube_cluster: Clust
         assert (
             not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
         ), name
-    assert not any(port_in_use(p) for p in ports)
+    assert not any(port_in_use(p, h) for p, h in ports)
     assert not cluster_dir.exists()
     assert run("status", cluster_dir).returncode == 1

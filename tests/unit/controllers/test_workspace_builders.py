@@ -246,3 +246,14 @@ def test_the_model_server_accepts_every_argv_the_controller_writes(monkeypatch: 
         # The weights volume starts empty, so the server must be allowed to fetch them.
         assert settings.allow_download
         assert settings.adapter_strengths == {a.name: a.strength for a in plan.adapters}
+
+
+@pytest.mark.parametrize("template", [{"spec": None}, {"metadata": None, "spec": None}, {}])
+def test_a_template_with_null_sections_gets_the_placement_instead_of_crashing(
+    template: dict[str, Any],
+) -> None:
+    # Found by the property test: `inference.template: {spec: null}` is valid YAML for an empty spec.
+    plan = replace(PLAN, runtime="template", template=template)
+    pod = workload.deployment(plan)["spec"]["template"]
+    assert pod["metadata"]["labels"]["kaito.sh/workspace"] == PLAN.name
+    assert "nodeAffinity" in pod["spec"]["affinity"]

@@ -189,10 +189,11 @@ def _user_template(plan: InferencePlan) -> dict[str, Any]:
     """The user's pod template with the workspace's placement added: its own affinity and
     tolerations are kept, the node affinity and the GPU toleration are ours."""
     template: dict[str, Any] = copy.deepcopy(dict(plan.template or {}))
-    meta = template.setdefault("metadata", {})
+    # A template may spell an empty section as null (`spec: null`): treat it as empty.
+    meta = template["metadata"] = template.get("metadata") or {}
     meta["labels"] = {**(meta.get("labels") or {}), **selector_labels(plan), **plan.extra_labels}
     meta["annotations"] = {**(meta.get("annotations") or {}), REVISION_ANNOTATION: plan.revision()}
-    spec = template.setdefault("spec", {})
+    spec = template["spec"] = template.get("spec") or {}
     spec["affinity"] = {**(spec.get("affinity") or {}), **_node_affinity(plan)}
     spec["tolerations"] = [*(spec.get("tolerations") or []), *_gpu_tolerations()]
     return template
