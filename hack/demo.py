@@ -178,7 +178,7 @@ def new_events(kube: Kube, namespace: str, seen: set[str]) -> list[str]:
     events = json.loads(kube("get", "events", "-n", namespace, "-o", "json", check=False) or '{"items": []}')
     out = []
     for event in sorted(events["items"], key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or ""):
-        uid = f"{event['metadata']['uid']}/{event.get('count', 1)}"
+        uid = str(event["metadata"]["uid"])  # a repeat of an event only bumps its count: shown once
         if uid in seen:
             continue
         seen.add(uid)
@@ -260,9 +260,10 @@ def local_part(kube: Kube, op: Operator, kubeconfig: Path, refs: dict[str, str],
         "--probe-address=127.0.0.1:0",
     )
     name = apply_and_wait(kube, SMOLLM2, 900, op)
+    # The first answer right away: the cold-start timeline ends with it.
+    first_answer = talk_through_the_service(kube, name)
     print(kube("get", "nodes", "-o", "wide"), end="")
     print(kube("get", "pods", "-o", "wide"), end="")
-    first_answer = talk_through_the_service(kube, name)
     print(render(phases(kube, name, "default", first_answer)), flush=True)
     if keep:
         return
