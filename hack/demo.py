@@ -29,6 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import images
 import yaml
 from coldstart import phases, render
 from localkube import kubectl
@@ -44,25 +45,11 @@ def say(msg: str) -> None:
     print(f"demo: {msg}", flush=True)
 
 
-def load_images_module() -> object:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("kaitopy_hack_images", REPO / "hack" / "images.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def prepare_images_and_weights() -> tuple[dict[str, str], str, str]:
     """The images and the weights artifact in the loopback registry: (image refs, weights prefix,
     the weights manifest's digest, which the controller pins)."""
     say("building the images with buildah (cached by content; the first build takes minutes)")
-    subprocess.run(
-        [sys.executable, str(REPO / "hack" / "images.py"), "build", "pause", "tools", "model-server-cpu"],
-        check=True,
-    )
-    refs: dict[str, str] = load_images_module().image_refs()  # type: ignore[attr-defined]
+    refs = images.ensure(["pause", "tools", "model-server-cpu"])
     registry = refs["pause"].split("/", 1)[0]
     prefix = f"{registry}/kaitopy/weights"
     kaitopy = str(Path(sys.executable).parent / "kaitopy")

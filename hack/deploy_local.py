@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import images
 import yaml
 from localkube import bin_dir_of, kubectl
 
@@ -61,17 +61,6 @@ def cluster_kubeconfig() -> Path:
     if up.returncode != 0:
         raise SystemExit(up.stderr)
     return Path(up.stdout.strip().splitlines()[-1])
-
-
-def image_refs(names: tuple[str, ...]) -> dict[str, str]:
-    script = REPO / "hack" / "images.py"
-    subprocess.run([sys.executable, str(script), "build", *names], check=True)
-    spec = importlib.util.spec_from_file_location("kaitopy_hack_images", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    refs: dict[str, str] = module.image_refs()
-    return refs
 
 
 # -- the system node ------------------------------------------------------------------------------
@@ -142,7 +131,7 @@ def up(args: argparse.Namespace) -> int:
     kubeconfig = cluster_kubeconfig()
     kube = Kube(kubeconfig)
     say("building the images (cached by content) and starting the loopback registry")
-    refs = image_refs(IMAGES)
+    refs = images.ensure(list(IMAGES))
     started = time.monotonic()
     asyncio.run(system_node_up(kubeconfig, refs))
     say(f"node {SYSTEM_NODE} joined in {time.monotonic() - started:.1f}s")
@@ -198,7 +187,7 @@ def down(args: argparse.Namespace) -> int:
         "delete", "--ignore-not-found", "--wait=true", "-f", "-", input=yaml.safe_dump_all(kept), timeout=240
     )
     kube("delete", "validatingwebhookconfiguration", "kaitopy-workspace-validation", "--ignore-not-found")
-    asyncio.run(system_node_down(kubeconfig, image_refs(("pause",))))
+    asyncio.run(system_node_down(kubeconfig, images.ensure(["pause"])))
     kube("delete", "node", SYSTEM_NODE, "--ignore-not-found")
     say(
         f"operator and node {SYSTEM_NODE} removed (the CRDs stay: deleting them would delete every workspace)"

@@ -46,6 +46,21 @@ def build(names: list[str]) -> list[builder.Result]:
         return [builder.build(image, base_ref) for image in wanted]
 
 
+def ensure(names: list[str]) -> dict[str, str]:
+    """Build (or find cached) the named images, print their table, and return every reference:
+    what the demo, deploy_local.py and the real-node tests call before they need images."""
+    t0 = time.monotonic()
+    results = build(names)
+    say("")
+    say(builder.table(results))
+    say(f"\n{len(results)} image(s) in {time.monotonic() - t0:.0f}s; references in {paths.refs_file()}")
+    refs_now = image_refs()
+    missing = [n for n in names if n not in refs_now]
+    if missing:
+        raise SystemExit(f"built but no reference recorded for {', '.join(missing)}")
+    return refs_now
+
+
 def _registry(action: str) -> int:
     if action == "up":
         prereqs.ensure()
@@ -82,11 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         with lock.exclusive():
             base.ensure()
         return 0
-    t0 = time.monotonic()
-    results = build(args.names)
-    say("")
-    say(builder.table(results))
-    say(f"\n{len(results)} image(s) in {time.monotonic() - t0:.0f}s; references in {paths.refs_file()}")
+    ensure(args.names)
     return 0
 
 

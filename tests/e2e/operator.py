@@ -147,15 +147,18 @@ class Operator:
         return self.provisioner
 
     def start_local_provisioner(
-        self, local_dir: Path, bin_dir: Path, ca: tuple[Path, Path], *extra: str
+        self, local_dir: Path, cluster_dir: Path, bin_dir: Path, pause_image: str, registry: str
     ) -> Process:
-        """The provisioner with the `local` provider: real kubelet + containerd nodes here."""
+        """The provisioner with the `local` provider: real kubelet + containerd nodes here, their
+        identities signed by the local control plane's CA (in `cluster_dir`)."""
+        pki = cluster_dir / "pki"
         return self.start_provisioner(
             "--cloud-provider=local",
             f"--local-dir={local_dir}",
             f"--local-bin-dir={bin_dir}",
-            f"--local-ca={ca[0]},{ca[1]}",
-            *extra,
+            f"--local-ca={pki / 'ca.crt'},{pki / 'ca.key'}",
+            f"--local-pause-image={pause_image}",
+            f"--local-insecure-registry={registry}",
         )
 
     def start_azure_provisioner(self, arm_url: str, ca: Path, *extra: str) -> Process:

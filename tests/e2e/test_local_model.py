@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -20,22 +19,12 @@ import yaml
 from tests.e2e.operator import Operator
 from tests.support import localnodes
 from tests.support.cluster import Cluster
+from tests.support.localnodes import wait
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "inference" / "kaitopy_workspace_smollm2_local.yaml"
 PRESET = "smollm2-135m-instruct"
 KAITOPY = str(Path(sys.executable).parent / "kaitopy")
-
-
-def wait(what: str, check, timeout: float, interval: float = 2.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +70,6 @@ def test_a_cpu_preset_workspace_runs_on_a_real_node_and_answers_through_its_serv
 ) -> None:
     assert kube_cluster.bin_dir is not None
     k = kube_cluster.kubectl
-    pki = kube_cluster.kubeconfig.parent / "pki"
     local_dir = tmp_path / "nodes"
     operator.start_controller(
         f"--cpu-runtime-image={images.refs['model-server-cpu']}",
@@ -90,11 +78,7 @@ def test_a_cpu_preset_workspace_runs_on_a_real_node_and_answers_through_its_serv
         "--weights-plain-http",
     )
     operator.start_local_provisioner(
-        local_dir,
-        kube_cluster.bin_dir,
-        (pki / "ca.crt", pki / "ca.key"),
-        f"--local-pause-image={images.refs['pause']}",
-        f"--local-insecure-registry={images.registry}",
+        local_dir, kube_cluster.kubeconfig.parent, kube_cluster.bin_dir, images.refs["pause"], images.registry
     )
     ws = yaml.safe_load(EXAMPLE.read_text())
     ws["metadata"]["namespace"] = namespace

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -18,23 +17,9 @@ import pytest
 from tests.e2e.operator import Operator
 from tests.support import localnodes
 from tests.support.cluster import Cluster
+from tests.support.localnodes import wait
 
 INSTANCE_TYPE = "Standard_NC6s_v3"  # one V100: the node advertises nvidia.com/gpu: 1
-
-
-def wait(what: str, check, timeout: float = 240.0, interval: float = 1.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (AssertionError, OSError) as err:  # OSError: a Service kube-proxy has not programmed yet
-            last = err
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}")
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +32,9 @@ def local_operator(
     operator: Operator, kube_cluster: Cluster, images: localnodes.LocalImages, tmp_path: Path
 ) -> tuple[Operator, Path]:
     assert kube_cluster.bin_dir is not None, "the local provider needs the local control plane's binaries"
-    pki = kube_cluster.kubeconfig.parent / "pki"
     local_dir = tmp_path / "nodes"
     operator.start_local_provisioner(
-        local_dir,
-        kube_cluster.bin_dir,
-        (pki / "ca.crt", pki / "ca.key"),
-        f"--local-pause-image={images.refs['pause']}",
-        f"--local-insecure-registry={images.registry}",
+        local_dir, kube_cluster.kubeconfig.parent, kube_cluster.bin_dir, images.refs["pause"], images.registry
     )
     return operator, local_dir
 

@@ -4,13 +4,15 @@ binaries, the cluster CA, and the checks that a deleted node left nothing behind
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES_SCRIPT = REPO / "hack" / "images.py"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -22,15 +24,30 @@ class LocalImages:
 def ensure_images(*names: str) -> LocalImages:
     """The loopback registry up, the named images built (cached by content) and pushed; their
     references pinned by digest, as hack/images.py recorded them."""
-    subprocess.run([sys.executable, str(IMAGES_SCRIPT), "build", *names], check=True, timeout=3000)
     spec = importlib.util.spec_from_file_location("kaitopy_hack_images", IMAGES_SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    refs = {k: str(v) for k, v in module.image_refs().items()}
-    missing = [n for n in names if n not in refs]
-    assert not missing, f"hack/images.py built no reference for {missing}"
+    refs = {k: str(v) for k, v in module.ensure(list(names)).items()}
     return LocalImages(registry=refs[names[0]].split("/", 1)[0], refs=refs)
+
+
+def wait(what: str, check: Callable[[], T], timeout: float = 240.0, interval: float = 1.0) -> T:
+    """Poll `check` until it returns something truthy; an AssertionError or OSError (a Service
+    kube-proxy has not programmed yet) counts as "not yet"."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except (AssertionError, OSError) as err:
+            last = err
+        else:
+            if result:
+                return result
+            last = result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}")
 
 
 def leftovers(node_root: Path, node_name: str, bridge: str) -> list[str]:
