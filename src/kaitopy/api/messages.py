@@ -41,3 +41,8 @@ TUNING_OUTPUT_ONE_OF: Final = "tuning.output needs exactly one of image (with im
 TUNING_OUTPUT_PUSH_SECRET: Final = (
     "tuning.output.imagePushSecret is required with tuning.output.image: name a docker-registry Secret"
 )
+
+TEMPLATE_SHAPE: Final = (
+    "must be a pod template (corev1.PodTemplateSpec): metadata and spec are objects, and "
+    "spec.containers lists at least one container object; {problem}"
+)

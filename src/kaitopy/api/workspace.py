@@ -232,6 +232,32 @@ class InferenceSpec(ApiModel):
     """LoRA adapters to load with the preset model, at most 10, each with a unique source.name.
     Adapters may be added, removed or changed after creation."""
 
+    @field_validator("template")
+    @classmethod
+    def _template_is_a_pod_template(cls, value: Schemaless | None) -> Schemaless | None:
+        # The schema leaves the template open (any PodTemplateSpec field), so its shape is checked
+        # here: a template the API server would refuse as a Deployment's must be refused at apply.
+        if value is None:
+            return value
+        problem = template_problem(value)
+        if problem:
+            raise ValueError(messages.TEMPLATE_SHAPE.format(problem=problem))
+        return value
+
+
+def template_problem(template: Any) -> str | None:
+    if not isinstance(template, dict):
+        return "the template is not an object"
+    for section in ("metadata", "spec"):
+        if section in template and not isinstance(template[section], dict):
+            return f"{section} is {type(template[section]).__name__}, not an object"
+    containers = (template.get("spec") or {}).get("containers")
+    if not isinstance(containers, list) or not containers:
+        return "spec.containers is missing or empty"
+    if not all(isinstance(c, dict) for c in containers):
+        return "every entry of spec.containers must be an object"
+    return None
+
 
 class TuningSpec(ApiModel):
     """Fine-tune a catalog model with LoRA or QLoRA and publish the adapter."""

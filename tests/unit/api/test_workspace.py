@@ -125,3 +125,29 @@ def test_reads_frozen_cache_objects_and_writes_plain_json() -> None:
     out = ws.to_dict()
     assert out["inference"]["template"] == raw["inference"]["template"]
     assert out["metadata"]["finalizers"] == ["f"]
+
+
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [
+        ({"spec": True}, "spec is bool"),
+        ({"spec": None}, "spec is NoneType"),
+        ({"metadata": 1, "spec": {"containers": [{"name": "m"}]}}, "metadata is int"),
+        ({"spec": {"containers": []}}, "spec.containers is missing or empty"),
+        ({"metadata": {}}, "spec.containers is missing or empty"),
+        ({"spec": {"containers": ["m"]}}, "every entry of spec.containers must be an object"),
+    ],
+)
+def test_a_template_must_be_shaped_like_a_pod_template(template: dict[str, Any], problem: str) -> None:
+    # Found by the property test: `template: {spec: true}` was admitted, then crashed the planner.
+    body = {
+        "apiVersion": "kaito.sh/v1beta1",
+        "kind": "Workspace",
+        "metadata": {"name": "w"},
+        "resource": {"instanceType": "Standard_NC12s_v3", "labelSelector": {"matchLabels": {"a": "b"}}},
+        "inference": {"template": template},
+    }
+    with pytest.raises(ValidationError) as err:
+        Workspace.model_validate(body)
+    text = str(err.value)
+    assert "inference.template" in text and problem in text and "spec.containers" in text

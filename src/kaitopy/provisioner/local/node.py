@@ -40,6 +40,9 @@ class NodeRecord:
     labels: dict[str, str] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     state: str = "creating"  # creating | running | deleting
+    restarts: int = 0
+    """Times a dead kubelet or containerd was started again during the launch (as systemd's
+    Restart= does on a real node)."""
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +132,16 @@ async def start(
         record.pids["kubelet"] = system.spawn_detached(argv, node.logs / "kubelet.log")
     record.state = "running"
     record.save(node.state_file)
+
+
+def dead_agents(node: NodeLayout, record: NodeRecord) -> list[str]:
+    """The node's agents that are not running, each with how it ended when that is known."""
+    dead = []
+    for agent in ("containerd", "kubelet"):
+        pid = record.pids.get(agent, 0)
+        if not system.alive(pid, str(node.root)):
+            dead.append(f"{agent} ({system.exit_status(pid)})")
+    return dead
 
 
 async def _wait_socket(node: NodeLayout, record: NodeRecord, timeout: float = 60.0) -> None:

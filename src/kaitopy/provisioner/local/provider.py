@@ -37,6 +37,9 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # What every local node on this machine shares, whichever provider instance (or local-dir) made
 # it: the node network's index space (the bridges) and kube-proxy.
 MACHINE_DIR = Path("/run/kaitopy")
+# A node agent that dies while the node starts is started again this many times before the launch
+# counts as failed: a real node's systemd units restart theirs.
+MAX_AGENT_RESTARTS = 3
 
 
 @dataclass(frozen=True)
@@ -136,9 +139,20 @@ class LocalProvider:
                 f"local node {name} has no record any more; it was removed during its launch"
             )
         layout = self._layout(name, record.index)
-        if not system.alive(record.pids.get("kubelet", 0), str(layout.root)):
+        dead = node.dead_agents(layout, record)
+        if dead:
             tail = _tail(layout.logs / "kubelet.log")
-            raise LaunchFailedError(f"the kubelet of local node {name} exited: {tail}", code="KubeletExited")
+            message = f"{', '.join(dead)} of local node {name} stopped; kubelet log: {tail}"
+            if record.restarts >= MAX_AGENT_RESTARTS:
+                raise LaunchFailedError(message, code="NodeAgentExited")
+            record.restarts += 1
+            log.warning("restarting a local node's agents", extra={"node": name, "why": message})
+            taints = [(t.key, t.value, t.effect) for t in (*request.taints, *request.startup_taints)]
+            try:
+                await node.start(layout, record, self._bins, record.labels, taints)
+            except (system.CommandError, OSError) as err:
+                raise CloudProviderError(f"restarting local node {name}: {err}", cause=err) from err
+            return LaunchProgress(None, f"restarted ({record.restarts}/{MAX_AGENT_RESTARTS}): {message}")
         try:
             live = await self._client.get_or_none(kinds.NODE, name)
         except ApiError as err:

@@ -84,6 +84,20 @@ def alive(pid: int, marker: str) -> bool:
     return any(marker in part for part in cmdline(pid))
 
 
+def exit_status(pid: int) -> str:
+    """How a child of this process ended (reaping it), or that it is not known: a node started by
+    an earlier provisioner is not our child."""
+    try:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        return "not a child of this process; status unknown"
+    if reaped == 0:
+        return "still running"
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
 def pids_mentioning(marker: str) -> list[int]:
     """Every process whose command line mentions `marker`: how stray shims of a node are found."""
     found = []

@@ -1,0 +1,40 @@
+"""How the local provider tells why a node agent stopped: exit codes and signals of its children."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from kaitopy.provisioner.local import system
+
+
+def finished(argv: list[str]) -> int:
+    proc = subprocess.Popen(argv)
+    pid = proc.pid
+    proc.returncode = 0  # keep Popen from reaping it: exit_status must do that itself
+    for _ in range(200):
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[-1].split()[0] == "Z":
+                return pid
+        time.sleep(0.01)
+    raise AssertionError("the child did not finish")
+
+
+def test_exit_code_and_signal_of_a_child_are_reported() -> None:
+    assert system.exit_status(finished(["sh", "-c", "exit 3"])) == "exit code 3"
+    assert system.exit_status(finished(["sh", "-c", "kill -9 $$"])) == "killed by SIGKILL"
+
+
+def test_a_process_that_is_not_our_child_is_said_to_be_unknown() -> None:
+    assert "status unknown" in system.exit_status(1)
+
+
+def test_alive_needs_the_marker_in_the_command_line() -> None:
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        assert system.alive(proc.pid, "sleep")
+        assert not system.alive(proc.pid, "kubelet")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not system.alive(proc.pid, "sleep")
