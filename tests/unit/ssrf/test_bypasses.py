@@ -12,8 +12,10 @@ from kaitopy.ssrf.hosts import inet_aton
 from kaitopy.tuning.fetch import FetchOptions, RefusedAddress, _check_url
 from kaitopy.webhooks.urls import url_problem
 
+FULL_WIDTH = str.maketrans("0123456789", "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19")
+
 BYPASSES = [
-    ("http://\uff11\uff16\uff19.\uff12\uff15\uff14.\uff11\uff16\uff19.\uff12\uff15\uff14/", "not plain ASCII"),
+    ("http://" + "169.254.169.254".translate(FULL_WIDTH) + "/", "not plain ASCII"),
     ("http://169.254.169.254/", "link-local"),
     ("http://2852039166/", "read as 169.254.169.254"),  # decimal
     ("http://2130706433/", "read as 127.0.0.1"),
