@@ -84,3 +84,14 @@ def test_a_private_registry_can_be_let_through() -> None:
     assert _allowed_by_ip_blocks(policy, "10.229.254.1")
     assert not _allowed_by_ip_blocks(policy, "10.229.254.2")
     assert not _allowed_by_ip_blocks(policy, "169.254.169.254")
+
+
+def test_the_push_registry_is_let_through_when_it_is_an_address() -> None:
+    from dataclasses import replace
+
+    local = tuning_egress_policy(replace(PLAN, output_image="10.229.254.1:5001/adapters/tune:1"))
+    assert _allowed_by_ip_blocks(local, "10.229.254.1")
+    named = tuning_egress_policy(replace(PLAN, output_image="registry.example/adapters/tune:1"))
+    assert not _allowed_by_ip_blocks(named, "10.229.254.1")
+    v6 = tuning_egress_policy(replace(PLAN, output_image="[fd00::5]:5000/a:1"))
+    assert _allowed_by_ip_blocks(v6, "fd00::5")

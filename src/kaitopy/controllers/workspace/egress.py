@@ -13,6 +13,7 @@ The API server is not needed: the Job's containers never call it.
 
 from __future__ import annotations
 
+from ipaddress import ip_address
 from typing import Any
 
 from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL, TuningPlan
@@ -34,8 +35,26 @@ DENIED_V4 = (
 DENIED_V6 = ("::1/128", "::ffff:0:0/96", "64:ff9b::/96", "2002::/16", "fc00::/7", "fe80::/10", "ff00::/8")
 
 
-def tuning_egress_policy(plan: TuningPlan, extra_cidrs: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The NetworkPolicy for `plan`'s Job pods, named after the Job."""
+def registry_cidrs(plan: TuningPlan) -> tuple[str, ...]:
+    """The push target's registry, when it is a literal address (a cluster-local registry such as
+    10.229.254.1:5001): the pusher must reach it. A registry named by a host name that resolves
+    to a private address is not covered (see docs/security.md)."""
+    if not plan.output_image:
+        return ()
+    host = plan.output_image.split("/", 1)[0]
+    host = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+    try:
+        address = ip_address(host)
+    except ValueError:
+        return ()
+    return (f"{address}/{address.max_prefixlen}",)
+
+
+def tuning_egress_policy(plan: TuningPlan, extra_cidrs: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The NetworkPolicy for `plan`'s Job pods, named after the Job. `extra_cidrs` defaults to the
+    push registry's address, when literal."""
+    if extra_cidrs is None:
+        extra_cidrs = registry_cidrs(plan)
     egress: list[dict[str, Any]] = [
         {
             "to": [
