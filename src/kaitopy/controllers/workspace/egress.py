@@ -32,7 +32,9 @@ DENIED_V4 = (
     "224.0.0.0/4",
     "240.0.0.0/4",
 )
-DENIED_V6 = ("::1/128", "::ffff:0:0/96", "64:ff9b::/96", "2002::/16", "fc00::/7", "fe80::/10", "ff00::/8")
+# ::ffff:0:0/96 (IPv4-mapped) is not listed: the API server reads it as IPv4 and refuses it inside
+# ::/0, and a mapped address leaves the node as IPv4, where the IPv4 rule applies.
+DENIED_V6 = ("::1/128", "64:ff9b::/96", "2002::/16", "fc00::/7", "fe80::/10", "ff00::/8")
 
 
 def registry_cidrs(plan: TuningPlan) -> tuple[str, ...]:
