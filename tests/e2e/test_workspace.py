@@ -308,6 +308,10 @@ async def test_tuning_job_completes_and_the_workspace_succeeds(
     assert done["status"]["state"] == "Succeeded"
     job = await client.get(kinds.JOB, name, namespace=namespace)
     assert [c["name"] for c in job["spec"]["template"]["spec"]["initContainers"]] == ["fetch-data", "train"]
+    # The egress fence went up with the Job, owned by the workspace (docs/security.md).
+    policy = await client.get(kinds.NETWORK_POLICY, name, namespace=namespace)
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"kaito.sh/workspace": name}
+    assert policy["metadata"]["ownerReferences"][0]["kind"] == "Workspace"
     await delete_and_wait(client, kube_cluster, name, namespace)
 
 

@@ -64,6 +64,7 @@ DEPLOYMENT = Kind("apps", "v1", "Deployment", "deployments")
 STATEFUL_SET = Kind("apps", "v1", "StatefulSet", "statefulsets")
 DAEMON_SET = Kind("apps", "v1", "DaemonSet", "daemonsets")
 JOB = Kind("batch", "v1", "Job", "jobs")
+NETWORK_POLICY = Kind("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies")
 LEASE = Kind("coordination.k8s.io", "v1", "Lease", "leases")
 EVENT = Kind("events.k8s.io", "v1", "Event", "events")
 CUSTOM_RESOURCE_DEFINITION = Kind(
@@ -85,6 +86,7 @@ WELL_KNOWN: dict[tuple[str, str], Kind] = {
         STATEFUL_SET,
         DAEMON_SET,
         JOB,
+        NETWORK_POLICY,
         LEASE,
         EVENT,
         CUSTOM_RESOURCE_DEFINITION,

@@ -1,28 +1,33 @@
 """Download the tuning data named by the workspace's input URLs into the data directory.
 
 The URLs come from a user's Workspace and the download runs inside the cluster, so a URL must not
-reach the pod's own network neighbourhood: every address a host name resolves to (on each
-connection, redirects included, so a second DNS answer cannot slip past) must be a global one;
-loopback, private, link-local (cloud metadata endpoints among them), shared and reserved ranges
-are refused. Tests pass `allow_private` to reach a loopback server.
+reach the pod's own network neighbourhood. Each URL, and each redirect target, is checked as the
+HTTP client reads it (kaitopy.ssrf); redirects are followed here, one hop at a time, rather than by
+aiohttp, so every hop is checked before it is requested. The connector (tuning.egress) then checks
+every address it connects to, so a second DNS answer (rebinding) cannot slip past either.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import re
-import socket
 from dataclasses import dataclass
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
+from aiohttp.abc import AbstractResolver
+
+from kaitopy.ssrf.addresses import IPNetwork
+from kaitopy.ssrf.urls import url_problem
+from kaitopy.tuning.egress import guarded_connector
+from kaitopy.tuning.fetch_errors import FetchError, RefusedAddress
+
+__all__ = ["DEFAULT_MAX_BYTES", "FetchError", "FetchOptions", "RefusedAddress", "fetch_all", "file_name"]
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +36,8 @@ RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 
 
-class FetchError(RuntimeError):
-    """A URL could not be downloaded; the message names it."""
-
-
-class RefusedAddress(FetchError):
-    """The URL's host resolves to an address the fetcher must not reach."""
+ALL_ADDRESSES: tuple[IPNetwork, ...] = (ip_network("0.0.0.0/0"), ip_network("::/0"))
+REDIRECTS = {301, 302, 303, 307, 308}
 
 
 @dataclass(frozen=True)
@@ -47,67 +48,28 @@ class FetchOptions:
     timeout_s: float = 3600.0
     connect_timeout_s: float = 30.0
     concurrency: int = 4
+    max_redirects: int = 10
+    # Networks exempt from the address guard; empty in production. Tests name their loopback
+    # server's address here (allow_private lifts the guard entirely, for the CLI's test flag).
+    allowed: tuple[IPNetwork, ...] = ()
     allow_private: bool = False
+    # The resolver the guard wraps (tests inject one that maps names to chosen addresses).
+    resolver: AbstractResolver | None = None
+
+    def exempt(self) -> tuple[IPNetwork, ...]:
+        return ALL_ADDRESSES if self.allow_private else self.allowed
 
 
-def refusal(address: str) -> str | None:
-    """Why `address` may not be fetched from, or None when it is a public address."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback:
-        return "a loopback address"
-    if ip.is_link_local:
-        return "a link-local address (cloud metadata endpoints live there)"
-    if ip.is_unspecified:
-        return "the unspecified address"
-    if ip.is_multicast:
-        return "a multicast address"
-    if ip.is_private:
-        return "a private address"
-    if not ip.is_global:
-        return "a non-public (shared or reserved) address"
-    return None
-
-
-class GuardedResolver(AbstractResolver):
-    """aiohttp's resolver, refusing hosts that resolve to any non-public address. It runs for
-    every connection aiohttp opens, so redirects and re-resolution are covered too."""
-
-    def __init__(self, allow_private: bool) -> None:
-        self._inner = DefaultResolver()
-        self._allow_private = allow_private
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        if not self._allow_private:
-            for r in results:
-                reason = refusal(r["host"])
-                if reason is not None:
-                    raise RefusedAddress(
-                        f"{host} resolves to {r['host']}, {reason}; refusing to fetch from it"
-                    )
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-def _check_literal(url: str, allow_private: bool) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise FetchError(f"{url}: only http and https URLs can be fetched")
-    if not parts.hostname:
-        raise FetchError(f"{url}: no host in the URL")
+def _check_url(url: str, options: FetchOptions) -> None:
     try:
-        ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        return  # a name: the resolver checks what it resolves to
-    reason = None if allow_private else refusal(parts.hostname)
-    if reason is not None:
-        raise RefusedAddress(f"{url}: {parts.hostname} is {reason}; refusing to fetch from it")
+        scheme = urlsplit(url).scheme
+    except ValueError as exc:
+        raise FetchError(f"{url}: not a valid URL ({exc})") from None
+    if scheme not in ("http", "https"):
+        raise FetchError(f"{url}: only http and https URLs can be fetched")
+    problem = url_problem(url, options.exempt())
+    if problem is not None:
+        raise RefusedAddress(f"{url} {problem}; refusing to fetch from it")
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -141,7 +103,7 @@ def _unique(dest: Path, name: str, taken: set[str]) -> Path:
 async def _download_once(
     session: aiohttp.ClientSession, url: str, dest: Path, index: int, taken: set[str], options: FetchOptions
 ) -> Path:
-    async with session.get(url) as resp:
+    async with await _open(session, url, options) as resp:
         if resp.status != 200:
             raise _Status(resp.status, f"{url}: HTTP {resp.status} {resp.reason or ''}".rstrip())
         length = resp.content_length
@@ -174,6 +136,26 @@ async def _download_once(
     return target
 
 
+async def _open(session: aiohttp.ClientSession, url: str, options: FetchOptions) -> aiohttp.ClientResponse:
+    """GET `url`, following redirects one hop at a time so each target is checked first."""
+    current = url
+    for _ in range(options.max_redirects + 1):
+        resp = await session.get(current, allow_redirects=False)
+        location = resp.headers.get("Location")
+        if resp.status not in REDIRECTS or location is None:
+            return resp
+        resp.release()
+        # Joined as text, so the check sees the Location as the server wrote it (yarl would
+        # fold full-width digits to ASCII before a check on its result could see them).
+        target = urljoin(current, location)
+        try:
+            _check_url(target, options)
+        except FetchError as exc:
+            raise RefusedAddress(f"{url} redirects to {exc}") from None
+        current = target
+    raise FetchError(f"{url}: more than {options.max_redirects} redirects")
+
+
 class _Retryable(FetchError):
     pass
 
@@ -187,13 +169,13 @@ class _Status(FetchError):
 async def _download(
     session: aiohttp.ClientSession, url: str, dest: Path, index: int, taken: set[str], options: FetchOptions
 ) -> Path:
-    _check_literal(url, options.allow_private)
+    _check_url(url, options)
     delay = options.backoff_s
     for attempt in range(1, options.attempts + 1):
         try:
             return await _download_once(session, url, dest, index, taken, options)
-        except RefusedAddress:
-            raise
+        except RefusedAddress as exc:
+            raise exc if str(exc).startswith(url) else RefusedAddress(f"{url}: {exc}") from None
         except _Status as exc:
             if exc.status not in RETRYABLE_STATUS or attempt == options.attempts:
                 raise FetchError(str(exc)) from None
@@ -226,9 +208,7 @@ async def fetch_all(urls: list[str], dest: Path, options: FetchOptions | None = 
         raise FetchError("no URLs to fetch")
     await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
     timeout = aiohttp.ClientTimeout(total=options.timeout_s, sock_connect=options.connect_timeout_s)
-    connector = aiohttp.TCPConnector(
-        resolver=GuardedResolver(options.allow_private), limit=options.concurrency
-    )
+    connector = guarded_connector(options.exempt(), options.concurrency, options.resolver)
     taken: set[str] = set()
     gate = asyncio.Semaphore(options.concurrency)
 

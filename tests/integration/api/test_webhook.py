@@ -208,17 +208,17 @@ BAD = [
     (
         "tuning-url-loopback",
         _with(tuning(), "tuning.input", {"urls": ["http://127.0.0.1:8080/data"]}),
-        "points at the loopback address 127.0.0.1",
+        "points at 127.0.0.1, a loopback address",
     ),
     (
         "tuning-url-metadata",
         _with(tuning(), "tuning.input", {"urls": ["http://169.254.169.254/latest/meta-data"]}),
-        "link-local address 169.254.169.254",
+        "points at 169.254.169.254, a link-local address",
     ),
     (
         "tuning-url-private",
         _with(tuning(), "tuning.input", {"urls": ["https://10.0.0.5/data"]}),
-        "non-public address 10.0.0.5",
+        "points at 10.0.0.5, a private address",
     ),
     (
         "tuning-url-cluster-service",

@@ -1,51 +1,56 @@
-"""The fetcher's address guard and file naming."""
+"""The fetcher's URL check, its connection guard, and file naming."""
 
 from __future__ import annotations
 
+import socket
+from ipaddress import ip_network
+
 import pytest
 
-from kaitopy.tuning.fetch import FetchError, RefusedAddress, _check_literal, file_name, refusal
-
-
-@pytest.mark.parametrize(
-    ("address", "why"),
-    [
-        ("127.0.0.1", "loopback"),
-        ("127.9.9.9", "loopback"),
-        ("::1", "loopback"),
-        ("::ffff:127.0.0.1", "loopback"),
-        ("10.1.2.3", "private"),
-        ("172.16.0.1", "private"),
-        ("192.168.1.1", "private"),
-        ("fd00::1", "private"),
-        ("169.254.169.254", "link-local"),  # AWS/Azure/GCP instance metadata
-        ("fe80::1", "link-local"),
-        ("100.100.100.200", "shared or reserved"),  # Alibaba metadata, in the CGNAT range
-        ("0.0.0.0", "unspecified"),
-        ("224.0.0.1", "multicast"),
-        ("240.0.0.1", "private"),  # reserved; Python counts it private
-    ],
-)
-def test_refused_addresses(address: str, why: str) -> None:
-    reason = refusal(address)
-    assert reason is not None and why in reason
-
-
-@pytest.mark.parametrize("address", ["8.8.8.8", "20.50.2.1", "2606:4700:4700::1111"])
-def test_public_addresses_pass(address: str) -> None:
-    assert refusal(address) is None
+from kaitopy.tuning.egress import socket_factory
+from kaitopy.tuning.fetch import FetchError, FetchOptions, RefusedAddress, _check_url, file_name
 
 
 def test_literal_private_url_is_refused_without_resolving() -> None:
-    with pytest.raises(RefusedAddress, match=r"169\.254\.169\.254 is a link-local"):
-        _check_literal("http://169.254.169.254/latest/meta-data/", allow_private=False)
-    _check_literal("http://127.0.0.1:8080/x", allow_private=True)
+    with pytest.raises(RefusedAddress, match=r"points at 169\.254\.169\.254, a link-local"):
+        _check_url("http://169.254.169.254/latest/meta-data/", FetchOptions())
+    _check_url("http://127.0.0.1:8080/x", FetchOptions(allow_private=True))
+    _check_url("http://127.0.0.1:8080/x", FetchOptions(allowed=(ip_network("127.0.0.1/32"),)))
+    with pytest.raises(RefusedAddress, match="loopback"):
+        _check_url("http://127.0.0.2:8080/x", FetchOptions(allowed=(ip_network("127.0.0.1/32"),)))
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "file:///etc/passwd", "http:///nohost"])
 def test_bad_urls(url: str) -> None:
     with pytest.raises(FetchError):
-        _check_literal(url, allow_private=False)
+        _check_url(url, FetchOptions())
+
+
+@pytest.mark.parametrize(
+    ("sockaddr", "family"),
+    [
+        (("169.254.169.254", 80), socket.AF_INET),
+        (("168.63.129.16", 80), socket.AF_INET),
+        (("127.0.0.1", 80), socket.AF_INET),
+        (("::ffff:169.254.169.254", 80, 0, 0), socket.AF_INET6),
+        (("64:ff9b::a9fe:a9fe", 80, 0, 0), socket.AF_INET6),
+    ],
+)
+def test_socket_factory_refuses_before_a_socket_exists(
+    sockaddr: tuple[str, int] | tuple[str, int, int, int], family: socket.AddressFamily
+) -> None:
+    make = socket_factory(())
+    with pytest.raises(RefusedAddress, match="is refused"):
+        make((family, socket.SOCK_STREAM, 6, "", sockaddr))
+
+
+def test_socket_factory_allows_public_and_exempt_addresses() -> None:
+    sock = socket_factory(())((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", 443)))
+    sock.close()  # created, never connected
+    exempt = socket_factory((ip_network("127.0.0.1/32"),))
+    exempt((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 80))).close()
+    with pytest.raises(RefusedAddress):
+        exempt((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", 80)))
 
 
 def test_file_names() -> None:

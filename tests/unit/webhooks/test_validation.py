@@ -121,7 +121,7 @@ def test_adapter_rules(catalog: Catalog) -> None:
     empty = [{"source": {"name": "a"}}]
     assert only(errors(phi3(adapters=empty), catalog)).field == "inference.adapters[0].source"
     private_url = [{"source": {"name": "a", "urls": ["http://192.168.1.10/a.safetensors"]}}]
-    assert "non-public address 192.168.1.10" in only(errors(phi3(adapters=private_url), catalog)).message
+    assert "192.168.1.10, a private address" in only(errors(phi3(adapters=private_url), catalog)).message
     template = phi3()
     template["inference"] = {"template": {"spec": {}}, "adapters": [{"source": {"name": "a", "image": "i"}}]}
     assert "adapters need inference.preset" in only(errors(template, catalog)).message
@@ -175,11 +175,11 @@ def test_access_rules(catalog: Catalog) -> None:
         ),
         ({"output": {"image": "i"}}, "tuning.output.imagePushSecret", messages.TUNING_OUTPUT_PUSH_SECRET),
         ({"input": {"urls": ["file:///etc/passwd"]}}, "tuning.input.urls[0]", "must be an http(s) URL"),
-        ({"input": {"urls": ["http://[::1]/d"]}}, "tuning.input.urls[0]", "loopback address ::1"),
+        ({"input": {"urls": ["http://[::1]/d"]}}, "tuning.input.urls[0]", "::1, a loopback address"),
         ({"input": {"urls": ["http://169.254.169.254/"]}}, "tuning.input.urls[0]", "link-local"),
         ({"input": {"urls": ["http://metadata.google.internal/"]}}, "tuning.input.urls[0]", "internal"),
-        ({"input": {"urls": ["http://2130706433/d"]}}, "tuning.input.urls[0]", "loopback address 127.0.0.1"),
-        ({"input": {"urls": ["https://172.16.3.4/d"]}}, "tuning.input.urls[0]", "non-public address"),
+        ({"input": {"urls": ["http://2130706433/d"]}}, "tuning.input.urls[0]", "as 127.0.0.1), a loopback"),
+        ({"input": {"urls": ["https://172.16.3.4/d"]}}, "tuning.input.urls[0]", "16.3.4, a private address"),
     ],
 )
 def test_tuning_rules(catalog: Catalog, spec: dict[str, Any], field: str, fragment: str) -> None:

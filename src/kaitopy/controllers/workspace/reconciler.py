@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from kaitopy.controllers.workspace import egress, workload
 from kaitopy.controllers.workspace import job as jobs
 from kaitopy.controllers.workspace import nodes as nodesel
 from kaitopy.controllers.workspace import status as st
-from kaitopy.controllers.workspace import workload
 from kaitopy.controllers.workspace.plan import (
     WORKSPACE_LABEL,
     WORKSPACE_NAMESPACE_LABEL,
@@ -308,6 +308,11 @@ class WorkspaceReconciler:
         if current is None and not nodes_ready:
             return st.job_verdicts(None, [])
         if current is None:
+            # The egress fence goes up before the Job, so no tuning pod runs without it; it is owned
+            # by the workspace and goes with it.
+            policy = dict(set_controller_reference(ws, egress.tuning_egress_policy(plan.tuning)))
+            with contextlib.suppress(AlreadyExists):
+                await self.client.create(kinds.NETWORK_POLICY, policy)
             body = dict(set_controller_reference(ws, jobs.tuning_job(plan.tuning)))
             try:
                 current = await self.client.create(kinds.JOB, body)
