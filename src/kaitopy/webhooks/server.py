@@ -29,6 +29,7 @@ from kaitopy.api import GROUP, SERVED_VERSIONS, Workspace
 from kaitopy.presets import Catalog
 from kaitopy.runtime import Client, Conflict, Kind, NotFound, TransportError
 from kaitopy.runtime.errors import ApiError
+from kaitopy.webhooks.access import check_access
 from kaitopy.webhooks.certs import CertBundle, ensure_certificate
 from kaitopy.webhooks.configs import check_configs
 from kaitopy.webhooks.validation import (
@@ -313,4 +314,6 @@ class WebhookServer:
             errors = validate_create(new, self.catalog, max_model_len=max_model_len)
         else:
             errors = validate_update(old, new, self.catalog, max_model_len=max_model_len)
-        return [*config_errors, *errors]
+        # The author's own rights: a template or a Secret reference must not borrow the controller's.
+        access_errors = await check_access(self.client, req.get("userInfo") or {}, namespace, old, new)
+        return [*access_errors, *config_errors, *errors]
