@@ -1,0 +1,114 @@
+"""A Workspace author gains no right through us, on the real API server: a user (impersonated with
+kubectl --as) who may create Workspaces but not pods, or not read a Secret, is refused a template /
+a Secret reference by the webhook; granted those rights, the same Workspace is admitted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from kaitopy.runtime import Client, Kind
+from kaitopy.webhooks.server import WebhookServer
+from tests.integration.api.conftest import kubectl_apply, phi3, tuning
+from tests.support.cluster import Cluster
+
+ROLE = Kind("rbac.authorization.k8s.io", "v1", "Role", "roles")
+ROLE_BINDING = Kind("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings")
+USER = "alice"
+TEMPLATE = {"spec": {"containers": [{"name": "m", "image": "registry.example.com/m:1"}]}}
+
+
+async def _grant(client: Client, namespace: str, name: str, rule: dict[str, Any]) -> None:
+    await client.create(
+        ROLE, {"metadata": {"name": name, "namespace": namespace}, "rules": [rule]}, namespace=namespace
+    )
+    await client.create(
+        ROLE_BINDING,
+        {
+            "metadata": {"name": name, "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": USER}],
+        },
+        namespace=namespace,
+    )
+
+
+async def _create_as_user(cluster: Cluster, namespace: str, doc: dict[str, Any]) -> tuple[int, str]:
+    # kubectl in a thread: this loop serves the webhook the API server calls meanwhile.
+    proc = await asyncio.to_thread(kubectl_apply, cluster, namespace, doc, verb="create", as_user=USER)
+    return proc.returncode, proc.stderr
+
+
+async def _admitted_eventually(cluster: Cluster, namespace: str, doc: dict[str, Any]) -> None:
+    # RBAC reaches the authorizer through an informer: a fresh grant may take a moment.
+    deadline = time.monotonic() + 30
+    while True:
+        rc, err = await _create_as_user(cluster, namespace, doc)
+        if rc == 0:
+            return
+        assert time.monotonic() < deadline, err
+        await asyncio.sleep(0.5)
+
+
+async def _author(client: Client, namespace: str) -> None:
+    await _grant(
+        client,
+        namespace,
+        "ws-author",
+        {"apiGroups": ["kaito.sh"], "resources": ["workspaces"], "verbs": ["create"]},
+    )
+
+
+def _templated(name: str) -> dict[str, Any]:
+    doc = phi3(name)
+    doc["inference"] = {"template": TEMPLATE}
+    return doc
+
+
+async def test_template_needs_the_right_to_create_pods(
+    webhook: WebhookServer, workspace_crd: Cluster, namespace: str
+) -> None:
+    client = webhook.client
+    await _author(client, namespace)
+    # The author may create workspaces: a preset is admitted (so the refusal below is the template's).
+    await _admitted_eventually(workspace_crd, namespace, phi3("preset"))
+    rc, err = await _create_as_user(workspace_crd, namespace, _templated("custom"))
+    assert rc != 0
+    assert (
+        f"inference.template: user {USER} may not create pods in namespace {namespace}; a template runs "
+        "a pod of your own design, so it needs that right (ask for it, or use a preset)"
+    ) in err
+    await _grant(
+        client, namespace, "pod-maker", {"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}
+    )
+    await _admitted_eventually(workspace_crd, namespace, _templated("custom"))
+
+
+async def test_secret_reference_needs_the_right_to_read_that_secret(
+    webhook: WebhookServer, workspace_crd: Cluster, namespace: str
+) -> None:
+    client = webhook.client
+    await _author(client, namespace)
+    rc, err = await _create_as_user(workspace_crd, namespace, tuning())
+    assert rc != 0
+    assert (
+        f"tuning.output.imagePushSecret: user {USER} may not get secrets 'push' in namespace {namespace}; "
+        "the workload reads that Secret, so it needs that right (ask for it, or name one you may read)"
+    ) in err
+    # Rights to another Secret do not help: the check is per name.
+    await _grant(
+        client,
+        namespace,
+        "other-secret",
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["other"]},
+    )
+    rc, err = await _create_as_user(workspace_crd, namespace, tuning())
+    assert rc != 0 and "tuning.output.imagePushSecret" in err
+    await _grant(
+        client,
+        namespace,
+        "push-secret",
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["push"]},
+    )
+    await _admitted_eventually(workspace_crd, namespace, tuning())
