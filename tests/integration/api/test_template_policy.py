@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -33,6 +34,12 @@ def _security(context: dict[str, Any]) -> dict[str, Any]:
 def _tuning_volume(where: str) -> dict[str, Any]:
     doc = tuning(f"t-{uuid.uuid4().hex[:6]}")
     doc["tuning"][where] = {"volumeSource": {"hostPath": {"path": "/"}}}
+    return doc
+
+
+def _adapter_volume() -> dict[str, Any]:
+    doc = phi3(f"t-{uuid.uuid4().hex[:6]}")
+    doc["inference"]["adapters"] = [{"source": {"name": "a", "volumeSource": {"hostPath": {"path": "/"}}}}]
     return doc
 
 
@@ -123,6 +130,41 @@ async def test_each_forbidden_field_is_refused_with_the_policy_message(
         ):
             failures.append(f"{name}: rc={rc} {err.strip()}")
     assert not failures, "\n".join(failures)
+
+
+async def test_an_update_that_leaves_the_spec_alone_is_not_judged(policy: Cluster, namespace: str) -> None:
+    # Created before the policy existed (simulated: the binding is off meanwhile), then labelled.
+    doc = _templated({"hostNetwork": True})
+    name = doc["metadata"]["name"]
+    binding = f"kaitopy-test-{namespace}"
+    bound = policy.kubectl("get", "validatingadmissionpolicybinding", binding, "-o", "json")
+    policy.kubectl("delete", "validatingadmissionpolicybinding", binding)
+    deadline = time.monotonic() + 60
+    while (rc := (await _create(policy, namespace, doc))[0]) != 0:
+        assert time.monotonic() < deadline, "the policy never went away"
+        await asyncio.sleep(0.5)
+    restored = json.loads(bound)
+    for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
+        restored["metadata"].pop(key, None)
+    assert kubectl_apply(policy, namespace, restored, verb="create").returncode == 0
+    while (await _create(policy, namespace, _templated({"hostPID": True})))[0] == 0:
+        assert time.monotonic() < deadline, "the policy never came back"
+        await asyncio.sleep(0.5)
+    assert rc == 0
+    policy.kubectl("-n", namespace, "label", "workspace", name, "touched=yes")
+    policy.kubectl(
+        "-n",
+        namespace,
+        "patch",
+        "workspace",
+        name,
+        "--type=merge",
+        "-p",
+        '{"metadata":{"finalizers":["x/y"]}}',
+    )
+    policy.kubectl(
+        "-n", namespace, "patch", "workspace", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}'
+    )
 
 
 @pytest.mark.parametrize(
