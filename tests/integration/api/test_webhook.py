@@ -43,7 +43,8 @@ async def test_registration_uses_a_loopback_url_and_our_ca(
     config = await client.get(VALIDATING_WEBHOOK_CONFIGURATION, webhook.settings.configuration_name)
     create, update = config["webhooks"]
     assert create["clientConfig"]["url"] == f"https://127.0.0.1:{webhook.port}/validate"
-    assert (create["failurePolicy"], update["failurePolicy"]) == ("Fail", "Ignore")
+    assert (create["failurePolicy"], update["failurePolicy"]) == ("Fail", "Fail")
+    assert "matchConditions" not in create and update["matchConditions"][0]["name"] == "spec-changed"
     assert create["timeoutSeconds"] == 10
     assert create["rules"][0]["operations"] == ["CREATE"] and update["rules"][0]["operations"] == ["UPDATE"]
     ca = base64.b64decode(create["clientConfig"]["caBundle"])

@@ -5,6 +5,7 @@ a Secret reference by the webhook; granted those rights, the same Workspace is a
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from typing import Any
 
@@ -112,3 +113,38 @@ async def test_secret_reference_needs_the_right_to_read_that_secret(
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["push"]},
     )
     await _admitted_eventually(workspace_crd, namespace, tuning())
+
+
+async def test_while_the_webhook_is_down_a_template_change_is_refused_and_metadata_passes(
+    webhook: WebhookServer, workspace_crd: Cluster, namespace: str
+) -> None:
+    doc = _templated("custom")
+    proc = await asyncio.to_thread(kubectl_apply, workspace_crd, namespace, doc, verb="create")
+    assert proc.returncode == 0, proc.stderr
+    await webhook.stop()  # its configuration stays, pointing at a closed port
+    changed = copy.deepcopy(doc)
+    changed["inference"]["template"]["spec"]["containers"][0]["image"] = "registry.example.com/other:1"
+    proc = await asyncio.to_thread(kubectl_apply, workspace_crd, namespace, changed)
+    assert proc.returncode != 0 and "failed calling webhook" in proc.stderr, proc.stderr
+    # Finalizers and labels never wait for the webhook.
+    workspace_crd.kubectl("-n", namespace, "label", "workspace", "custom", "touched=yes")
+    workspace_crd.kubectl(
+        "-n",
+        namespace,
+        "patch",
+        "workspace",
+        "custom",
+        "--type=merge",
+        "-p",
+        '{"metadata":{"finalizers":["x/y"]}}',
+    )
+    workspace_crd.kubectl(
+        "-n",
+        namespace,
+        "patch",
+        "workspace",
+        "custom",
+        "--type=merge",
+        "-p",
+        '{"metadata":{"finalizers":null}}',
+    )
