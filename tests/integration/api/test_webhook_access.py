@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import subprocess
 import time
 from typing import Any
 
+import yaml
+
 from kaitopy.runtime import Client, Kind
 from kaitopy.webhooks.server import WebhookServer
-from tests.integration.api.conftest import kubectl_apply, phi3, tuning
+from tests.integration.api.conftest import REPO, kubectl_apply, phi3, tuning
 from tests.support.cluster import Cluster
 
 ROLE = Kind("rbac.authorization.k8s.io", "v1", "Role", "roles")
@@ -148,3 +151,50 @@ async def test_while_the_webhook_is_down_a_template_change_is_refused_and_metada
         "-p",
         '{"metadata":{"finalizers":null}}',
     )
+
+
+def test_the_shipped_controller_role_may_create_subject_access_reviews(
+    workspace_crd: Cluster, namespace: str
+) -> None:
+    # The shipped ClusterRole's rules under a name of this test's own, bound to a user of its own:
+    # the API server, not a YAML reading, says whether the webhook's check can run.
+    docs = yaml.safe_load_all((REPO / "manifests" / "base" / "rbac-controller.yaml").read_text())
+    role = next(d for d in docs if d and d["kind"] == "ClusterRole")
+    name, user = f"kaitopy-test-{namespace}", f"controller-{namespace}"
+    role["metadata"] = {"name": name}
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }
+    try:
+        for doc in (role, binding):
+            assert kubectl_apply(workspace_crd, namespace, doc).returncode == 0
+        deadline = time.monotonic() + 30
+        while True:
+            out = subprocess.run(
+                [
+                    *_kubectl(workspace_crd),
+                    "auth",
+                    "can-i",
+                    "create",
+                    "subjectaccessreviews.authorization.k8s.io",
+                    f"--as={user}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
+            if out == "yes":
+                break
+            assert time.monotonic() < deadline, out
+            time.sleep(0.5)
+    finally:
+        workspace_crd.kubectl("delete", "clusterrolebinding,clusterrole", name, "--ignore-not-found")
+
+
+def _kubectl(cluster: Cluster) -> list[str]:
+    exe = str(cluster.bin_dir / "kubectl") if cluster.bin_dir else "kubectl"
+    return [exe, f"--kubeconfig={cluster.kubeconfig}"]
