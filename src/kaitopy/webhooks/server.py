@@ -317,11 +317,14 @@ class WebhookServer:
         if old is not None and not spec_changed(old, new):
             return []  # metadata only (finalizers, labels): never blocked
         namespace = str(req.get("namespace") or new.namespace)
+        # The author's own rights first: a template or a Secret reference must not borrow the
+        # controller's, and a ConfigMap they may not read must not be described to them (its keys).
+        access_errors = await check_access(self.client, req.get("userInfo") or {}, namespace, old, new)
+        if access_errors:
+            return access_errors
         config_errors, max_model_len = await check_configs(new, namespace, self.client)
         if old is None:
             errors = validate_create(new, self.catalog, max_model_len=max_model_len)
         else:
             errors = validate_update(old, new, self.catalog, max_model_len=max_model_len)
-        # The author's own rights: a template or a Secret reference must not borrow the controller's.
-        access_errors = await check_access(self.client, req.get("userInfo") or {}, namespace, old, new)
-        return [*access_errors, *config_errors, *errors]
+        return [*config_errors, *errors]

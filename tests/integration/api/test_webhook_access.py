@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from kaitopy.runtime import Client, Kind
+from kaitopy.runtime import Client, Kind, kinds
 from kaitopy.webhooks.server import WebhookServer
 from tests.integration.api.conftest import REPO, kubectl_apply, phi3, tuning
 from tests.support.cluster import Cluster
@@ -198,3 +198,20 @@ def test_the_shipped_controller_role_may_create_subject_access_reviews(
 def _kubectl(cluster: Cluster) -> list[str]:
     exe = str(cluster.bin_dir / "kubectl") if cluster.bin_dir else "kubectl"
     return [exe, f"--kubeconfig={cluster.kubeconfig}"]
+
+
+async def test_a_config_map_the_author_may_not_read_is_neither_used_nor_described(
+    webhook: WebhookServer, workspace_crd: Cluster, namespace: str
+) -> None:
+    client = webhook.client
+    await _author(client, namespace)
+    await client.create(
+        kinds.CONFIG_MAP, {"metadata": {"name": "cfg", "namespace": namespace}, "data": {"private-key": "x"}}
+    )
+    doc = phi3("configured")
+    doc["inference"]["config"] = "cfg"
+    await _admitted_eventually(workspace_crd, namespace, phi3("preset"))
+    rc, err = await _create_as_user(workspace_crd, namespace, doc)
+    assert rc != 0
+    assert f"inference.config: user {USER} may not get configmaps 'cfg' in namespace {namespace}; " in err
+    assert "private-key" not in err  # the webhook's own read of the ConfigMap is not shown to them
