@@ -106,7 +106,7 @@ def test_same_rbac_crds_and_objects_as_the_kustomize_base(kube_cluster: Cluster)
         if key[0] == "CustomResourceDefinition":
             assert chart[key]["spec"] == obj["spec"], key
             assert chart[key]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-        if key[0] == "Service":
+        if key[0] in ("Service", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
             assert chart[key]["spec"] == obj["spec"], key
     for name in ("kaitopy-controller", "kaitopy-provisioner"):
         ours, theirs = container(list(chart.values()), name), container(list(base.values()), name)

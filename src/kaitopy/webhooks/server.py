@@ -2,9 +2,10 @@
 
 `WebhookServer.start()` gets (or issues) its certificate, starts serving, and registers itself in a
 ValidatingWebhookConfiguration with the CA bundle; a background task renews the certificate before
-it expires and reloads it without a restart. Creates fail closed (failurePolicy Fail): a workspace
-is never admitted unchecked. Updates fail open (Ignore): the schema's CEL rules already guard the
-immutable fields, and a webhook outage must not block the controller from removing finalizers.
+it expires and reloads it without a restart. Both fail closed (failurePolicy Fail): a workspace,
+or a change of its template or Secret references, is never admitted unchecked. Updates reach the
+webhook only when resource, inference or tuning change (matchConditions), so a webhook outage never
+blocks the controller from removing finalizers.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from kaitopy.api import GROUP, SERVED_VERSIONS, Workspace
 from kaitopy.presets import Catalog
 from kaitopy.runtime import Client, Conflict, Kind, NotFound, TransportError
 from kaitopy.runtime.errors import ApiError
+from kaitopy.webhooks.access import check_access
 from kaitopy.webhooks.certs import CertBundle, ensure_certificate
 from kaitopy.webhooks.configs import check_configs
 from kaitopy.webhooks.validation import (
@@ -49,6 +51,11 @@ VALIDATING_WEBHOOK_CONFIGURATION = Kind(
     namespaced=False,
 )
 PATH = "/validate"
+# The API server's version of validation.spec_changed: metadata-only updates (finalizers, labels)
+# skip the webhook, so they pass even while it is down.
+SPEC_CHANGED = " || ".join(
+    f"object.?{f}.orValue({{}}) != oldObject.?{f}.orValue({{}})" for f in ("resource", "inference", "tuning")
+)
 
 
 @dataclass(frozen=True)
@@ -163,12 +170,12 @@ class WebhookServer:
         """The ValidatingWebhookConfiguration this server registers."""
         s = self.settings
 
-        def webhook(operation: str, failure_policy: str) -> dict[str, Any]:
+        def webhook(operation: str) -> dict[str, Any]:
             hook: dict[str, Any] = {
                 "name": f"{operation.lower()}.workspace.{GROUP}",
                 "admissionReviewVersions": ["v1"],
                 "sideEffects": "None",
-                "failurePolicy": failure_policy,
+                "failurePolicy": "Fail",
                 "matchPolicy": "Equivalent",
                 "timeoutSeconds": s.timeout_seconds,
                 "clientConfig": self.client_config(),
@@ -184,6 +191,8 @@ class WebhookServer:
             }
             if s.namespace_selector is not None:
                 hook["namespaceSelector"] = s.namespace_selector
+            if operation == "UPDATE":
+                hook["matchConditions"] = [{"name": "spec-changed", "expression": SPEC_CHANGED}]
             return hook
 
         return {
@@ -193,7 +202,7 @@ class WebhookServer:
                 "name": s.configuration_name,
                 "labels": {"app.kubernetes.io/name": "kaitopy-webhook"},
             },
-            "webhooks": [webhook("CREATE", "Fail"), webhook("UPDATE", "Ignore")],
+            "webhooks": [webhook("CREATE"), webhook("UPDATE")],
         }
 
     async def _refresh(self) -> None:
@@ -308,6 +317,11 @@ class WebhookServer:
         if old is not None and not spec_changed(old, new):
             return []  # metadata only (finalizers, labels): never blocked
         namespace = str(req.get("namespace") or new.namespace)
+        # The author's own rights first: a template or a Secret reference must not borrow the
+        # controller's, and a ConfigMap they may not read must not be described to them (its keys).
+        access_errors = await check_access(self.client, req.get("userInfo") or {}, namespace, old, new)
+        if access_errors:
+            return access_errors
         config_errors, max_model_len = await check_configs(new, namespace, self.client)
         if old is None:
             errors = validate_create(new, self.catalog, max_model_len=max_model_len)

@@ -5,12 +5,17 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes_asyncio.client.api_client import ApiClient
 
+from kaitopy.runtime import Client
+from kaitopy.webhooks.server import VALIDATING_WEBHOOK_CONFIGURATION, WebhookServer, WebhookSettings
 from tests.support.cluster import Cluster
 
 REPO = Path(__file__).resolve().parents[3]
@@ -25,14 +30,39 @@ def workspace_crd(kube_cluster: Cluster) -> Cluster:
     return kube_cluster
 
 
+@pytest.fixture
+async def webhook(
+    workspace_crd: Cluster, api_client: ApiClient, namespace: str
+) -> AsyncIterator[WebhookServer]:
+    client = Client(api_client)
+    settings = WebhookSettings(
+        host="127.0.0.1",
+        port=0,
+        namespace=namespace,
+        url="https://127.0.0.1:{port}/validate",
+        service_name=None,
+        configuration_name=f"kaitopy-test-{uuid.uuid4().hex[:8]}",
+        # Only this test's namespace: other tests sharing the cluster never meet this webhook.
+        namespace_selector={"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+    )
+    server = WebhookServer(client, settings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+        await client.delete(VALIDATING_WEBHOOK_CONFIGURATION, settings.configuration_name)
+
+
 def kubectl_apply(
-    cluster: Cluster, namespace: str, *docs: dict[str, Any], verb: str = "apply"
+    cluster: Cluster, namespace: str, *docs: dict[str, Any], verb: str = "apply", as_user: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`kubectl apply` (or create/replace) of the given objects; the caller looks at returncode
-    and stderr."""
+    """`kubectl apply` (or create/replace) of the given objects, as `as_user` (impersonated) when
+    given; the caller looks at returncode and stderr."""
     exe = str(cluster.bin_dir / "kubectl") if cluster.bin_dir else "kubectl"
+    impersonate = [f"--as={as_user}"] if as_user else []
     return subprocess.run(
-        [exe, f"--kubeconfig={cluster.kubeconfig}", "-n", namespace, verb, "-f", "-"],
+        [exe, f"--kubeconfig={cluster.kubeconfig}", *impersonate, "-n", namespace, verb, "-f", "-"],
         # JSON, not YAML: kubectl's YAML 1.1 reads a bare y or n as a boolean.
         input=json.dumps(
             docs[0] if len(docs) == 1 else {"apiVersion": "v1", "kind": "List", "items": list(docs)}

@@ -99,7 +99,15 @@ def named(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def review(webhook: LiveWebhook, body: dict[str, Any]) -> list[FieldError]:
-    req = {"uid": "1", "operation": "CREATE", "namespace": NAMESPACE, "object": named(body)}
+    req = {
+        "uid": "1",
+        "operation": "CREATE",
+        "namespace": NAMESPACE,
+        "object": named(body),
+        # An author with every right: these properties are about the body, not the author's rights
+        # (tests/integration/api/test_webhook_access.py covers those).
+        "userInfo": {"username": "kubernetes-admin", "groups": ["system:masters", "system:authenticated"]},
+    }
     return webhook.loop.run_until_complete(webhook.server.review(req))
 
 

@@ -10,8 +10,6 @@ import dataclasses
 import datetime
 import json
 import ssl
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -20,33 +18,9 @@ from kubernetes_asyncio.client.api_client import ApiClient
 
 from kaitopy.api import messages
 from kaitopy.runtime import Client, kinds
-from kaitopy.webhooks.server import VALIDATING_WEBHOOK_CONFIGURATION, WebhookServer, WebhookSettings
+from kaitopy.webhooks.server import VALIDATING_WEBHOOK_CONFIGURATION, WebhookServer
 from tests.integration.api.conftest import edit, example_docs, kubectl_apply, phi3, tuning
 from tests.support.cluster import Cluster
-
-
-@pytest.fixture
-async def webhook(
-    workspace_crd: Cluster, api_client: ApiClient, namespace: str
-) -> AsyncIterator[WebhookServer]:
-    client = Client(api_client)
-    settings = WebhookSettings(
-        host="127.0.0.1",
-        port=0,
-        namespace=namespace,
-        url="https://127.0.0.1:{port}/validate",
-        service_name=None,
-        configuration_name=f"kaitopy-test-{uuid.uuid4().hex[:8]}",
-        # Only this test's namespace: other tests sharing the cluster never meet this webhook.
-        namespace_selector={"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-    )
-    server = WebhookServer(client, settings)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-        await client.delete(VALIDATING_WEBHOOK_CONFIGURATION, settings.configuration_name)
 
 
 # kubectl runs in a thread: the webhook is served by this test's own event loop, which must keep
@@ -69,7 +43,8 @@ async def test_registration_uses_a_loopback_url_and_our_ca(
     config = await client.get(VALIDATING_WEBHOOK_CONFIGURATION, webhook.settings.configuration_name)
     create, update = config["webhooks"]
     assert create["clientConfig"]["url"] == f"https://127.0.0.1:{webhook.port}/validate"
-    assert (create["failurePolicy"], update["failurePolicy"]) == ("Fail", "Ignore")
+    assert (create["failurePolicy"], update["failurePolicy"]) == ("Fail", "Fail")
+    assert "matchConditions" not in create and update["matchConditions"][0]["name"] == "spec-changed"
     assert create["timeoutSeconds"] == 10
     assert create["rules"][0]["operations"] == ["CREATE"] and update["rules"][0]["operations"] == ["UPDATE"]
     ca = base64.b64decode(create["clientConfig"]["caBundle"])
