@@ -100,12 +100,17 @@ def test_both_and_neither(catalog: Catalog) -> None:
 
 
 def test_preset_and_template(catalog: Catalog) -> None:
-    assert only(errors(phi3(template={"spec": {}}), catalog)).message == messages.PRESET_AND_TEMPLATE
+    pod = {"spec": {"containers": [{"name": "model", "image": "example.com/model:1"}]}}
+    assert only(errors(phi3(template=pod), catalog)).message == messages.PRESET_AND_TEMPLATE
     raw = phi3()
     raw["inference"] = {"config": "c"}
     assert only(errors(raw, catalog)).message == messages.PRESET_OR_TEMPLATE
-    raw["inference"] = {"template": {"spec": {"containers": []}}}
+    raw["inference"] = {"template": pod}
     assert errors(raw, catalog) == []
+    raw["inference"] = {"template": {"spec": {"containers": []}}}  # no container: no pod to run
+    with pytest.raises(ValidationError) as info:
+        Workspace.model_validate(raw)
+    assert only(pydantic_errors(info.value)).field == "inference.template"
 
 
 def test_adapter_rules(catalog: Catalog) -> None:
@@ -123,7 +128,8 @@ def test_adapter_rules(catalog: Catalog) -> None:
     private_url = [{"source": {"name": "a", "urls": ["http://192.168.1.10/a.safetensors"]}}]
     assert "192.168.1.10, a private address" in only(errors(phi3(adapters=private_url), catalog)).message
     template = phi3()
-    template["inference"] = {"template": {"spec": {}}, "adapters": [{"source": {"name": "a", "image": "i"}}]}
+    pod = {"spec": {"containers": [{"name": "model", "image": "example.com/model:1"}]}}
+    template["inference"] = {"template": pod, "adapters": [{"source": {"name": "a", "image": "i"}}]}
     assert "adapters need inference.preset" in only(errors(template, catalog)).message
 
 
