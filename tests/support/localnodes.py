@@ -3,7 +3,10 @@ binaries, the cluster CA, and the checks that a deleted node left nothing behind
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,13 +25,14 @@ class LocalImages:
 
 
 def ensure_images(*names: str) -> LocalImages:
-    """The loopback registry up, the named images built (cached by content) and pushed; their
-    references pinned by digest, as hack/images.py recorded them."""
-    spec = importlib.util.spec_from_file_location("kaitopy_hack_images", IMAGES_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    refs = {k: str(v) for k, v in module.ensure(list(names)).items()}
+    """The registry up, the named images built (cached by content) and pushed; their references
+    pinned by digest, as hack/images.py recorded them. The build runs in a child process, so this
+    test process never imports the image tooling (or its path changes)."""
+    subprocess.run([sys.executable, str(IMAGES_SCRIPT), "build", *names], check=True, timeout=3000)
+    cache = Path(os.environ.get("KAITOPY_IMAGE_CACHE", "~/.cache/kaitopy/images")).expanduser()
+    refs = {k: str(v) for k, v in json.loads((cache / "images.json").read_text()).items()}
+    missing = [n for n in names if n not in refs]
+    assert not missing, f"hack/images.py recorded no reference for {missing}"
     return LocalImages(registry=refs[names[0]].split("/", 1)[0], refs=refs)
 
 
