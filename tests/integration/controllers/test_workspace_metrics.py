@@ -20,6 +20,7 @@ from kaitopy.controllers.workspace.setup import wire
 from kaitopy.presets import Catalog
 from kaitopy.provisioner.install import ensure_crds
 from kaitopy.runtime import Client, Manager, ManagerSettings
+from kaitopy.runtime.kinds import NAMESPACE
 from tests.support.cluster import Cluster
 from tests.support.wait import eventually
 
@@ -55,17 +56,40 @@ async def scrape(port: int) -> dict[str, dict[str, float]]:
     return out
 
 
-async def settled(port: int, timeout: float = 60) -> dict[str, dict[str, float]]:
-    """The gauges once nothing is being deleted and two scrapes a second apart agree."""
+async def steady_workspaces(client: Client) -> int | None:
+    """How many workspaces the cluster holds, or None while some are on their way out.
+
+    Earlier tests delete their namespaces without waiting; the namespace controller removes their
+    workspaces later, so a count taken meanwhile would change under this test."""
+    terminating = {
+        ns["metadata"]["name"]
+        for ns in (await client.list(NAMESPACE)).items
+        if ns.get("status", {}).get("phase") == "Terminating"
+    }
+    items = (await client.list(WORKSPACE)).items
+    if any(
+        ws["metadata"].get("deletionTimestamp") or ws["metadata"]["namespace"] in terminating for ws in items
+    ):
+        return None
+    return len(items)
+
+
+async def settled(client: Client, port: int, timeout: float = 120) -> dict[str, dict[str, float]]:
+    """The gauges once no workspace is leaving the cluster, they count every workspace it holds,
+    and two scrapes a second apart agree."""
     deadline = asyncio.get_running_loop().time() + timeout
     last = await scrape(port)
     while True:
         await asyncio.sleep(1.0)
         now = await scrape(port)
-        if now == last and now.get("kaitopy_workspace_count", {}).get("deleting", 0.0) == 0.0:
+        held = await steady_workspaces(client)
+        total = sum(now.get("kaitopy_workspace_count", {}).values())
+        if now == last and held is not None and total == held:
             return now
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"the workspace gauges did not settle in {timeout:.0f}s: {now}")
+            raise AssertionError(
+                f"the workspace gauges did not settle in {timeout:.0f}s: {now}; the cluster holds {held}"
+            )
         last = now
 
 
@@ -90,7 +114,7 @@ async def test_workspace_gauges_on_the_metrics_endpoint(
     client, port = controller
     # The informer is cluster-wide: count relative to what other tests left behind, once it has
     # settled (this controller finishes deleting workspaces other tests' controllers left behind).
-    before = await settled(port)
+    before = await settled(client, port)
     base = before["kaitopy_workspace_count"]
     base_presets = before.get("kaitopy_workspace_preset_count", {})
     assert set(base) == {"pending", "provisioning", "ready", "succeeded", "failed", "deleting"}
