@@ -307,6 +307,29 @@ class Condition(ApiModel):
     """A human-readable explanation."""
 
 
+class StartupPhase(ApiModel):
+    """One phase of a start-up, as the cluster recorded it."""
+
+    name: str
+    """NodeProvisioning, Scheduling, ImagePull, WeightsDownload, AdaptersDownload or EngineStart."""
+    started_at: str = Field(json_schema_extra={"format": "date-time"})
+    finished_at: str = Field(json_schema_extra={"format": "date-time"})
+    seconds: float
+    """Time spent in the phase (for ImagePull, pulling only: its pulls may be apart)."""
+
+
+class StartupRecord(ApiModel):
+    """Where the last start-up's time went: from the workspace's creation (or, for a later
+    revision, the rollout's first pod) to its model being served."""
+
+    revision: str
+    """The workload revision that started."""
+    started_at: str = Field(json_schema_extra={"format": "date-time"})
+    ready_at: str = Field(json_schema_extra={"format": "date-time"})
+    seconds: float
+    phases: list[StartupPhase] = Field(default_factory=list)
+
+
 class WorkspaceStatus(ApiModel):
     """The observed state of a workspace."""
 
@@ -322,6 +345,8 @@ class WorkspaceStatus(ApiModel):
     """A one-word summary: Pending, Running, Ready, Succeeded, Failed or Deleting."""
     target_node_count: int | None = None
     """How many GPU nodes the workload needs."""
+    startup: StartupRecord | None = None
+    """The timeline of the last start-up that reached Ready (inference)."""
 
     def condition(self, type_: str) -> Condition | None:
         for c in self.conditions or ():

@@ -9,8 +9,10 @@ import os
 import shutil
 import sys
 import time
+from datetime import datetime
 from typing import Any, TextIO
 
+from kaitopy.api import reasons
 from kaitopy.runtime import Client, Kind, NotFound
 
 WORKSPACE = Kind("kaito.sh", "v1beta1", "Workspace", "workspaces")
@@ -23,15 +25,9 @@ ORDER = (
     "WorkspaceSucceeded",
     "WorkspaceDeleting",
 )
-TERMINAL_REASONS = {
-    "QuotaExceeded",
-    "InsufficientCapacity",
-    "SKUNotAvailable",
-    "TuningJobFailed",
-    "InvalidPreset",
-    "InvalidInstanceType",
-    "InsufficientGPUMemory",
-}
+SETTLE_S = 30.0
+"""How long --wait watches a reason that Kubernetes keeps retrying (an image pull, a crash loop)
+before it gives up: a node whose GPUs are still being advertised, or a first crash, clears alone."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=1800.0, metavar="SECONDS")
     parser.add_argument(
         "--interval", type=float, default=2.0, metavar="SECONDS", help="how often --wait looks again"
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE_S,
+        metavar="SECONDS",
+        help="how long --wait watches a failing pod (image pull, crash loop, ...) before giving up",
     )
 
 
@@ -83,6 +86,12 @@ def render(ws: dict[str, Any], events: list[dict[str, Any]], out: TextIO) -> Non
         )
     reason = blocking_reason(ws)
     out.write(f"  {'ready: the model is being served' if reason is None else 'waiting on: ' + reason}\n")
+    fix = fix_for(ws)
+    if fix:
+        out.write(f"  fix: {fix}\n")
+    startup = status.get("startup")
+    if startup:
+        out.write(render_startup(startup))
     if events:
         out.write("  recent events:\n")
         for e in events[-10:]:
@@ -90,6 +99,49 @@ def render(ws: dict[str, Any], events: list[dict[str, Any]], out: TextIO) -> Non
             out.write(
                 f"    {when[:19]}  {e.get('type', ''):<7} {e.get('reason', ''):<20} {e.get('note', '')}\n"
             )
+
+
+def failing(ws: dict[str, Any]) -> list[dict[str, Any]]:
+    """The conditions whose reason needs someone to act (reasons.NEEDS_ACTION)."""
+    return [
+        c for c in _conditions(ws) if c.get("status") == "False" and c.get("reason") in reasons.NEEDS_ACTION
+    ]
+
+
+def fix_for(ws: dict[str, Any]) -> str | None:
+    for c in failing(ws):
+        fix = reasons.FIXES.get(str(c.get("reason")))
+        if fix:
+            return fix
+    return None
+
+
+def render_startup(startup: dict[str, Any]) -> str:
+    """The last start-up as a timeline: each phase's offset from the start, its length and a bar."""
+    total = float(startup.get("seconds") or 0.0)
+    begin = str(startup.get("startedAt") or "")
+    lines = [f"  start-up (revision {startup.get('revision', '?')}): ready in {total:.0f} s\n"]
+    width = 30
+    for p in startup.get("phases") or ():
+        offset = _seconds_between(begin, str(p.get("startedAt") or ""))
+        length = float(p.get("seconds") or 0.0)
+        lead = int(width * offset / total) if total > 0 else 0
+        bar = max(1, round(width * length / total)) if total > 0 else 1
+        lines.append(
+            f"    {p.get('name', '?'):<18} {f'+{offset:.0f} s':>8} {length:>7.1f} s  "
+            f"{' ' * min(lead, width)}{'#' * min(bar, width - min(lead, width - 1))}\n"
+        )
+    return "".join(lines)
+
+
+def _seconds_between(a: str, b: str) -> float:
+    try:
+        return (
+            datetime.fromisoformat(b.replace("Z", "+00:00"))
+            - datetime.fromisoformat(a.replace("Z", "+00:00"))
+        ).total_seconds()
+    except ValueError:
+        return 0.0
 
 
 MARKS = {"True": "+", "False": "-"}
@@ -120,6 +172,7 @@ async def status_main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int
         started = time.monotonic()
         deadline = started + args.timeout
         last = None
+        seen: dict[tuple[str, str], float] = {}  # failing (condition, reason) -> first seen
         live = _is_tty(out)
         while True:
             try:
@@ -145,12 +198,13 @@ async def status_main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int
                 if live:
                     out.write("\n")
                 return 0
+            now = time.monotonic()
+            current = {(str(c.get("type")), str(c.get("reason"))) for c in failing(ws)}
+            seen = {k: seen.get(k, now) for k in current}
             failed = [
-                c
-                for c in _conditions(ws)
-                if c.get("reason") in TERMINAL_REASONS and c.get("status") == "False"
+                k for k, since in seen.items() if k[1] in reasons.TERMINAL or now - since >= args.settle
             ]
-            if failed or time.monotonic() > deadline:
+            if failed or now > deadline:
                 if live:
                     out.write("\n")
                 if not failed:

@@ -58,8 +58,11 @@ async def _set(client: Client, namespace: str, name: str, *conds: tuple[str, str
     await client.patch_status(WORKSPACE, name, body, namespace=namespace)
 
 
-def _args(kube_cluster: Cluster, namespace: str, name: str, timeout: float) -> argparse.Namespace:
+def _args(
+    kube_cluster: Cluster, namespace: str, name: str, timeout: float, settle: float = 1.0
+) -> argparse.Namespace:
     return argparse.Namespace(
+        settle=settle,
         workspace=name,
         namespace=namespace,
         kubeconfig=str(kube_cluster.kubeconfig),
@@ -143,6 +146,29 @@ async def test_wait_stops_on_a_terminal_failure(
     assert "waiting on: NodeClaimReady is False (QuotaExceeded)" in text
     # The full report follows, conditions included.
     assert f"Workspace {namespace}/quota" in text and "timed out" not in text
+
+
+async def test_wait_gives_up_on_a_failing_pod_once_it_settles(
+    kube_cluster: Cluster, kclient: Client, namespace: str
+) -> None:
+    await _create(kclient, namespace, "pull")
+    ready = (("ResourceReady", "True", "WorkspaceResourceReady"),)
+    await _set(kclient, namespace, "pull", *ready, ("InferenceReady", "False", "CrashLoop"))
+    out = io.StringIO()
+    waiting = asyncio.create_task(status_main(_args(kube_cluster, namespace, "pull", 60, settle=3.0), out))
+    await _until(out, "(CrashLoop)")
+    # A first crash that clears within the settle time does not end the wait...
+    await _set(kclient, namespace, "pull", *ready, ("InferenceReady", "False", "WorkloadNotReady"))
+    await _until(out, "(WorkloadNotReady)")
+    await _set(kclient, namespace, "pull", *ready, ("InferenceReady", "False", "ImagePullError"))
+    await _until(out, "(ImagePullError)")
+    assert not waiting.done()
+    # ...one that stays does, with the fix.
+    async with asyncio.timeout(20):
+        assert await waiting == 1
+    text = out.getvalue()
+    assert "fix: check that the image name and tag exist in the registry" in text
+    assert "timed out" not in text
 
 
 async def test_wait_times_out(kube_cluster: Cluster, kclient: Client, namespace: str) -> None:

@@ -38,3 +38,25 @@ def test_progress_done_and_empty() -> None:
     assert progress_line(empty, 0) == (
         "[00:00] 0/0 (no conditions yet) | waiting on: the controller has not reported on it yet"
     )
+
+
+def test_the_startup_timeline_is_drawn_to_scale() -> None:
+    from kaitopy.usercli.status import render_startup
+
+    text = render_startup(
+        {
+            "revision": "abc",
+            "startedAt": "2026-12-04T10:00:00Z",
+            "readyAt": "2026-12-04T10:01:00Z",
+            "seconds": 60,
+            "phases": [
+                {"name": "NodeProvisioning", "startedAt": "2026-12-04T10:00:00Z", "seconds": 30.0},
+                {"name": "EngineStart", "startedAt": "2026-12-04T10:00:45Z", "seconds": 15.0},
+            ],
+        }
+    )
+    lines = text.splitlines()
+    assert lines[0] == "  start-up (revision abc): ready in 60 s"
+    assert lines[1].split()[:3] == ["NodeProvisioning", "+0", "s"] and lines[1].endswith("#" * 15)
+    assert lines[2].split()[:5] == ["EngineStart", "+45", "s", "15.0", "s"]
+    assert lines[2].endswith(" " * 22 + "#" * 8)

@@ -162,6 +162,10 @@ def tuning_job(plan: TuningPlan) -> dict[str, Any]:
     }
     if init:
         spec["initContainers"] = init
+    for c in [*init, *containers]:
+        # A step that fails leaves its last lines as the termination message: the workspace's
+        # TuningJobFailed condition quotes them.
+        c["terminationMessagePolicy"] = "FallbackToLogsOnError"
     if plan.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": s} for s in plan.image_pull_secrets]
     return {

@@ -12,10 +12,13 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Final
 
+from prometheus_client import Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from kaitopy.api import reasons
 from kaitopy.controllers.workspace import status as st
+from kaitopy.controllers.workspace.timeline import Timeline
 from kaitopy.runtime.metrics import Metrics
 from kaitopy.runtime.objects import Obj
 from kaitopy.runtime.store import Store
@@ -25,24 +28,7 @@ WORKSPACE_PRESET_COUNT: Final = "kaitopy_workspace_preset_count"
 STATES: Final = ("pending", "provisioning", "ready", "succeeded", "failed", "deleting")
 TEMPLATE_PRESET: Final = "template"
 
-TERMINAL_REASONS: Final = frozenset(
-    {
-        # The planner's: the spec can never run as written.
-        "InvalidPreset",
-        "InvalidInstanceType",
-        "InsufficientGPUMemory",
-        "InvalidWorkspace",
-        "InvalidRuntime",
-        # The provisioner's, passed through NodeClaimReady/ResourceReady: the cloud said no.
-        "LaunchFailed",
-        "QuotaExceeded",
-        "InsufficientCapacity",
-        "SKUNotAvailable",
-        "InvalidRequest",
-        "TuningJobFailed",
-    }
-)
-"""Condition reasons after which a workspace makes no progress until its spec or the cloud changes."""
+TERMINAL_REASONS: Final = reasons.TERMINAL
 
 
 def _true(conds: list[Obj], type_: str) -> bool:
@@ -109,3 +95,39 @@ def register_workspace_metrics(metrics: Metrics, workspaces: Store) -> Workspace
     collector = metrics.extension("kaitopy_workspace", _register)
     collector.workspaces = workspaces
     return collector
+
+
+STARTUP_SECONDS: Final = "kaitopy_workspace_startup_seconds"
+STARTUP_PHASE_SECONDS: Final = "kaitopy_workspace_startup_phase_seconds"
+_STARTUP_BUCKETS: Final = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 450, 600, 900, 1200, 1800, 3600)
+
+
+class StartupMetrics:
+    """How long workspaces took to become Ready, whole and by phase (timeline.PHASES), observed
+    once per workspace revision when the controller records its timeline."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.total = Histogram(
+            STARTUP_SECONDS,
+            "Seconds from a workspace's creation (or a rollout's first pod) to its model being served",
+            ["preset"],
+            buckets=_STARTUP_BUCKETS,
+            registry=registry,
+        )
+        self.phase = Histogram(
+            STARTUP_PHASE_SECONDS,
+            "Seconds a workspace's start-up spent in each phase (NodeProvisioning, Scheduling, "
+            "ImagePull, WeightsDownload, AdaptersDownload, EngineStart)",
+            ["phase"],
+            buckets=_STARTUP_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, preset: str, timeline: Timeline) -> None:
+        self.total.labels(preset=preset).observe(timeline.seconds)
+        for p in timeline.phases:
+            self.phase.labels(phase=p.name).observe(p.seconds)
+
+
+def startup_metrics(metrics: Metrics) -> StartupMetrics:
+    return metrics.extension("kaitopy_workspace_startup", StartupMetrics)

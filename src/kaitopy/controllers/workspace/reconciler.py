@@ -13,6 +13,8 @@ from kaitopy.controllers.workspace import egress, workload
 from kaitopy.controllers.workspace import job as jobs
 from kaitopy.controllers.workspace import nodes as nodesel
 from kaitopy.controllers.workspace import status as st
+from kaitopy.controllers.workspace import timeline as tl
+from kaitopy.controllers.workspace.metrics import StartupMetrics
 from kaitopy.controllers.workspace.plan import (
     WORKSPACE_LABEL,
     WORKSPACE_NAMESPACE_LABEL,
@@ -55,6 +57,10 @@ NODECLAIM = Kind("karpenter.sh", "v1", "NodeClaim", "nodeclaims", namespaced=Fal
 CLAIMS_BY_WORKSPACE = "by-workspace"
 PODS_BY_WORKSPACE = "by-workspace"
 WAITING_REQUEUE_S = 30.0
+POD_EVENT = Kind("", "v1", "Event", "events")
+"""The kubelet's events about pods: core/v1, which can be field-selected by the pod's uid."""
+EVENTS_AFTER_S = 10.0
+"""A pod younger than this is still starting: its events are not read to explain it yet."""
 log = reconcile_logger(__name__)
 
 Planner = Callable[[Obj], WorkspacePlan]
@@ -92,8 +98,11 @@ class WorkspaceReconciler:
         recorder: EventRecorder,
         settings: Settings,
         workspace_kind: Kind,
+        *,
+        startup: StartupMetrics | None = None,
     ) -> None:
         self.client = client
+        self.startup = startup
         self.s = stores
         self.planner = planner
         self.recorder = recorder
@@ -158,7 +167,9 @@ class WorkspaceReconciler:
 
         # -- workload -------------------------------------------------------------------------
         refused: ApiError | None = None
+        recorded: tl.Timeline | None = None
         if plan.inference is not None:
+            was_ready = st.condition_true(ws, st.INFERENCE_READY)
             try:
                 verdict = await self._ensure_inference(ws, plan.inference, resource.ok)
             except Conflict:
@@ -168,8 +179,17 @@ class WorkspaceReconciler:
                 # then fail the reconcile so it retries with backoff.
                 refused = err
                 verdict = st.workload_refused(err.status, err.reason, err.message)
+            pods = self._pods_of(plan.inference.namespace, plan.inference.name)
+            if verdict.reason == "WorkloadNotReady":
+                verdict = await self._explain(
+                    verdict, st.current_revision_pods(pods, plan.inference.revision()), now
+                )
             setc(st.INFERENCE_READY, verdict)
             done = resource.ok and verdict.ok
+            if verdict.ok and not was_ready:
+                recorded = await self._startup_timeline(ws, plan.inference, pods)
+                if recorded is not None:
+                    status["startup"] = recorded.to_status()
             setc(
                 st.WORKSPACE_SUCCEEDED,
                 st.Verdict("True", "WorkspaceSucceeded", "the model is being served")
@@ -183,6 +203,10 @@ class WorkspaceReconciler:
             state = "Ready" if done else ("NotReady" if resource.ok else "Pending")
         elif plan.tuning is not None:
             started, succeeded = await self._ensure_tuning(ws, plan, resource.ok)
+            if succeeded.reason == "TuningJobRunning":
+                succeeded = await self._explain(
+                    succeeded, self._pods_of(plan.tuning.namespace, plan.tuning.name), now
+                )
             setc(st.JOB_STARTED, started)
             setc(st.WORKSPACE_SUCCEEDED, succeeded)
             if succeeded.ok:
@@ -204,6 +228,10 @@ class WorkspaceReconciler:
         self.latest.remember(stored)
         if written:
             log.info("workspace status", extra={"state": state, "workspace": request.key})
+        if recorded is not None and plan.inference is not None:
+            if self.startup is not None:
+                self.startup.observe(plan.inference.preset, recorded)
+            await self.recorder.event(ws, "Normal", "StartupRecorded", tl.summary(recorded))
         if refused is not None:
             raise refused
         return Result(requeue_after=requeue) if requeue else None
@@ -296,6 +324,57 @@ class WorkspaceReconciler:
             )
         pods = self.s.pods.by_index(PODS_BY_WORKSPACE, key)
         return st.workload_verdict(current_store.get(key) or obj, pods, plan.node_count, plan.revision())
+
+    def _pods_of(self, namespace: str, name: str) -> list[Obj]:
+        return self.s.pods.by_index(PODS_BY_WORKSPACE, f"{namespace}/{name}")
+
+    async def _pod_events(self, pod: Obj) -> list[dict[str, Any]]:
+        """The events about one pod (the kubelet's pulls, mounts, probes), read on demand: only
+        for a pod that is stuck or has just become Ready, so no cluster-wide event watch."""
+        meta = pod["metadata"]
+        try:
+            found = await self.client.list(
+                POD_EVENT, meta["namespace"], field_selector=f"involvedObject.uid={meta['uid']}"
+            )
+        except Forbidden as err:
+            # RBAC older than this code: the workspace says less, but still works.
+            log.warning("cannot read pod events", extra={"pod": meta["name"], "error": str(err)})
+            return []
+        return found.items
+
+    async def _explain(self, verdict: st.Verdict, pods: list[Obj], now: datetime) -> st.Verdict:
+        """A stuck pod's events, when its status does not say why (a volume that cannot be
+        mounted, a readiness probe that keeps failing)."""
+        pod = st.unready_pod(pods)
+        created = tl.parse_time(pod["metadata"].get("creationTimestamp")) if pod is not None else None
+        if pod is None or created is None or (now - created).total_seconds() < EVENTS_AFTER_S:
+            return verdict
+        return st.events_problem(pod, await self._pod_events(pod)) or verdict
+
+    async def _startup_timeline(self, ws: Obj, plan: InferencePlan, pods: list[Obj]) -> tl.Timeline | None:
+        """The timeline of the start-up that just reached Ready, unless this revision has one."""
+        revision = plan.revision()
+        record = (ws.get("status") or {}).get("startup") or {}
+        if record.get("revision") == revision:
+            return None  # a pod replaced after the start-up was recorded: not a start-up
+        current = st.current_revision_pods(pods, revision)
+        ready = [(tl.ready_time(p), p) for p in current]
+        ready_pods = [(t, p) for t, p in ready if t is not None]
+        if not ready_pods:
+            return None
+        _, pod = max(ready_pods, key=lambda tp: tp[0])
+        # The first start counts from the workspace's creation; a later revision from its rollout.
+        origin = ws if not record else min(current, key=lambda p: str(p["metadata"].get("creationTimestamp")))
+        start = tl.parse_time(origin["metadata"].get("creationTimestamp"))
+        if start is None:
+            return None
+        return tl.startup_timeline(
+            revision=revision,
+            start=start,
+            claims=self.claims_of(ws),
+            pod=pod,
+            events=await self._pod_events(pod),
+        )
 
     # -- tuning -------------------------------------------------------------------------------
 

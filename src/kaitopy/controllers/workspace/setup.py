@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from kaitopy.controllers.workspace import nodes as nodesel
-from kaitopy.controllers.workspace.metrics import register_workspace_metrics
+from kaitopy.controllers.workspace.metrics import register_workspace_metrics, startup_metrics
 from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL, Settings
 from kaitopy.controllers.workspace.reconciler import (
     CLAIMS_BY_WORKSPACE,
@@ -87,7 +87,13 @@ def wire(
         pods=pods.store,
     )
     reconciler = WorkspaceReconciler(
-        client, stores, planner, EventRecorder(client, COMPONENT), settings, workspace_kind
+        client,
+        stores,
+        planner,
+        EventRecorder(client, COMPONENT),
+        settings,
+        workspace_kind,
+        startup=startup_metrics(mgr.metrics),
     )
     builder = mgr.controller("workspace").for_(workspace_kind)
     for k in owned:

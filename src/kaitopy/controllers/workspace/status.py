@@ -35,6 +35,10 @@ def _cond(obj: Obj, type_: str) -> dict[str, object] | None:
     return None
 
 
+def condition_true(obj: Obj, type_: str) -> bool:
+    return (_cond(obj, type_) or {}).get("status") == "True"
+
+
 def nodeclaims_verdict(claims: Sequence[Obj], wanted: int) -> Verdict:
     """NodeClaimReady: every claim the workspace needs exists and is Ready; a failed claim's
     reason (quota, capacity, an unavailable SKU) is passed through as is."""
@@ -78,43 +82,120 @@ def resource_verdict(ready_nodes: int, target: int, claims: Verdict | None, byo:
 
 
 _IMAGE_PULL = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+_START_FAILED = {"CreateContainerError", "RunContainerError"}
+LAST_WORDS_CHARS = 400
+"""How much of a dead container's last output a condition message carries (the kubelet keeps up
+to 4 KiB of it, or 80 lines, as the termination message)."""
+
+
+def _last_words(term: Obj) -> str:
+    text = " ".join(str(term.get("message") or "").split())
+    if not text:
+        return ""
+    return "; it said: " + (text if len(text) <= LAST_WORDS_CHARS else "..." + text[-LAST_WORDS_CHARS:])
+
+
+def _container_problem(pod_name: str, cs: Obj) -> Verdict | None:
+    name = cs.get("name")
+    state = cs.get("state") or {}
+    waiting = state.get("waiting") or {}
+    reason = waiting.get("reason")
+    detail = waiting.get("message") or reason
+    if reason in _IMAGE_PULL:
+        return Verdict(
+            "False", "ImagePullError", f"pod {pod_name} cannot pull the image of container {name}: {detail}"
+        )
+    if reason == "CreateContainerConfigError":
+        return Verdict(
+            "False",
+            "ContainerConfigError",
+            f"pod {pod_name} cannot configure container {name}: {detail}",
+        )
+    last = state.get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+    if last.get("reason") == "OOMKilled":
+        return Verdict(
+            "False",
+            "OOMKilled",
+            f"pod {pod_name} container {name} ran out of memory (limit "
+            f"{_memory_limit(cs) or 'unknown'}); use a larger instance type, a smaller max-model-len "
+            "or a higher memory limit",
+        )
+    if reason in _START_FAILED:
+        return Verdict("False", "CrashLoop", f"pod {pod_name} container {name} cannot start: {detail}")
+    if reason == "CrashLoopBackOff":
+        return Verdict(
+            "False",
+            "CrashLoop",
+            f"pod {pod_name} container {name} keeps crashing (exit code {last.get('exitCode', '?')}, "
+            f"{cs.get('restartCount', 0)} restarts){_last_words(last)}",
+        )
+    return None
+
+
+def _memory_limit(cs: Obj) -> str | None:
+    # Container statuses carry the resources the kubelet applied (1.33+); older ones do not.
+    return (((cs.get("resources") or {}).get("limits")) or {}).get("memory")
 
 
 def pod_problem(pods: Iterable[Obj]) -> Verdict | None:
-    """The most telling reason a workload's pods are not ready, if they show one."""
+    """The most telling reason a workload's pods are not ready, if their status shows one."""
     for pod in pods:
         status = pod.get("status") or {}
         name = pod["metadata"]["name"]
         for cs in [*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())]:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            reason = waiting.get("reason")
-            if reason in _IMAGE_PULL:
-                return Verdict(
-                    "False",
-                    "ImagePullError",
-                    f"pod {name} cannot pull image for container {cs.get('name')}: "
-                    f"{waiting.get('message') or reason}",
-                )
-            last = (cs.get("lastState") or {}).get("terminated") or {}
-            if last.get("reason") == "OOMKilled":
-                return Verdict(
-                    "False",
-                    "OOMKilled",
-                    f"pod {name} container {cs.get('name')} ran out of memory; "
-                    "use a larger instance type or a smaller max-model-len",
-                )
-            if reason == "CrashLoopBackOff":
-                return Verdict(
-                    "False",
-                    "CrashLoop",
-                    f"pod {name} container {cs.get('name')} keeps crashing "
-                    f"(exit code {last.get('exitCode', '?')}); see its logs",
-                )
+            problem = _container_problem(name, cs)
+            if problem is not None:
+                return problem
         for c in status.get("conditions") or ():
             if c.get("type") == "PodScheduled" and c.get("status") == "False":
                 return Verdict(
                     "False", "Unschedulable", f"pod {name} cannot be scheduled: {c.get('message') or ''}"
                 )
+    return None
+
+
+READINESS_FAILURES_TO_REPORT = 3
+"""Readiness probe failures (after the start-up probe passed, if any) before the workspace says
+the probe is failing rather than that the model is loading."""
+
+
+def events_problem(pod: Obj, events: Sequence[Obj]) -> Verdict | None:
+    """What the kubelet's events about `pod` say is stopping it, when its status does not say:
+    a volume that cannot be mounted (a missing Secret), a sandbox that cannot be made, a
+    readiness probe that keeps failing."""
+    name = pod["metadata"]["name"]
+    newest = sorted(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    for e in reversed(newest):
+        if e.get("type") != "Warning":
+            continue
+        reason, message, count = e.get("reason"), str(e.get("message") or ""), int(e.get("count") or 1)
+        if reason == "FailedMount":
+            return Verdict("False", "VolumeMountFailed", f"pod {name} cannot start: {message}")
+        if reason == "FailedCreatePodSandBox":
+            return Verdict("False", "SandboxFailed", f"pod {name} has no sandbox on its node: {message}")
+        if (
+            reason == "Unhealthy"
+            and message.startswith("Readiness probe failed")
+            and count >= READINESS_FAILURES_TO_REPORT
+        ):
+            return Verdict(
+                "False",
+                "ReadinessProbeFailing",
+                f"pod {name} runs but is not ready ({count} times): {message}",
+            )
+    return None
+
+
+def replica_failure(workload: Obj) -> Verdict | None:
+    """A Deployment whose pods the API server refuses (Pod Security, a quota, a webhook) says so in
+    its ReplicaFailure condition; nothing else would: there is no pod to look at."""
+    for c in (workload.get("status") or {}).get("conditions") or ():
+        if c.get("type") == "ReplicaFailure" and c.get("status") == "True":
+            return Verdict(
+                "False",
+                "PodsRefused",
+                f"the API server refuses the model's pods ({c.get('reason')}): {c.get('message') or ''}",
+            )
     return None
 
 
@@ -124,14 +205,12 @@ def workload_verdict(workload: Obj | None, pods: Sequence[Obj], want: int, revis
     status = workload.get("status") or {}
     meta = workload["metadata"]
     rolled_out = status.get("observedGeneration", 0) >= meta.get("generation", 0)
-    current_pods = [
-        p for p in pods if (p["metadata"].get("annotations") or {}).get("kaito.sh/revision") == revision
-    ]
+    current_pods = current_revision_pods(pods, revision)
     ready = int(status.get("readyReplicas") or 0)
     updated = int(status.get("updatedReplicas") or 0)
     if rolled_out and ready >= want and updated >= want:
         return Verdict("True", "InferenceReady", f"{ready} of {want} model server pod(s) ready")
-    problem = pod_problem(current_pods or pods)
+    problem = pod_problem(current_pods or pods) or replica_failure(workload)
     if problem is not None:
         return problem
     return Verdict(
@@ -139,6 +218,24 @@ def workload_verdict(workload: Obj | None, pods: Sequence[Obj], want: int, revis
         "WorkloadNotReady",
         f"{min(ready, updated)} of {want} model server pod(s) ready; waiting for the model to load",
     )
+
+
+def current_revision_pods(pods: Sequence[Obj], revision: str) -> list[Obj]:
+    return [p for p in pods if (p["metadata"].get("annotations") or {}).get("kaito.sh/revision") == revision]
+
+
+def unready_pod(pods: Sequence[Obj]) -> Obj | None:
+    """The oldest pod that is not Ready, whose events may tell what its status does not."""
+    waiting = [
+        p
+        for p in pods
+        if not p["metadata"].get("deletionTimestamp")
+        and not any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in (p.get("status") or {}).get("conditions") or ()
+        )
+    ]
+    return min(waiting, key=lambda p: str(p["metadata"].get("creationTimestamp") or ""), default=None)
 
 
 def workload_refused(status: int, reason: str, message: str) -> Verdict:
@@ -149,6 +246,18 @@ def workload_refused(status: int, reason: str, message: str) -> Verdict:
         "WorkloadRefused",
         f"the API server refused the model's workload ({status} {reason}): {message}",
     )
+
+
+def failed_step(pods: Sequence[Obj]) -> str:
+    """Which step of the newest failed tuning pod failed, with its last words."""
+    failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+    for pod in sorted(failed, key=lambda p: str(p["metadata"].get("creationTimestamp")), reverse=True):
+        status = pod.get("status") or {}
+        for cs in [*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())]:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if term.get("exitCode", 0) != 0:
+                return f"; step {cs.get('name')} exited with code {term.get('exitCode')}{_last_words(term)}"
+    return ""
 
 
 def job_verdicts(job: Obj | None, pods: Sequence[Obj]) -> tuple[Verdict, Verdict]:
@@ -169,7 +278,7 @@ def job_verdicts(job: Obj | None, pods: Sequence[Obj]) -> tuple[Verdict, Verdict
             return started, Verdict(
                 "False",
                 "TuningJobFailed",
-                f"the tuning job failed: {c.get('reason')}: {c.get('message') or ''}",
+                f"the tuning job failed: {c.get('reason')}: {c.get('message') or ''}{failed_step(pods)}",
             )
     problem = pod_problem(pods)
     if problem is not None:

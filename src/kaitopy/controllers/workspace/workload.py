@@ -252,6 +252,9 @@ def pod_template(plan: InferencePlan) -> dict[str, Any]:
         "startupProbe": _probe("/health", startup_failures),
         "readinessProbe": _probe("/health", 3),
         "livenessProbe": _probe("/health", 6),
+        # A server that dies at start-up leaves its last lines as the termination message, which
+        # the workspace's CrashLoop condition quotes: the cause without `kubectl logs`.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
     spec: dict[str, Any] = {
