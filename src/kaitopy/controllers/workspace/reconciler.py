@@ -61,6 +61,9 @@ POD_EVENT = Kind("", "v1", "Event", "events")
 """The kubelet's events about pods: core/v1, which can be field-selected by the pod's uid."""
 EVENTS_AFTER_S = 10.0
 """A pod younger than this is still starting: its events are not read to explain it yet."""
+EXPLAIN_REQUEUE_S = 15.0
+"""How often a workload that is not ready, for no reason its status shows, is looked at again: a
+failing mount or probe changes only events, which do not wake the controller."""
 log = reconcile_logger(__name__)
 
 Planner = Callable[[Obj], WorkspacePlan]
@@ -184,6 +187,7 @@ class WorkspaceReconciler:
                 verdict = await self._explain(
                     verdict, st.current_revision_pods(pods, plan.inference.revision()), now
                 )
+                requeue = min(requeue or EXPLAIN_REQUEUE_S, EXPLAIN_REQUEUE_S)
             setc(st.INFERENCE_READY, verdict)
             done = resource.ok and verdict.ok
             if verdict.ok and not was_ready:
@@ -207,6 +211,7 @@ class WorkspaceReconciler:
                 succeeded = await self._explain(
                     succeeded, self._pods_of(plan.tuning.namespace, plan.tuning.name), now
                 )
+                requeue = min(requeue or EXPLAIN_REQUEUE_S, EXPLAIN_REQUEUE_S)
             setc(st.JOB_STARTED, started)
             setc(st.WORKSPACE_SUCCEEDED, succeeded)
             if succeeded.ok:
