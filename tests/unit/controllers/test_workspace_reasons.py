@@ -78,7 +78,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
             ]
         ),
         "CrashLoop",
-        "it said: usage: ... error: unrecognized --bogus",
+        "it said: error: unrecognized --bogus",
     ),
     (
         "runtime cannot start it",
@@ -108,6 +108,15 @@ def test_pod_status_names_the_cause(pod_: dict[str, Any], reason: str, says: str
     assert (verdict.status, verdict.reason) == ("False", reason)
     assert says in verdict.message
     assert reason in reasons.WORKLOAD_FAILING and reason in reasons.FIXES
+
+
+def test_the_last_error_line_is_quoted() -> None:
+    said = "loading\nERROR app: cannot start: unknown option(s) x\nINFO app: stopping\nINFO app: stopped\n"
+    crashed = container({"waiting": {"reason": "CrashLoopBackOff"}}, {"terminated": {"message": said}})
+    verdict = status.pod_problem([pod(containerStatuses=[crashed])])
+    assert verdict is not None and verdict.message.endswith(
+        "it said: ERROR app: cannot start: unknown option(s) x"
+    )
 
 
 def test_a_long_last_message_keeps_its_end() -> None:

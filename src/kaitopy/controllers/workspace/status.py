@@ -89,9 +89,14 @@ to 4 KiB of it, or 80 lines, as the termination message)."""
 
 
 def _last_words(term: Obj) -> str:
-    text = " ".join(str(term.get("message") or "").split())
-    if not text:
+    """A dead container's last output, as a condition can carry it: its last error line when it
+    logged one (a server says why, then how it stops), else the end of what it wrote."""
+    lines = [" ".join(line.split()) for line in str(term.get("message") or "").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
         return ""
+    errors = [line for line in lines if "error" in line.lower()]
+    text = errors[-1] if errors else " ".join(lines)
     return "; it said: " + (text if len(text) <= LAST_WORDS_CHARS else "..." + text[-LAST_WORDS_CHARS:])
 
 
