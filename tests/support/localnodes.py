@@ -24,6 +24,15 @@ class LocalImages:
     refs: dict[str, str]  # image name -> pullable reference
 
 
+@dataclass(frozen=True)
+class Weights:
+    """A model's weights in the loopback registry, and here."""
+
+    prefix: str  # the controller's --weights-registry
+    digest: str  # the artifact's manifest digest (--weights-digest)
+    model_dir: Path  # the same weights as a Hugging Face directory (to train adapters on)
+
+
 def ensure_images(*names: str) -> LocalImages:
     """The registry up, the named images built (cached by content) and pushed; their references
     pinned by digest, as hack/images.py recorded them. The build runs in a child process, so this

@@ -4,12 +4,12 @@ skipped when nothing changed). Level-triggered: every pass recomputes everything
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kaitopy.controllers.workspace import egress, workload
+from kaitopy.controllers.workspace import egress, rollout, workload
 from kaitopy.controllers.workspace import job as jobs
 from kaitopy.controllers.workspace import nodes as nodesel
 from kaitopy.controllers.workspace import status as st
@@ -174,7 +174,7 @@ class WorkspaceReconciler:
         if plan.inference is not None:
             was_ready = st.condition_true(ws, st.INFERENCE_READY)
             try:
-                verdict = await self._ensure_inference(ws, plan.inference, resource.ok)
+                verdict = await self._ensure_inference(ws, plan.inference, resource.ok, view.ready)
             except Conflict:
                 raise  # a stale cache: the retry reads fresh data, nothing to tell the user
             except ApiError as err:
@@ -296,7 +296,9 @@ class WorkspaceReconciler:
             log.info("applied", extra={"kind": kind.kind, "object": key})
         return obj
 
-    async def _ensure_inference(self, ws: Obj, plan: InferencePlan, nodes_ready: bool) -> st.Verdict:
+    async def _ensure_inference(
+        self, ws: Obj, plan: InferencePlan, nodes_ready: bool, node_names: Sequence[str]
+    ) -> st.Verdict:
         key = f"{plan.namespace}/{plan.name}"
         multi = plan.multi_node
         current_store = self.s.statefulsets if multi else self.s.deployments
@@ -310,15 +312,24 @@ class WorkspaceReconciler:
         if other_store.get(key) is not None:
             with contextlib.suppress(NotFound):
                 await self.client.delete(other_kind, plan.name, namespace=plan.namespace)
+        how: rollout.Rollout | None = None
         if multi:
             await self._apply_owned(ws, kinds.SERVICE, workload.headless_service(plan), self.s.services)
             obj = await self._apply_owned(ws, kinds.STATEFUL_SET, workload.statefulset(plan), current_store)
         else:
-            obj = await self._apply_owned(ws, kinds.DEPLOYMENT, workload.deployment(plan), current_store)
+            body = workload.deployment(plan)
+            nodes = [n for n in (self.s.nodes.get(name) for name in node_names) if n is not None]
+            how = rollout.decide(body["spec"]["template"], nodes)
+            body["spec"]["strategy"] = how.strategy
+            obj = await self._apply_owned(ws, kinds.DEPLOYMENT, body, current_store)
         await self._apply_owned(ws, kinds.SERVICE, workload.service(plan), self.s.services)
         if obj is not current and current is not None:
             await self.recorder.event(
-                ws, "Normal", "WorkloadUpdated", f"rolled out revision {plan.revision()}"
+                ws,
+                "Normal",
+                "WorkloadUpdated",
+                f"rolling out revision {plan.revision()}"
+                + (f" ({how.why})" if how is not None else " (one pod per node, one node at a time)"),
             )
         elif current is None:
             await self.recorder.event(
