@@ -223,3 +223,38 @@ def test_reasons_sets_are_consistent() -> None:
     assert not (reasons.TERMINAL & reasons.WORKLOAD_FAILING - {"TuningJobFailed"})
     assert reasons.NEEDS_ACTION >= reasons.TERMINAL | reasons.WORKLOAD_FAILING
     assert set(reasons.FIXES) <= reasons.NEEDS_ACTION
+
+
+def _dep(replicas: int, ready: int, updated: int) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": 2},
+        "status": {
+            "observedGeneration": 2,
+            "replicas": replicas,
+            "readyReplicas": ready,
+            "updatedReplicas": updated,
+        },
+    }
+
+
+def _revision_pod(revision: str, ready: bool) -> dict[str, Any]:
+    p = pod(conditions=[{"type": "Ready", "status": "True" if ready else "False"}])
+    p["metadata"]["annotations"] = {"kaito.sh/revision": revision}
+    return p
+
+
+def test_a_rolling_update_is_served_by_the_old_pod_until_the_new_one_is_ready() -> None:
+    old, new = _revision_pod("r1", True), _revision_pod("r2", False)
+    during = status.workload_verdict(_dep(2, 1, 1), [old, new], 1, "r2")
+    assert (during.status, during.reason) == ("True", "RollingOut")
+    assert "0 of 1 new pod(s) ready" in during.message
+    assert not status.rollout_complete(_dep(2, 1, 1), 1)
+    # The new revision crashes: still served, and the rollout says why it is stuck.
+    new["status"]["containerStatuses"] = [container({"waiting": {"reason": "CrashLoopBackOff"}})]
+    stuck = status.workload_verdict(_dep(2, 1, 1), [old, new], 1, "r2")
+    assert stuck.ok and "keeps crashing" in stuck.message
+    done = _dep(1, 1, 1)
+    assert status.rollout_complete(done, 1)
+    assert status.workload_verdict(done, [_revision_pod("r2", True)], 1, "r2").reason == "InferenceReady"
+    # Recreate: the old pod is gone first, so nothing serves until the new one is ready.
+    assert not status.workload_verdict(_dep(1, 0, 1), [new], 1, "r2").ok

@@ -190,8 +190,9 @@ class WorkspaceReconciler:
                 requeue = min(requeue or EXPLAIN_REQUEUE_S, EXPLAIN_REQUEUE_S)
             setc(st.INFERENCE_READY, verdict)
             done = resource.ok and verdict.ok
-            if verdict.ok and not was_ready:
-                recorded = await self._startup_timeline(ws, plan.inference, pods)
+            workload_obj = self._workload_of(plan.inference)
+            if st.rollout_complete(workload_obj, plan.inference.node_count):
+                recorded = await self._startup_timeline(ws, plan.inference, pods, was_ready)
                 if recorded is not None:
                     status["startup"] = recorded.to_status()
             setc(
@@ -367,12 +368,21 @@ class WorkspaceReconciler:
             return verdict
         return st.events_problem(pod, await self._pod_events(pod)) or verdict
 
-    async def _startup_timeline(self, ws: Obj, plan: InferencePlan, pods: list[Obj]) -> tl.Timeline | None:
-        """The timeline of the start-up that just reached Ready, unless this revision has one."""
+    def _workload_of(self, plan: InferencePlan) -> Obj | None:
+        store = self.s.statefulsets if plan.multi_node else self.s.deployments
+        return store.get(f"{plan.namespace}/{plan.name}")
+
+    async def _startup_timeline(
+        self, ws: Obj, plan: InferencePlan, pods: list[Obj], was_ready: bool
+    ) -> tl.Timeline | None:
+        """The timeline of the start-up (or rollout) that just completed, unless this revision
+        has one already."""
         revision = plan.revision()
         record = (ws.get("status") or {}).get("startup") or {}
         if record.get("revision") == revision:
             return None  # a pod replaced after the start-up was recorded: not a start-up
+        if not record and was_ready:
+            return None  # served before this controller recorded start-ups: its start is unknown
         current = st.current_revision_pods(pods, revision)
         ready = [(tl.ready_time(p), p) for p in current]
         ready_pods = [(t, p) for t, p in ready if t is not None]

@@ -204,6 +204,26 @@ def replica_failure(workload: Obj) -> Verdict | None:
     return None
 
 
+def rollout_complete(workload: Obj | None, want: int) -> bool:
+    """Every pod is of the workload's current spec and ready, and no older pod is left (kubectl
+    rollout status's rule)."""
+    if workload is None:
+        return False
+    status = workload.get("status") or {}
+    rolled_out = status.get("observedGeneration", 0) >= workload["metadata"].get("generation", 0)
+    ready = int(status.get("readyReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    pods = int(status.get("replicas") or 0)
+    return rolled_out and updated >= want and ready >= want and pods <= updated
+
+
+def _ready(pod: Obj) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or ()
+    )
+
+
 def workload_verdict(workload: Obj | None, pods: Sequence[Obj], want: int, revision: str) -> Verdict:
     if workload is None:
         return Verdict("False", "WorkloadNotCreated", "waiting for GPU nodes before deploying the model")
@@ -213,9 +233,19 @@ def workload_verdict(workload: Obj | None, pods: Sequence[Obj], want: int, revis
     current_pods = current_revision_pods(pods, revision)
     ready = int(status.get("readyReplicas") or 0)
     updated = int(status.get("updatedReplicas") or 0)
-    if rolled_out and ready >= want and updated >= want:
+    if rollout_complete(workload, want):
         return Verdict("True", "InferenceReady", f"{ready} of {want} model server pod(s) ready")
     problem = pod_problem(current_pods or pods) or replica_failure(workload)
+    if rolled_out and ready >= want and int(status.get("replicas") or 0) > updated:
+        # A rolling update: the previous revision's pods serve until the new ones are ready.
+        fresh = sum(1 for p in current_pods if _ready(p))
+        stuck = f"; {problem.message}" if problem is not None else ""
+        return Verdict(
+            "True",
+            "RollingOut",
+            f"served by the previous revision while {revision} rolls out "
+            f"({fresh} of {want} new pod(s) ready){stuck}",
+        )
     if problem is not None:
         return problem
     return Verdict(
