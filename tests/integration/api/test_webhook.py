@@ -217,7 +217,7 @@ BAD = [
     (
         "config-missing-key",
         _with(phi3(), "inference.config", "wrong-key"),
-        "has no inference_config.yaml key (its keys: other.yaml)",
+        "has no inference_config.yaml key; put the settings under inference_config.yaml",
     ),
     (
         "tuning-config-missing-key",
