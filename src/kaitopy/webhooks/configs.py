@@ -70,7 +70,9 @@ def judge_config(
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         errors.append(
-            FieldError(field, f"{field}: {key} in ConfigMap {name!r} is not valid YAML{where}; fix its syntax")
+            FieldError(
+                field, f"{field}: {key} in ConfigMap {name!r} is not valid YAML{where}; fix its syntax"
+            )
         )
         return None
     if parsed is None:
