@@ -118,7 +118,13 @@ class WebhookServer:
         await site.start()
         address = self._runner.addresses[0]
         self.port = int(address[1])
-        await self._refresh()
+        try:
+            await self._refresh()
+        except BaseException:
+            # No configuration to serve (or no certificate): release the port before failing.
+            await self._runner.cleanup()
+            self._runner = None
+            raise
         self._renewer = asyncio.create_task(self._renew_forever(), name="webhook certificate renewal")
         log.info("webhook serving", extra={"port": self.port, "url": self.client_config().get("url")})
 
