@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -94,19 +95,38 @@ def helm_template(*sets: str) -> str:
     return helm("template", "kaitopy", str(CHART), "--namespace", NAMESPACE, *args).stdout
 
 
-def _check_cluster_wide(cluster: Cluster, sas: list[str]) -> None:
+Check = tuple[bool, str, str, str, str | None]
+"""(expected answer, ServiceAccount, verb, resource, namespace or None for all namespaces)."""
+
+
+def assert_answers(cluster: Cluster, checks: list[Check]) -> None:
+    """Asks every question (in parallel: each is a kubectl run) and reports every wrong answer."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda c: can_i(cluster, c[1], c[2], c[3], c[4]), checks))
+    wrong = [
+        f"{sa} {'may not' if expected else 'may'} {verb} {resource} in {ns or 'all namespaces'}"
+        for (expected, sa, verb, resource, ns), got in zip(checks, answers, strict=True)
+        if got != expected
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def _cluster_wide(sas: list[str]) -> list[Check]:
     assert {"kaitopy-controller", "kaitopy-provisioner"} <= set(sas)
-    for sa in sas:
-        for verb, resource in FORBIDDEN_EVERYWHERE:
-            assert not can_i(cluster, sa, verb, resource), f"{sa} may {verb} {resource}"
+    checks: list[Check] = [
+        (False, sa, verb, resource, None) for sa in sas for verb, resource in FORBIDDEN_EVERYWHERE
+    ]
     # The one thing the controller may do to its configuration: read it and patch in the caBundle.
     own = f"validatingwebhookconfigurations.admissionregistration.k8s.io/{CONFIGURATION}"
-    assert can_i(cluster, "kaitopy-controller", "get", own)
-    assert can_i(cluster, "kaitopy-controller", "patch", own)
-    assert not can_i(cluster, "kaitopy-provisioner", "patch", own)
-    # The certificate Secret by name; no other Secret of the operator's namespace.
-    assert can_i(cluster, "kaitopy-controller", "update", "secrets/kaitopy-webhook-cert", NAMESPACE)
-    assert not can_i(cluster, "kaitopy-controller", "get", "secrets/some-other-secret", NAMESPACE)
+    return [
+        *checks,
+        (True, "kaitopy-controller", "get", own, None),
+        (True, "kaitopy-controller", "patch", own, None),
+        (False, "kaitopy-provisioner", "patch", own, None),
+        # The certificate Secret by name; no other Secret of the operator's namespace.
+        (True, "kaitopy-controller", "update", "secrets/kaitopy-webhook-cert", NAMESPACE),
+        (False, "kaitopy-controller", "get", "secrets/some-other-secret", NAMESPACE),
+    ]
 
 
 @pytest.mark.parametrize("source", ["kustomize-kwok", "kustomize-azure", "helm-kwok"])
@@ -119,24 +139,33 @@ def test_no_service_account_may_install_webhooks_or_crds(
         else kustomize(kube_cluster, source.removeprefix("kustomize-"))
     )
     sas = applied(rendered)
-    _check_cluster_wide(kube_cluster, sas)
     # Cluster-wide mode, as documented: the controller may create workloads in any namespace.
     anywhere = f"t-any-{uuid.uuid4().hex[:6]}"
-    assert can_i(kube_cluster, "kaitopy-controller", "create", "deployments.apps", anywhere)
-    assert can_i(kube_cluster, "kaitopy-controller", "create", "jobs.batch", anywhere)
+    assert_answers(
+        kube_cluster,
+        [
+            *_cluster_wide(sas),
+            (True, "kaitopy-controller", "create", "deployments.apps", anywhere),
+            (True, "kaitopy-controller", "create", "jobs.batch", anywhere),
+        ],
+    )
 
 
-def _check_namespace_scoped(cluster: Cluster, watched: list[str]) -> None:
+def _namespace_scoped(watched: list[str]) -> list[Check]:
     outside = f"t-out-{uuid.uuid4().hex[:6]}"
+    checks: list[Check] = []
     for resource in ("deployments.apps", "statefulsets.apps", "jobs.batch", "services"):
-        for ns in watched:
-            assert can_i(cluster, "kaitopy-controller", "create", resource, ns), f"{resource} in {ns}"
-        assert not can_i(cluster, "kaitopy-controller", "create", resource, outside), resource
-        assert not can_i(cluster, "kaitopy-controller", "create", resource), f"{resource} cluster-wide"
-    for ns in [*watched, outside]:
-        assert not can_i(cluster, "kaitopy-controller", "create", "pods", ns)
-    assert not can_i(cluster, "kaitopy-controller", "list", "workspaces.kaito.sh")  # no cluster-wide list
-    assert can_i(cluster, "kaitopy-controller", "list", "workspaces.kaito.sh", watched[0])
+        checks += [(True, "kaitopy-controller", "create", resource, ns) for ns in watched]
+        checks += [
+            (False, "kaitopy-controller", "create", resource, outside),
+            (False, "kaitopy-controller", "create", resource, None),
+        ]
+    checks += [(False, "kaitopy-controller", "create", "pods", ns) for ns in [*watched, outside]]
+    return [
+        *checks,
+        (False, "kaitopy-controller", "list", "workspaces.kaito.sh", None),  # no cluster-wide list
+        (True, "kaitopy-controller", "list", "workspaces.kaito.sh", watched[0]),
+    ]
 
 
 def test_namespace_scoped_helm_controller_acts_only_in_its_namespaces(
@@ -145,8 +174,7 @@ def test_namespace_scoped_helm_controller_acts_only_in_its_namespaces(
     watched = [f"t-ws-{uuid.uuid4().hex[:6]}", f"t-ws-{uuid.uuid4().hex[:6]}"]
     rendered = helm_template("watchNamespaces={" + ",".join(watched) + "}")
     sas = applied(rendered)
-    _check_cluster_wide(kube_cluster, sas)
-    _check_namespace_scoped(kube_cluster, watched)
+    assert_answers(kube_cluster, [*_cluster_wide(sas), *_namespace_scoped(watched)])
     controller = next(
         d
         for d in yaml.safe_load_all(rendered)
@@ -160,5 +188,4 @@ def test_namespace_scoped_helm_controller_acts_only_in_its_namespaces(
 
 def test_namespace_scoped_kustomize_component(kube_cluster: Cluster, applied: Any) -> None:
     sas = applied(kustomize(kube_cluster, "kwok-namespace-scoped"))
-    _check_cluster_wide(kube_cluster, sas)
-    _check_namespace_scoped(kube_cluster, ["workspaces"])
+    assert_answers(kube_cluster, [*_cluster_wide(sas), *_namespace_scoped(["workspaces"])])
