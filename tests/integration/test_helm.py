@@ -71,7 +71,11 @@ def container(items: list[dict[str, Any]], deployment: str) -> dict[str, Any]:
     return c
 
 
-@pytest.mark.parametrize("values", [{}, AZURE, {"nodeProvisioner": "byo"}], ids=["kwok", "azure", "byo"])
+@pytest.mark.parametrize(
+    "values",
+    [{}, AZURE, {"nodeProvisioner": "byo"}, {"watchNamespaces": "{team-a,team-b}"}],
+    ids=["kwok", "azure", "byo", "namespace-scoped"],
+)
 def test_helm_lint(values: dict[str, str]) -> None:
     out = helm("lint", "--strict", str(CHART), *sets(values)).stdout
     assert "1 chart(s) linted, 0 chart(s) failed" in out
