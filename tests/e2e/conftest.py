@@ -63,6 +63,10 @@ def service_account_kubeconfig(kube: Cluster, account: str, out: Path) -> Path:
 def operator_identities(kube_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name in IDENTITY_MANIFESTS:
         kube_cluster.kubectl("apply", "--server-side", "-f", str(MANIFESTS / name))
+    # As an installation has them: the CRDs come with the manifests (the processes may not create them).
+    for crd in sorted((MANIFESTS.parent / "crds").glob("*_*.yaml")):
+        kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
     d = tmp_path_factory.mktemp("identities")
     return {
         who: service_account_kubeconfig(kube_cluster, f"kaitopy-{who}", d / f"{who}.kubeconfig")
@@ -72,12 +76,19 @@ def operator_identities(kube_cluster: Cluster, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture
 def operator(
-    operator_identities: dict[str, Path], tmp_path: Path, request: pytest.FixtureRequest
+    operator_identities: dict[str, Path],
+    kube_cluster: Cluster,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Operator]:
     """Controller and kwok provisioner, started fresh for each test; their logs are printed when
     the test fails."""
     op = Operator(
-        operator_identities["controller"], tmp_path, provisioner_kubeconfig=operator_identities["provisioner"]
+        operator_identities["controller"],
+        tmp_path,
+        provisioner_kubeconfig=operator_identities["provisioner"],
+        provisioner_args=["--no-install-crds"],
+        admin=kube_cluster,
     )
     try:
         yield op

@@ -4,6 +4,7 @@ processes against the control plane, which tests can stop, kill and restart."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -14,9 +15,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from kaitopy.runtime import AlreadyExists, Client, kinds
+from tests.support.cluster import Cluster
 
 KAITOPY = [sys.executable, "-m", "kaitopy"]
 REPO = Path(__file__).resolve().parents[2]
@@ -24,6 +27,7 @@ WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
 OPERATOR_NAMESPACE = "kaito-system"
+WEBHOOK_CONFIGURATION = "kaitopy-workspace-validation"
 
 
 async def ensure_operator_namespace(client: Client) -> None:
@@ -122,6 +126,12 @@ class Operator:
     provisioner_args: list[str] = field(default_factory=list)
     controller: Process | None = None
     provisioner: Process | None = None
+    admin: Cluster | None = None
+    """Set when the processes run as the shipped ServiceAccounts: they are then started as the
+    manifests start them (--no-install-crds, --no-install-webhook-configuration), and the webhook
+    configuration of manifests/base/webhook.yaml is applied with this cluster's (admin) kubeconfig, pointed
+    at a loopback URL, as the CRDs are by the fixture."""
+    webhook_port: int = field(default_factory=free_port)
 
     def _env(self, kubeconfig: Path | None = None) -> dict[str, str]:
         env = {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig), "PYTHONUNBUFFERED": "1"}
@@ -187,16 +197,20 @@ class Operator:
         return self.provisioner
 
     def start_controller(self, *extra: str) -> Process:
+        if self.admin is None:
+            webhook = ["--webhook-port=0", "--webhook-url=https://127.0.0.1:{port}/validate"]
+        else:
+            url = f"https://127.0.0.1:{self.webhook_port}/validate"
+            self._apply_webhook_configuration(url)
+            webhook = [
+                f"--webhook-port={self.webhook_port}",
+                f"--webhook-url={url}",
+                "--no-install-crds",
+                "--no-install-webhook-configuration",
+            ]
         self.controller = Process(
             "controller",
-            [
-                *KAITOPY,
-                "controller",
-                "--webhook-port=0",
-                "--webhook-url=https://127.0.0.1:{port}/validate",
-                *self.controller_args,
-                *extra,
-            ],
+            [*KAITOPY, "controller", *webhook, *self.controller_args, *extra],
             self._env(),
             self.log_dir / "controller.log",
         )
@@ -207,6 +221,23 @@ class Operator:
         for p in (self.controller, self.provisioner):
             if p is not None:
                 p.stop()
+        if self.admin is not None:
+            # Fail closed with no server behind it would refuse every later Workspace create.
+            self._kubectl(
+                "delete", "validatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "--ignore-not-found"
+            )
+
+    def _kubectl(self, *args: str, input: str | None = None) -> None:
+        assert self.admin is not None
+        self.admin.kubectl(*args, input=input)
+
+    def _apply_webhook_configuration(self, url: str) -> None:
+        """The shipped configuration, as an installation has it, but calling this loopback URL."""
+        docs = yaml.safe_load_all((REPO / "manifests" / "base" / "webhook.yaml").read_text())
+        config = next(d for d in docs if d["kind"] == "ValidatingWebhookConfiguration")
+        for hook in config["webhooks"]:
+            hook["clientConfig"] = {"url": url}
+        self._kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(config))
 
     def logs(self) -> str:
         return "\n".join(

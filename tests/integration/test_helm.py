@@ -71,7 +71,11 @@ def container(items: list[dict[str, Any]], deployment: str) -> dict[str, Any]:
     return c
 
 
-@pytest.mark.parametrize("values", [{}, AZURE, {"nodeProvisioner": "byo"}], ids=["kwok", "azure", "byo"])
+@pytest.mark.parametrize(
+    "values",
+    [{}, AZURE, {"nodeProvisioner": "byo"}, {"watchNamespaces": "{team-a,team-b}"}],
+    ids=["kwok", "azure", "byo", "namespace-scoped"],
+)
 def test_helm_lint(values: dict[str, str]) -> None:
     out = helm("lint", "--strict", str(CHART), *sets(values)).stdout
     assert "1 chart(s) linted, 0 chart(s) failed" in out
@@ -106,13 +110,24 @@ def test_same_rbac_crds_and_objects_as_the_kustomize_base(kube_cluster: Cluster)
         if key[0] == "CustomResourceDefinition":
             assert chart[key]["spec"] == obj["spec"], key
             assert chart[key]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-        if key[0] in ("Service", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
+        if key[0] in (
+            "Service",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+        ):
             assert chart[key]["spec"] == obj["spec"], key
+        if key[0] == "ValidatingWebhookConfiguration":
+            assert chart[key]["webhooks"] == obj["webhooks"], key
     for name in ("kaitopy-controller", "kaitopy-provisioner"):
         ours, theirs = container(list(chart.values()), name), container(list(base.values()), name)
         assert set(theirs["args"]) <= set(ours["args"]), name
         assert ours["securityContext"] == theirs["securityContext"]
         assert ours["resources"] == theirs["resources"]
+        assert chart[("Deployment", name)]["spec"]["template"]["spec"].get("affinity") == (
+            base[("Deployment", name)]["spec"]["template"]["spec"].get("affinity")
+        ), name
 
 
 def test_image_tag_defaults_to_the_pyproject_version() -> None:

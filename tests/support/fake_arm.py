@@ -92,6 +92,7 @@ class FakeArm:
         self.requests: Counter[tuple[str, str]] = Counter()  # (method, pool or kind) -> count
         self.created_total: Counter[str] = Counter()  # pool -> accepted PUTs that created it
         self.request_times: list[float] = []  # monotonic time of every authenticated request
+        self.calls: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self.throttled_times: list[float] = []  # monotonic time of every 429 answered
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -146,6 +147,7 @@ class FakeArm:
     async def _faults(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        self.calls.append((request.method, request.path))
         if not request.headers.get("Authorization", "").startswith("Bearer "):
             return arm_error(
                 401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing."

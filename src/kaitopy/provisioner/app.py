@@ -100,7 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--install-crds",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="create the NodeClaim and KaitoNodeClass CRDs and the default node class when absent",
+        help="create the NodeClaim and KaitoNodeClass CRDs when absent (development; the shipped "
+        "manifests install them and pass --no-install-crds); the default node class is created either way",
     )
     kwok = parser.add_argument_group("kwok provider")
     kwok.add_argument("--kwok-launch-delay", type=float, default=0.0, metavar="SECONDS")
@@ -246,7 +247,9 @@ def run(
                     await process.require_namespace(client, args.leader_election_namespace, "leader lease")
                 if args.install_crds:
                     await ensure_crds(client)
-                    await ensure_default_nodeclass(client)
+                # Also when the CRDs come from the manifests (--no-install-crds, no CRD rights):
+                # the default node class is an object of ours, not a cluster-wide type.
+                await ensure_default_nodeclass(client)
                 mgr = Manager(client, process.manager_settings(args, LEASE_NAME))
                 wire(mgr, client, provider, settings_from(args))
                 log.info("provisioner starting", extra={"cloud_provider": provider.name})

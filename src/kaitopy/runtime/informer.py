@@ -68,6 +68,7 @@ class Informer:
         field_selector: str | None = None,
         indexers: dict[str, IndexFunc] | None = None,
         settings: InformerSettings | None = None,
+        store: Store | None = None,
     ) -> None:
         self.client = client
         self.kind = kind
@@ -75,7 +76,8 @@ class Informer:
         self.label_selector = label_selector
         self.field_selector = field_selector
         self.settings = settings or InformerSettings()
-        self.store = Store(indexers)
+        self.store = store if store is not None else Store(indexers)
+        """Shared by the per-namespace informers of a `MultiNamespaceInformer`."""
         self._handlers: list[EventHandler] = []
         self._synced = asyncio.Event()
         self._rv: str | None = None
@@ -183,7 +185,7 @@ class Informer:
 
     def _apply_snapshot(self, items: list[Obj]) -> None:
         self.relists += 1
-        delta = self.store.replace(items)
+        delta = self.store.replace(items, namespace=self.namespace)
         for h in self._handlers:
             for obj in delta.added:
                 h.on_add(obj)
@@ -237,6 +239,61 @@ class Informer:
             self._rv = None  # the stream ended before the initial list was complete: start over
 
 
+class MultiNamespaceInformer(Informer):
+    """One kind in a fixed set of namespaces: an informer per namespace (so a Role in each is
+    enough, no cluster-wide list), all filling one store, seen by consumers as one informer."""
+
+    def __init__(
+        self,
+        client: Client,
+        kind: Kind,
+        namespaces: tuple[str, ...],
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        settings: InformerSettings | None = None,
+    ) -> None:
+        super().__init__(
+            client, kind, label_selector=label_selector, field_selector=field_selector, settings=settings
+        )
+        self.namespaces = namespaces
+        self.children = [
+            Informer(
+                client,
+                kind,
+                namespace=ns,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                settings=settings,
+                store=self.store,
+            )
+            for ns in namespaces
+        ]
+
+    def __repr__(self) -> str:
+        return f"Informer({self.kind}, namespaces={list(self.namespaces)!r})"
+
+    def add_handler(self, handler: EventHandler) -> None:
+        for child in self.children:
+            child._handlers.append(handler)  # no replay per child: once below, for the whole store
+        super().add_handler(handler)
+
+    @property
+    def has_synced(self) -> bool:
+        return all(c.has_synced for c in self.children)
+
+    async def wait_synced(self) -> None:
+        await asyncio.gather(*(c.wait_synced() for c in self.children))
+
+    def start(self) -> None:
+        for child in self.children:
+            child.start()
+
+    async def stop(self) -> None:
+        for child in self.children:
+            await child.stop()
+
+
 @dataclass(frozen=True)
 class _InformerKey:
     kind: Kind
@@ -248,9 +305,16 @@ class _InformerKey:
 class InformerCache:
     """Shared informers: however many controllers watch a kind, it is listed and watched once."""
 
-    def __init__(self, client: Client, settings: InformerSettings | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        settings: InformerSettings | None = None,
+        namespaces: tuple[str, ...] | None = None,
+    ) -> None:
         self.client = client
         self.settings = settings or InformerSettings()
+        self.namespaces = namespaces
+        """When set, a namespaced kind asked for in all namespaces is watched in these only."""
         self._informers: dict[_InformerKey, Informer] = {}
         self._started = False
 
@@ -264,6 +328,18 @@ class InformerCache:
     ) -> Informer:
         key = _InformerKey(kind, namespace, label_selector, field_selector)
         inf = self._informers.get(key)
+        if inf is None and namespace is None and kind.namespaced and self.namespaces:
+            inf = MultiNamespaceInformer(
+                self.client,
+                kind,
+                self.namespaces,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                settings=self.settings,
+            )
+            self._informers[key] = inf
+            if self._started:
+                inf.start()
         if inf is None:
             inf = Informer(
                 self.client,

@@ -42,6 +42,8 @@ class ManagerSettings:
     handle_signals: bool = True
     """Install SIGTERM/SIGINT handlers that call stop()."""
     informer: InformerSettings | None = None
+    namespaces: tuple[str, ...] | None = None
+    """Watch namespaced kinds in these namespaces only (None: all); see `InformerCache`."""
 
 
 class Manager:
@@ -51,7 +53,7 @@ class Manager:
         self.client = client
         self.settings = settings or ManagerSettings()
         self.metrics = client.metrics
-        self.cache = InformerCache(client, self.settings.informer)
+        self.cache = InformerCache(client, self.settings.informer, self.settings.namespaces)
         self.controllers: list[Controller] = []
         self._runnables: list[Runnable] = []
         self._stop = asyncio.Event()

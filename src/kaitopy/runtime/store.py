@@ -102,8 +102,10 @@ class Store:
             self._unindex(key, old)
         return old
 
-    def replace(self, objs: Iterable[Obj]) -> Delta:
-        """Make the store hold exactly `objs` (after a re-list); returns what changed."""
+    def replace(self, objs: Iterable[Obj], namespace: str | None = None) -> Delta:
+        """Make the store hold exactly `objs` (after a re-list); returns what changed. With a
+        namespace, only that namespace's objects are replaced (informers of several namespaces
+        sharing one store each re-list their own)."""
         added: list[Obj] = []
         updated: list[tuple[Obj, Obj]] = []
         seen: set[str] = set()
@@ -114,7 +116,9 @@ class Store:
                 added.append(obj)
             elif meta(old).get("resourceVersion") != meta(obj).get("resourceVersion"):
                 updated.append((old, obj))
-        deleted = [self._items[k] for k in list(self._items) if k not in seen]
+        in_namespace = self._indices[NAMESPACE_INDEX].get(namespace or "", set())
+        scope = list(self._items) if namespace is None else list(in_namespace)
+        deleted = [self._items[k] for k in scope if k not in seen]
         for obj in deleted:
             self.delete(obj)
         return Delta(added, updated, deleted)

@@ -29,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout-seconds", type=int, default=d.timeout_seconds)
     parser.add_argument(
+        "--install-webhook-configuration",
+        action=argparse.BooleanOptionalAction,
+        default=d.manage_configuration,
+        help="create/update the whole ValidatingWebhookConfiguration (development); with --no-…, only "
+        "write the caBundle of the one the manifests ship",
+    )
+    parser.add_argument(
         "--only-namespace",
         action="append",
         default=[],
@@ -48,6 +55,7 @@ def settings_from(args: argparse.Namespace) -> WebhookSettings:
         secret_name=args.secret_name,
         configuration_name=args.configuration_name,
         timeout_seconds=args.timeout_seconds,
+        manage_configuration=args.install_webhook_configuration,
         namespace_selector=(
             {
                 "matchExpressions": [

@@ -1,5 +1,9 @@
 """Checks that need the API server: a ConfigMap named by inference.config or tuning.config must
-exist in the workspace's namespace and hold the key the runtime reads."""
+exist in the workspace's namespace and hold the key the runtime reads.
+
+Errors name the ConfigMap and say what is wrong, never what it holds: an admission error goes back
+to whoever sent the request (and into audit logs), and a ConfigMap may carry credentials, so
+neither its other keys nor its values (nor a YAML parser's quote of them) appear in a message."""
 
 from __future__ import annotations
 
@@ -32,6 +36,15 @@ async def _read(
     client: Client, namespace: str, name: str, field: str, key: str, errors: list[FieldError]
 ) -> dict[str, Any] | None:
     cm = await client.get_or_none(kinds.CONFIG_MAP, name, namespace)
+    return judge_config(cm, namespace, name, field, key, errors)
+
+
+def judge_config(
+    cm: dict[str, Any] | None, namespace: str, name: str, field: str, key: str, errors: list[FieldError]
+) -> dict[str, Any] | None:
+    """The settings under `key` of ConfigMap `cm` (None, with an error appended, when absent or
+    malformed). Messages carry the ConfigMap's name, the expected key and a position, nothing
+    read from it."""
     if cm is None:
         errors.append(
             FieldError(
@@ -43,18 +56,24 @@ async def _read(
         return None
     data = cm.get("data") or {}
     if key not in data:
-        keys = ", ".join(sorted(data)) or "none"
         errors.append(
             FieldError(
                 field,
-                f"{field}: ConfigMap {name!r} has no {key} key (its keys: {keys}); put the settings under {key}",
+                f"{field}: ConfigMap {name!r} has no {key} key; put the settings under {key}",
             )
         )
         return None
     try:
         parsed = yaml.safe_load(data[key])
     except yaml.YAMLError as exc:
-        errors.append(FieldError(field, f"{field}: {key} in ConfigMap {name!r} is not valid YAML: {exc}"))
+        # str(exc) quotes the offending lines; only the position is safe to return.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        errors.append(
+            FieldError(
+                field, f"{field}: {key} in ConfigMap {name!r} is not valid YAML{where}; fix its syntax"
+            )
+        )
         return None
     if parsed is None:
         return {}
@@ -73,7 +92,7 @@ def _max_model_len(config: dict[str, Any], errors: list[FieldError]) -> int | No
         errors.append(
             FieldError(
                 "inference.config",
-                f"inference.config: vllm.max-model-len in {INFERENCE_CONFIG_KEY} must be a positive integer, not {value!r}",
+                f"inference.config: vllm.max-model-len in {INFERENCE_CONFIG_KEY} must be a positive integer (the value is not repeated here)",
             )
         )
         return None

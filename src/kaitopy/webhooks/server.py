@@ -82,6 +82,10 @@ class WebhookSettings:
     renew_before: datetime.timedelta = datetime.timedelta(days=30)
     check_interval_s: float = 3600.0
     extra_hosts: tuple[str, ...] = field(default_factory=tuple)
+    manage_configuration: bool = True
+    """True (development, tests): create or update the whole ValidatingWebhookConfiguration.
+    False (installed from manifests/ or the chart, which ship it): only write the caBundle of the
+    configuration named `configuration_name`, so RBAC can limit us to get/patch on that one name."""
 
 
 class WebhookServer:
@@ -114,7 +118,13 @@ class WebhookServer:
         await site.start()
         address = self._runner.addresses[0]
         self.port = int(address[1])
-        await self._refresh()
+        try:
+            await self._refresh()
+        except BaseException:
+            # No configuration to serve (or no certificate): release the port before failing.
+            await self._runner.cleanup()
+            self._runner = None
+            raise
         self._renewer = asyncio.create_task(self._renew_forever(), name="webhook certificate renewal")
         log.info("webhook serving", extra={"port": self.port, "url": self.client_config().get("url")})
 
@@ -231,6 +241,9 @@ class WebhookServer:
         self._bundle = bundle
 
     async def _register(self) -> None:
+        if not self.settings.manage_configuration:
+            await self._inject_ca_bundle()
+            return
         desired = self.configuration()
         for _ in range(5):
             current = await self.client.get_or_none(
@@ -249,12 +262,36 @@ class WebhookServer:
             f"could not register ValidatingWebhookConfiguration {self.settings.configuration_name}"
         )
 
+    async def _inject_ca_bundle(self) -> None:
+        """Write our CA into each of our webhooks in the shipped configuration, touching nothing
+        else (a strategic merge patch keyed by webhook name), and only when it differs."""
+        name = self.settings.configuration_name
+        current = await self.client.get_or_none(VALIDATING_WEBHOOK_CONFIGURATION, name)
+        if current is None:
+            raise RuntimeError(
+                f"ValidatingWebhookConfiguration {name} not found: it is installed with the manifests "
+                "(manifests/base/webhook.yaml or the Helm chart); apply them, or run with "
+                "--install-webhook-configuration to let the process create it (development only)"
+            )
+        ca = self.client_config().get("caBundle")
+        ours = {h["name"] for h in self.configuration()["webhooks"]}
+        stale = [
+            h["name"]
+            for h in current.get("webhooks") or ()
+            if h.get("name") in ours and (h.get("clientConfig") or {}).get("caBundle") != ca
+        ]
+        if not stale:
+            return
+        patch = {"webhooks": [{"name": n, "clientConfig": {"caBundle": ca}} for n in stale]}
+        await self.client.patch(VALIDATING_WEBHOOK_CONFIGURATION, name, patch, type="strategic")
+        log.info("webhook caBundle written", extra={"configuration": name, "webhooks": stale})
+
     async def deregister(self) -> None:
         """Remove the configuration if it still sends requests to this server's URL. For a
         server reached by URL (an operator outside the cluster): once it stops, a configuration
         pointing at it would make every Workspace create fail. A Service-backed configuration is
         shared by all replicas and is left in place."""
-        if self.settings.url is None:
+        if self.settings.url is None or not self.settings.manage_configuration:
             return
         current = await self.client.get_or_none(
             VALIDATING_WEBHOOK_CONFIGURATION, self.settings.configuration_name

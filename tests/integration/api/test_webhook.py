@@ -9,18 +9,24 @@ import copy
 import dataclasses
 import datetime
 import json
+import socket
 import ssl
+import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from kubernetes_asyncio.client.api_client import ApiClient
 
 from kaitopy.api import messages
 from kaitopy.runtime import Client, kinds
-from kaitopy.webhooks.server import VALIDATING_WEBHOOK_CONFIGURATION, WebhookServer
+from kaitopy.webhooks.server import VALIDATING_WEBHOOK_CONFIGURATION, WebhookServer, WebhookSettings
 from tests.integration.api.conftest import edit, example_docs, kubectl_apply, phi3, tuning
 from tests.support.cluster import Cluster
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 # kubectl runs in a thread: the webhook is served by this test's own event loop, which must keep
@@ -217,7 +223,7 @@ BAD = [
     (
         "config-missing-key",
         _with(phi3(), "inference.config", "wrong-key"),
-        "has no inference_config.yaml key (its keys: other.yaml)",
+        "has no inference_config.yaml key; put the settings under inference_config.yaml",
     ),
     (
         "tuning-config-missing-key",
@@ -243,11 +249,14 @@ async def test_bad_create_is_refused_with_its_message(
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": "wrong-key"},
-            "data": {"other.yaml": "a: 1"},
+            "data": {"other.yaml": "a: 1", "aws_secret_access_key": "hunter2-not-for-your-eyes"},
         },
     )
     stderr = await _refused(workspace_crd, namespace, doc)
     assert message in stderr, stderr
+    # A ConfigMap may hold credentials: the refusal names it, never its keys or values.
+    for content in ("hunter2", "aws_secret_access_key", "other.yaml"):
+        assert content not in stderr, stderr
 
 
 async def test_max_model_len_from_the_config_decides_the_fit(
@@ -373,3 +382,59 @@ async def test_metadata_updates_pass_after_the_config_map_is_gone(
         "-p",
         '[{"op": "remove", "path": "/metadata/finalizers"}]',
     )
+
+
+async def test_shipped_configuration_gets_only_its_ca_bundle(
+    workspace_crd: Cluster, api_client: ApiClient, namespace: str
+) -> None:
+    """Installed from the manifests (--no-install-webhook-configuration), the webhook creates no
+    configuration: it patches the caBundle into the shipped one and leaves the rest as shipped."""
+    client = Client(api_client)
+    shipped = next(
+        d
+        for d in yaml.safe_load_all((REPO / "manifests" / "base" / "webhook.yaml").read_text())
+        if d["kind"] == "ValidatingWebhookConfiguration"
+    )
+    with socket.socket() as s:  # the URL must name the port before the server binds it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    name = f"kaitopy-shipped-{uuid.uuid4().hex[:8]}"
+    settings = WebhookSettings(
+        host="127.0.0.1",
+        port=port,
+        namespace=namespace,
+        url=f"https://127.0.0.1:{port}/validate",
+        service_name=None,
+        configuration_name=name,
+        manage_configuration=False,
+    )
+    with pytest.raises(RuntimeError, match=f"ValidatingWebhookConfiguration {name} not found"):
+        async with WebhookServer(client, settings):
+            pass
+    assert await client.get_or_none(VALIDATING_WEBHOOK_CONFIGURATION, name) is None  # not created
+    shipped["metadata"]["name"] = name
+    for hook in shipped["webhooks"]:
+        hook["clientConfig"] = {"url": settings.url}
+        hook["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    before = await client.create(VALIDATING_WEBHOOK_CONFIGURATION, shipped)
+    try:
+        async with WebhookServer(client, settings) as server:
+            after = await client.get(VALIDATING_WEBHOOK_CONFIGURATION, name)
+            ca = after["webhooks"][0]["clientConfig"]["caBundle"]
+            assert ca == server.client_config()["caBundle"]
+            for hook in after["webhooks"]:
+                assert hook["clientConfig"].pop("caBundle") == ca
+            assert after["webhooks"] == before["webhooks"]  # nothing else touched
+            # The shipped configuration is live: creates, and spec updates, are checked.
+            bad = _with(phi3(), "inference.config", "no-such-config")
+            assert "ConfigMap 'no-such-config' not found" in await _refused(workspace_crd, namespace, bad)
+            await _admitted(workspace_crd, namespace, phi3())
+            stderr = await _refused(workspace_crd, namespace, bad)  # an update of the same "ws"
+            assert "ConfigMap 'no-such-config' not found" in stderr
+            # A restart with the same certificate writes nothing (the patch is skipped).
+            rv = after["metadata"]["resourceVersion"]
+            await server._refresh()
+            current = await client.get(VALIDATING_WEBHOOK_CONFIGURATION, name)
+            assert current["metadata"]["resourceVersion"] == rv
+    finally:
+        await client.delete(VALIDATING_WEBHOOK_CONFIGURATION, name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import aiohttp
 
@@ -17,6 +18,7 @@ from kaitopy.runtime import (
     index_by_label,
     kinds,
 )
+from kaitopy.runtime.informer import MultiNamespaceInformer
 from tests.support.cluster import Cluster
 from tests.support.wait import eventually
 
@@ -162,3 +164,48 @@ async def test_stalled_stream_is_detected_and_resumed_without_a_relist(
         assert inf.relists == 1  # ...each time from its resourceVersion, never by listing again
     finally:
         await inf.stop()
+
+
+async def test_cache_limited_to_namespaces_watches_only_those(
+    client: Client, kube_cluster: Cluster, widget_crd: Kind
+) -> None:
+    """Namespace-scoped mode (--watch-namespaces): a namespaced kind asked for in all namespaces
+    is listed and watched in the given ones only, into one store; a re-list of one namespace
+    leaves the others' objects alone; cluster-scoped kinds are unaffected."""
+    suffix = uuid.uuid4().hex[:8]
+    a, b, other = (f"t-ns{i}-{suffix}" for i in ("a", "b", "o"))
+    for ns in (a, b, other):
+        kube_cluster.kubectl("create", "namespace", ns)
+    cache = InformerCache(client, namespaces=(a, b))
+    try:
+        for ns in (a, b, other):
+            await client.create(widget_crd, widget(f"w-{ns}", ns, size=1))
+        inf = cache.informer(widget_crd)
+        assert isinstance(inf, MultiNamespaceInformer)
+        assert cache.informer(kinds.NODE).namespace is None and not isinstance(
+            cache.informer(kinds.NODE), MultiNamespaceInformer
+        )
+        rec = Recorder()
+        inf.add_handler(rec)
+        cache.start()
+        await asyncio.wait_for(cache.wait_synced(), 30)
+        assert sorted(inf.store.keys()) == [f"{a}/w-{a}", f"{b}/w-{b}"]
+        assert sorted(rec.events) == [("add", f"w-{a}"), ("add", f"w-{b}")]
+        await client.create(widget_crd, widget("late", other, size=1))
+        await client.create(widget_crd, widget("late", b, size=1))
+        await client.delete(widget_crd, f"w-{a}", a)
+
+        async def keys() -> list[str]:
+            return sorted(inf.store.keys())
+
+        await eventually(keys, until=lambda k: k == [f"{b}/late", f"{b}/w-{b}"], timeout=20, what="watch")
+        assert ("add", "late") in rec.events and ("delete", f"w-{a}") in rec.events
+        assert not [e for e in rec.events if e[1] == f"w-{other}"]
+        # A re-list of namespace a (say after 410 Gone) replaces a's objects only.
+        delta = inf.store.replace([], namespace=a)
+        assert delta.deleted == [] and sorted(inf.store.keys()) == [f"{b}/late", f"{b}/w-{b}"]
+    finally:
+        for i in cache.informers:
+            await i.stop()
+        for ns in (a, b, other):
+            kube_cluster.kubectl("delete", "namespace", ns, "--wait=false")

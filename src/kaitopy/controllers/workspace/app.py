@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import re
+from typing import Any
 
 from kaitopy import process
 from kaitopy.controllers.workspace.plan import Settings
@@ -86,6 +88,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="create or update the Workspace CRD (and the NodeClaim CRD when absent) at start",
     )
+    parser.add_argument(
+        "--watch-namespaces",
+        default=os.environ.get("KAITOPY_WATCH_NAMESPACES", ""),
+        metavar="NS[,NS...]",
+        help="namespace-scoped mode: watch and act only on Workspaces (and their workloads) in these "
+        "namespaces, so a Role in each is enough instead of cluster-wide workload rights; the "
+        "webhook, when this process registers it, is limited to them too (env "
+        "KAITOPY_WATCH_NAMESPACES; default: all namespaces)",
+    )
     hook = parser.add_argument_group("admission webhook (served by every replica)")
     hook.add_argument(
         "--webhook",
@@ -94,6 +105,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve the Workspace validating webhook and register it with the API server",
     )
     hook.add_argument("--webhook-port", type=int, default=9443, help="0 picks a free port")
+    hook.add_argument(
+        "--install-webhook-configuration",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="create/update the whole kaitopy-workspace-validation ValidatingWebhookConfiguration "
+        "(development); the shipped manifests pass --no-install-webhook-configuration: they ship "
+        "the object and the controller only writes its caBundle",
+    )
     hook.add_argument(
         "--webhook-url",
         default=os.environ.get("KAITOPY_WEBHOOK_URL"),
@@ -115,6 +134,32 @@ def weights_digests(given: list[str] | None, env: str | None) -> dict[str, str]:
             raise SystemExit(f"--weights-digest {item!r}: expected PRESET=sha256:<64 lowercase hex digits>")
         out[preset] = digest
     return out
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def watch_namespaces(value: str) -> tuple[str, ...] | None:
+    """The --watch-namespaces list (None: all namespaces), each checked to be a namespace name."""
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    for name in names:
+        if not _DNS_LABEL.match(name):
+            raise SystemExit(
+                f"--watch-namespaces: {name!r} is not a namespace name (lowercase letters, digits and '-', "
+                "at most 63); give a comma-separated list such as team-a,team-b"
+            )
+    return names or None
+
+
+def namespace_selector(namespaces: tuple[str, ...] | None) -> dict[str, Any] | None:
+    """The webhook's namespaceSelector for namespace-scoped mode (None: every namespace)."""
+    if not namespaces:
+        return None
+    return {
+        "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(namespaces)}
+        ]
+    }
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -139,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
     from kaitopy.provisioner.install import ensure_crds
 
     settings = settings_from(args)
+    watch = watch_namespaces(args.watch_namespaces)
 
     async def main() -> None:
         client = await process.open_client(args)
@@ -159,11 +205,15 @@ def run(args: argparse.Namespace) -> int:
                     url=args.webhook_url,
                     namespace=args.leader_election_namespace,
                     service_name=None if args.webhook_url else WebhookSettings.service_name,
+                    manage_configuration=args.install_webhook_configuration,
+                    namespace_selector=namespace_selector(watch),
                 )
                 server = await stack.enter_async_context(WebhookServer(client, hook))
                 stack.push_async_callback(server.deregister)
                 log.info("admission webhook serving", extra={"port": server.port})
-            mgr = Manager(client, process.manager_settings(args, LEASE_NAME))
+            mgr = Manager(
+                client, dataclasses.replace(process.manager_settings(args, LEASE_NAME), namespaces=watch)
+            )
             wire(
                 mgr,
                 client,
@@ -173,7 +223,10 @@ def run(args: argparse.Namespace) -> int:
                 max_concurrent_reconciles=args.max_concurrent_reconciles,
                 resync_period=args.resync_period,
             )
-            log.info("workspace controller starting", extra={"node_provisioner": settings.node_provisioner})
+            log.info(
+                "workspace controller starting",
+                extra={"node_provisioner": settings.node_provisioner, "watch_namespaces": watch or "all"},
+            )
             await mgr.run()
 
     return process.run_process(args, main)
