@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     q.add_argument("--dest", type=Path, required=True)
     q.add_argument("--docker-config", type=Path, default=None)
     q.add_argument("--plain-http", action="store_true")
+    q.add_argument(
+        "--max-bytes", type=int, default=None, help="most the layers may expand to together (default 20 GiB)"
+    )
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -142,10 +145,16 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from kaitopy.tuning.oci import OciError, pull
+    from kaitopy.tuning.oci import DEFAULT_MAX_PULL_BYTES, OciError, pull
 
     try:
-        files = pull(args.image, args.dest, args.docker_config, args.plain_http)
+        files = pull(
+            args.image,
+            args.dest,
+            args.docker_config,
+            args.plain_http,
+            args.max_bytes or DEFAULT_MAX_PULL_BYTES,
+        )
     except OciError as exc:
         log.error("pull failed: %s", exc)
         return 1

@@ -9,26 +9,15 @@ import os
 import tarfile
 import time
 import tracemalloc
-import zlib
 from pathlib import Path
 
 import pytest
 
 from kaitopy.tuning.capped import CappedReader, TooLarge
 from kaitopy.tuning.oci import LAYER_TYPE, OciError, extract_layer
+from tests.support.gzipbomb import gzip_bomb
 
 MiB = 1 << 20
-
-
-def gzip_bomb(path: Path, expands_to: int) -> Path:
-    """A gzip file of zeros, written a chunk at a time (the test never holds the expansion)."""
-    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
-    zeros = bytes(MiB)
-    with path.open("wb") as out:
-        for _ in range(expands_to // MiB):
-            out.write(packer.compress(zeros))
-        out.write(packer.flush())
-    return path
 
 
 @pytest.fixture(scope="module")
