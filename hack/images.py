@@ -20,7 +20,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from imagelib import base, catalog, lock, paths, prereqs, refs, registry  # noqa: E402
+from imagelib import base, catalog, lock, paths, prereqs, pylock, refs, registry  # noqa: E402
 from imagelib import build as builder  # noqa: E402
 from imagelib.progress import say  # noqa: E402
 
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("base")
     sub.add_parser("build").add_argument("names", nargs="*", metavar="NAME")
     sub.add_parser("refs")
+    sub.add_parser("lock", help="re-resolve requirements/*.lock (uv pip compile --generate-hashes)")
     args = parser.parse_args(argv)
 
     if args.cmd == "registry":
@@ -90,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "refs":
         for name, ref in image_refs().items():
             print(f"{name}\t{ref}")
+        return 0
+    if args.cmd == "lock":
+        for name in pylock.LOCKED:
+            say(f"locked {name}: {pylock.compile_lock(name)}")
         return 0
     if args.cmd == "base":
         prereqs.ensure()

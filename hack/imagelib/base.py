@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 import time
 
@@ -22,11 +24,33 @@ STABLE_TAG = "bookworm"
 DOCKERFILE = paths.DOCKER / "base" / "Dockerfile"
 
 SUITE = "bookworm"
-MIRRORS = [
-    "deb http://deb.debian.org/debian bookworm main",
-    "deb http://deb.debian.org/debian bookworm-updates main",
-    "deb http://deb.debian.org/debian-security bookworm-security main",
-]
+SNAPSHOT_ENV = "KAITOPY_DEBIAN_SNAPSHOT"
+"""A snapshot.debian.org timestamp (e.g. 20261201T000000Z): the base is then built from the archive
+as it was at that moment, the same packages on every build; unset, from the live mirrors (the
+versions installed are recorded in each image's SBOM either way)."""
+
+
+def mirrors() -> list[str]:
+    snapshot = os.environ.get(SNAPSHOT_ENV, "").strip()
+    if not snapshot:
+        return [
+            "deb http://deb.debian.org/debian bookworm main",
+            "deb http://deb.debian.org/debian bookworm-updates main",
+            "deb http://deb.debian.org/debian-security bookworm-security main",
+        ]
+    if not re.fullmatch(r"\d{8}T\d{6}Z", snapshot):
+        raise SystemExit(
+            f"{SNAPSHOT_ENV}={snapshot!r}: expected a snapshot.debian.org time, e.g. 20261201T000000Z"
+        )
+    # check-valid-until=no: a snapshot's Release files are past their Valid-Until by design.
+    opts = "[check-valid-until=no]"
+    return [
+        f"deb {opts} http://snapshot.debian.org/archive/debian/{snapshot} bookworm main",
+        f"deb {opts} http://snapshot.debian.org/archive/debian/{snapshot} bookworm-updates main",
+        f"deb {opts} http://snapshot.debian.org/archive/debian-security/{snapshot} bookworm-security main",
+    ]
+
+
 PACKAGES = ["python3", "python3-venv", "python3-pip", "ca-certificates"]
 # Docs, man pages and translations are dead weight in a container; copyright files stay (licences).
 DPKG_OPTS = [
@@ -44,7 +68,7 @@ SOURCE_DATE_EPOCH = "1700000000"
 def input_hash() -> str:
     recipe = {
         "suite": SUITE,
-        "mirrors": MIRRORS,
+        "mirrors": mirrors(),
         "packages": PACKAGES,
         "dpkg": DPKG_OPTS,
         "epoch": SOURCE_DATE_EPOCH,
@@ -63,7 +87,7 @@ def _mmdebstrap(out_tar: str) -> None:
         *(f"--dpkgopt={opt}" for opt in DPKG_OPTS),
         SUITE,
         out_tar,
-        *MIRRORS,
+        *mirrors(),
     ]
     run(cmd, env={"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH})
 

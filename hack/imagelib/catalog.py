@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagelib import paths, staging, wheels
+from imagelib import paths, pylock, staging
 
-TORCH_VERSION = "2.13.0+cpu"
+TORCH_VERSION = pylock.TORCH_VERSION
 
 
 @dataclass(frozen=True)
@@ -23,18 +23,29 @@ class Image:
 
 def _stage_controller(context: Path) -> None:
     staging.add_project(context)
-    staging.add_wheels(context, wheels.ensure("controller", wheels.project_requirements()))
+    staging.add_locked_environment(context, "controller")
 
 
 def _stage_model_server(context: Path) -> None:
     staging.add_project(context)
-    reqs = [f"torch=={TORCH_VERSION}", *wheels.project_requirements(["inference-transformers"])]
-    staging.add_wheels(context, wheels.ensure("model-server-cpu", reqs))
+    staging.add_locked_environment(context, "model-server-cpu")
+
+
+def _stage_tools(context: Path) -> None:
+    staging.add_busybox(context)
+    # The image holds Debian's busybox-static binary and nothing else: its SBOM is that package.
+    staging.add_host_sbom(context, "tools", ["busybox-static"])
+
+
+def _stage_pause(context: Path) -> None:
+    staging.add_pause(context)
+    # pause.c linked statically against the host's glibc (libc6-dev's libc.a).
+    staging.add_host_sbom(context, "pause", ["libc6-dev"])
 
 
 IMAGES: list[Image] = [
-    Image("pause", paths.DOCKER / "pause" / "Dockerfile", staging.add_pause),
-    Image("tools", paths.DOCKER / "tools" / "Dockerfile", staging.add_busybox),
+    Image("pause", paths.DOCKER / "pause" / "Dockerfile", _stage_pause),
+    Image("tools", paths.DOCKER / "tools" / "Dockerfile", _stage_tools),
     Image("controller", paths.DOCKER / "controller" / "Dockerfile", _stage_controller, on_base=True),
     Image(
         "model-server-cpu",

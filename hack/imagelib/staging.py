@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from imagelib import paths
@@ -57,6 +58,38 @@ def add_wheels(context: Path, wheelhouse: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for wheel in sorted(wheelhouse.glob("*.whl")):
         link(wheel, dest / wheel.name)
+
+
+def add_locked_environment(context: Path, name: str) -> None:
+    """The image's lock file (requirements/<name>.lock), the wheels it pins (hash-checked), and
+    the SBOM generator its last stage runs (docker/sbom.py)."""
+    from imagelib import pylock, wheels
+
+    lock = pylock.lock_path(name)
+    if not lock.exists():
+        raise SystemExit(f"{lock} is missing: run hack/images.py lock")
+    link(lock, context / "requirements" / lock.name)
+    add_wheels(context, wheels.ensure_locked(name, lock))
+    add_sbom_tool(context)
+
+
+def add_sbom_tool(context: Path) -> None:
+    link(paths.DOCKER / "sbom.py", context / "docker" / "sbom.py")
+
+
+def add_host_sbom(context: Path, name: str, debian_packages: list[str]) -> None:
+    """sbom.cdx.json for an image made of files copied or built on this host: the Debian packages
+    they come from, at the versions installed here."""
+    cmd = [
+        sys.executable,
+        str(paths.DOCKER / "sbom.py"),
+        "--name",
+        name,
+        "-o",
+        str(context / "sbom.cdx.json"),
+    ]
+    cmd += [f"--only-deb={p}" for p in debian_packages]
+    subprocess.run(cmd, check=True, env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"})
 
 
 def add_pause(context: Path) -> None:

@@ -50,6 +50,10 @@ def project_requirements(extras: Sequence[str] = ()) -> list[str]:
 
 
 def _pip_args(requirements: Sequence[str]) -> list[str]:
+    return [*_platform_args(any(r.startswith("torch") for r in requirements)), *requirements]
+
+
+def _platform_args(needs_torch: bool) -> list[str]:
     args = ["--only-binary=:all:", "--python-version", PYTHON_VERSION, "--implementation", "cp"]
     for abi in ("cp311", "abi3", "none"):
         args += ["--abi", abi]
@@ -58,10 +62,10 @@ def _pip_args(requirements: Sequence[str]) -> list[str]:
     links = find_links()
     if links:
         args += ["--find-links", str(links)]
-    if any(r.startswith("torch") for r in requirements) and not _has_local_torch(links):
+    if needs_torch and not _has_local_torch(links):
         # Only when the CPU build is not on disk: PyPI's torch is the CUDA one.
         args += ["--extra-index-url", TORCH_CPU_INDEX]
-    return [*args, *requirements]
+    return args
 
 
 def _has_local_torch(links: Path | None) -> bool:
@@ -78,6 +82,26 @@ def ensure(name: str, requirements: Sequence[str]) -> Path:
     tmp = house.with_name(house.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     with step(f"pip download {len(requirements)} requirements for {name} into {house}"):
+        run([sys.executable, "-m", "pip", "download", "--progress-bar", "off", "--dest", str(tmp), *args])
+    (tmp / ".complete").write_text(json.dumps(args) + "\n")
+    shutil.rmtree(house, ignore_errors=True)
+    tmp.rename(house)
+    return house
+
+
+def ensure_locked(name: str, lock: Path) -> Path:
+    """A directory holding exactly the wheels `lock` pins, each checked against the lock's sha256
+    (pip's hash-checking mode); downloaded once per distinct lock content."""
+    text = lock.read_text()
+    needs_torch = any(line.startswith("torch==") for line in text.splitlines())
+    args = [*_platform_args(needs_torch), "--no-deps", "--require-hashes", "-r", str(lock)]
+    key = hashlib.sha256((json.dumps(args[:-1]) + text).encode()).hexdigest()[:16]
+    house = paths.cache_dir() / "wheels" / f"{name}-locked-{key}"
+    if (house / ".complete").exists():
+        return house
+    tmp = house.with_name(house.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with step(f"pip download {lock.name} (hash-checked) for {name} into {house}"):
         run([sys.executable, "-m", "pip", "download", "--progress-bar", "off", "--dest", str(tmp), *args])
     (tmp / ".complete").write_text(json.dumps(args) + "\n")
     shutil.rmtree(house, ignore_errors=True)

@@ -182,13 +182,44 @@ def _config(ref: str) -> dict[str, Any]:
 
 EXPECTED = {
     "pause": {"Entrypoint": ["/pause"], "User": "65535:65535"},
-    "tools": {"Cmd": ["/bin/sh"]},
+    "tools": {"Cmd": ["/bin/sh"], "User": "65532:65532"},
     "controller": {"Entrypoint": ["kaitopy"], "Cmd": ["controller"], "User": "65532:65532"},
     "model-server-cpu": {
         "Entrypoint": ["kaitopy"],
         "Cmd": ["serve", "--engine=transformers", "--model-dir=/workspace/weights", "--port=5000"],
+        # The uid the operator's pods run as (kaitopy.controllers.workspace.podsecurity.RUN_AS_UID).
+        "User": "65532:65532",
     },
 }
+# What each image's SBOM must list (docker/sbom.py, written during the build).
+SBOM_HAS = {
+    "pause": "pkg:deb/debian/libc6-dev@",
+    "tools": "pkg:deb/debian/busybox-static@",
+    "controller": "pkg:pypi/aiohttp@",
+    "model-server-cpu": "pkg:pypi/torch@2.13.0+cpu",
+}
+
+
+@pytest.mark.parametrize("name", list(SBOM_HAS))
+def test_image_carries_its_sbom(built: dict[str, Any], name: str) -> None:
+    ref = built["first"][name].ref
+    ctr = subprocess.run(
+        ["buildah", "from", "--tls-verify=false", "--pull=missing", ref],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        root = subprocess.run(["buildah", "mount", ctr], capture_output=True, text=True, check=True).stdout
+        doc = json.loads((Path(root.strip()) / "usr/share/kaitopy/sbom.cdx.json").read_text())
+    finally:
+        subprocess.run(["buildah", "rm", ctr], capture_output=True, check=False)
+    assert doc["bomFormat"] == "CycloneDX" and doc["metadata"]["component"]["name"] == name
+    purls = [c["purl"] for c in doc["components"]]
+    assert any(p.startswith(SBOM_HAS[name]) for p in purls), purls[:20]
+    if name in ("controller", "model-server-cpu"):
+        assert any(p.startswith("pkg:deb/debian/python3.11-minimal@") for p in purls)  # the base's packages
+        assert any(p.startswith("pkg:pypi/kaitopy@") for p in purls)
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))

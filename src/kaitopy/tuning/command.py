@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--dest", type=Path, required=True, help="directory to download into")
     f.add_argument("--url", action="append", required=True, help="a URL to download (repeatable)")
     f.add_argument("--max-bytes", type=int, default=None, help="size limit per file (default 20 GiB)")
+    f.add_argument(
+        "--max-total-bytes", type=int, default=None, help="size limit of all files together (default 50 GiB)"
+    )
+    f.add_argument("--max-urls", type=int, default=None, help="most URLs one fetch takes (default 100)")
     f.add_argument("--attempts", type=int, default=4, help="tries per URL (default 4)")
     f.add_argument(
         "--allow-private",
@@ -68,13 +72,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     q.add_argument("--dest", type=Path, required=True)
     q.add_argument("--docker-config", type=Path, default=None)
     q.add_argument("--plain-http", action="store_true")
+    q.add_argument(
+        "--max-bytes", type=int, default=None, help="most the layers may expand to together (default 20 GiB)"
+    )
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from kaitopy.tuning.fetch import DEFAULT_MAX_BYTES, FetchError, FetchOptions, fetch_all
+    from kaitopy.tuning.fetch import (
+        DEFAULT_MAX_BYTES,
+        DEFAULT_MAX_TOTAL_BYTES,
+        DEFAULT_MAX_URLS,
+        FetchError,
+        FetchOptions,
+        fetch_all,
+    )
 
     options = FetchOptions(
         max_bytes=args.max_bytes or DEFAULT_MAX_BYTES,
+        max_total_bytes=args.max_total_bytes or DEFAULT_MAX_TOTAL_BYTES,
+        max_urls=args.max_urls or DEFAULT_MAX_URLS,
         attempts=max(1, args.attempts),
         allow_private=args.allow_private,
     )
@@ -129,10 +145,16 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from kaitopy.tuning.oci import OciError, pull
+    from kaitopy.tuning.oci import DEFAULT_MAX_PULL_BYTES, OciError, pull
 
     try:
-        files = pull(args.image, args.dest, args.docker_config, args.plain_http)
+        files = pull(
+            args.image,
+            args.dest,
+            args.docker_config,
+            args.plain_http,
+            args.max_bytes or DEFAULT_MAX_PULL_BYTES,
+        )
     except OciError as exc:
         log.error("pull failed: %s", exc)
         return 1

@@ -27,11 +27,26 @@ from kaitopy.ssrf.urls import url_problem
 from kaitopy.tuning.egress import guarded_connector
 from kaitopy.tuning.fetch_errors import FetchError, RefusedAddress
 
-__all__ = ["DEFAULT_MAX_BYTES", "FetchError", "FetchOptions", "RefusedAddress", "fetch_all", "file_name"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_TOTAL_BYTES",
+    "DEFAULT_MAX_URLS",
+    "FetchError",
+    "FetchOptions",
+    "RefusedAddress",
+    "fetch_all",
+    "file_name",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 20 * 1024**3
+# The workspace's URLs together (the controller passes its --tuning-max-input-bytes and
+# --tuning-max-urls; these defaults match the controller's).
+DEFAULT_MAX_TOTAL_BYTES = 50 * 1024**3
+DEFAULT_MAX_URLS = 100
+# Where the URLs come from, for errors a Workspace author reads.
+FIELD = "tuning.input.urls"
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 
@@ -43,6 +58,8 @@ REDIRECTS = {301, 302, 303, 307, 308}
 @dataclass(frozen=True)
 class FetchOptions:
     max_bytes: int = DEFAULT_MAX_BYTES
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
+    max_urls: int = DEFAULT_MAX_URLS
     attempts: int = 4
     backoff_s: float = 1.0
     timeout_s: float = 3600.0
@@ -101,7 +118,13 @@ def _unique(dest: Path, name: str, taken: set[str]) -> Path:
 
 
 async def _download_once(
-    session: aiohttp.ClientSession, url: str, dest: Path, index: int, taken: set[str], options: FetchOptions
+    session: aiohttp.ClientSession,
+    url: str,
+    dest: Path,
+    index: int,
+    taken: set[str],
+    options: FetchOptions,
+    budget: _Budget,
 ) -> Path:
     async with await _open(session, url, options) as resp:
         if resp.status != 200:
@@ -109,19 +132,23 @@ async def _download_once(
         length = resp.content_length
         if length is not None and length > options.max_bytes:
             raise FetchError(f"{url}: {length} bytes is over the limit of {options.max_bytes} bytes")
+        if length is not None and budget.used + length > budget.limit:
+            budget.take(url, length)  # raises, naming the limit, before a byte is written
         name = file_name(url, resp.headers.get("Content-Disposition"), index)
         if resp.content_type == "text/html" and Path(name).suffix.lower() in DATA_SUFFIXES:
             # An expired signed URL or a login wall often answers 200 with a web page.
             raise FetchError(f"{url}: the server sent an HTML page, not {Path(name).suffix} data")
         target = _unique(dest, name, taken)
         partial = target.with_name(f".{target.name}.part")
-        size = 0
+        size = counted = 0
         try:
             with partial.open("wb") as out:
                 async for chunk in resp.content.iter_chunked(1 << 20):
                     size += len(chunk)
                     if size > options.max_bytes:
                         raise FetchError(f"{url}: more than the limit of {options.max_bytes} bytes")
+                    budget.take(url, len(chunk))
+                    counted += len(chunk)
                     await asyncio.to_thread(out.write, chunk)
             if size == 0:
                 raise FetchError(f"{url}: the response is empty")
@@ -131,6 +158,7 @@ async def _download_once(
         except BaseException:
             partial.unlink(missing_ok=True)
             taken.discard(target.name)
+            budget.give_back(counted)  # the partial file is gone: a retry may use its bytes
             raise
     log.info("fetched %s -> %s (%d bytes)", url, target, size)
     return target
@@ -156,6 +184,27 @@ async def _open(session: aiohttp.ClientSession, url: str, options: FetchOptions)
     raise FetchError(f"{url}: more than {options.max_redirects} redirects")
 
 
+class _Budget:
+    """Bytes all downloads of one fetch may still write. Downloads run concurrently on one event
+    loop, so plain arithmetic between awaits is atomic."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, url: str, n: int) -> None:
+        if self.used + n > self.limit:
+            raise FetchError(
+                f"{FIELD}: {url} takes the downloads over their total limit of {self.limit} bytes "
+                "(--max-total-bytes, the controller's --tuning-max-input-bytes); use less data, "
+                "or ask the operator's admin to raise the limit"
+            )
+        self.used += n
+
+    def give_back(self, n: int) -> None:
+        self.used -= n
+
+
 class _Retryable(FetchError):
     pass
 
@@ -167,13 +216,19 @@ class _Status(FetchError):
 
 
 async def _download(
-    session: aiohttp.ClientSession, url: str, dest: Path, index: int, taken: set[str], options: FetchOptions
+    session: aiohttp.ClientSession,
+    url: str,
+    dest: Path,
+    index: int,
+    taken: set[str],
+    options: FetchOptions,
+    budget: _Budget,
 ) -> Path:
     _check_url(url, options)
     delay = options.backoff_s
     for attempt in range(1, options.attempts + 1):
         try:
-            return await _download_once(session, url, dest, index, taken, options)
+            return await _download_once(session, url, dest, index, taken, options, budget)
         except RefusedAddress as exc:
             raise exc if str(exc).startswith(url) else RefusedAddress(f"{url}: {exc}") from None
         except _Status as exc:
@@ -206,6 +261,12 @@ async def fetch_all(urls: list[str], dest: Path, options: FetchOptions | None = 
     options = options or FetchOptions()
     if not urls:
         raise FetchError("no URLs to fetch")
+    if len(urls) > options.max_urls:
+        raise FetchError(
+            f"{FIELD}: {len(urls)} URLs is over the limit of {options.max_urls} (--max-urls, the "
+            "controller's --tuning-max-urls); merge the data into fewer files"
+        )
+    budget = _Budget(options.max_total_bytes)
     await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
     timeout = aiohttp.ClientTimeout(total=options.timeout_s, sock_connect=options.connect_timeout_s)
     connector = guarded_connector(options.exempt(), options.concurrency, options.resolver)
@@ -214,7 +275,7 @@ async def fetch_all(urls: list[str], dest: Path, options: FetchOptions | None = 
 
     async def one(index: int, url: str) -> Path:
         async with gate:
-            return await _download(session, url, dest, index, taken, options)
+            return await _download(session, url, dest, index, taken, options, budget)
 
     async with aiohttp.ClientSession(timeout=timeout, connector=connector, trust_env=False) as session:
         results: list[Any] = await asyncio.gather(

@@ -22,7 +22,9 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
+
+from kaitopy.tuning.capped import CHUNK, CappedReader, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,9 @@ DATA_ROOT = "data"
 # Training bookkeeping that stays with the results volume and never goes into the image.
 EXCLUDED = ("checkpoints",)
 _EPOCH = 0  # reproducible layers: every entry has the same time
+
+# What an adapter image's layers may expand to, all together: a LoRA adapter is MiBs to a few GiB.
+DEFAULT_MAX_PULL_BYTES = 20 * 1024**3
 
 _DOCKER_HUB = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 
@@ -429,9 +434,16 @@ def _get_json(session: RegistrySession, url: str, accept: list[str], what: str) 
     return doc
 
 
-def pull(image: str, dest: Path, docker_config: Path | None = None, plain_http: bool = False) -> list[Path]:
+def pull(
+    image: str,
+    dest: Path,
+    docker_config: Path | None = None,
+    plain_http: bool = False,
+    max_bytes: int = DEFAULT_MAX_PULL_BYTES,
+) -> list[Path]:
     """Copy the image's /data files into `dest`, as the inference pod's init container does
-    (`cp -r /data/. dest/`); return the files written."""
+    (`cp -r /data/. dest/`); return the files written. The layers may expand to `max_bytes`
+    together: past that the pull fails (a gzip bomb stops there, in bounded memory)."""
     ref = parse_image(image)
     session = RegistrySession(ref, resolve_credentials(docker_config, ref), plain_http)
     accept = [MANIFEST_TYPE, DOCKER_MANIFEST_TYPE, INDEX_TYPE, DOCKER_LIST_TYPE]
@@ -444,6 +456,7 @@ def pull(image: str, dest: Path, docker_config: Path | None = None, plain_http: 
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     dest.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    budget = max_bytes
     with tempfile.TemporaryDirectory(prefix="kaitopy-pull-") as tmp:
         for i, layer in enumerate(manifest.get("layers") or []):
             blob = Path(tmp) / f"layer-{i}"
@@ -454,24 +467,52 @@ def pull(image: str, dest: Path, docker_config: Path | None = None, plain_http: 
                     out.write(chunk)
             if _sha256_file(blob) != layer["digest"]:
                 raise OciError(f"{ref}: layer {layer['digest']} does not match its digest")
-            written += _extract(
-                blob, layer.get("mediaType", ""), dest, diff_ids[i] if i < len(diff_ids) else None
-            )
+            diff_id = diff_ids[i] if i < len(diff_ids) else None
+            try:
+                files, size = extract_layer(blob, layer.get("mediaType", ""), dest, diff_id, budget)
+            except TooLarge as exc:
+                raise OciError(
+                    f"{ref}: {exc} (all layers together may expand to {max_bytes} bytes); "
+                    "an adapter image this large is refused"
+                ) from None
+            except ValueError as exc:
+                raise OciError(f"{ref}: {exc}") from None
+            written += files
+            budget -= size
     if not written:
         raise OciError(f"{ref} has no files under /{DATA_ROOT}")
     log.info("pulled %s: %d files into %s", ref, len(written), dest)
     return written
 
 
-def _extract(blob: Path, media_type: str, dest: Path, diff_id: str | None) -> list[Path]:
-    raw = blob.read_bytes()
-    if media_type in _GZIP_LAYERS or (media_type not in _TAR_LAYERS and raw[:2] == b"\x1f\x8b"):
-        raw = gzip.decompress(raw)
-    if diff_id is not None and f"sha256:{hashlib.sha256(raw).hexdigest()}" != diff_id:
-        raise OciError(f"layer {blob.name}: its content does not match the config's diff_id {diff_id}")
+def _layer_stream(blob: Path, media_type: str, cap: int) -> tuple[BinaryIO, CappedReader]:
+    with blob.open("rb") as fh:
+        magic = fh.read(2)
+    gzipped = media_type in _GZIP_LAYERS or (media_type not in _TAR_LAYERS and magic == b"\x1f\x8b")
+    capped = CappedReader(blob.open("rb"), cap, gzipped, f"layer {blob.name}")
+    return io.BufferedReader(capped, CHUNK), capped
+
+
+def extract_layer(
+    blob: Path, media_type: str, dest: Path, diff_id: str | None, cap: int
+) -> tuple[list[Path], int]:
+    """Write the layer's /data files under `dest`, decompressing as a stream that may expand to
+    `cap` bytes (TooLarge past it); returns the files and the layer's uncompressed size.
+
+    With a diff_id, a first pass checks the uncompressed content against it before anything is
+    written (twice the CPU, no more memory): the files land only from a layer that matches."""
+    if diff_id is not None:
+        stream, capped = _layer_stream(blob, media_type, cap)
+        with stream:
+            while stream.read(CHUNK):
+                pass
+        if capped.digest() != diff_id:
+            raise OciError(f"layer {blob.name}: its content does not match the config's diff_id {diff_id}")
+    stream, capped = _layer_stream(blob, media_type, cap)
     written: list[Path] = []
     root = dest.resolve()
-    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+    # "r|": tarfile reads the stream front to back and never seeks, so nothing is buffered whole.
+    with stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             parts = PurePosixPath(member.name.lstrip("/")).parts
             if parts and parts[0] == ".":
@@ -493,4 +534,7 @@ def _extract(blob: Path, media_type: str, dest: Path, diff_id: str | None) -> li
                 written.append(target)
             else:
                 log.warning("skipping layer entry %s: not a file or directory", member.name)
-    return written
+        # The end-of-archive blocks (and any padding after them) count towards the cap too.
+        while stream.read(CHUNK):
+            pass
+    return written, capped.count

@@ -52,6 +52,22 @@ async def server() -> AsyncIterator[tuple[str, dict[str, int]]]:
         await resp.write_eof()
         return resp
 
+    async def endless(request: web.Request) -> web.StreamResponse:
+        # Far more than any budget in these tests, without Content-Length: only the budget stops it.
+        hits["endless"] = hits.get("endless", 0) + 1
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        chunk = b"y" * (1 << 20)
+        try:
+            for _ in range(1024):
+                await resp.write(chunk)
+                hits["endless_mib"] = hits.get("endless_mib", 0) + 1
+        except ConnectionError:
+            return resp  # the client hung up: what the budget is for
+        await resp.write_eof()
+        return resp
+
     async def html(request: web.Request) -> web.Response:
         return web.Response(text="<html>sign in</html>", content_type="text/html")
 
@@ -68,6 +84,7 @@ async def server() -> AsyncIterator[tuple[str, dict[str, int]]]:
     app.router.add_get("/streamed.jsonl", streamed)
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/expired/train.jsonl", html)
+    app.router.add_get("/endless.jsonl", endless)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -81,6 +98,10 @@ async def server() -> AsyncIterator[tuple[str, dict[str, int]]]:
 
 def _names(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir())
+
+
+def _total_size(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.iterdir())
 
 
 def _content(p: Path) -> bytes:
@@ -208,3 +229,76 @@ async def test_html_page_for_a_data_file(server: tuple[str, dict[str, int]], tmp
     ):
         await fetch_all([f"{base}/expired/train.jsonl"], tmp_path, LOOPBACK)
     assert _names(tmp_path) == []
+
+
+async def test_total_budget_by_content_length_names_the_field_and_limit(
+    server: tuple[str, dict[str, int]], tmp_path: Path
+) -> None:
+    base, _ = server
+    budget = FetchOptions(allow_private=True, max_total_bytes=2 * len(BODY) + 10, concurrency=1)
+    urls = [f"{base}/data/train.jsonl?{i}" for i in range(3)]
+    with pytest.raises(FetchError) as err:
+        await fetch_all(urls, tmp_path, budget)
+    assert str(err.value).startswith(f"tuning.input.urls: {base}/data/train.jsonl?2 takes the downloads")
+    assert f"over their total limit of {2 * len(BODY) + 10} bytes (--max-total-bytes" in str(err.value)
+    assert _total_size(tmp_path) == 2 * len(BODY)
+    # Under the budget, the same URLs all download.
+    enough = FetchOptions(allow_private=True, max_total_bytes=3 * len(BODY))
+    assert len(await fetch_all(urls, tmp_path / "ok", enough)) == 3
+
+
+async def test_total_budget_stops_a_stream_that_never_ends(
+    server: tuple[str, dict[str, int]], tmp_path: Path
+) -> None:
+    """Several URLs, each under the per-file limit, streaming together past the total budget:
+    the fetch fails once the budget is spent, not when the server stops."""
+    base, hits = server
+    budget = FetchOptions(allow_private=True, max_total_bytes=3 << 20, max_bytes=1 << 30, attempts=1)
+    urls = [f"{base}/streamed.jsonl", f"{base}/endless.jsonl", f"{base}/endless.jsonl?b"]
+    with pytest.raises(FetchError, match=r"over their total limit of 3145728 bytes"):
+        await fetch_all(urls, tmp_path, budget)
+    assert hits["endless"] == 2
+    assert hits["endless_mib"] < 64  # the server was cut off long before its 2 GiB
+    assert not [n for n in _names(tmp_path) if n.startswith(".")]  # no partial files left behind
+    assert _total_size(tmp_path) <= 3 << 20
+
+
+async def test_too_many_urls_are_refused_before_any_request(
+    server: tuple[str, dict[str, int]], tmp_path: Path
+) -> None:
+    base, hits = server
+    urls = [f"{base}/forbidden.jsonl?{i}" for i in range(3)]
+    with pytest.raises(
+        FetchError, match=re.escape("tuning.input.urls: 3 URLs is over the limit of 2 (--max-urls")
+    ):
+        await fetch_all(urls, tmp_path, FetchOptions(allow_private=True, max_urls=2))
+    assert "forbidden" not in hits
+
+
+async def test_the_jobs_limit_flags_reach_the_fetch(
+    server: tuple[str, dict[str, int]], tmp_path: Path
+) -> None:
+    """The argv the controller writes into the Job (limits included) is what the CLI enforces."""
+    import asyncio
+
+    from kaitopy.controllers.workspace.job import tuning_job
+    from kaitopy.controllers.workspace.plan import TuningPlan
+
+    base, _ = server
+    plan = TuningPlan(
+        name="t",
+        namespace="default",
+        preset="phi-3-mini-4k-instruct",
+        method="lora",
+        image="runtime:1",
+        hf_model_id="microsoft/Phi-3-mini-4k-instruct",
+        gpus_per_node=1,
+        match_labels={"a": "t"},
+        input_urls=(f"{base}/data/train.jsonl", f"{base}/download"),
+        max_input_bytes=len(BODY) + 1,
+    )
+    fetch = tuning_job(plan)["spec"]["template"]["spec"]["initContainers"][0]
+    argv = [a.replace("--dest=/mnt/data", f"--dest={tmp_path / 'data'}") for a in fetch["args"][2:]]
+    proc = await asyncio.to_thread(_cli, *argv, "--allow-private")
+    assert proc.returncode == 1
+    assert f"over their total limit of {len(BODY) + 1} bytes" in proc.stderr

@@ -143,6 +143,15 @@ def test_cli_push_and_pull(registry: registry_support.Registry, adapter: Path, t
     assert (dest / "adapter_model.safetensors").read_bytes() == (
         adapter / "adapter_model.safetensors"
     ).read_bytes()
+    pull_args = [f"--image={image}", f"--dest={tmp_path / 'capped'}", f"--docker-config={config}"]
+    capped = subprocess.run(
+        [*tune, "pull", *pull_args, "--plain-http", "--max-bytes=100000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert capped.returncode == 1
+    assert "expands to more than the limit of 100000 bytes" in capped.stderr, capped.stderr
     bad = registry.docker_config(tmp_path / "bad.json", password="nope")
     failed = subprocess.run(
         [*tune, "push", f"--dir={adapter}", f"--image={image}", f"--docker-config={bad}", "--plain-http"],
@@ -225,3 +234,68 @@ def test_skopeo_sees_a_proper_image(
 
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer))) as tar:
         assert "data/adapter_model.safetensors" in tar.getnames()
+
+
+def test_a_gzip_bomb_layer_fails_fast_in_bounded_memory(
+    registry: registry_support.Registry, tmp_path: Path
+) -> None:
+    """A 1 MiB layer that inflates to 1 GiB, in a real registry: the pull stops at its cap with an
+    error naming the image and the limit, holding about one chunk at a time (it used to inflate
+    the whole layer in memory: 2 GiB for this one)."""
+    import hashlib
+    import time
+    import tracemalloc
+
+    from kaitopy.tuning.oci import (
+        CONFIG_TYPE,
+        LAYER_TYPE,
+        MANIFEST_TYPE,
+        RegistrySession,
+        _put_manifest,
+        _upload_blob,
+        parse_image,
+        resolve_credentials,
+    )
+    from tests.support.gzipbomb import gzip_bomb
+
+    image = f"{registry.host}/adapters/bomb:1"
+    ref = parse_image(image)
+    config_path = registry.docker_config(tmp_path / "config.json")
+    session = RegistrySession(ref, resolve_credentials(config_path, ref), plain_http=True)
+    layer = gzip_bomb(tmp_path / "layer.tar.gz", 1 << 30)
+    assert layer.stat().st_size < 1100 * 1024
+    layer_desc = {
+        "mediaType": LAYER_TYPE,
+        "digest": f"sha256:{hashlib.sha256(layer.read_bytes()).hexdigest()}",
+        "size": layer.stat().st_size,
+    }
+    _upload_blob(session, layer, layer_desc, "layer")
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+    ).encode()
+    (tmp_path / "image-config.json").write_bytes(config)
+    config_desc = {
+        "mediaType": CONFIG_TYPE,
+        "digest": f"sha256:{hashlib.sha256(config).hexdigest()}",
+        "size": len(config),
+    }
+    _upload_blob(session, tmp_path / "image-config.json", config_desc, "config")
+    manifest = json.dumps(
+        {"schemaVersion": 2, "mediaType": MANIFEST_TYPE, "config": config_desc, "layers": [layer_desc]}
+    ).encode()
+    _put_manifest(session, "1", manifest, MANIFEST_TYPE, "the manifest")
+
+    cap = 64 << 20
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(OciError) as err:
+            pull(image, tmp_path / "out", config_path, plain_http=True, max_bytes=cap)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(err.value).startswith(f"{image}: layer layer-0 expands to more than the limit of {cap} bytes")
+    assert f"(all layers together may expand to {cap} bytes)" in str(err.value)
+    assert peak < 32 << 20, peak
+    assert time.monotonic() - started < 60
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]

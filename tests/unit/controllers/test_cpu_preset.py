@@ -89,9 +89,11 @@ def test_an_init_container_pulls_the_pinned_weights_artifact_into_the_weights_vo
         f"--dest={WEIGHTS_MOUNT}",
         f"--digest={PIN}",
     ]
-    assert init["volumeMounts"] == [{"name": "weights", "mountPath": WEIGHTS_MOUNT}]
+    # The weights volume, and the writable /tmp and $HOME every container of ours gets.
+    assert [m["name"] for m in init["volumeMounts"]] == ["weights", "tmp", "home"]
+    assert init["volumeMounts"][0] == {"name": "weights", "mountPath": WEIGHTS_MOUNT}
     assert init["resources"]["limits"]["memory"] == "256Mi"
-    assert {"name": "weights", "emptyDir": {}} in spec["volumes"]
+    assert {"name": "weights", "emptyDir": {"sizeLimit": "10Gi"}} in spec["volumes"]
 
 
 def test_unpinned_and_plain_http() -> None:
@@ -162,7 +164,10 @@ def test_gpu_presets_are_unchanged(instance_type: str) -> None:
     assert "initContainers" not in spec
     assert "--hf-model-id=microsoft/Phi-3-mini-4k-instruct" in container["args"]
     assert "--allow-download" in container["args"]
-    assert container["resources"] == {"requests": {GPU_RESOURCE: "1"}, "limits": {GPU_RESOURCE: "1"}}
+    assert container["resources"] == {
+        "requests": {"cpu": "1", "memory": "4Gi", GPU_RESOURCE: "1"},
+        "limits": {GPU_RESOURCE: "1"},
+    }
     assert not any(e["name"] == "OMP_NUM_THREADS" for e in container["env"])
     plan = plan_of(workspace("phi-3-mini-4k-instruct", instance_type), Settings())
     # Fields added for CPU presets stay out of the revision while unset: no rollout on upgrade.

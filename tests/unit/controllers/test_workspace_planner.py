@@ -92,3 +92,44 @@ def test_node_count_is_bounded() -> None:
     with pytest.raises(ValidationError, match="less than or equal to 16"):
         Workspace.model_validate(raw)
     assert workspace_schema()["properties"]["resource"]["properties"]["count"]["maximum"] == MAX_NODE_COUNT
+
+
+def test_too_many_input_urls_are_refused_naming_the_field_and_the_limit() -> None:
+    raw = tuning("phi-3-mini-4k-instruct", "Standard_NC24ads_A100_v4", "qlora")
+    raw["tuning"]["input"]["urls"] = [f"https://example.com/d{i}.jsonl" for i in range(4)]
+    settings = Settings(tuning_max_urls=3, tuning_max_input_bytes=10**9, tuning_deadline_s=3600)
+    with pytest.raises(PlanError) as err:
+        make_planner(Catalog.load(), settings)(Workspace.model_validate(raw).to_dict())
+    assert err.value.reason == "InvalidWorkspace"
+    assert str(err.value).startswith("tuning.input.urls: 4 URLs is over the limit of 3 (the controller's")
+    raw["tuning"]["input"]["urls"] = raw["tuning"]["input"]["urls"][:3]
+    plan = make_planner(Catalog.load(), settings)(Workspace.model_validate(raw).to_dict())
+    assert plan.tuning is not None
+    assert (plan.tuning.max_input_urls, plan.tuning.max_input_bytes, plan.tuning.deadline_s) == (
+        3,
+        10**9,
+        3600,
+    )
+    assert plan.tuning.weights_gib > 0  # sizes the weights volume
+    spec = jobs.tuning_job(plan.tuning)["spec"]
+    assert spec["activeDeadlineSeconds"] == 3600
+
+
+def test_tuning_limit_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from kaitopy.controllers.workspace import app
+
+    monkeypatch.setenv("KAITOPY_TUNING_MAX_URLS", "7")
+    parser = argparse.ArgumentParser()
+    app.add_arguments(parser)
+    settings = app.settings_from(
+        parser.parse_args(["--tuning-deadline=600", "--tuning-max-input-bytes=1024"])
+    )
+    assert (settings.tuning_deadline_s, settings.tuning_max_urls, settings.tuning_max_input_bytes) == (
+        600,
+        7,
+        1024,
+    )
+    with pytest.raises(SystemExit, match="--tuning-deadline 0: must be a positive whole number"):
+        app.settings_from(parser.parse_args(["--tuning-deadline=0"]))

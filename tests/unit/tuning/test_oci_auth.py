@@ -185,7 +185,7 @@ def _layer(tmp_path: Path, entries: list[tuple[str, bytes | None, str | None]]) 
 
 
 def test_extract_takes_only_data_like_cp_r(tmp_path: Path) -> None:
-    from kaitopy.tuning.oci import LAYER_TYPE, _extract
+    from kaitopy.tuning.oci import LAYER_TYPE, extract_layer
 
     layer = _layer(
         tmp_path,
@@ -198,23 +198,23 @@ def test_extract_takes_only_data_like_cp_r(tmp_path: Path) -> None:
         ],
     )
     dest = tmp_path / "dest"
-    written = _extract(layer, LAYER_TYPE, dest, None)
+    written, _ = extract_layer(layer, LAYER_TYPE, dest, None, 1 << 20)
     assert sorted(str(p.relative_to(dest)) for p in written) == ["adapter_config.json", "sub/w.bin"]
     assert not (dest / "link").exists() and not (dest / "bin").exists()
 
 
 def test_extract_refuses_escaping_paths(tmp_path: Path) -> None:
-    from kaitopy.tuning.oci import LAYER_TYPE, _extract
+    from kaitopy.tuning.oci import LAYER_TYPE, extract_layer
 
     layer = _layer(tmp_path, [("data/../../evil", b"x", None)])
     with pytest.raises(OciError, match="escapes /data"):
-        _extract(layer, LAYER_TYPE, tmp_path / "dest", None)
+        extract_layer(layer, LAYER_TYPE, tmp_path / "dest", None, 1 << 20)
     assert not (tmp_path / "evil").exists()
 
 
 def test_extract_checks_the_diff_id(tmp_path: Path) -> None:
-    from kaitopy.tuning.oci import LAYER_TYPE, _extract
+    from kaitopy.tuning.oci import LAYER_TYPE, extract_layer
 
     layer = _layer(tmp_path, [("data/a", b"x", None)])
     with pytest.raises(OciError, match="does not match the config's diff_id"):
-        _extract(layer, LAYER_TYPE, tmp_path / "dest", "sha256:" + "0" * 64)
+        extract_layer(layer, LAYER_TYPE, tmp_path / "dest", "sha256:" + "0" * 64, 1 << 20)

@@ -69,6 +69,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a static busybox image used to unpack adapter and data images that have no shell",
     )
     parser.add_argument(
+        "--tuning-deadline",
+        type=int,
+        default=int(os.environ.get("KAITOPY_TUNING_DEADLINE", d.tuning_deadline_s)),
+        metavar="SECONDS",
+        help="a tuning Job's activeDeadlineSeconds (env KAITOPY_TUNING_DEADLINE; default 86400, 24 h)",
+    )
+    parser.add_argument(
+        "--tuning-max-urls",
+        type=int,
+        default=int(os.environ.get("KAITOPY_TUNING_MAX_URLS", d.tuning_max_urls)),
+        metavar="N",
+        help="most tuning.input.urls a workspace may list (env KAITOPY_TUNING_MAX_URLS; default 100)",
+    )
+    parser.add_argument(
+        "--tuning-max-input-bytes",
+        type=int,
+        default=int(os.environ.get("KAITOPY_TUNING_MAX_INPUT_BYTES", d.tuning_max_input_bytes)),
+        metavar="BYTES",
+        help="total bytes a tuning Job may download from its input URLs; also sizes the data "
+        "volume (env KAITOPY_TUNING_MAX_INPUT_BYTES; default 50 GiB)",
+    )
+    parser.add_argument(
         "--node-provisioner",
         choices=("auto", "byo"),
         default=os.environ.get("KAITOPY_NODE_PROVISIONER", d.node_provisioner),
@@ -173,7 +195,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
         weights_digests=weights_digests(args.weights_digest, os.environ.get("KAITOPY_WEIGHTS_DIGESTS")),
         weights_plain_http=args.weights_plain_http,
         weights_pull_secret=args.weights_pull_secret,
+        tuning_deadline_s=_positive("--tuning-deadline", args.tuning_deadline),
+        tuning_max_urls=_positive("--tuning-max-urls", args.tuning_max_urls),
+        tuning_max_input_bytes=_positive("--tuning-max-input-bytes", args.tuning_max_input_bytes),
     )
+
+
+def _positive(flag: str, value: int) -> int:
+    if value < 1:
+        raise SystemExit(f"{flag} {value}: must be a positive whole number")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

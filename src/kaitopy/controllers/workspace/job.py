@@ -15,11 +15,44 @@ from kaitopy.controllers.workspace.plan import (
     WORKSPACE_LABEL,
     TuningPlan,
 )
+from kaitopy.controllers.workspace.podsecurity import (
+    SHM_SIZE_LIMIT,
+    TOOLS_SIZE_LIMIT,
+    harden,
+    size_limit_gib,
+    weights_size_limit,
+)
 
 DATA_MOUNT = "/mnt/data"
 RESULTS_MOUNT = "/mnt/results"
 PUSH_SECRET_MOUNT = "/mnt/push-secret"
 TOOLS_MOUNT = "/kaitopy-tools"
+RESULTS_SIZE_LIMIT = "50Gi"
+"""The results volume: the adapter, its checkpoints and their optimizer states."""
+
+COPY_RESOURCES = {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}
+FETCH_RESOURCES = {
+    # `tune fetch` streams 1 MiB chunks to disk, at most 4 URLs at a time.
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"memory": "512Mi"},
+}
+TRAIN_HOST_REQUESTS = {
+    # The trainer's host side: the base model passes through host memory on its way to the GPU
+    # (QLoRA quantizes it there). A request for scheduling, no memory limit: the load peak must
+    # not be OOM-killed.
+    "cpu": "2",
+    "memory": "8Gi",
+}
+PUSH_RESOURCES = {
+    # `tune push` writes the layer tar and gzip to disk in chunks; the registry upload streams.
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"memory": "1Gi"},
+}
+
+
+def data_size_limit(plan: TuningPlan) -> str:
+    """The fetched data's volume: the download budget plus 10% (partial files, file system)."""
+    return size_limit_gib(-(-plan.max_input_bytes * 11 // (10 * 1024**3)))
 
 
 def _tools(plan: TuningPlan) -> dict[str, Any]:
@@ -27,6 +60,7 @@ def _tools(plan: TuningPlan) -> dict[str, Any]:
         "name": "tools",
         "image": plan.tools_image,
         "command": ["/bin/cp", "/bin/busybox", f"{TOOLS_MOUNT}/busybox"],
+        "resources": COPY_RESOURCES,
         "volumeMounts": [{"name": "tools", "mountPath": TOOLS_MOUNT}],
     }
 
@@ -38,7 +72,15 @@ def _data_step(plan: TuningPlan) -> list[dict[str, Any]]:
                 "name": "fetch-data",
                 "image": plan.image,
                 "command": ["kaitopy"],
-                "args": ["tune", "fetch", f"--dest={DATA_MOUNT}", *(f"--url={u}" for u in plan.input_urls)],
+                "args": [
+                    "tune",
+                    "fetch",
+                    f"--dest={DATA_MOUNT}",
+                    f"--max-urls={plan.max_input_urls}",
+                    f"--max-total-bytes={plan.max_input_bytes}",
+                    *(f"--url={u}" for u in plan.input_urls),
+                ],
+                "resources": FETCH_RESOURCES,
                 "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT}],
             }
         ]
@@ -49,6 +91,7 @@ def _data_step(plan: TuningPlan) -> list[dict[str, Any]]:
                 "name": "fetch-data",
                 "image": plan.input_image,
                 "command": [f"{TOOLS_MOUNT}/busybox", "cp", "-r", "/data/.", f"{DATA_MOUNT}/"],
+                "resources": COPY_RESOURCES,
                 "volumeMounts": [
                     {"name": "tools", "mountPath": TOOLS_MOUNT},
                     {"name": "data", "mountPath": DATA_MOUNT},
@@ -93,7 +136,10 @@ def _trainer(plan: TuningPlan) -> dict[str, Any]:
         "command": ["kaitopy"],
         "args": args,
         "env": env,
-        "resources": {"requests": {GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}},
+        "resources": {
+            "requests": {**TRAIN_HOST_REQUESTS, GPU_RESOURCE: gpus},
+            "limits": {GPU_RESOURCE: gpus},
+        },
         "volumeMounts": mounts,
     }
 
@@ -110,6 +156,7 @@ def _pusher(plan: TuningPlan) -> dict[str, Any]:
             f"--image={plan.output_image}",
             f"--docker-config={PUSH_SECRET_MOUNT}/.dockerconfigjson",
         ],
+        "resources": PUSH_RESOURCES,
         "volumeMounts": [
             {"name": "results", "mountPath": RESULTS_MOUNT},
             {"name": "push-secret", "mountPath": PUSH_SECRET_MOUNT, "readOnly": True},
@@ -118,14 +165,16 @@ def _pusher(plan: TuningPlan) -> dict[str, Any]:
 
 
 def tuning_job(plan: TuningPlan) -> dict[str, Any]:
+    data = dict(plan.input_volume or {"emptyDir": {"sizeLimit": data_size_limit(plan)}})
+    results = dict(plan.output_volume or {"emptyDir": {"sizeLimit": RESULTS_SIZE_LIMIT}})
     volumes: list[dict[str, Any]] = [
-        {"name": "data", **(dict(plan.input_volume) if plan.input_volume else {"emptyDir": {}})},
-        {"name": "results", **(dict(plan.output_volume) if plan.output_volume else {"emptyDir": {}})},
-        {"name": "weights", "emptyDir": {}},
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "data", **data},
+        {"name": "results", **results},
+        {"name": "weights", "emptyDir": {"sizeLimit": weights_size_limit(plan.weights_gib)}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE_LIMIT}},
     ]
     if plan.input_image:
-        volumes.append({"name": "tools", "emptyDir": {}})
+        volumes.append({"name": "tools", "emptyDir": {"sizeLimit": TOOLS_SIZE_LIMIT}})
     if plan.config_map:
         volumes.append({"name": "config", "configMap": {"name": plan.config_map}})
     init = _data_step(plan)
@@ -166,6 +215,7 @@ def tuning_job(plan: TuningPlan) -> dict[str, Any]:
         # A step that fails leaves its last lines as the termination message: the workspace's
         # TuningJobFailed condition quotes them.
         c["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    harden(spec)
     if plan.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": s} for s in plan.image_pull_secrets]
     return {
@@ -179,6 +229,7 @@ def tuning_job(plan: TuningPlan) -> dict[str, Any]:
         },
         "spec": {
             "backoffLimit": 3,
+            "activeDeadlineSeconds": plan.deadline_s,
             "template": {
                 "metadata": {"labels": labels, "annotations": {REVISION_ANNOTATION: plan.revision()}},
                 "spec": spec,

@@ -57,6 +57,15 @@ class Settings:
     weights_pull_secret: str = ""
     """A kubernetes.io/dockerconfigjson Secret, in the workspace's namespace, with the weights
     registry's credentials; empty: pull anonymously."""
+    tuning_deadline_s: int = 24 * 3600
+    """A tuning Job's activeDeadlineSeconds: past it Kubernetes stops the Job and it fails (a
+    stuck download or a run that never ends must not hold a GPU node forever). 24 h covers a LoRA
+    run on the catalog's largest tunable model with Kaito's default epochs."""
+    tuning_max_urls: int = 100
+    """At most this many `tuning.input.urls` per workspace."""
+    tuning_max_input_bytes: int = 50 * 1024**3
+    """All of a tuning Job's input URLs together may download at most this many bytes (50 GiB);
+    the data volume's sizeLimit is this budget plus a margin."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +164,11 @@ class TuningPlan:
     image_pull_secrets: tuple[str, ...] = ()
     model_access_secret: str | None = None
     tools_image: str = Settings.tools_image
+    weights_gib: float = 0.0
+    """The base model's weights (sizes the weights volume's limit)."""
+    deadline_s: int = Settings.tuning_deadline_s
+    max_input_urls: int = Settings.tuning_max_urls
+    max_input_bytes: int = Settings.tuning_max_input_bytes
 
     def revision(self) -> str:
         data = json.dumps(asdict(self), sort_keys=True, default=str)

@@ -161,6 +161,14 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
         # The cache hands out read-only mappings; the plan keeps plain copies (its revision deep-copies).
         data_in = tuning.get("input") or {}
         data_out = tuning.get("output") or {}
+        urls = tuple(str(u) for u in data_in.get("urls") or ())
+        if len(urls) > settings.tuning_max_urls:
+            raise PlanError(
+                "InvalidWorkspace",
+                f"tuning.input.urls: {len(urls)} URLs is over the limit of {settings.tuning_max_urls} "
+                "(the controller's --tuning-max-urls); merge the data into fewer files, or ask the "
+                "operator's admin to raise the limit",
+            )
         return WorkspacePlan(
             instance_type=instance_type,
             node_count=1,
@@ -177,7 +185,7 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                 hf_model_id=model.hf_id,
                 gpus_per_node=int(sku.gpu_count),
                 match_labels=match_labels,
-                input_urls=tuple(str(u) for u in data_in.get("urls") or ()),
+                input_urls=urls,
                 input_image=data_in.get("image") or None,
                 input_volume=thaw(data_in.get("volumeSource")) or None,
                 output_image=data_out.get("image") or None,
@@ -187,6 +195,10 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                 image_pull_secrets=pull,
                 model_access_secret=str(access) if access else None,
                 tools_image=settings.tools_image,
+                weights_gib=_weights_gib(model),
+                deadline_s=settings.tuning_deadline_s,
+                max_input_urls=settings.tuning_max_urls,
+                max_input_bytes=settings.tuning_max_input_bytes,
             ),
         )
 

@@ -20,6 +20,13 @@ from kaitopy.controllers.workspace.plan import (
     AdapterPlan,
     InferencePlan,
 )
+from kaitopy.controllers.workspace.podsecurity import (
+    ADAPTERS_SIZE_LIMIT,
+    SHM_SIZE_LIMIT,
+    TOOLS_SIZE_LIMIT,
+    harden,
+    weights_size_limit,
+)
 
 TOOLS_MOUNT = "/kaitopy-tools"
 PROBE_PERIOD_S = 10
@@ -88,6 +95,18 @@ WEIGHTS_PULL_RESOURCES = {
 
 WEIGHTS_AUTH_MOUNT = "/var/run/kaitopy/weights-auth"
 
+COPY_RESOURCES = {
+    # cp of a static busybox or of an adapter's files: a few MiB of page cache, no heap to speak of.
+    "requests": {"cpu": "50m", "memory": "32Mi"},
+    "limits": {"memory": "128Mi"},
+}
+MODEL_GPU_REQUESTS = {
+    # A GPU server's host side: the API front, tokenizer, and weights staged through host memory
+    # while they load. A request (for scheduling), no limit: the load peak must not be OOM-killed.
+    "cpu": "1",
+    "memory": "4Gi",
+}
+
 
 def weights_pull_args(plan: InferencePlan) -> list[str]:
     args = ["weights", "pull", f"--image={plan.weights_image}", f"--dest={WEIGHTS_MOUNT}"]
@@ -136,7 +155,7 @@ def _resources(plan: InferencePlan) -> dict[str, Any]:
             "limits": {"cpu": plan.cpu.cpu_limit, "memory": plan.cpu.memory_limit},
         }
     gpus = str(plan.gpus_per_node)
-    return {"requests": {GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}}
+    return {"requests": {**MODEL_GPU_REQUESTS, GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}}
 
 
 def _adapter_init_containers(plan: InferencePlan) -> list[dict[str, Any]]:
@@ -146,6 +165,7 @@ def _adapter_init_containers(plan: InferencePlan) -> list[dict[str, Any]]:
         "name": "tools",
         "image": plan.tools_image,
         "command": ["/bin/cp", "/bin/busybox", f"{TOOLS_MOUNT}/busybox"],
+        "resources": COPY_RESOURCES,
         "volumeMounts": [{"name": "tools", "mountPath": TOOLS_MOUNT}],
     }
     return [tools, *(_adapter_init(a) for a in plan.adapters)]
@@ -164,6 +184,7 @@ def _adapter_init(adapter: AdapterPlan) -> dict[str, Any]:
             f'mkdir -p "{ADAPTER_MOUNT}/{adapter.name}" && '
             f'{TOOLS_MOUNT}/busybox cp -r /data/. "{ADAPTER_MOUNT}/{adapter.name}/"',
         ],
+        "resources": COPY_RESOURCES,
         "volumeMounts": [
             {"name": "tools", "mountPath": TOOLS_MOUNT},
             {"name": "adapters", "mountPath": ADAPTER_MOUNT},
@@ -230,12 +251,12 @@ def pod_template(plan: InferencePlan) -> dict[str, Any]:
         {"name": "adapters", "mountPath": ADAPTER_MOUNT},
     ]
     volumes: list[dict[str, Any]] = [
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
-        {"name": "weights", "emptyDir": {}},
-        {"name": "adapters", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE_LIMIT}},
+        {"name": "weights", "emptyDir": {"sizeLimit": weights_size_limit(plan.weights_gib)}},
+        {"name": "adapters", "emptyDir": {"sizeLimit": ADAPTERS_SIZE_LIMIT}},
     ]
     if plan.adapters:
-        volumes.append({"name": "tools", "emptyDir": {}})
+        volumes.append({"name": "tools", "emptyDir": {"sizeLimit": TOOLS_SIZE_LIMIT}})
     volumes += _weights_auth_volume(plan)
     if plan.config_map:
         mounts.append({"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True})
@@ -266,6 +287,7 @@ def pod_template(plan: InferencePlan) -> dict[str, Any]:
     init = _weights_init_containers(plan) + _adapter_init_containers(plan)
     if init:
         spec["initContainers"] = init
+    harden(spec)
     secrets = sorted({*plan.image_pull_secrets, *(s for a in plan.adapters for s in a.image_pull_secrets)})
     if secrets:
         spec["imagePullSecrets"] = [{"name": s} for s in secrets]
