@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import leftovers
 from tests.support.tinymodel import build_tiny_adapter, build_tiny_model
 
 # Both engines always: without vLLM the vllm half skips, and CI (KAITOPY_FAIL_ON_SKIP) fails on that.
@@ -56,6 +57,34 @@ class Server:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def _fail_on_leftovers(before: set[int], when: str) -> None:
+    left = leftovers.leftovers(before)
+    if left:
+        leftovers.kill(list(left))
+        listing = "\n".join(f"  {pid}: {cmd}" for pid, cmd in sorted(left.items()))
+        pytest.fail(f"{when} left {len(left)} process(es) running (now killed):\n{listing}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def orphans_come_home() -> Iterator[None]:
+    """Orphaned processes become this process's (subreaper); at the end none may be left, the
+    servers of module and session fixtures included."""
+    if not leftovers.become_subreaper():
+        pytest.skip("finding leftover processes needs Linux's child subreaper")
+    before = set(leftovers.descendants())
+    yield
+    _fail_on_leftovers(before, "the session's fixtures")
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind(orphans_come_home: None) -> Iterator[None]:
+    """Fail a test that leaves a process of its own running (a server not stopped, an engine core
+    orphaned by its dead parent). Servers of wider-scoped fixtures started before it are not its own."""
+    before = set(leftovers.descendants())
+    yield
+    _fail_on_leftovers(before, "this test")
 
 
 @pytest.fixture(scope="session")
