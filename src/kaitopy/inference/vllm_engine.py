@@ -9,12 +9,12 @@ restarts it rather than leaving a server that answers 503 forever.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from kaitopy.inference import adapters
+from kaitopy.inference import adapters, procgroup
 from kaitopy.inference.engine import EngineResult, RequestError, unknown_model
 from kaitopy.inference.settings import SettingsError
 from kaitopy.inference.vllm_args import (
@@ -38,8 +38,9 @@ from kaitopy.inference.vllm_args import (
     discover_adapters,
     plan_vllm,
     read_model_shape,
+    serving_dtype,
 )
-from kaitopy.inference.vllm_memory import measure_memory
+from kaitopy.inference.vllm_memory import measure_memory, with_limit
 from kaitopy.inference.vllm_options import known_vllm_options
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,12 @@ class VllmSettings(Protocol):
     @property
     def leader_address(self) -> str | None: ...
     @property
+    def max_concurrency(self) -> int: ...
+    @property
+    def default_max_tokens(self) -> int: ...
+    @property
+    def memory_limit_bytes(self) -> int | None: ...
+    @property
     def config(self) -> ServeConfig: ...
 
 
@@ -125,32 +132,47 @@ def filter_metrics(text: bytes) -> bytes:
     return b"\n".join(lines) + b"\n" if lines else b""
 
 
+def _validation_message(message: str) -> tuple[str, str | None]:
+    """vLLM answers a request its schema rejects with the raw validation dump, e.g.
+    "[{'type': 'float_parsing', 'loc': ('body', 'temperature'), 'msg': 'Input should be ...', ...}]".
+    Returns ("temperature: Input should be ...", "temperature"), or the message as is."""
+    if not message.startswith("[{"):
+        return message, None
+    with contextlib.suppress(ValueError, SyntaxError, MemoryError, RecursionError):
+        errors = ast.literal_eval(message)
+        if isinstance(errors, list) and errors and all(isinstance(e, dict) for e in errors):
+            parts: list[str] = []
+            param: str | None = None
+            for error in errors:
+                loc = [str(p) for p in error.get("loc") or () if p != "body"]
+                where = ".".join(loc)
+                param = param or (loc[0] if loc else None)
+                parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+            return "; ".join(parts), param
+    return message, None
+
+
 def request_error(status: int, payload: Any, fallback: str, input_param: str = "messages") -> RequestError:
     """The child's OpenAI error JSON as a RequestError with its status and message.
 
-    Two vLLM habits are brought in line with OpenAI (and the transformers engine): request-validation
-    errors name the field as `body.<field>`, and a request that does not fit the context names the
-    token count it broke rather than answering `context_length_exceeded` on the input.
+    vLLM's habits are brought in line with OpenAI (and the transformers engine): its own error type
+    names (BadRequestError, ...) give way to the type the status implies, raw validation dumps become
+    one readable line, request-validation errors name the field without `body.`, and a request that
+    does not fit the context names the token count it broke as `context_length_exceeded` on the input.
     """
     err = payload.get("error") if isinstance(payload, dict) else None
     if not isinstance(err, dict):
         return RequestError(fallback or f"vLLM answered {status}", status=status)
-    message = str(err.get("message") or fallback)
+    message, dumped_param = _validation_message(str(err.get("message") or fallback))
     code = err.get("code")
-    kind = err.get("type")
-    param = err.get("param") if isinstance(err.get("param"), str) else None
+    param = err.get("param") if isinstance(err.get("param"), str) else dumped_param
     if param is not None and param.startswith("body."):
         param = param[len("body.") :]
-    code = code if isinstance(code, str) else None
+    # vLLM puts the HTTP status (or its name) in `code`; OpenAI's codes are words such as model_not_found.
+    code = code if isinstance(code, str) and not code.isdigit() and code != err.get("type") else None
     if status == 400 and any(marker in message for marker in _CONTEXT_MARKERS):
         param, code = input_param, "context_length_exceeded"
-    return RequestError(
-        message,
-        status=status,
-        param=param,
-        type=kind if isinstance(kind, str) else "invalid_request_error",
-        code=code,
-    )
+    return RequestError(message, status=status, param=param, code=code)
 
 
 def _decoder() -> Callable[[bytes], Any]:
@@ -239,8 +261,9 @@ class VllmEngine:
         unknown = sorted(set(s.adapter_strengths) - {a.name for a in served})
         if unknown:
             log.warning("--adapter-strength names adapters that are not served: %s", ", ".join(unknown))
-        memory, known = await asyncio.gather(measure_memory(), known_vllm_options(self._python))
-        shape = await asyncio.to_thread(read_model_shape, s.model_dir, s.dtype)
+        measured, known = await asyncio.gather(measure_memory(), known_vllm_options(self._python))
+        memory = with_limit(measured, s.memory_limit_bytes)
+        shape = await asyncio.to_thread(read_model_shape, s.model_dir, serving_dtype(s.dtype, memory.device))
         options = VllmOptions(
             model_dir=s.model_dir,
             served_model_name=s.served_model_name,
@@ -256,10 +279,14 @@ class VllmEngine:
             role=s.role,
             leader_address=s.leader_address,
             num_nodes=s.pipeline_parallel_size,
+            max_concurrency=s.max_concurrency,
+            default_max_tokens=s.default_max_tokens,
         )
         plan = plan_vllm(options, shape, memory, known)
         for note in plan.notes:
             log.warning("%s", note)
+        for line in plan.sizing:
+            log.info("%s", line)
         log.info(
             "vLLM plan: %s memory %.1f GiB free of %.1f GiB, context %d tokens, models %s",
             memory.device,
@@ -303,7 +330,7 @@ class VllmEngine:
         if plan.ray is not None and not plan.ray.serves:
             # A multi-node worker only lends its GPUs to the leader's Ray cluster.
             log.info("multi-node worker: %s", " ".join(plan.ray.command))
-            self._child = await asyncio.create_subprocess_exec(*plan.ray.command, env=env)
+            self._child = await procgroup.start(*plan.ray.command, env=env)
             self._healthy = True
             self._tasks.append(asyncio.create_task(self._watch_child()))
             return
@@ -318,7 +345,7 @@ class VllmEngine:
         )
         argv = [self._python, "-m", VLLM_SERVER_MODULE, *plan.argv, "--disable-uvicorn-access-log"]
         log.info("starting vLLM: %s", " ".join(argv))
-        self._child = await asyncio.create_subprocess_exec(*argv, env=env)
+        self._child = await procgroup.start(*argv, env=env)
         await self._wait_healthy()
         self._healthy = True
         self._tasks.append(asyncio.create_task(self._watch_child()))
@@ -366,6 +393,8 @@ class VllmEngine:
             return
         self._healthy = False
         log.error("the vLLM child exited with code %s; the model server stops", code)
+        # Its engine core and workers may outlive it: they go first, or they would be orphaned.
+        await procgroup.stop_group(self._child, grace=5.0)
         self._on_child_death(code)
 
     async def _scrape_metrics(self) -> None:
@@ -408,17 +437,10 @@ class VllmEngine:
             self._workdir.cleanup()
             self._workdir = None
 
-    async def _terminate(self, grace: float = 30.0) -> None:
-        child = self._child
-        if child is None or child.returncode is not None:
-            return
-        child.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(child.wait(), grace)
-        except TimeoutError:
-            log.warning("vLLM did not stop within %.0f s of SIGTERM; killing it", grace)
-            child.kill()
-            await child.wait()
+    async def _terminate(self, grace: float = 20.0) -> None:
+        """Stop the child and its engine processes (its whole process group), SIGKILL after `grace`."""
+        if self._child is not None:
+            await procgroup.stop_group(self._child, grace=grace)
 
     # -- the Engine protocol -----------------------------------------------------------------------
 
@@ -456,7 +478,7 @@ class VllmEngine:
 
     async def _forward(self, path: str, body: dict[str, Any]) -> EngineResult:
         if self._session is None or not self.ready():
-            raise RequestError("the model is not ready", status=503, type="server_error")
+            raise RequestError("the model is not ready", status=503)
         known = self.model_ids()
         model = body.get("model")
         if model is None:
