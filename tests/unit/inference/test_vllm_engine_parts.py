@@ -42,17 +42,36 @@ def test_child_error_json_keeps_status_message_and_param() -> None:
         "error": {"message": "n must be positive", "type": "BadRequestError", "param": "n", "code": 400}
     }
     err = request_error(400, payload, "raw")
+    # vLLM's own type names give way to OpenAI's, as the transformers engine answers.
     assert (err.status, err.message, err.param, err.type) == (
         400,
         "n must be positive",
         "n",
-        "BadRequestError",
+        "invalid_request_error",
     )
     assert err.code is None  # vLLM's numeric code is the status again, not an OpenAI error code
     validation = {"error": {"message": "Input should be a valid number", "param": "body.temperature"}}
     assert request_error(400, validation, "raw").param == "temperature"
     plain = request_error(422, None, "Unprocessable")
     assert (plain.status, plain.message, plain.param) == (422, "Unprocessable", None)
+
+
+def test_raw_validation_dumps_become_one_line_naming_the_field() -> None:
+    dump = (
+        "[{'type': 'float_parsing', 'loc': ('body', 'temperature'), 'msg': 'Input should be a valid "
+        "number, unable to parse string as a number', 'input': 'hot'}]"
+    )
+    err = request_error(400, {"error": {"message": dump, "type": "Bad Request", "code": 400}}, "raw")
+    assert err.message == "temperature: Input should be a valid number, unable to parse string as a number"
+    assert (err.param, err.type, err.code) == ("temperature", "invalid_request_error", None)
+    assert err.to_json() == {
+        "error": {
+            "message": err.message,
+            "type": "invalid_request_error",
+            "param": "temperature",
+            "code": None,
+        }
+    }
 
 
 def test_context_overflow_is_context_length_exceeded_on_the_input() -> None:
