@@ -447,7 +447,16 @@ def ray_step(options: VllmOptions) -> RayStep | None:
         raise PlanError("multi-node needs --leader-address (the leader pod's DNS name)")
     if options.role == "leader":
         return RayStep(
-            ["ray", "start", "--head", f"--port={RAY_PORT}", "--disable-usage-stats"],
+            # No dashboard: it would be one more unauthenticated port (its job API runs code). The
+            # ports Ray needs are open to the group's pods only (the controller's NetworkPolicy).
+            [
+                "ray",
+                "start",
+                "--head",
+                f"--port={RAY_PORT}",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+            ],
             wait_for_nodes=options.num_nodes,
             serves=True,
         )

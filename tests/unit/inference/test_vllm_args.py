@@ -378,6 +378,7 @@ def test_multi_node_leader_starts_ray_head_and_serves() -> None:
     )
     assert plan.ray is not None
     assert plan.ray.command[:3] == ["ray", "start", "--head"]
+    assert "--include-dashboard=false" in plan.ray.command  # no unauthenticated job API
     assert plan.ray.wait_for_nodes == 2
     assert plan.ray.serves
     assert flag(plan.argv, "--distributed-executor-backend") == "ray"
