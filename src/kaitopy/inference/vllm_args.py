@@ -137,8 +137,6 @@ class VllmOptions:
     num_nodes: int = 1
     # Requests the front lets generate at once (--max-concurrency); vLLM never needs more sequences.
     max_concurrency: int | None = None
-    # max_tokens for a request that sets none (vLLM still gives less when the context has less room).
-    default_max_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -475,22 +473,6 @@ def ray_step(options: VllmOptions) -> RayStep | None:
     raise PlanError(f"unknown multi-node role {options.role!r}")
 
 
-def _with_default_max_tokens(configured: Any, default: int) -> dict[str, Any]:
-    """vLLM's --override-generation-config with max_new_tokens: the max_tokens of a request that sets
-    none (vLLM takes the smaller of it and the room left in the context). A value the config file
-    already gives wins."""
-    if isinstance(configured, str):
-        try:
-            configured = json.loads(configured)
-        except ValueError:
-            raise PlanError(f"vllm.override-generation-config is not a JSON object: {configured!r}") from None
-    if configured is not None and not isinstance(configured, Mapping):
-        raise PlanError("vllm.override-generation-config must be a mapping, e.g. {temperature: 0.7}")
-    merged = dict(configured or {})
-    merged.setdefault("max_new_tokens", default)
-    return merged
-
-
 def lora_rank_slot(rank: int) -> int:
     """The smallest rank vLLM accepts that holds `rank`."""
     for slot in VLLM_LORA_RANKS:
@@ -531,10 +513,6 @@ def plan_vllm(
     argv += ["--max-model-len", str(max_model_len)]
     if memory.device == "cpu" and "max-num-seqs" not in extra:
         argv += ["--max-num-seqs", str(cpu_max_num_seqs(options, extra))]
-    if options.default_max_tokens is not None:
-        extra["override-generation-config"] = _with_default_max_tokens(
-            extra.get("override-generation-config"), options.default_max_tokens
-        )
     if ray is not None:
         argv += ["--distributed-executor-backend", "ray"]
     if options.tool_call_parser:

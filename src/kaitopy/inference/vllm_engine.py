@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from kaitopy.inference import adapters, procgroup
+from kaitopy.inference import adapters, childlog, procgroup
 from kaitopy.inference.engine import EngineResult, RequestError, unknown_model
 from kaitopy.inference.settings import SettingsError
 from kaitopy.inference.vllm_args import (
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 EXIT_CHILD_DIED = 3
+# How often a long vLLM start says it is still going.
+PROGRESS_EVERY_S = 30.0
 # Consecutive failed /health checks of a live child before ready() turns false.
 UNHEALTHY_AFTER = 3
 # vLLM's /metrics also carries the python_* and process_* families of its own Prometheus client; the
@@ -100,6 +102,34 @@ class VllmSettings(Protocol):
     def memory_limit_bytes(self) -> int | None: ...
     @property
     def config(self) -> ServeConfig: ...
+
+
+def compile_cache(env: Mapping[str, str]) -> Path:
+    """Where vLLM keeps compiled models: $VLLM_CACHE_ROOT, else $XDG_CACHE_HOME/vllm or ~/.cache/vllm."""
+    root = env.get("VLLM_CACHE_ROOT")
+    if root:
+        return Path(root) / "torch_compile_cache"
+    xdg = env.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path(env.get("HOME") or Path.home()) / ".cache"
+    return base / "vllm" / "torch_compile_cache"
+
+
+def compile_notice(env: Mapping[str, str], argv: list[str]) -> str | None:
+    """What to tell the operator before a start that will compile (a silent first start took over
+    3 minutes on 2 CPU cores), or None: the cache holds compiled models, or the config turned
+    compilation off."""
+    if "--compilation-config" in argv or "--enforce-eager" in argv:
+        return None
+    cache = compile_cache(env)
+    try:
+        if any(cache.iterdir()):
+            return None
+    except OSError:
+        pass
+    return (
+        "first vLLM start with this cache: it compiles the model for this machine, which takes minutes "
+        f"(over 3 on 2 CPU cores); later starts reuse {cache}"
+    )
 
 
 def free_port() -> int:
@@ -241,6 +271,7 @@ class VllmEngine:
         self._tasks: list[asyncio.Task[None]] = []
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._decode = _decoder()
+        self._relay: asyncio.Task[childlog.RepeatFilter] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -280,7 +311,6 @@ class VllmEngine:
             leader_address=s.leader_address,
             num_nodes=s.pipeline_parallel_size,
             max_concurrency=s.max_concurrency,
-            default_max_tokens=s.default_max_tokens,
         )
         plan = plan_vllm(options, shape, memory, known)
         for note in plan.notes:
@@ -345,7 +375,14 @@ class VllmEngine:
         )
         argv = [self._python, "-m", VLLM_SERVER_MODULE, *plan.argv, "--disable-uvicorn-access-log"]
         log.info("starting vLLM: %s", " ".join(argv))
-        self._child = await procgroup.start(*argv, env=env)
+        notice = compile_notice(env, argv)
+        if notice:
+            log.info("%s", notice)
+        self._child = await procgroup.start(
+            *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        assert self._child.stdout is not None
+        self._relay = asyncio.create_task(childlog.relay(self._child.stdout))
         await self._wait_healthy()
         self._healthy = True
         self._tasks.append(asyncio.create_task(self._watch_child()))
@@ -370,8 +407,16 @@ class VllmEngine:
 
     async def _wait_healthy(self) -> None:
         assert self._child is not None and self._session is not None
-        deadline = time.monotonic() + self._startup_timeout
+        started = time.monotonic()
+        deadline = started + self._startup_timeout
+        next_note = started + PROGRESS_EVERY_S
         while time.monotonic() < deadline:
+            if time.monotonic() >= next_note:
+                next_note += PROGRESS_EVERY_S
+                log.info(
+                    "vLLM is still starting (%.0f s): loading, compiling, warming up",
+                    time.monotonic() - started,
+                )
             if self._child.returncode is not None:
                 raise RuntimeError(
                     f"vLLM exited with code {self._child.returncode} while starting (see its log above)"
@@ -430,12 +475,25 @@ class VllmEngine:
                 await task
         self._tasks.clear()
         await self._terminate()
+        await self._end_relay()
         if self._session is not None:
             await self._session.close()
             self._session = None
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None
+
+    async def _end_relay(self) -> None:
+        """Pass on the child's last lines (its pipe closes with its last process)."""
+        relay, self._relay = self._relay, None
+        if relay is None:
+            return
+        try:
+            repeats = await asyncio.wait_for(relay, 10)
+        except TimeoutError:
+            return
+        if repeats.dropped:
+            log.info("%d repeated warnings of vLLM's were left out of this log", repeats.dropped)
 
     async def _terminate(self, grace: float = 20.0) -> None:
         """Stop the child and its engine processes (its whole process group), SIGKILL after `grace`."""
@@ -467,9 +525,21 @@ class VllmEngine:
         if "messages" in body:
             request |= {"messages": body["messages"], "add_generation_prompt": True}
         else:
-            request["prompt"] = body.get("prompt", "")
+            prompt = body.get("prompt", "")
+            if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+                return len(prompt)  # already token ids
+            request["prompt"] = prompt
         result = await self._call("/tokenize", request)
         return int(result["count"])
+
+    async def _default_max_tokens(self, body: dict[str, Any]) -> int:
+        """The server's default for a request without max_tokens, or the room the context has left
+        when that is less. vLLM's own default is all the room left; its generation-config
+        max_new_tokens would also cap the requests that ask for more, so the prompt is counted here."""
+        assert self._plan is not None
+        room = self._plan.max_model_len - await self.count_prompt_tokens(body)
+        # No room at all: ask for one token, and vLLM answers the context error the client must see.
+        return max(1, min(self._settings.default_max_tokens, room))
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         result = await self._forward(path, body)
@@ -485,6 +555,12 @@ class VllmEngine:
             body = {**body, "model": known[0]}
         elif model not in known:
             raise unknown_model(model, known)
+        if (
+            path != "/tokenize"
+            and body.get("max_tokens") is None
+            and body.get("max_completion_tokens") is None
+        ):
+            body = {**body, "max_tokens": await self._default_max_tokens(body)}
         response = await self._session.post(path, json=body)
         if response.status >= 400:
             async with response:

@@ -208,22 +208,6 @@ def test_auto_dtype_is_float32_on_cpu_only() -> None:
     assert (flag(cpu.argv, "--dtype"), flag(gpu.argv, "--dtype")) == ("float32", "auto")
 
 
-def test_default_max_tokens_is_vllms_generation_default() -> None:
-    plan = plan_vllm(options(default_max_tokens=100), shape8b(), Memory("cuda", H100, H100), [])
-    assert json.loads(flag(plan.argv, "--override-generation-config")) == {"max_new_tokens": 100}
-    mine = {"override-generation-config": {"temperature": 0.5, "max_new_tokens": 7}}
-    kept = plan_vllm(
-        options(default_max_tokens=100, extra=mine),
-        shape8b(),
-        Memory("cuda", H100, H100),
-        FALLBACK_VLLM_OPTIONS,
-    )
-    assert json.loads(flag(kept.argv, "--override-generation-config")) == {
-        "temperature": 0.5,
-        "max_new_tokens": 7,
-    }
-
-
 def test_secret_options_in_the_config_are_refused() -> None:
     for key in ("api-key", "hf_token"):
         with pytest.raises(PlanError, match="Secret"):

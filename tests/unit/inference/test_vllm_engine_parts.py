@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from kaitopy.inference.childlog import RepeatFilter
 from kaitopy.inference.vllm_args import Adapter, PlanError, adapter_shape_problem, weight_module_names
-from kaitopy.inference.vllm_engine import filter_metrics, request_error, scaled_adapter
+from kaitopy.inference.vllm_engine import (
+    compile_cache,
+    compile_notice,
+    filter_metrics,
+    request_error,
+    scaled_adapter,
+)
 from kaitopy.inference.vllm_memory import MIB, cpu_memory, parse_meminfo, parse_nvidia_smi
 
 MEMINFO = "MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   16000000 kB\n"
@@ -164,3 +171,31 @@ def test_adapter_shapes_checked_against_the_base(tmp_path: Path) -> None:
     assert "[8, 64]" in problem
     # A LoRA on a layer the base model does not have.
     assert adapter_shape_problem(good, 8, {"model.norm.weight": [64]}) is not None
+
+
+def test_a_start_that_compiles_says_so_once_the_cache_holds_nothing(tmp_path: Path) -> None:
+    env = {"VLLM_CACHE_ROOT": str(tmp_path)}
+    notice = compile_notice(env, ["--model", "/m"])
+    assert notice is not None and "compiles the model" in notice and str(tmp_path) in notice
+    assert compile_notice(env, ["--model", "/m", "--compilation-config", '{"mode": 0}']) is None
+    (tmp_path / "torch_compile_cache" / "abc").mkdir(parents=True)
+    assert compile_notice(env, ["--model", "/m"]) is None
+    assert compile_cache({"HOME": "/h"}) == Path("/h/.cache/vllm/torch_compile_cache")
+
+
+def test_repeated_warnings_pass_once_other_lines_always() -> None:
+    lines = [
+        "(Worker pid=1) WARNING 12-04 10:03:59 [cpu.py:1] Casting torch.bfloat16 to torch.float32.",
+        "(Worker pid=2) WARNING 12-04 10:04:00 [cpu.py:1] Casting torch.bfloat16 to torch.float32.",
+        "/x.py:1: FutureWarning: `reduce_op` is deprecated",
+        "  warnings.warn(",
+        "/x.py:1: FutureWarning: `reduce_op` is deprecated",
+        "  warnings.warn(",
+        "INFO 12-04 10:04:01 [core.py:1] step",
+        "INFO 12-04 10:04:01 [core.py:1] step",
+        "WARNING 12-04 10:04:02 [cpu.py:9] another warning",
+    ]
+    repeats = RepeatFilter()
+    kept = [line for line in lines if repeats.keep(line)]
+    assert kept == [lines[0], lines[2], lines[3], lines[6], lines[7], lines[8]]
+    assert repeats.dropped == 3
