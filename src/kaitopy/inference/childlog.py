@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 # "(EngineCore pid=7630) ", "WARNING 12-04 10:03:59 ", "[W1204 09:54:32.705252883 utils.cpp:68]"
 _VARIABLE = re.compile(
-    r"\((?:\w+ )?pid=\d+\)\s*|\d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)?|\[W\d{4} \d\d:\d\d:\d\d\.\d+ |"
+    r"\((?:[\w.-]+ )?pid=\d+\)\s*|\d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)?|\[W\d{4} \d\d:\d\d:\d\d\.\d+ |"
     r"\b\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?"
 )
 _WARNING = re.compile(r"\bWARN(?:ING)?\b|Warning:|warnings\.warn\(|\[W\d{4} ")

@@ -32,8 +32,10 @@ pytestmark = [
 
 NAME = "smollm2-135m-instruct"
 API_KEY = "test-token-0f3c"
-QUESTIONS = ("What is the capital of France?", "Name a primary color.", "What is 2 + 3?")
-MAX_TOKENS = 16
+# In bfloat16 the answers to the last two part from float32's after 17 and 22 tokens (transformers on
+# CPU); vLLM's bfloat16 answered the first one with nonsense.
+QUESTIONS = ("What is the capital of France?", "What is the largest planet?", "What color is the sky?")
+MAX_TOKENS = 32
 DEFAULT_MAX_TOKENS = 6
 MAX_TOKENS_LIMIT = 64
 

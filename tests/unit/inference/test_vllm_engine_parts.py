@@ -186,7 +186,7 @@ def test_a_start_that_compiles_says_so_once_the_cache_holds_nothing(tmp_path: Pa
 def test_repeated_warnings_pass_once_other_lines_always() -> None:
     lines = [
         "(Worker pid=1) WARNING 12-04 10:03:59 [cpu.py:1] Casting torch.bfloat16 to torch.float32.",
-        "(Worker pid=2) WARNING 12-04 10:04:00 [cpu.py:1] Casting torch.bfloat16 to torch.float32.",
+        "(VllmWorker-0 pid=2) WARNING 12-04 10:04:00 [cpu.py:1] Casting torch.bfloat16 to torch.float32.",
         "/x.py:1: FutureWarning: `reduce_op` is deprecated",
         "  warnings.warn(",
         "/x.py:1: FutureWarning: `reduce_op` is deprecated",
