@@ -21,11 +21,12 @@ from pathlib import Path
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-def become_subreaper() -> bool:
+def set_subreaper(on: bool) -> bool:
+    """Make this process a child subreaper (or stop being one); False where Linux's prctl is missing."""
     if not sys.platform.startswith("linux"):
         return False
     libc = ctypes.CDLL(None, use_errno=True)
-    return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)) == 0
 
 
 def _stat(pid: str) -> tuple[str, int] | None:

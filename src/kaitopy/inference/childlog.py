@@ -3,6 +3,10 @@
 vLLM and torch print the same warning once per process, per layer or per step (a start on CPU printed
 122 dtype warnings); a log that repeats itself hides what matters. Each distinct warning is passed on
 once, keyed by its text without the timestamp and process id; everything else passes unchanged.
+
+One known false alarm is left out too, and only while the front is stopping the child: vLLM's server
+logs its output handler's EngineDeadError, with a traceback, at ERROR when its engine core goes down
+as asked, which made every clean shutdown look like a crash.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ _VARIABLE = re.compile(
     r"\b\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?"
 )
 _WARNING = re.compile(r"\bWARN(?:ING)?\b|Warning:|warnings\.warn\(|\[W\d{4} ")
+# vLLM's AsyncLLM output handler, every line of whose report carries its source location.
+_SHUTDOWN_NOISE = re.compile(r"\bERROR\b.*\[async_llm\.py:\d+\]")
 
 
 class RepeatFilter:
@@ -27,8 +33,14 @@ class RepeatFilter:
     def __init__(self) -> None:
         self._seen: set[str] = set()
         self.dropped = 0
+        self.shutdown_dropped = 0
+        # Set by the engine once it has asked the child to stop.
+        self.stopping = False
 
     def keep(self, line: str) -> bool:
+        if self.stopping and _SHUTDOWN_NOISE.search(line):
+            self.shutdown_dropped += 1
+            return False
         if not _WARNING.search(line):
             return True
         key = _VARIABLE.sub("", line).strip()
@@ -39,10 +51,9 @@ class RepeatFilter:
         return True
 
 
-async def relay(stream: asyncio.StreamReader, out: BinaryIO | None = None) -> RepeatFilter:
+async def relay(stream: asyncio.StreamReader, repeats: RepeatFilter, out: BinaryIO | None = None) -> None:
     """Copy `stream` to `out` (default: this process's stderr) line by line until it closes."""
     sink = out if out is not None else sys.stderr.buffer
-    repeats = RepeatFilter()
     while True:
         try:
             line = await stream.readline()
@@ -54,4 +65,3 @@ async def relay(stream: asyncio.StreamReader, out: BinaryIO | None = None) -> Re
             with contextlib.suppress(OSError, ValueError):
                 sink.write(line)
                 sink.flush()
-    return repeats

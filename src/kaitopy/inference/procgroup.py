@@ -77,23 +77,31 @@ async def stop_group(
     child: asyncio.subprocess.Process,
     *,
     grace: float = 20.0,
+    term_wait: float = 5.0,
     kill_wait: float = 10.0,
     members: Callable[[int], list[int]] = group_members,
 ) -> bool:
     """Stop `child` and every process of its group; True once none is left.
 
-    SIGTERM to the group first (vLLM's server shuts its engine down cleanly on it), SIGKILL to what is
-    left after `grace` s. Also right when the leader is already dead: its engine core may still run.
+    SIGTERM to the leader first, which is vLLM's orderly way down (its server stops its engine core;
+    signalling them all at once races that shutdown into an EngineDeadError traceback). Then whatever
+    of the group is left after `grace` s gets SIGTERM, and SIGKILL `term_wait` s later. Also right
+    when the leader is already dead: its engine core and workers may still run, ignoring SIGTERM.
     """
     pgid = child.pid
+    if child.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(child.wait(), grace)
     if members(pgid):
         _signal_group(pgid, signal.SIGTERM)
-        if not await _gone(pgid, grace, members):
+        if not await _gone(pgid, term_wait, members):
             left = members(pgid)
             log.warning(
-                "%d process(es) of the vLLM group ignored SIGTERM for %.0f s; killing them: %s",
+                "%d process(es) of the vLLM group still ran %.0f s after SIGTERM; killing them: %s",
                 len(left),
-                grace,
+                term_wait,
                 " ".join(map(str, left)),
             )
             _signal_group(pgid, signal.SIGKILL)

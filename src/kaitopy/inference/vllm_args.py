@@ -33,6 +33,11 @@ DEFAULT_MAX_NUM_SEQS = 256
 # On a CPU more sequences at once than this only share the same few cores: a bigger batch buys no
 # throughput, and reserving their KV cache took most of the RAM (9.1 GiB for a 0.27 GB model).
 CPU_MAX_NUM_SEQS = 8
+# vLLM's own accounting of the cache pads what config.json implies (small heads: a tiny model's 512
+# tokens needed a third more than 2 x layers x KV heads x head_dim x bytes), so the computed need gets
+# a quarter on top and never less than this floor, which costs nothing next to the weights.
+CPU_KV_SLACK = 1.25
+CPU_KV_FLOOR = 128 * 1024**2
 RAY_PORT = 6379
 # The ranks vLLM accepts for --max-lora-rank (vllm.config.lora.MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -425,11 +430,12 @@ def cpu_kv_budget(
             cap,
             f"KV cache {cap / GIB:.2f} GiB: {CPU_KV_FRACTION:.0%} of the spare RAM (no context length known)",
         )
-    need = per_token * context * seqs
+    need = max(int(per_token * context * seqs * CPU_KV_SLACK), CPU_KV_FLOOR)
     if need <= cap:
         return need, (
             f"KV cache {need / GIB:.2f} GiB: {seqs} sequence(s) x {context} tokens "
-            f"x {per_token} bytes a token"
+            f"x {per_token} bytes a token, plus {CPU_KV_SLACK - 1:.0%} "
+            f"(at least {CPU_KV_FLOOR // 1024**2} MiB)"
         )
     return cap, (
         f"KV cache {cap / GIB:.2f} GiB, capped by memory ({memory.free_bytes / GIB:.1f} GiB free in the "

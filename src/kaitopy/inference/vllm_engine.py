@@ -271,7 +271,8 @@ class VllmEngine:
         self._tasks: list[asyncio.Task[None]] = []
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._decode = _decoder()
-        self._relay: asyncio.Task[childlog.RepeatFilter] | None = None
+        self._relay: asyncio.Task[None] | None = None
+        self._child_log = childlog.RepeatFilter()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -382,7 +383,7 @@ class VllmEngine:
             *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
         assert self._child.stdout is not None
-        self._relay = asyncio.create_task(childlog.relay(self._child.stdout))
+        self._relay = asyncio.create_task(childlog.relay(self._child.stdout, self._child_log))
         await self._wait_healthy()
         self._healthy = True
         self._tasks.append(asyncio.create_task(self._watch_child()))
@@ -439,7 +440,7 @@ class VllmEngine:
         self._healthy = False
         log.error("the vLLM child exited with code %s; the model server stops", code)
         # Its engine core and workers may outlive it: they go first, or they would be orphaned.
-        await procgroup.stop_group(self._child, grace=5.0)
+        await procgroup.stop_group(self._child)
         self._on_child_death(code)
 
     async def _scrape_metrics(self) -> None:
@@ -488,16 +489,20 @@ class VllmEngine:
         relay, self._relay = self._relay, None
         if relay is None:
             return
-        try:
-            repeats = await asyncio.wait_for(relay, 10)
-        except TimeoutError:
-            return
-        if repeats.dropped:
-            log.info("%d repeated warnings of vLLM's were left out of this log", repeats.dropped)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(relay, 10)
+        if self._child_log.dropped:
+            log.info("%d repeated warnings of vLLM's were left out of this log", self._child_log.dropped)
+        if self._child_log.shutdown_dropped:
+            log.info(
+                "left out vLLM's EngineDeadError report (%d lines): its engine stopped as asked",
+                self._child_log.shutdown_dropped,
+            )
 
     async def _terminate(self, grace: float = 20.0) -> None:
         """Stop the child and its engine processes (its whole process group), SIGKILL after `grace`."""
         if self._child is not None:
+            self._child_log.stopping = True
             await procgroup.stop_group(self._child, grace=grace)
 
     # -- the Engine protocol -----------------------------------------------------------------------

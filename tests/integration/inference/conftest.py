@@ -67,15 +67,19 @@ def _fail_on_leftovers(before: set[int], when: str) -> None:
         pytest.fail(f"{when} left {len(left)} process(es) running (now killed):\n{listing}")
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def orphans_come_home() -> Iterator[None]:
-    """Orphaned processes become this process's (subreaper); at the end none may be left, the
-    servers of module and session fixtures included."""
-    if not leftovers.become_subreaper():
+    """While this package's tests run, orphaned processes become this process's (subreaper); when
+    they are done none may be left, the servers of module and session fixtures included. Package
+    scope: other packages' daemons (the control plane) are none of this check's business."""
+    if not leftovers.set_subreaper(True):
         pytest.skip("finding leftover processes needs Linux's child subreaper")
     before = set(leftovers.descendants())
-    yield
-    _fail_on_leftovers(before, "the session's fixtures")
+    try:
+        yield
+        _fail_on_leftovers(before, "this package's fixtures")
+    finally:
+        leftovers.set_subreaper(False)
 
 
 @pytest.fixture(autouse=True)
@@ -193,7 +197,7 @@ def stop_server(server: Server, timeout: float = 30.0) -> int:
     return server.process.returncode
 
 
-@pytest.fixture(scope="session", params=ENGINES)
+@pytest.fixture(scope="package", params=ENGINES)
 def server(
     request: pytest.FixtureRequest, model_files: ModelFiles, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:

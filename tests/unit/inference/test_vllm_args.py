@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from kaitopy.inference.vllm_args import (
+    CPU_KV_FLOOR,
     CPU_KV_FRACTION,
+    CPU_KV_SLACK,
     CPU_MAX_NUM_SEQS,
     CPU_RESERVE,
     FALLBACK_VLLM_OPTIONS,
@@ -172,14 +174,21 @@ def test_cpu_sizes_kv_cache_bytes_from_context_and_concurrency() -> None:
     )
     plan = plan_vllm(options(dtype="float32"), tiny, Memory("cpu", 16 * GIB, 24 * GIB), FALLBACK_VLLM_OPTIONS)
     kv = int(flag(plan.argv, "--kv-cache-memory-bytes"))
-    # 1 KiB per token; the 8 sequences a CPU runs at once at the full 512 tokens: 4 MiB, not half the RAM.
-    assert kv == 1024 * 512 * CPU_MAX_NUM_SEQS
+    # 1 KiB per token; the 8 sequences a CPU runs at once at the full 512 tokens (4 MiB, plus vLLM's
+    # padding) are below the floor: 128 MiB, not half the RAM.
+    assert kv == CPU_KV_FLOOR
     assert flag(plan.argv, "--max-num-seqs") == str(CPU_MAX_NUM_SEQS)
     assert plan.max_model_len == 512
     assert "--gpu-memory-utilization" not in plan.argv
     two = plan_vllm(options(dtype="float32", max_concurrency=2), tiny, Memory("cpu", 16 * GIB, 24 * GIB), [])
-    assert int(flag(two.argv, "--kv-cache-memory-bytes")) == 1024 * 512 * 2
     assert flag(two.argv, "--max-num-seqs") == "2"
+    longer = plan_vllm(
+        options(dtype="float32", max_concurrency=2, max_model_len=65536),
+        tiny,
+        Memory("cpu", 16 * GIB, 24 * GIB),
+        [],
+    )
+    assert int(flag(longer.argv, "--kv-cache-memory-bytes")) == int(1024 * 65536 * 2 * CPU_KV_SLACK)
 
 
 def test_cpu_kv_cache_for_smollm2_fits_the_container_limit() -> None:
@@ -191,7 +200,9 @@ def test_cpu_kv_cache_for_smollm2_fits_the_container_limit() -> None:
     auto = plan_vllm(options(max_concurrency=256, max_model_len=2048), shape, ram, FALLBACK_VLLM_OPTIONS)
     # float32 on CPU: 2 x 30 layers x 3 KV heads x 64 x 4 bytes = 46,080 bytes a token.
     assert flag(auto.argv, "--dtype") == "float32"
-    assert int(flag(auto.argv, "--kv-cache-memory-bytes")) == 46_080 * 2048 * 8  # 0.70 GiB
+    assert int(flag(auto.argv, "--kv-cache-memory-bytes")) == int(
+        46_080 * 2048 * 8 * CPU_KV_SLACK
+    )  # 0.88 GiB
     assert any("8 sequence(s) x 2048 tokens" in line for line in auto.sizing)
     limited = with_limit(ram, 3 * GIB)
     capped = plan_vllm(options(max_concurrency=256), shape, limited, FALLBACK_VLLM_OPTIONS)

@@ -199,3 +199,18 @@ def test_repeated_warnings_pass_once_other_lines_always() -> None:
     kept = [line for line in lines if repeats.keep(line)]
     assert kept == [lines[0], lines[2], lines[3], lines[6], lines[7], lines[8]]
     assert repeats.dropped == 3
+
+
+def test_engine_dead_report_is_left_out_only_while_stopping() -> None:
+    report = [
+        "(APIServer pid=1) ERROR 12-04 10:18:10 [async_llm.py:906] AsyncLLM output_handler failed.",
+        "(APIServer pid=1) ERROR 12-04 10:18:10 [async_llm.py:906] Traceback (most recent call last):",
+        "(APIServer pid=1) ERROR 12-04 10:18:10 [async_llm.py:906] EngineDeadError: x",
+    ]
+    running = RepeatFilter()
+    assert all(running.keep(line) for line in report)  # while serving it is a real failure: shown
+    stopping = RepeatFilter()
+    stopping.stopping = True
+    assert not any(stopping.keep(line) for line in report)
+    assert stopping.shutdown_dropped == 3
+    assert stopping.keep("(APIServer pid=1) ERROR 12-04 10:18:10 [core.py:1] something else")
