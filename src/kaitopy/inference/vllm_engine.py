@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -102,6 +103,24 @@ class VllmSettings(Protocol):
     def memory_limit_bytes(self) -> int | None: ...
     @property
     def config(self) -> ServeConfig: ...
+
+
+_SECRET_FLAG = re.compile(r"token|secret|password|passwd|key|credential", re.IGNORECASE)
+
+
+def redacted(argv: list[str]) -> list[str]:
+    """argv for the log: the value after any flag whose name suggests a secret is masked. The config
+    file may not set api-key or hf-token at all; this covers whatever vLLM option grows one next."""
+    shown = list(argv)
+    for i, arg in enumerate(shown[:-1]):
+        if arg.startswith("--") and _SECRET_FLAG.search(arg) and not shown[i + 1].startswith("--"):
+            shown[i + 1] = "***"
+    return [
+        a.split("=", 1)[0] + "=***"
+        if a.startswith("--") and "=" in a and _SECRET_FLAG.search(a.split("=", 1)[0])
+        else a
+        for a in shown
+    ]
 
 
 def compile_cache(env: Mapping[str, str]) -> Path:
@@ -375,7 +394,7 @@ class VllmEngine:
             read_bufsize=2**20,
         )
         argv = [self._python, "-m", VLLM_SERVER_MODULE, *plan.argv, "--disable-uvicorn-access-log"]
-        log.info("starting vLLM: %s", " ".join(argv))
+        log.info("starting vLLM: %s", " ".join(redacted(argv)))
         notice = compile_notice(env, argv)
         if notice:
             log.info("%s", notice)

@@ -14,6 +14,7 @@ from kaitopy.inference.vllm_engine import (
     compile_cache,
     compile_notice,
     filter_metrics,
+    redacted,
     request_error,
     scaled_adapter,
 )
@@ -214,3 +215,17 @@ def test_engine_dead_report_is_left_out_only_while_stopping() -> None:
     assert not any(stopping.keep(line) for line in report)
     assert stopping.shutdown_dropped == 3
     assert stopping.keep("(APIServer pid=1) ERROR 12-04 10:18:10 [core.py:1] something else")
+
+
+def test_logged_argv_masks_secret_looking_options() -> None:
+    argv = ["--model", "/m", "--some-token", "abc", "--client-secret=xyz", "--max-lora-rank", "8", "--flag"]
+    assert redacted(argv) == [
+        "--model",
+        "/m",
+        "--some-token",
+        "***",
+        "--client-secret=***",
+        "--max-lora-rank",
+        "8",
+        "--flag",
+    ]
