@@ -398,11 +398,23 @@ class VllmEngine:
         notice = compile_notice(env, argv)
         if notice:
             log.info("%s", notice)
-        self._child = await procgroup.start(
-            *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        # The output pipe is this side's own, not asyncio's: vLLM's engine processes inherit it, and a
+        # Process whose pipe is still open does not report its exit (a killed child went unnoticed).
+        read_fd, write_fd = os.pipe()
+        try:
+            self._child = await procgroup.start(
+                *argv, env=env, stdout=write_fd, stderr=asyncio.subprocess.STDOUT
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        reader = asyncio.StreamReader(limit=2**20)
+        await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0)
         )
-        assert self._child.stdout is not None
-        self._relay = asyncio.create_task(childlog.relay(self._child.stdout, self._child_log))
+        self._relay = asyncio.create_task(childlog.relay(reader, self._child_log))
         await self._wait_healthy()
         self._healthy = True
         self._tasks.append(asyncio.create_task(self._watch_child()))
