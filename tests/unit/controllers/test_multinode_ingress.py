@@ -12,7 +12,7 @@ pytestmark = pytest.mark.unit
 
 PLAN = InferencePlan(
     name="llama70b",
-    namespace="team-a",
+    namespace="default",
     preset="llama-3.3-70b-instruct",
     runtime="vllm",
     image="ghcr.io/kaitopy/runtime:0.1.0",
@@ -30,7 +30,7 @@ PLAN = InferencePlan(
 
 def test_the_group_reaches_everything_and_others_only_the_server_port() -> None:
     policy = multinode_ingress_policy(PLAN)
-    assert policy["metadata"]["namespace"] == "team-a"
+    assert policy["metadata"]["namespace"] == "default"
     spec = policy["spec"]
     pod_labels = workload.statefulset(PLAN)["spec"]["template"]["metadata"]["labels"]
     selected = spec["podSelector"]["matchLabels"]
