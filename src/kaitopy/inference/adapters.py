@@ -34,10 +34,27 @@ class AdapterInvalid(ValueError):
 
 
 def discover(adapter_dir: Path | None) -> list[Path]:
-    """The adapter directories, sorted by name (so the served order is stable)."""
+    """The adapter directories, sorted by name (so the served order is stable).
+
+    --adapter-dir pointing at one adapter (its own adapter_config.json, as `kaitopy tune pull --dest`
+    leaves it) serves that adapter under the directory's name; a directory with files but no adapter
+    is said so, rather than serving nothing in silence.
+    """
     if adapter_dir is None or not adapter_dir.is_dir():
         return []
-    return sorted(p for p in adapter_dir.iterdir() if p.is_dir() and (p / "adapter_config.json").is_file())
+    found = sorted(p for p in adapter_dir.iterdir() if p.is_dir() and (p / "adapter_config.json").is_file())
+    if not found and (adapter_dir / "adapter_config.json").is_file():
+        log.info(
+            "--adapter-dir %s is itself an adapter: serving it as %s", adapter_dir, adapter_dir.resolve().name
+        )
+        return [adapter_dir]
+    if not found and any(adapter_dir.iterdir()):
+        log.warning(
+            "--adapter-dir %s holds no adapter: expected one subdirectory per adapter, each with an "
+            "adapter_config.json (or the directory itself to be one adapter)",
+            adapter_dir,
+        )
+    return found
 
 
 def _targets_match(target: Any, module_names: list[str]) -> tuple[bool, list[str]]:
@@ -72,7 +89,7 @@ def _check_weights(path: Path) -> None:
 
 def check(path: Path, module_names: list[str], taken: Iterable[str]) -> AdapterSpec:
     """The adapter at `path`, or AdapterInvalid saying why it cannot be served."""
-    name = path.name
+    name = path.resolve().name
     if name in set(taken):
         raise AdapterInvalid(f"the name {name!r} is already served")
     try:

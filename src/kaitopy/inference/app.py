@@ -59,7 +59,14 @@ async def _serve(settings: ServeSettings) -> tuple[int, bool]:
         metrics.running.set(running)
 
     admission = Admission(settings.max_concurrency, settings.max_queue, on_change)
-    server = InferenceServer(engine, admission, metrics)
+    server = InferenceServer(
+        engine,
+        admission,
+        metrics,
+        max_tokens_limit=settings.max_tokens_limit,
+        request_timeout_s=settings.request_timeout_s,
+        api_key=settings.api_key,
+    )
     runner = web.AppRunner(
         server.app(), handler_cancellation=True, shutdown_timeout=DRAIN_TIMEOUT_S, access_log=None
     )
@@ -71,11 +78,16 @@ async def _serve(settings: ServeSettings) -> tuple[int, bool]:
         await runner.cleanup()
         return 1, False
     log.info(
-        "listening on %s:%d; loading %s with the %s engine",
+        "listening on %s:%d; loading %s with the %s engine; API key %s; max_tokens default %d, "
+        "limit %d; request timeout %s",
         settings.host,
         settings.port,
         settings.model_dir,
         engine.name,
+        "required" if settings.api_key else "not set (the API is open)",
+        settings.default_max_tokens,
+        settings.max_tokens_limit,
+        f"{settings.request_timeout_s:g} s" if settings.request_timeout_s else "none",
     )
 
     stopping = asyncio.Event()

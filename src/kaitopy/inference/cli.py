@@ -16,13 +16,16 @@ from kaitopy.inference.settings import (
     default_served_name,
     env_flag,
     load_config,
+    parse_memory,
     parse_strengths,
+    read_api_key,
     role_from_pod_name,
 )
 
 log = logging.getLogger(__name__)
 
 # transformers generates one request at a time; vLLM batches, so it takes many at once.
+API_KEY_ENV = "KAITOPY_API_KEY"
 DEFAULT_CONCURRENCY = {"transformers": 1, "vllm": 256}
 
 
@@ -67,6 +70,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 429")
     parser.add_argument(
+        "--default-max-tokens",
+        type=int,
+        default=1024,
+        help="max_tokens for a request that gives none (less when the context has less room left)",
+    )
+    parser.add_argument(
+        "--max-tokens-limit", type=int, default=4096, help="the largest max_tokens a request may ask for"
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=600.0,
+        help="seconds a request may take, queue wait included (504 after); 0: no limit",
+    )
+    parser.add_argument(
+        "--api-key-file",
+        type=Path,
+        default=None,
+        help="require `Authorization: Bearer <token>` with the token in this file (a mounted Secret); "
+        "$KAITOPY_API_KEY works too. /health, / and /metrics stay open",
+    )
+    parser.add_argument(
+        "--memory-limit",
+        default=os.environ.get("KAITOPY_MEMORY_LIMIT") or None,
+        help="the container's memory limit (4Gi, 512Mi, bytes) when cgroup memory.max does not show it",
+    )
+    parser.add_argument(
         "--allow-download",
         action="store_true",
         default=env_flag("KAITOPY_ALLOW_DOWNLOAD"),
@@ -96,6 +126,19 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         raise SettingsError(f"--max-queue must be >= 0, not {args.max_queue}")
     if args.max_model_len is not None and args.max_model_len < 1:
         raise SettingsError(f"--max-model-len must be >= 1, not {args.max_model_len}")
+    for flag, value in (
+        ("--default-max-tokens", args.default_max_tokens),
+        ("--max-tokens-limit", args.max_tokens_limit),
+    ):
+        if value < 1:
+            raise SettingsError(f"{flag} must be >= 1, not {value}")
+    if args.default_max_tokens > args.max_tokens_limit:
+        raise SettingsError(
+            f"--default-max-tokens {args.default_max_tokens} exceeds "
+            f"--max-tokens-limit {args.max_tokens_limit}"
+        )
+    if not args.request_timeout >= 0:
+        raise SettingsError(f"--request-timeout must be >= 0 seconds, not {args.request_timeout}")
     if not 0 < args.port < 65536:
         raise SettingsError(f"--port {args.port} is not a TCP port")
     config = load_config(args.config) if args.config is not None else None
@@ -124,6 +167,11 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         max_concurrency=max_concurrency,
         max_queue=args.max_queue,
         allow_download=args.allow_download,
+        default_max_tokens=args.default_max_tokens,
+        max_tokens_limit=args.max_tokens_limit,
+        request_timeout_s=args.request_timeout,
+        api_key=read_api_key(args.api_key_file, os.environ.get(API_KEY_ENV)),
+        memory_limit_bytes=parse_memory(args.memory_limit) if args.memory_limit else None,
         **kwargs,
     )
 

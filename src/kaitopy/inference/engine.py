@@ -13,9 +13,19 @@ from typing import Any, Protocol, runtime_checkable
 EngineResult = dict[str, Any] | AsyncIterator[dict[str, Any]]
 
 
+def error_type(status: int) -> str:
+    """OpenAI's error type for a status: the one place that decides it, so both engines (and the
+    front's own refusals) answer the same body for the same mistake."""
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
 class RequestError(Exception):
-    """A client error: the front answers `status` with OpenAI error JSON
-    {"error": {"message", "type", "param", "code"}}."""
+    """A request that fails: the front answers `status` with OpenAI error JSON
+    {"error": {"message", "type", "param", "code"}}; the type follows from the status."""
 
     def __init__(
         self,
@@ -23,14 +33,13 @@ class RequestError(Exception):
         *,
         status: int = 400,
         param: str | None = None,
-        type: str = "invalid_request_error",
         code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.param = param
-        self.type = type
+        self.type = error_type(status)
         self.code = code
 
     def to_json(self) -> dict[str, Any]:
@@ -85,6 +94,5 @@ def unknown_model(model: object, known: list[str]) -> RequestError:
         f"The model `{model}` does not exist. Served models: {', '.join(known)}.",
         status=404,
         param="model",
-        type="NotFoundError",
         code="model_not_found",
     )

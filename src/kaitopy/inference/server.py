@@ -8,6 +8,8 @@ that says whose fault it was; only a bug in the server or the engine is a 500.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hmac
 import json
 import logging
 import time
@@ -15,12 +17,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from kaitopy.inference import kaito_chat
+from kaitopy.inference import kaito_chat, validation
 from kaitopy.inference.admission import Admission, QueueFull
 from kaitopy.inference.engine import Engine, EngineResult, PromptTokenCounter, RequestError
 from kaitopy.inference.metrics import ServerMetrics
+from kaitopy.inference.validation import Limits
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +34,36 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 KAITO_CHAT = "/chat"
 
+# Routes a bearer token guards when one is set; /, /health and /metrics stay open for probes and scrapes.
+GUARDED_PREFIXES = ("/v1/", KAITO_CHAT)
+
 Call = Callable[[dict[str, Any]], Awaitable[EngineResult]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _guarded(path: str) -> bool:
+    return any(path == p.rstrip("/") or path.startswith(p) for p in GUARDED_PREFIXES)
+
+
+def bearer_auth(api_key: str) -> Middleware:
+    """Middleware: the OpenAI and /chat routes need `Authorization: Bearer <api_key>` (what OpenAI
+    clients send as their api_key). Compared in constant time; the token is never logged."""
+    expected = api_key.encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if _guarded(request.path):
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+                err = RequestError(
+                    "missing or wrong API key: send `Authorization: Bearer <key>`",
+                    status=401,
+                    code="invalid_api_key",
+                )
+                return error_response(err, headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return check
 
 
 def error_response(err: RequestError, headers: dict[str, str] | None = None) -> web.Response:
@@ -59,8 +91,7 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
-        err = RequestError(f"{exc.reason}: {request.method} {request.path}", status=exc.status, type=kind)
+        err = RequestError(f"{exc.reason}: {request.method} {request.path}", status=exc.status)
         return error_response(err, headers={k: v for k, v in exc.headers.items() if k == "Allow"})
 
 
@@ -72,15 +103,24 @@ class InferenceServer:
         metrics: ServerMetrics,
         *,
         retry_after_s: int = 1,
+        max_tokens_limit: int = 4096,
+        request_timeout_s: float = 600.0,
+        api_key: str | None = None,
     ) -> None:
         self.engine = engine
         self.admission = admission
         self.metrics = metrics
         self.retry_after_s = retry_after_s
+        self.limits = Limits(max_tokens_limit=max_tokens_limit)
+        self.request_timeout_s = request_timeout_s
+        self.api_key = api_key
         self.draining = False
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_as_json])
+        middlewares: list[Middleware] = [_errors_as_json]
+        if self.api_key:
+            middlewares.append(bearer_auth(self.api_key))
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
         app.router.add_get("/", self._home)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -141,32 +181,24 @@ class InferenceServer:
 
     def _not_ready(self) -> RequestError:
         if self.draining:
-            return RequestError("the server is shutting down", status=503, type="service_unavailable")
-        return RequestError("the model is still loading; retry later", status=503, type="service_unavailable")
+            return RequestError("the server is shutting down", status=503)
+        return RequestError("the model is still loading; retry later", status=503)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        raw = await request.read()
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestError(f"the request body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise RequestError(f"the request body must be a JSON object, not {type(body).__name__}")
-        return body
+        return validation.parse_body(await request.read())
 
-    def _model(self, body: dict[str, Any]) -> str:
-        """The requested model, the base model when the request names none (as vLLM does)."""
-        model = body.get("model")
-        if model is None:
-            model = self.engine.model_ids()[0]
-            body["model"] = model
-        if not isinstance(model, str):
-            raise RequestError("'model' must be a string", param="model")
-        return model
+    def _deadline(self) -> float | None:
+        if not self.request_timeout_s:
+            return None
+        return asyncio.get_running_loop().time() + self.request_timeout_s
 
-    def _model_label(self, model: str) -> str:
-        # Only served names become label values: anything else would let clients grow the series.
-        return model if model in self.engine.model_ids() else "unknown"
+    def _timed_out(self) -> RequestError:
+        return RequestError(
+            f"the request took longer than this server's limit of {self.request_timeout_s:g} s "
+            "(--request-timeout); ask for fewer tokens",
+            status=504,
+            code="request_timeout",
+        )
 
     def _refused(self) -> web.Response:
         self.metrics.rejected.inc()
@@ -174,7 +206,6 @@ class InferenceServer:
             f"too many requests: {self.admission.max_concurrency} running and "
             f"{self.admission.max_queue} waiting; retry later",
             status=429,
-            type="rate_limit_error",
             code="queue_full",
         )
         return error_response(err, headers={"Retry-After": str(self.retry_after_s)})
@@ -187,7 +218,9 @@ class InferenceServer:
             if self.draining or not self.engine.ready():
                 raise self._not_ready()
             body = await self._body(request)
-            label = self._model_label(self._model(body))
+            kind = "chat" if endpoint == CHAT else "completion"
+            # Checked before admission: a request that cannot succeed gets its 4xx now, never a 429.
+            label = validation.check_request(body, kind, self.engine.model_ids(), self.limits)
             stream = body.get("stream") is True
             client_usage = False
             if stream:
@@ -198,13 +231,24 @@ class InferenceServer:
                     **(options if isinstance(options, dict) else {}),
                     "include_usage": True,
                 }
-            async with self.admission.slot():
-                result = await call(body)
+            deadline = self._deadline()
+            # The slot is held until the response is written, a stream's last chunk included.
+            async with contextlib.AsyncExitStack() as held:
+                try:
+                    async with asyncio.timeout_at(deadline) as scope:
+                        await held.enter_async_context(self.admission.slot())
+                        result = await call(body)
+                except TimeoutError:
+                    if scope.expired():
+                        raise self._timed_out() from None
+                    raise
                 if isinstance(result, dict):
                     self.metrics.count_usage(label, result.get("usage"))
                     status = 200
                     return web.json_response(result)
-                status, response = await self._stream(request, endpoint, label, result, started, client_usage)
+                status, response = await self._stream(
+                    request, endpoint, label, result, started, client_usage, deadline
+                )
                 return response
         except QueueFull:
             status = 429
@@ -220,9 +264,7 @@ class InferenceServer:
             raise
         except Exception:
             log.exception("request to %s failed", endpoint)
-            return error_response(
-                RequestError("internal error while generating", status=500, type="internal_error")
-            )
+            return error_response(RequestError("internal error while generating", status=500))
         finally:
             self.metrics.requests.labels(endpoint, label, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.monotonic() - started)
@@ -235,13 +277,25 @@ class InferenceServer:
         chunks: AsyncIterator[dict[str, Any]],
         started: float,
         client_usage: bool,
+        deadline: float | None = None,
     ) -> tuple[int, web.StreamResponse]:
         """Write the chunks as SSE. The first chunk is awaited before the headers go out, so an error
-        the engine raises lazily still becomes a proper 4xx."""
+        the engine raises lazily still becomes a proper 4xx. Past `deadline` the stream ends with a
+        504 error event (the generation is cancelled when the iterator closes)."""
         usage: object = None
         response: web.StreamResponse | None = None
+
+        async def next_chunk() -> dict[str, Any] | None:
+            try:
+                async with asyncio.timeout_at(deadline) as scope:
+                    return await anext(chunks, None)
+            except TimeoutError:
+                if scope.expired():
+                    raise self._timed_out() from None
+                raise
+
         try:
-            first = await anext(chunks, None)
+            first = await next_chunk()
             response = web.StreamResponse(
                 status=200,
                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
@@ -259,7 +313,7 @@ class InferenceServer:
                         chunk = {k: v for k, v in chunk.items() if k != "usage"}
                 if client_usage or chunk.get("choices"):
                     await response.write(_sse(chunk))
-                chunk = await anext(chunks, None)
+                chunk = await next_chunk()
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
             return 200, response
@@ -277,7 +331,7 @@ class InferenceServer:
             if response is None:
                 raise
             log.exception("a %s stream failed after its headers were sent", endpoint)
-            internal = RequestError("internal error while generating", status=500, type="internal_error")
+            internal = RequestError("internal error while generating", status=500)
             await response.write(_sse(internal.to_json()))
             await response.write_eof()
             return 500, response
@@ -296,14 +350,25 @@ class InferenceServer:
                 raise self._not_ready()
             payload = await self._body(request)
             translated = kaito_chat.translate(payload, self.engine.model_ids()[0])
-            label = self._model_label(self._model(translated.body))
+            label = validation.check_request(
+                translated.body, translated.kind, self.engine.model_ids(), self.limits
+            )
             prompt_tokens: int | None = None
             if translated.max_length is not None and isinstance(self.engine, PromptTokenCounter):
                 prompt_tokens = await self.engine.count_prompt_tokens(translated.body)
             body = kaito_chat.with_prompt_length(translated, prompt_tokens)
+            # max_length is an upper bound on prompt plus output: what is left of it is clamped to the
+            # server's limit rather than refused (an explicit max_new_tokens over it was refused above).
+            if translated.max_length is not None:
+                body["max_tokens"] = min(body["max_tokens"], self.limits.max_tokens_limit)
             call = self.engine.chat_completion if translated.kind == "chat" else self.engine.completion
-            async with self.admission.slot():
-                result = await call(body)
+            try:
+                async with asyncio.timeout_at(self._deadline()) as scope, self.admission.slot():
+                    result = await call(body)
+            except TimeoutError:
+                if scope.expired():
+                    raise self._timed_out() from None
+                raise
             if not isinstance(result, dict):
                 raise RuntimeError("the engine streamed a response that was not asked to stream")
             self.metrics.count_usage(label, result.get("usage"))
@@ -320,9 +385,7 @@ class InferenceServer:
             raise
         except Exception:
             log.exception("request to %s failed", KAITO_CHAT)
-            return error_response(
-                RequestError("internal error while generating", status=500, type="internal_error")
-            )
+            return error_response(RequestError("internal error while generating", status=500))
         finally:
             self.metrics.requests.labels(KAITO_CHAT, label, str(status)).inc()
             self.metrics.latency.labels(KAITO_CHAT).observe(time.monotonic() - started)

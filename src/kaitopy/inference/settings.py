@@ -52,6 +52,15 @@ class ServeSettings:
     leader_address: str | None = None
     max_concurrency: int = 1
     max_queue: int = 64
+    # Generation bounds: max_tokens when a request gives none (less when the context has less room),
+    # the most a request may ask for, and the longest a request may take (queue wait included).
+    default_max_tokens: int = 1024
+    max_tokens_limit: int = 4096
+    request_timeout_s: float = 600.0
+    # Bearer token the OpenAI and /chat routes require (None: open). From a Secret, never a flag value.
+    api_key: str | None = field(default=None, repr=False)
+    # The pod's memory limit in bytes when given explicitly (else the cgroup's memory.max is read).
+    memory_limit_bytes: int | None = None
     allow_download: bool = False
     config: InferenceConfig = field(default_factory=InferenceConfig)
 
@@ -145,6 +154,37 @@ def default_served_name(model_dir: Path, hf_model_id: str | None) -> str:
     if hf_model_id:
         return hf_model_id
     return model_dir.resolve().name or "model"
+
+
+def read_api_key(path: Path | None, env_value: str | None) -> str | None:
+    """The bearer token: the file's content (a mounted Secret) or the environment's value (a Secret
+    in `env`), stripped; None when neither is given. A given but empty token is an error, not "open"."""
+    if path is not None:
+        try:
+            key = path.read_text().strip()
+        except OSError as exc:
+            raise SettingsError(f"--api-key-file {path}: cannot read it: {exc.strerror or exc}") from None
+        if not key:
+            raise SettingsError(f"--api-key-file {path} is empty; put the token in it or drop the flag")
+        return key
+    if env_value is not None:
+        key = env_value.strip()
+        if not key:
+            raise SettingsError("KAITOPY_API_KEY is set but empty; set the token or unset it")
+        return key
+    return None
+
+
+_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+
+
+def parse_memory(text: str, flag: str = "--memory-limit") -> int:
+    """A byte count written as Kubernetes writes quantities: 4Gi, 512Mi, 2G, 1073741824."""
+    number = text.strip().rstrip("iIkKmMgG")
+    unit = text.strip()[len(number) :].lower()
+    if not number.isdigit() or unit not in _UNITS or int(number) == 0:
+        raise SettingsError(f"{flag} {text!r}: expected a size such as 4Gi, 512Mi or a byte count")
+    return int(number) * _UNITS[unit]
 
 
 def env_flag(name: str) -> bool:

@@ -241,9 +241,7 @@ class TransformersEngine:
 
     def _state(self) -> _Loaded:
         if self._loaded is None:
-            raise RequestError(
-                "the model is still loading; retry later", status=503, type="service_unavailable"
-            )
+            raise RequestError("the model is still loading; retry later", status=503)
         return self._loaded
 
     def _adapter_for(self, body: dict[str, Any]) -> str | None:
@@ -284,7 +282,9 @@ class TransformersEngine:
         limit = self._state().max_model_len
         if prompt_len == 0:
             raise RequestError("the prompt is empty", param=param)
-        wanted = sampling.max_tokens if sampling.max_tokens is not None else max(limit - prompt_len, 0)
+        # Without max_tokens: the server's default, or what the context has left when that is less.
+        default = min(self.settings.default_max_tokens, max(limit - prompt_len, 0))
+        wanted = sampling.max_tokens if sampling.max_tokens is not None else default
         if prompt_len + wanted > limit or wanted < 1:
             where = "messages" if param == "messages" else "prompt"
             raise RequestError(

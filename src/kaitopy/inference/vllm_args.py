@@ -30,6 +30,14 @@ CPU_RESERVE = 2 * GIB
 CPU_KV_FRACTION = 0.5
 # vLLM's default --max-num-seqs: with this many full-length sequences the cache is never the limit.
 DEFAULT_MAX_NUM_SEQS = 256
+# On a CPU more sequences at once than this only share the same few cores: a bigger batch buys no
+# throughput, and reserving their KV cache took most of the RAM (9.1 GiB for a 0.27 GB model).
+CPU_MAX_NUM_SEQS = 8
+# vLLM's own accounting of the cache pads what config.json implies (small heads: a tiny model's 512
+# tokens needed a third more than 2 x layers x KV heads x head_dim x bytes), so the computed need gets
+# a quarter on top and never less than this floor, which costs nothing next to the weights.
+CPU_KV_SLACK = 1.25
+CPU_KV_FLOOR = 128 * 1024**2
 RAY_PORT = 6379
 # The ranks vLLM accepts for --max-lora-rank (vllm.config.lora.MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -45,6 +53,10 @@ _RESERVED_KEYS = {
     "tensor-parallel-size": "use --tensor-parallel-size",
     "pipeline-parallel-size": "use --pipeline-parallel-size",
     "dtype": "use --dtype",
+    # A ConfigMap is readable by anyone who may read the namespace's config and is logged by vLLM.
+    "api-key": "the model server's API key comes from a Secret (kaitopy serve --api-key-file or "
+    "$KAITOPY_API_KEY)",
+    "hf-token": "a token does not belong in a ConfigMap; put it in a Secret and pass it as $HF_TOKEN",
 }
 # Keys Kaito's default inference ConfigMap carries that current vLLM no longer accepts: kept working.
 OBSOLETE_KEYS = {
@@ -128,6 +140,8 @@ class VllmOptions:
     role: str = "single"
     leader_address: str | None = None
     num_nodes: int = 1
+    # Requests the front lets generate at once (--max-concurrency); vLLM never needs more sequences.
+    max_concurrency: int | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,17 @@ class VllmPlan:
     max_model_len: int
     notes: list[str]
     ray: RayStep | None = None
+    # How the memory flags were worked out, for the log.
+    sizing: list[str] = field(default_factory=list)
+
+
+def serving_dtype(dtype: str, device: str) -> str:
+    """The dtype vLLM is told. "auto" on a CPU is float32, as the transformers engine loads it: vLLM's
+    own auto picks bfloat16 there, and a model served in bfloat16 on CPU answers differently from the
+    same model on the other engine (SmolLM2-135M: 0 of 6 greedy answers alike, 6 of 6 at float32)."""
+    if dtype == "auto" and device == "cpu":
+        return "float32"
+    return dtype
 
 
 def dtype_bytes(dtype: str, config: Mapping[str, Any]) -> int:
@@ -242,10 +267,17 @@ def discover_adapters(adapter_dir: Path | None) -> AdapterScan:
         return AdapterScan([], [])
     adapters: list[Adapter] = []
     problems: list[str] = []
-    for sub in sorted(p for p in adapter_dir.iterdir() if p.is_dir()):
+    # One adapter directory itself (what `kaitopy tune pull --dest` fills) is served under its name.
+    candidates = sorted(p for p in adapter_dir.iterdir() if p.is_dir())
+    single = (adapter_dir / "adapter_config.json").is_file() and not any(
+        (p / "adapter_config.json").is_file() for p in candidates
+    )
+    candidates = [adapter_dir] if single else candidates
+    for sub in candidates:
         config_path = sub / "adapter_config.json"
         if not config_path.is_file():
             continue
+        sub = sub.resolve() if single else sub
         try:
             config = json.loads(config_path.read_text())
         except (OSError, ValueError) as exc:
@@ -262,6 +294,11 @@ def discover_adapters(adapter_dir: Path | None) -> AdapterScan:
             problems.append(f"adapter {sub.name}: no adapter_model.safetensors or .bin; skipped")
             continue
         adapters.append(Adapter(sub.name, sub, rank))
+    if not adapters and not problems and any(adapter_dir.iterdir()):
+        problems.append(
+            f"--adapter-dir {adapter_dir} holds no adapter: expected one subdirectory per adapter, each "
+            "with an adapter_config.json (or the directory itself to be one adapter)"
+        )
     return AdapterScan(adapters, problems)
 
 
@@ -310,8 +347,8 @@ def _round_down(tokens: int) -> int:
 
 def plan_memory(
     options: VllmOptions, shape: ModelShape, memory: Memory, extra: Mapping[str, Any]
-) -> tuple[int, list[str], list[str]]:
-    """(max_model_len, memory flags, notes) for the measured memory.
+) -> tuple[int, list[str], list[str], list[str]]:
+    """(max_model_len, memory flags, notes, how the KV cache was sized) for the measured memory.
 
     GPU: vLLM may use `--gpu-memory-utilization` x total of each GPU; that is set from what is free now,
     so it never asks for memory another process holds. What remains after weights and activations holds
@@ -322,6 +359,7 @@ def plan_memory(
     per_token = max(1, math.ceil(shape.kv_bytes_per_token / shards))
     notes: list[str] = []
     flags: list[str] = []
+    sizing: list[str] = []
     if memory.device == "cuda":
         if "gpu-memory-utilization" in extra:
             utilization = float(extra["gpu-memory-utilization"])
@@ -342,13 +380,9 @@ def plan_memory(
         if "kv-cache-memory-bytes" in extra:
             budget = int(extra["kv-cache-memory-bytes"])
         else:
-            spare = memory.free_bytes - shape.weight_bytes - CPU_RESERVE
-            max_seqs = int(extra.get("max-num-seqs", DEFAULT_MAX_NUM_SEQS))
-            context_cap = options.max_model_len or shape.max_position_embeddings or 0
-            # More cache than every sequence at full length can use is RAM taken from nothing.
-            useful = per_token * context_cap * max_seqs if context_cap else spare
-            budget = min(int(spare * CPU_KV_FRACTION), useful)
-            flags += ["--kv-cache-memory-bytes", str(max(budget, 0))]
+            budget, why = cpu_kv_budget(options, shape, memory, extra, per_token)
+            flags += ["--kv-cache-memory-bytes", str(budget)]
+            sizing.append(why)
         where = f"{memory.free_bytes / GIB:.1f} GiB free RAM"
     fits = _round_down(budget // per_token) if budget > 0 else 0
 
@@ -359,7 +393,7 @@ def plan_memory(
                 f"--max-model-len {max_model_len} exceeds the {fits} tokens the KV cache holds ({where}); "
                 "vLLM will refuse to start if it cannot fit one sequence"
             )
-        return max_model_len, flags, notes
+        return max_model_len, flags, notes, sizing
 
     limit = shape.max_position_embeddings
     max_model_len = min(fits, limit) if limit else fits
@@ -370,7 +404,43 @@ def plan_memory(
         )
     if limit and fits < limit:
         notes.append(f"context limited to {max_model_len} tokens by memory (the model allows {limit})")
-    return max_model_len, flags, notes
+    return max_model_len, flags, notes, sizing
+
+
+def cpu_max_num_seqs(options: VllmOptions, extra: Mapping[str, Any]) -> int:
+    """Sequences vLLM runs at once on a CPU: the config's max-num-seqs, else the front's concurrency
+    capped at CPU_MAX_NUM_SEQS (more would only wait in vLLM's queue instead of the front's)."""
+    if "max-num-seqs" in extra:
+        return int(extra["max-num-seqs"])
+    return min(options.max_concurrency or CPU_MAX_NUM_SEQS, CPU_MAX_NUM_SEQS)
+
+
+def cpu_kv_budget(
+    options: VllmOptions, shape: ModelShape, memory: Memory, extra: Mapping[str, Any], per_token: int
+) -> tuple[int, str]:
+    """(KV-cache bytes, why) on a CPU: what the served context times the sequences run at once need,
+    never more than CPU_KV_FRACTION of the RAM the container has left after the weights and the
+    processes (memory.free_bytes is already bounded by the container's limit)."""
+    seqs = cpu_max_num_seqs(options, extra)
+    context = options.max_model_len or shape.max_position_embeddings or 0
+    spare = memory.free_bytes - shape.weight_bytes - CPU_RESERVE
+    cap = max(int(spare * CPU_KV_FRACTION), 0)
+    if not context:
+        return (
+            cap,
+            f"KV cache {cap / GIB:.2f} GiB: {CPU_KV_FRACTION:.0%} of the spare RAM (no context length known)",
+        )
+    need = max(int(per_token * context * seqs * CPU_KV_SLACK), CPU_KV_FLOOR)
+    if need <= cap:
+        return need, (
+            f"KV cache {need / GIB:.2f} GiB: {seqs} sequence(s) x {context} tokens "
+            f"x {per_token} bytes a token, plus {CPU_KV_SLACK - 1:.0%} "
+            f"(at least {CPU_KV_FLOOR // 1024**2} MiB)"
+        )
+    return cap, (
+        f"KV cache {cap / GIB:.2f} GiB, capped by memory ({memory.free_bytes / GIB:.1f} GiB free in the "
+        f"container): {seqs} sequence(s) x {context} tokens would need {need / GIB:.2f} GiB"
+    )
 
 
 def ray_step(options: VllmOptions) -> RayStep | None:
@@ -381,7 +451,16 @@ def ray_step(options: VllmOptions) -> RayStep | None:
         raise PlanError("multi-node needs --leader-address (the leader pod's DNS name)")
     if options.role == "leader":
         return RayStep(
-            ["ray", "start", "--head", f"--port={RAY_PORT}", "--disable-usage-stats"],
+            # No dashboard: it would be one more unauthenticated port (its job API runs code). The
+            # ports Ray needs are open to the group's pods only (the controller's NetworkPolicy).
+            [
+                "ray",
+                "start",
+                "--head",
+                f"--port={RAY_PORT}",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+            ],
             wait_for_nodes=options.num_nodes,
             serves=True,
         )
@@ -412,10 +491,11 @@ def plan_vllm(
     options: VllmOptions, shape: ModelShape, memory: Memory, known_options: Collection[str]
 ) -> VllmPlan:
     extra, notes = check_extra(options.extra, known_options)
+    options = replace(options, dtype=serving_dtype(options.dtype, memory.device))
     configured_len = extra.pop("max-model-len", None)
     if options.max_model_len is None and configured_len is not None:
         options = replace(options, max_model_len=int(configured_len))
-    max_model_len, memory_flags, memory_notes = plan_memory(options, shape, memory, extra)
+    max_model_len, memory_flags, memory_notes, sizing = plan_memory(options, shape, memory, extra)
     notes += memory_notes
     ray = ray_step(options)
     argv = [
@@ -437,6 +517,8 @@ def plan_vllm(
         *memory_flags,
     ]
     argv += ["--max-model-len", str(max_model_len)]
+    if memory.device == "cpu" and "max-num-seqs" not in extra:
+        argv += ["--max-num-seqs", str(cpu_max_num_seqs(options, extra))]
     if ray is not None:
         argv += ["--distributed-executor-backend", "ray"]
     if options.tool_call_parser:
@@ -450,4 +532,6 @@ def plan_vllm(
     for key, value in extra.items():
         argv += _option_args(key, value)
     model_ids = [options.served_model_name, *(a.name for a in options.adapters)]
-    return VllmPlan(argv=argv, model_ids=model_ids, max_model_len=max_model_len, notes=notes, ray=ray)
+    return VllmPlan(
+        argv=argv, model_ids=model_ids, max_model_len=max_model_len, notes=notes, ray=ray, sizing=sizing
+    )

@@ -9,12 +9,13 @@ restarts it rather than leaving a server that answers 503 forever.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import json
 import logging
 import os
-import signal
+import re
 import socket
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from kaitopy.inference import adapters
+from kaitopy.inference import adapters, childlog, procgroup
 from kaitopy.inference.engine import EngineResult, RequestError, unknown_model
 from kaitopy.inference.settings import SettingsError
 from kaitopy.inference.vllm_args import (
@@ -38,14 +39,17 @@ from kaitopy.inference.vllm_args import (
     discover_adapters,
     plan_vllm,
     read_model_shape,
+    serving_dtype,
 )
-from kaitopy.inference.vllm_memory import measure_memory
+from kaitopy.inference.vllm_memory import measure_memory, with_limit
 from kaitopy.inference.vllm_options import known_vllm_options
 
 log = logging.getLogger(__name__)
 
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 EXIT_CHILD_DIED = 3
+# How often a long vLLM start says it is still going.
+PROGRESS_EVERY_S = 30.0
 # Consecutive failed /health checks of a live child before ready() turns false.
 UNHEALTHY_AFTER = 3
 # vLLM's /metrics also carries the python_* and process_* families of its own Prometheus client; the
@@ -92,7 +96,59 @@ class VllmSettings(Protocol):
     @property
     def leader_address(self) -> str | None: ...
     @property
+    def max_concurrency(self) -> int: ...
+    @property
+    def default_max_tokens(self) -> int: ...
+    @property
+    def memory_limit_bytes(self) -> int | None: ...
+    @property
     def config(self) -> ServeConfig: ...
+
+
+_SECRET_FLAG = re.compile(r"token|secret|password|passwd|key|credential", re.IGNORECASE)
+
+
+def redacted(argv: list[str]) -> list[str]:
+    """argv for the log: the value after any flag whose name suggests a secret is masked. The config
+    file may not set api-key or hf-token at all; this covers whatever vLLM option grows one next."""
+    shown = list(argv)
+    for i, arg in enumerate(shown[:-1]):
+        if arg.startswith("--") and _SECRET_FLAG.search(arg) and not shown[i + 1].startswith("--"):
+            shown[i + 1] = "***"
+    return [
+        a.split("=", 1)[0] + "=***"
+        if a.startswith("--") and "=" in a and _SECRET_FLAG.search(a.split("=", 1)[0])
+        else a
+        for a in shown
+    ]
+
+
+def compile_cache(env: Mapping[str, str]) -> Path:
+    """Where vLLM keeps compiled models: $VLLM_CACHE_ROOT, else $XDG_CACHE_HOME/vllm or ~/.cache/vllm."""
+    root = env.get("VLLM_CACHE_ROOT")
+    if root:
+        return Path(root) / "torch_compile_cache"
+    xdg = env.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path(env.get("HOME") or Path.home()) / ".cache"
+    return base / "vllm" / "torch_compile_cache"
+
+
+def compile_notice(env: Mapping[str, str], argv: list[str]) -> str | None:
+    """What to tell the operator before a start that will compile (a silent first start took over
+    3 minutes on 2 CPU cores), or None: the cache holds compiled models, or the config turned
+    compilation off."""
+    if "--compilation-config" in argv or "--enforce-eager" in argv:
+        return None
+    cache = compile_cache(env)
+    try:
+        if any(cache.iterdir()):
+            return None
+    except OSError:
+        pass
+    return (
+        "first vLLM start with this cache: it compiles the model for this machine, which takes minutes "
+        f"(over 3 on 2 CPU cores); later starts reuse {cache}"
+    )
 
 
 def free_port() -> int:
@@ -125,32 +181,47 @@ def filter_metrics(text: bytes) -> bytes:
     return b"\n".join(lines) + b"\n" if lines else b""
 
 
+def _validation_message(message: str) -> tuple[str, str | None]:
+    """vLLM answers a request its schema rejects with the raw validation dump, e.g.
+    "[{'type': 'float_parsing', 'loc': ('body', 'temperature'), 'msg': 'Input should be ...', ...}]".
+    Returns ("temperature: Input should be ...", "temperature"), or the message as is."""
+    if not message.startswith("[{"):
+        return message, None
+    with contextlib.suppress(ValueError, SyntaxError, MemoryError, RecursionError):
+        errors = ast.literal_eval(message)
+        if isinstance(errors, list) and errors and all(isinstance(e, dict) for e in errors):
+            parts: list[str] = []
+            param: str | None = None
+            for error in errors:
+                loc = [str(p) for p in error.get("loc") or () if p != "body"]
+                where = ".".join(loc)
+                param = param or (loc[0] if loc else None)
+                parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+            return "; ".join(parts), param
+    return message, None
+
+
 def request_error(status: int, payload: Any, fallback: str, input_param: str = "messages") -> RequestError:
     """The child's OpenAI error JSON as a RequestError with its status and message.
 
-    Two vLLM habits are brought in line with OpenAI (and the transformers engine): request-validation
-    errors name the field as `body.<field>`, and a request that does not fit the context names the
-    token count it broke rather than answering `context_length_exceeded` on the input.
+    vLLM's habits are brought in line with OpenAI (and the transformers engine): its own error type
+    names (BadRequestError, ...) give way to the type the status implies, raw validation dumps become
+    one readable line, request-validation errors name the field without `body.`, and a request that
+    does not fit the context names the token count it broke as `context_length_exceeded` on the input.
     """
     err = payload.get("error") if isinstance(payload, dict) else None
     if not isinstance(err, dict):
         return RequestError(fallback or f"vLLM answered {status}", status=status)
-    message = str(err.get("message") or fallback)
+    message, dumped_param = _validation_message(str(err.get("message") or fallback))
     code = err.get("code")
-    kind = err.get("type")
-    param = err.get("param") if isinstance(err.get("param"), str) else None
+    param = err.get("param") if isinstance(err.get("param"), str) else dumped_param
     if param is not None and param.startswith("body."):
         param = param[len("body.") :]
-    code = code if isinstance(code, str) else None
+    # vLLM puts the HTTP status (or its name) in `code`; OpenAI's codes are words such as model_not_found.
+    code = code if isinstance(code, str) and not code.isdigit() and code != err.get("type") else None
     if status == 400 and any(marker in message for marker in _CONTEXT_MARKERS):
         param, code = input_param, "context_length_exceeded"
-    return RequestError(
-        message,
-        status=status,
-        param=param,
-        type=kind if isinstance(kind, str) else "invalid_request_error",
-        code=code,
-    )
+    return RequestError(message, status=status, param=param, code=code)
 
 
 def _decoder() -> Callable[[bytes], Any]:
@@ -219,6 +290,8 @@ class VllmEngine:
         self._tasks: list[asyncio.Task[None]] = []
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._decode = _decoder()
+        self._relay: asyncio.Task[None] | None = None
+        self._child_log = childlog.RepeatFilter()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -239,8 +312,9 @@ class VllmEngine:
         unknown = sorted(set(s.adapter_strengths) - {a.name for a in served})
         if unknown:
             log.warning("--adapter-strength names adapters that are not served: %s", ", ".join(unknown))
-        memory, known = await asyncio.gather(measure_memory(), known_vllm_options(self._python))
-        shape = await asyncio.to_thread(read_model_shape, s.model_dir, s.dtype)
+        measured, known = await asyncio.gather(measure_memory(), known_vllm_options(self._python))
+        memory = with_limit(measured, s.memory_limit_bytes)
+        shape = await asyncio.to_thread(read_model_shape, s.model_dir, serving_dtype(s.dtype, memory.device))
         options = VllmOptions(
             model_dir=s.model_dir,
             served_model_name=s.served_model_name,
@@ -256,10 +330,13 @@ class VllmEngine:
             role=s.role,
             leader_address=s.leader_address,
             num_nodes=s.pipeline_parallel_size,
+            max_concurrency=s.max_concurrency,
         )
         plan = plan_vllm(options, shape, memory, known)
         for note in plan.notes:
             log.warning("%s", note)
+        for line in plan.sizing:
+            log.info("%s", line)
         log.info(
             "vLLM plan: %s memory %.1f GiB free of %.1f GiB, context %d tokens, models %s",
             memory.device,
@@ -303,7 +380,7 @@ class VllmEngine:
         if plan.ray is not None and not plan.ray.serves:
             # A multi-node worker only lends its GPUs to the leader's Ray cluster.
             log.info("multi-node worker: %s", " ".join(plan.ray.command))
-            self._child = await asyncio.create_subprocess_exec(*plan.ray.command, env=env)
+            self._child = await procgroup.start(*plan.ray.command, env=env)
             self._healthy = True
             self._tasks.append(asyncio.create_task(self._watch_child()))
             return
@@ -317,8 +394,27 @@ class VllmEngine:
             read_bufsize=2**20,
         )
         argv = [self._python, "-m", VLLM_SERVER_MODULE, *plan.argv, "--disable-uvicorn-access-log"]
-        log.info("starting vLLM: %s", " ".join(argv))
-        self._child = await asyncio.create_subprocess_exec(*argv, env=env)
+        log.info("starting vLLM: %s", " ".join(redacted(argv)))
+        notice = compile_notice(env, argv)
+        if notice:
+            log.info("%s", notice)
+        # The output pipe is this side's own, not asyncio's: vLLM's engine processes inherit it, and a
+        # Process whose pipe is still open does not report its exit (a killed child went unnoticed).
+        read_fd, write_fd = os.pipe()
+        try:
+            self._child = await procgroup.start(
+                *argv, env=env, stdout=write_fd, stderr=asyncio.subprocess.STDOUT
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        reader = asyncio.StreamReader(limit=2**20)
+        await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0)
+        )
+        self._relay = asyncio.create_task(childlog.relay(reader, self._child_log))
         await self._wait_healthy()
         self._healthy = True
         self._tasks.append(asyncio.create_task(self._watch_child()))
@@ -343,8 +439,16 @@ class VllmEngine:
 
     async def _wait_healthy(self) -> None:
         assert self._child is not None and self._session is not None
-        deadline = time.monotonic() + self._startup_timeout
+        started = time.monotonic()
+        deadline = started + self._startup_timeout
+        next_note = started + PROGRESS_EVERY_S
         while time.monotonic() < deadline:
+            if time.monotonic() >= next_note:
+                next_note += PROGRESS_EVERY_S
+                log.info(
+                    "vLLM is still starting (%.0f s): loading, compiling, warming up",
+                    time.monotonic() - started,
+                )
             if self._child.returncode is not None:
                 raise RuntimeError(
                     f"vLLM exited with code {self._child.returncode} while starting (see its log above)"
@@ -366,6 +470,8 @@ class VllmEngine:
             return
         self._healthy = False
         log.error("the vLLM child exited with code %s; the model server stops", code)
+        # Its engine core and workers may outlive it: they go first, or they would be orphaned.
+        await procgroup.stop_group(self._child)
         self._on_child_death(code)
 
     async def _scrape_metrics(self) -> None:
@@ -401,6 +507,7 @@ class VllmEngine:
                 await task
         self._tasks.clear()
         await self._terminate()
+        await self._end_relay()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -408,17 +515,26 @@ class VllmEngine:
             self._workdir.cleanup()
             self._workdir = None
 
-    async def _terminate(self, grace: float = 30.0) -> None:
-        child = self._child
-        if child is None or child.returncode is not None:
+    async def _end_relay(self) -> None:
+        """Pass on the child's last lines (its pipe closes with its last process)."""
+        relay, self._relay = self._relay, None
+        if relay is None:
             return
-        child.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(child.wait(), grace)
-        except TimeoutError:
-            log.warning("vLLM did not stop within %.0f s of SIGTERM; killing it", grace)
-            child.kill()
-            await child.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(relay, 10)
+        if self._child_log.dropped:
+            log.info("%d repeated warnings of vLLM's were left out of this log", self._child_log.dropped)
+        if self._child_log.shutdown_dropped:
+            log.info(
+                "left out vLLM's EngineDeadError report (%d lines): its engine stopped as asked",
+                self._child_log.shutdown_dropped,
+            )
+
+    async def _terminate(self, grace: float = 20.0) -> None:
+        """Stop the child and its engine processes (its whole process group), SIGKILL after `grace`."""
+        if self._child is not None:
+            self._child_log.stopping = True
+            await procgroup.stop_group(self._child, grace=grace)
 
     # -- the Engine protocol -----------------------------------------------------------------------
 
@@ -445,9 +561,21 @@ class VllmEngine:
         if "messages" in body:
             request |= {"messages": body["messages"], "add_generation_prompt": True}
         else:
-            request["prompt"] = body.get("prompt", "")
+            prompt = body.get("prompt", "")
+            if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+                return len(prompt)  # already token ids
+            request["prompt"] = prompt
         result = await self._call("/tokenize", request)
         return int(result["count"])
+
+    async def _default_max_tokens(self, body: dict[str, Any]) -> int:
+        """The server's default for a request without max_tokens, or the room the context has left
+        when that is less. vLLM's own default is all the room left; its generation-config
+        max_new_tokens would also cap the requests that ask for more, so the prompt is counted here."""
+        assert self._plan is not None
+        room = self._plan.max_model_len - await self.count_prompt_tokens(body)
+        # No room at all: ask for one token, and vLLM answers the context error the client must see.
+        return max(1, min(self._settings.default_max_tokens, room))
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         result = await self._forward(path, body)
@@ -456,13 +584,19 @@ class VllmEngine:
 
     async def _forward(self, path: str, body: dict[str, Any]) -> EngineResult:
         if self._session is None or not self.ready():
-            raise RequestError("the model is not ready", status=503, type="server_error")
+            raise RequestError("the model is not ready", status=503)
         known = self.model_ids()
         model = body.get("model")
         if model is None:
             body = {**body, "model": known[0]}
         elif model not in known:
             raise unknown_model(model, known)
+        if (
+            path != "/tokenize"
+            and body.get("max_tokens") is None
+            and body.get("max_completion_tokens") is None
+        ):
+            body = {**body, "max_tokens": await self._default_max_tokens(body)}
         response = await self._session.post(path, json=body)
         if response.status >= 400:
             async with response:

@@ -59,6 +59,15 @@ def cpu_memory(meminfo: str, cgroup_max: str | None, cgroup_current: str | None)
     return Memory("cpu", max(free, 0), total)
 
 
+def with_limit(memory: Memory, limit_bytes: int | None) -> Memory:
+    """RAM bounded by an explicit container memory limit (--memory-limit), for runtimes whose cgroup
+    does not show it. The processes already running count against it only as far as /proc shows;
+    GPU memory is not RAM and stays as measured."""
+    if limit_bytes is None or memory.device != "cpu":
+        return memory
+    return Memory("cpu", min(memory.free_bytes, limit_bytes), min(memory.total_bytes, limit_bytes))
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text()

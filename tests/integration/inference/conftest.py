@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import leftovers
 from tests.support.tinymodel import build_tiny_adapter, build_tiny_model
 
 # Both engines always: without vLLM the vllm half skips, and CI (KAITOPY_FAIL_ON_SKIP) fails on that.
@@ -56,6 +57,38 @@ class Server:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def _fail_on_leftovers(before: set[int], when: str) -> None:
+    left = leftovers.leftovers(before)
+    if left:
+        leftovers.kill(list(left))
+        listing = "\n".join(f"  {pid}: {cmd}" for pid, cmd in sorted(left.items()))
+        pytest.fail(f"{when} left {len(left)} process(es) running (now killed):\n{listing}")
+
+
+@pytest.fixture(scope="package", autouse=True)
+def orphans_come_home() -> Iterator[None]:
+    """While this package's tests run, orphaned processes become this process's (subreaper); when
+    they are done none may be left, the servers of module and session fixtures included. Package
+    scope: other packages' daemons (the control plane) are none of this check's business."""
+    if not leftovers.set_subreaper(True):
+        pytest.skip("finding leftover processes needs Linux's child subreaper")
+    before = set(leftovers.descendants())
+    try:
+        yield
+        _fail_on_leftovers(before, "this package's fixtures")
+    finally:
+        leftovers.set_subreaper(False)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind(orphans_come_home: None) -> Iterator[None]:
+    """Fail a test that leaves a process of its own running (a server not stopped, an engine core
+    orphaned by its dead parent). Servers of wider-scoped fixtures started before it are not its own."""
+    before = set(leftovers.descendants())
+    yield
+    _fail_on_leftovers(before, "this test")
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +197,7 @@ def stop_server(server: Server, timeout: float = 30.0) -> int:
     return server.process.returncode
 
 
-@pytest.fixture(scope="session", params=ENGINES)
+@pytest.fixture(scope="package", params=ENGINES)
 def server(
     request: pytest.FixtureRequest, model_files: ModelFiles, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:

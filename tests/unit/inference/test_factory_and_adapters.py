@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,19 @@ def test_discover_takes_directories_with_a_config(tmp_path: Path) -> None:
     assert [p.name for p in discover(tmp_path)] == ["a", "b"]
     assert discover(tmp_path / "missing") == []
     assert discover(None) == []
+
+
+def test_discover_serves_an_adapter_dir_that_is_one_adapter(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    one = adapter(tmp_path, "pulled", {})
+    assert discover(one) == [one]
+    assert "serving it as pulled" in caplog.text
+    (tmp_path / "pulled" / "adapter_config.json").unlink()
+    (tmp_path / "pulled" / "notes.txt").write_text("x")
+    assert discover(one) == []
+    assert "holds no adapter" in caplog.text
 
 
 @pytest.mark.parametrize(

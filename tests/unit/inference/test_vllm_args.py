@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 
 from kaitopy.inference.vllm_args import (
+    CPU_KV_FLOOR,
+    CPU_KV_FRACTION,
+    CPU_KV_SLACK,
+    CPU_MAX_NUM_SEQS,
+    CPU_RESERVE,
     FALLBACK_VLLM_OPTIONS,
     GIB,
     Adapter,
@@ -20,7 +25,9 @@ from kaitopy.inference.vllm_args import (
     model_shape,
     plan_vllm,
     read_model_shape,
+    serving_dtype,
 )
+from kaitopy.inference.vllm_memory import with_limit
 
 # Llama-3-8B's shape: 32 layers, 8 KV heads of 128 in bfloat16 = 128 KiB per token; 16 GB of weights.
 LLAMA8B = {
@@ -143,7 +150,17 @@ def test_config_max_model_len_is_used_once() -> None:
     assert flag(plan.argv, "--max-model-len") == "2048"
 
 
-def test_cpu_sizes_kv_cache_bytes_from_ram() -> None:
+SMOLLM2 = {  # SmolLM2-135M-Instruct's config.json, as far as sizing reads it
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "hidden_size": 576,
+    "max_position_embeddings": 8192,
+}
+
+
+def test_cpu_sizes_kv_cache_bytes_from_context_and_concurrency() -> None:
     tiny = model_shape(
         {
             "num_hidden_layers": 2,
@@ -157,10 +174,57 @@ def test_cpu_sizes_kv_cache_bytes_from_ram() -> None:
     )
     plan = plan_vllm(options(dtype="float32"), tiny, Memory("cpu", 16 * GIB, 24 * GIB), FALLBACK_VLLM_OPTIONS)
     kv = int(flag(plan.argv, "--kv-cache-memory-bytes"))
-    # 1 KiB per token; every one of 256 sequences at the full 512 tokens: 128 MiB, not half the RAM.
-    assert kv == 1024 * 512 * 256
+    # 1 KiB per token; the 8 sequences a CPU runs at once at the full 512 tokens (4 MiB, plus vLLM's
+    # padding) are below the floor: 128 MiB, not half the RAM.
+    assert kv == CPU_KV_FLOOR
+    assert flag(plan.argv, "--max-num-seqs") == str(CPU_MAX_NUM_SEQS)
     assert plan.max_model_len == 512
     assert "--gpu-memory-utilization" not in plan.argv
+    two = plan_vllm(options(dtype="float32", max_concurrency=2), tiny, Memory("cpu", 16 * GIB, 24 * GIB), [])
+    assert flag(two.argv, "--max-num-seqs") == "2"
+    longer = plan_vllm(
+        options(dtype="float32", max_concurrency=2, max_model_len=65536),
+        tiny,
+        Memory("cpu", 16 * GIB, 24 * GIB),
+        [],
+    )
+    assert int(flag(longer.argv, "--kv-cache-memory-bytes")) == int(1024 * 65536 * 2 * CPU_KV_SLACK)
+
+
+def test_cpu_kv_cache_for_smollm2_fits_the_container_limit() -> None:
+    """The issue's case: 9.1 GiB of KV cache was reserved for SmolLM2-135M on a machine with 18 GiB
+    free. Now it is what 8 sequences of 2048 tokens need, and a 3 GiB container limit caps it."""
+    # The engine reads the shape in the dtype it serves: auto is float32 on a CPU.
+    shape = model_shape(SMOLLM2, serving_dtype("auto", "cpu"), 270_000_000)
+    ram = Memory("cpu", 18 * GIB, 24 * GIB)
+    auto = plan_vllm(options(max_concurrency=256, max_model_len=2048), shape, ram, FALLBACK_VLLM_OPTIONS)
+    # float32 on CPU: 2 x 30 layers x 3 KV heads x 64 x 4 bytes = 46,080 bytes a token.
+    assert flag(auto.argv, "--dtype") == "float32"
+    assert int(flag(auto.argv, "--kv-cache-memory-bytes")) == int(
+        46_080 * 2048 * 8 * CPU_KV_SLACK
+    )  # 0.88 GiB
+    assert any("8 sequence(s) x 2048 tokens" in line for line in auto.sizing)
+    limited = with_limit(ram, 3 * GIB)
+    capped = plan_vllm(options(max_concurrency=256), shape, limited, FALLBACK_VLLM_OPTIONS)
+    kv = int(flag(capped.argv, "--kv-cache-memory-bytes"))
+    assert kv == int((3 * GIB - 270_000_000 - CPU_RESERVE) * CPU_KV_FRACTION)
+    assert kv + 270_000_000 + CPU_RESERVE <= 3 * GIB
+    assert any("capped by memory" in line for line in capped.sizing)
+
+
+def test_auto_dtype_is_float32_on_cpu_only() -> None:
+    shape = model_shape(SMOLLM2, "auto", 270_000_000)
+    cpu = plan_vllm(options(), shape, Memory("cpu", 18 * GIB, 24 * GIB), FALLBACK_VLLM_OPTIONS)
+    gpu = plan_vllm(options(), shape, Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS)
+    assert (flag(cpu.argv, "--dtype"), flag(gpu.argv, "--dtype")) == ("float32", "auto")
+
+
+def test_secret_options_in_the_config_are_refused() -> None:
+    for key in ("api-key", "hf_token"):
+        with pytest.raises(PlanError, match="Secret"):
+            plan_vllm(
+                options(extra={key: "s3cret"}), shape8b(), Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS
+            )
 
 
 def test_cpu_kv_cache_bytes_from_config_win() -> None:
@@ -309,6 +373,7 @@ def test_multi_node_leader_starts_ray_head_and_serves() -> None:
     )
     assert plan.ray is not None
     assert plan.ray.command[:3] == ["ray", "start", "--head"]
+    assert "--include-dashboard=false" in plan.ray.command  # no unauthenticated job API
     assert plan.ray.wait_for_nodes == 2
     assert plan.ray.serves
     assert flag(plan.argv, "--distributed-executor-backend") == "ray"
@@ -333,3 +398,25 @@ def test_single_node_has_no_ray_and_multi_node_needs_leader() -> None:
     assert "--distributed-executor-backend" not in plan.argv
     with pytest.raises(PlanError, match="leader-address"):
         plan_vllm(options(role="worker"), shape8b(), Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS)
+
+
+def test_adapter_dir_that_is_one_adapter_is_served_under_its_name(tmp_path: Path) -> None:
+    # What `kaitopy tune pull --dest my-adapter` leaves: the adapter's files at the top.
+    one = tmp_path / "my-adapter"
+    one.mkdir()
+    (one / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    (one / "adapter_model.safetensors").write_bytes(b"")
+    scan = discover_adapters(one)
+    assert [(a.name, a.path, a.rank) for a in scan.adapters] == [("my-adapter", one, 8)]
+    assert scan.problems == []
+
+
+def test_adapter_dir_with_files_but_no_adapter_says_so(tmp_path: Path) -> None:
+    (tmp_path / "README").write_text("x")
+    (tmp_path / "sub").mkdir()
+    scan = discover_adapters(tmp_path)
+    assert scan.adapters == []
+    assert len(scan.problems) == 1 and "holds no adapter" in scan.problems[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert discover_adapters(empty).problems == []  # the controller's empty mount: nothing to say

@@ -8,8 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from kaitopy.inference.childlog import RepeatFilter
 from kaitopy.inference.vllm_args import Adapter, PlanError, adapter_shape_problem, weight_module_names
-from kaitopy.inference.vllm_engine import filter_metrics, request_error, scaled_adapter
+from kaitopy.inference.vllm_engine import (
+    compile_cache,
+    compile_notice,
+    filter_metrics,
+    redacted,
+    request_error,
+    scaled_adapter,
+)
 from kaitopy.inference.vllm_memory import MIB, cpu_memory, parse_meminfo, parse_nvidia_smi
 
 MEMINFO = "MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   16000000 kB\n"
@@ -42,17 +50,36 @@ def test_child_error_json_keeps_status_message_and_param() -> None:
         "error": {"message": "n must be positive", "type": "BadRequestError", "param": "n", "code": 400}
     }
     err = request_error(400, payload, "raw")
+    # vLLM's own type names give way to OpenAI's, as the transformers engine answers.
     assert (err.status, err.message, err.param, err.type) == (
         400,
         "n must be positive",
         "n",
-        "BadRequestError",
+        "invalid_request_error",
     )
     assert err.code is None  # vLLM's numeric code is the status again, not an OpenAI error code
     validation = {"error": {"message": "Input should be a valid number", "param": "body.temperature"}}
     assert request_error(400, validation, "raw").param == "temperature"
     plain = request_error(422, None, "Unprocessable")
     assert (plain.status, plain.message, plain.param) == (422, "Unprocessable", None)
+
+
+def test_raw_validation_dumps_become_one_line_naming_the_field() -> None:
+    dump = (
+        "[{'type': 'float_parsing', 'loc': ('body', 'temperature'), 'msg': 'Input should be a valid "
+        "number, unable to parse string as a number', 'input': 'hot'}]"
+    )
+    err = request_error(400, {"error": {"message": dump, "type": "Bad Request", "code": 400}}, "raw")
+    assert err.message == "temperature: Input should be a valid number, unable to parse string as a number"
+    assert (err.param, err.type, err.code) == ("temperature", "invalid_request_error", None)
+    assert err.to_json() == {
+        "error": {
+            "message": err.message,
+            "type": "invalid_request_error",
+            "param": "temperature",
+            "code": None,
+        }
+    }
 
 
 def test_context_overflow_is_context_length_exceeded_on_the_input() -> None:
@@ -145,3 +172,60 @@ def test_adapter_shapes_checked_against_the_base(tmp_path: Path) -> None:
     assert "[8, 64]" in problem
     # A LoRA on a layer the base model does not have.
     assert adapter_shape_problem(good, 8, {"model.norm.weight": [64]}) is not None
+
+
+def test_a_start_that_compiles_says_so_once_the_cache_holds_nothing(tmp_path: Path) -> None:
+    env = {"VLLM_CACHE_ROOT": str(tmp_path)}
+    notice = compile_notice(env, ["--model", "/m"])
+    assert notice is not None and "compiles the model" in notice and str(tmp_path) in notice
+    assert compile_notice(env, ["--model", "/m", "--compilation-config", '{"mode": 0}']) is None
+    (tmp_path / "torch_compile_cache" / "abc").mkdir(parents=True)
+    assert compile_notice(env, ["--model", "/m"]) is None
+    assert compile_cache({"HOME": "/h"}) == Path("/h/.cache/vllm/torch_compile_cache")
+
+
+def test_repeated_warnings_pass_once_other_lines_always() -> None:
+    lines = [
+        "(Worker pid=1) WARNING 12-04 10:03:59 [cpu.py:1] Casting torch.bfloat16 to torch.float32.",
+        "(VllmWorker-0 pid=2) WARNING 12-04 10:04:00 [cpu.py:1] Casting torch.bfloat16 to torch.float32.",
+        "/x.py:1: FutureWarning: `reduce_op` is deprecated",
+        "  warnings.warn(",
+        "/x.py:1: FutureWarning: `reduce_op` is deprecated",
+        "  warnings.warn(",
+        "INFO 12-04 10:04:01 [core.py:1] step",
+        "INFO 12-04 10:04:01 [core.py:1] step",
+        "WARNING 12-04 10:04:02 [cpu.py:9] another warning",
+    ]
+    repeats = RepeatFilter()
+    kept = [line for line in lines if repeats.keep(line)]
+    assert kept == [lines[0], lines[2], lines[3], lines[6], lines[7], lines[8]]
+    assert repeats.dropped == 3
+
+
+def test_engine_dead_report_is_left_out_only_while_stopping() -> None:
+    report = [
+        "(APIServer pid=1) ERROR 12-04 10:18:10 [async_llm.py:906] AsyncLLM output_handler failed.",
+        "(APIServer pid=1) ERROR 12-04 10:18:10 [async_llm.py:906] Traceback (most recent call last):",
+        "(APIServer pid=1) ERROR 12-04 10:18:10 [async_llm.py:906] EngineDeadError: x",
+    ]
+    running = RepeatFilter()
+    assert all(running.keep(line) for line in report)  # while serving it is a real failure: shown
+    stopping = RepeatFilter()
+    stopping.stopping = True
+    assert not any(stopping.keep(line) for line in report)
+    assert stopping.shutdown_dropped == 3
+    assert stopping.keep("(APIServer pid=1) ERROR 12-04 10:18:10 [core.py:1] something else")
+
+
+def test_logged_argv_masks_secret_looking_options() -> None:
+    argv = ["--model", "/m", "--some-token", "abc", "--client-secret=xyz", "--max-lora-rank", "8", "--flag"]
+    assert redacted(argv) == [
+        "--model",
+        "/m",
+        "--some-token",
+        "***",
+        "--client-secret=***",
+        "--max-lora-rank",
+        "8",
+        "--flag",
+    ]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kaitopy.controllers.workspace import egress, rollout, workload
+from kaitopy.controllers.workspace import egress, ingress, rollout, workload
 from kaitopy.controllers.workspace import job as jobs
 from kaitopy.controllers.workspace import nodes as nodesel
 from kaitopy.controllers.workspace import status as st
@@ -315,6 +315,11 @@ class WorkspaceReconciler:
                 await self.client.delete(other_kind, plan.name, namespace=plan.namespace)
         how: rollout.Rollout | None = None
         if multi:
+            if current is None:
+                # Ray listens on every interface of the pods: the fence goes up before the pods do.
+                policy = dict(set_controller_reference(ws, ingress.multinode_ingress_policy(plan)))
+                with contextlib.suppress(AlreadyExists):
+                    await self.client.create(kinds.NETWORK_POLICY, policy)
             await self._apply_owned(ws, kinds.SERVICE, workload.headless_service(plan), self.s.services)
             obj = await self._apply_owned(ws, kinds.STATEFUL_SET, workload.statefulset(plan), current_store)
         else:

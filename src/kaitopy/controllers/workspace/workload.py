@@ -385,6 +385,11 @@ def service(plan: InferencePlan) -> dict[str, Any]:
     }
 
 
+def server_port(plan: InferencePlan) -> int:
+    """The port the model server listens on in the pod (the user template's, when it names one)."""
+    return _target_port(plan)
+
+
 def _target_port(plan: InferencePlan) -> int:
     if plan.template is None:
         return SERVER_PORT
