@@ -105,3 +105,32 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if rep.when == "call":
         item.rep_call = rep  # type: ignore[attr-defined]
     return rep
+
+
+@pytest.fixture
+def local_model_operator(
+    operator: Operator,
+    kube_cluster: Cluster,
+    model_images: localnodes.LocalImages,
+    smollm2_weights: localnodes.Weights,
+    tmp_path: Path,
+) -> tuple[Operator, Path]:
+    """The operator with the `local` provider and the small CPU preset's images and weights (and
+    the tools image for adapters): (operator, the provider's node directory)."""
+    assert kube_cluster.bin_dir is not None, "the local provider needs the local control plane's binaries"
+    local_dir = tmp_path / "nodes"
+    operator.start_controller(
+        f"--cpu-runtime-image={model_images.refs['model-server-cpu']}",
+        f"--tools-image={model_images.refs['tools']}",
+        f"--weights-registry={smollm2_weights.prefix}",
+        f"--weights-digest={SMOLLM2}={smollm2_weights.digest}",
+        "--weights-plain-http",
+    )
+    operator.start_local_provisioner(
+        local_dir,
+        kube_cluster.kubeconfig.parent,
+        kube_cluster.bin_dir,
+        model_images.refs["pause"],
+        model_images.registry,
+    )
+    return operator, local_dir

@@ -129,30 +129,12 @@ def adapters_spec(images: dict[str, str], strengths: dict[str, str]) -> list[dic
 
 
 def test_adapters_from_the_registry_are_served_by_name_and_changes_roll_out(
-    operator: Operator,
+    local_model_operator: tuple[Operator, Path],
     kube_cluster: Cluster,
-    model_images: localnodes.LocalImages,
-    smollm2_weights: localnodes.Weights,
     adapter_images: dict[str, str],
     namespace: str,
-    tmp_path: Path,
 ) -> None:
-    assert kube_cluster.bin_dir is not None
     k = kube_cluster.kubectl
-    operator.start_controller(
-        f"--cpu-runtime-image={model_images.refs['model-server-cpu']}",
-        f"--tools-image={model_images.refs['tools']}",
-        f"--weights-registry={smollm2_weights.prefix}",
-        f"--weights-digest={PRESET}={smollm2_weights.digest}",
-        "--weights-plain-http",
-    )
-    operator.start_local_provisioner(
-        tmp_path / "nodes",
-        kube_cluster.kubeconfig.parent,
-        kube_cluster.bin_dir,
-        model_images.refs["pause"],
-        model_images.registry,
-    )
     ws: dict[str, Any] = {
         "apiVersion": "kaito.sh/v1beta1",
         "kind": "Workspace",

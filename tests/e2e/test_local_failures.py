@@ -2,8 +2,8 @@
 containerd), each named on the Workspace with a specific reason and a message a user can act on,
 and `kaitopy status --wait` giving up on them with the fix.
 
-One node serves every case: the first workspace's claim makes it, and the others select the same
-labels and instance type, so they count it as theirs (a matching node no claim of theirs made)."""
+One node serves every case: the test brings it, as a user would (a NodeClaim that no workspace owns,
+so its node is shared by every workspace whose selector and instance type match it)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kaitopy.controllers.workspace import nodes as nodesel
+from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL
 from tests.e2e.operator import Operator
 from tests.support import localnodes
 from tests.support.cluster import Cluster
@@ -125,29 +127,13 @@ def reason_is(k: Callable[..., str], name: str, namespace: str, reason: str) -> 
 
 
 def test_each_failing_workload_names_its_cause_on_the_workspace(
-    operator: Operator,
+    local_model_operator: tuple[Operator, Path],
     kube_cluster: Cluster,
     model_images: localnodes.LocalImages,
-    smollm2_weights: localnodes.Weights,
     namespace: str,
-    tmp_path: Path,
 ) -> None:
-    assert kube_cluster.bin_dir is not None
+    _, local_dir = local_model_operator
     k = kube_cluster.kubectl
-    local_dir = tmp_path / "nodes"
-    operator.start_controller(
-        f"--cpu-runtime-image={model_images.refs['model-server-cpu']}",
-        f"--weights-registry={smollm2_weights.prefix}",
-        f"--weights-digest={PRESET}={smollm2_weights.digest}",
-        "--weights-plain-http",
-    )
-    operator.start_local_provisioner(
-        local_dir,
-        kube_cluster.kubeconfig.parent,
-        kube_cluster.bin_dir,
-        model_images.refs["pause"],
-        model_images.registry,
-    )
     quota_ns = f"{namespace}-quota"
     made: list[tuple[str, str]] = []
 
@@ -155,7 +141,20 @@ def test_each_failing_workload_names_its_cause_on_the_workspace(
         k("apply", "-f", "-", input=json.dumps(ws))
         made.append((ws["metadata"]["namespace"], ws["metadata"]["name"]))
 
+    claim = nodesel.nodeclaim(
+        workspace="-", namespace="-", workspace_uid="failures", slot=0, instance_type=INSTANCE_TYPE,
+        match_labels=LABELS, storage_gib=10, gpus=1,
+    )  # fmt: skip
+    for label in (WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL):
+        claim["metadata"]["labels"].pop(label, None)
+    claim_name = claim["metadata"]["name"]
     try:
+        k("apply", "-f", "-", input=json.dumps(claim))
+        node = wait(
+            "the node", lambda: k("get", "nodes", "-l", "apps=failures", "-o", "name").strip(), timeout=300
+        )
+        ready_path = "jsonpath={.status.conditions[?(@.type=='Ready')].status}"
+        wait("the node Ready", lambda: "True" in k("get", node, "-o", ready_path), timeout=300)
         # The server itself refuses its configuration: a crash loop that quotes the server's words.
         config = {
             "apiVersion": "v1",
@@ -165,16 +164,6 @@ def test_each_failing_workload_names_its_cause_on_the_workspace(
         }
         k("apply", "-f", "-", input=json.dumps(config))
         apply(workspace("crash", namespace, {"preset": {"name": PRESET}, "config": "bad-config"}))
-        node = wait(
-            "the node", lambda: k("get", "nodes", "-l", "apps=failures", "-o", "name").strip(), timeout=300
-        )
-        wait(
-            "the node Ready",
-            lambda: (
-                "True" in k("get", node, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}")
-            ),
-            timeout=300,
-        )
 
         expected = cases(model_images.refs["tools"], model_images.registry)
         for name, (inference, _, _) in expected.items():
@@ -248,6 +237,7 @@ def test_each_failing_workload_names_its_cause_on_the_workspace(
 
             wait(f"workspace {name} gone", gone, timeout=300)
         k("delete", "namespace", quota_ns, "--ignore-not-found", "--wait=false", check=False)
+        k("delete", "nodeclaim", claim_name, "--ignore-not-found", "--wait=false", check=False)
     wait(
         "the node gone",
         lambda: not k("get", "nodes", "-l", "apps=failures", "-o", "name").strip(),

@@ -37,29 +37,10 @@ def post(url: str, body: dict[str, object]) -> dict[str, object]:
 
 
 def test_a_cpu_preset_workspace_runs_on_a_real_node_and_answers_through_its_service(
-    operator: Operator,
-    kube_cluster: Cluster,
-    model_images: localnodes.LocalImages,
-    smollm2_weights: localnodes.Weights,
-    namespace: str,
-    tmp_path: Path,
+    local_model_operator: tuple[Operator, Path], kube_cluster: Cluster, namespace: str
 ) -> None:
-    assert kube_cluster.bin_dir is not None
+    operator, local_dir = local_model_operator
     k = kube_cluster.kubectl
-    local_dir = tmp_path / "nodes"
-    operator.start_controller(
-        f"--cpu-runtime-image={model_images.refs['model-server-cpu']}",
-        f"--weights-registry={smollm2_weights.prefix}",
-        f"--weights-digest={PRESET}={smollm2_weights.digest}",
-        "--weights-plain-http",
-    )
-    operator.start_local_provisioner(
-        local_dir,
-        kube_cluster.kubeconfig.parent,
-        kube_cluster.bin_dir,
-        model_images.refs["pause"],
-        model_images.registry,
-    )
     ws = yaml.safe_load(EXAMPLE.read_text())
     ws["metadata"]["namespace"] = namespace
     name = ws["metadata"]["name"]
