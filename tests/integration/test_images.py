@@ -395,6 +395,8 @@ def test_model_server_image_serves_a_tiny_model(built: dict[str, Any], tmp_path:
     from tests.support.tinymodel import build_tiny_model
 
     weights = build_tiny_model(tmp_path / "weights")
+    # The image runs as uid 65532, as in a pod (where fsGroup makes the volume readable).
+    subprocess.run(["chmod", "-R", "a+rX", str(weights)], check=True)
     ref = built["first"]["model-server-cpu"].ref
     name = subprocess.run(
         ["buildah", "from", "--tls-verify=false", ref], capture_output=True, text=True, check=True
