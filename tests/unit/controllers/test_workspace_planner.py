@@ -92,3 +92,37 @@ def test_node_count_is_bounded() -> None:
     with pytest.raises(ValidationError, match="less than or equal to 16"):
         Workspace.model_validate(raw)
     assert workspace_schema()["properties"]["resource"]["properties"]["count"]["maximum"] == MAX_NODE_COUNT
+
+
+def inference(preset: str, instance_type: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "w", "namespace": "default"},
+        "resource": {"instanceType": instance_type, "labelSelector": {"matchLabels": {"a": "w"}}},
+        "inference": {"preset": {"name": preset}, "config": "params"},
+    }
+
+
+def test_planner_sizes_for_the_context_the_webhook_admitted() -> None:
+    # The webhook admits phi-3-mini-128k on a V100 with max-model-len 16384 from the inference
+    # config; the controller, given the same setting, plans it and passes it to the server.
+    catalog = Catalog.load()
+    raw = inference("phi-3-mini-128k-instruct", "Standard_NC6s_v3")
+    assert validate_create(Workspace.model_validate(raw), catalog, max_model_len=16384) == []
+    plan = make_planner(catalog, Settings())(freeze(raw), max_model_len=16384)
+    assert plan.inference is not None and plan.inference.max_model_len == 16384
+    assert "--max-model-len=16384" in workload.server_args(plan.inference)
+    # What admission refuses for that context, the planner refuses with the same reason.
+    refusal = validate_create(Workspace.model_validate(raw), catalog, max_model_len=131072)
+    with pytest.raises(PlanError) as err:
+        make_planner(catalog, Settings())(freeze(raw), max_model_len=131072)
+    assert err.value.reason == "InsufficientGPUMemory"
+    assert str(err.value) in refusal[0].message
+
+
+def test_unset_context_is_left_to_the_engine() -> None:
+    catalog = Catalog.load()
+    plan = make_planner(catalog, Settings())(
+        freeze(inference("gemma-3-4b-instruct", "Standard_NV36ads_A10_v5"))
+    )
+    assert plan.inference is not None and plan.inference.max_model_len is None
+    assert not any(a.startswith("--max-model-len") for a in workload.server_args(plan.inference))
