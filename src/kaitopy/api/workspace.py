@@ -111,6 +111,9 @@ class ResourceSpec(ApiModel):
     """Selects the GPU nodes for this workspace; provisioned nodes get these labels. Immutable."""
     preferred_nodes: list[str] | None = None
     """Deprecated: names of existing nodes to prefer. Accepted and ignored for placement."""
+    partition: Schemaless | None = None
+    """Kaito's GPU partitioning (MIG / accelerator mode). Not supported by kaitopy yet: a workspace
+    that sets it is refused at admission with that reason."""
 
 
 class PresetOptions(ApiModel):

@@ -132,6 +132,8 @@ def _name(ws: Workspace, multi_node: bool) -> Iterator[FieldError]:
 def _create(ws: Workspace, catalog: Catalog, max_model_len: int | None) -> Iterator[FieldError]:
     if (ws.inference is None) == (ws.tuning is None):
         yield FieldError("inference", messages.EXACTLY_ONE_OF)
+    if ws.resource.partition is not None:
+        yield FieldError("resource.partition", messages.PARTITION_UNSUPPORTED)
     sku: GpuSku | None = None
     try:
         sku = catalog.sku(ws.resource.instance_type)

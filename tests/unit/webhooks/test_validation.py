@@ -304,3 +304,10 @@ def test_long_names_fit_single_node_models(catalog: Catalog) -> None:
     raw = phi3()
     raw["metadata"]["name"] = "b" * 63
     assert errors(raw, catalog) == []
+
+
+def test_partition_is_refused_as_not_supported_yet(catalog: Catalog) -> None:
+    raw = phi3()
+    raw["resource"]["partition"] = {"mode": "accelerator", "count": 2}
+    e = only(errors(raw, catalog))
+    assert e.field == "resource.partition" and "not supported by kaitopy yet" in e.message
