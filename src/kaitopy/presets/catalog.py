@@ -225,8 +225,9 @@ class Catalog:
         hint = (
             f"; did you mean {' or '.join(self._sku_keys[c].instance_type for c in close)}?" if close else ""
         )
+        supported = ", ".join(self._skus)
         raise UnknownInstanceType(
-            f"unknown instance type {instance_type!r}{hint}; supported instance types: {', '.join(self._skus)}"
+            f"unknown instance type {instance_type!r}{hint}; supported instance types: {supported}"
         )
 
 
