@@ -223,7 +223,7 @@ class Catalog:
             )
         close = difflib.get_close_matches(instance_type.lower(), list(self._sku_keys), n=3, cutoff=0.6)
         hint = (
-            f"; did you mean {' or '.join(self._sku_keys[c].instance_type for c in close)}?" if close else ""
+            f" (did you mean {' or '.join(self._sku_keys[c].instance_type for c in close)}?)" if close else ""
         )
         supported = ", ".join(self._skus)
         raise UnknownInstanceType(
