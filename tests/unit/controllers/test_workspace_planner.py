@@ -126,3 +126,26 @@ def test_unset_context_is_left_to_the_engine() -> None:
     )
     assert plan.inference is not None and plan.inference.max_model_len is None
     assert not any(a.startswith("--max-model-len") for a in workload.server_args(plan.inference))
+
+
+def test_private_access_takes_the_weights_from_the_users_image() -> None:
+    # Kaito's accessMode private: the image holds the weights (under /workspace/weights); nothing
+    # may come from Hugging Face, and no empty volume may hide the image's files.
+    raw = inference("phi-3-mini-4k-instruct", "Standard_NC24ads_A100_v4")
+    del raw["inference"]["config"]
+    raw["inference"]["preset"].update(
+        accessMode="private",
+        presetOptions={"image": "registry.example.com/my-phi3:1", "imagePullSecrets": ["pull"]},
+    )
+    assert validate_create(Workspace.model_validate(raw), Catalog.load()) == []
+    settings = Settings()
+    plan = make_planner(Catalog.load(), settings)(freeze(raw))
+    assert plan.inference is not None
+    args = workload.server_args(plan.inference)
+    assert not any(a.startswith(("--hf-model-id", "--allow-download")) for a in args)
+    spec = workload.deployment(plan.inference)["spec"]["template"]["spec"]
+    assert spec["containers"][0]["image"] == settings.runtime_image
+    init = {c["name"]: c for c in spec["initContainers"]}
+    assert init["weights"]["image"] == "registry.example.com/my-phi3:1"
+    assert "/workspace/weights/." in init["weights"]["command"]
+    assert "tools" in init and {"name": "pull"} in spec["imagePullSecrets"]

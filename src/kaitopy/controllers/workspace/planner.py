@@ -73,6 +73,8 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
         options = preset.get("presetOptions") or {}
         default_image = settings.cpu_runtime_image if model.on_cpu else settings.runtime_image
         image = str(options.get("image") or default_image)
+        # accessMode private: as in Kaito, the image holds the weights; our server still runs them.
+        private = str(options.get("image") or "") if preset.get("accessMode") == "private" else ""
         pull = _secrets(options.get("imagePullSecrets"))
         access = options.get("modelAccessSecret")
         if inference is not None:
@@ -120,7 +122,7 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                     namespace=namespace,
                     preset=model.name,
                     runtime=runtime,
-                    image=image,
+                    image=default_image if private else image,
                     node_count=est.node_count,
                     gpus_per_node=est.gpus_per_node,
                     tensor_parallel_size=est.tensor_parallel_size,
@@ -129,7 +131,8 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                     max_model_len=est.max_model_len if est.context_fixed else None,
                     dtype=str(est.dtype),
                     # Weights from an OCI artifact: the server must not reach Hugging Face.
-                    hf_model_id="" if weights.image else model.hf_id,
+                    hf_model_id="" if weights.image or private else model.hf_id,
+                    private_weights_image=private or None,
                     weights_gib=_weights_gib(model),
                     match_labels=match_labels,
                     match_expressions=expressions,
