@@ -81,7 +81,13 @@ def usable_nodes(
     match_labels: Mapping[str, str],
     expressions: Iterable[Mapping[str, Any]],
     instance_type: str,
+    *,
+    owner: tuple[str, str] | None = None,
 ) -> NodeView:
+    """`owner` (name, namespace): the workspace asking. A node provisioned for a workspace carries
+    its name and namespace (the NodeClaim's labels) and serves only that one, even when another
+    workspace's selector matches it; nodes the user brought (no such labels) are shared by every
+    workspace whose selector matches, as Kaito shares them."""
     exprs = list(expressions)
     names = []
     for n in nodes:
@@ -89,6 +95,9 @@ def usable_nodes(
         labels = meta.get("labels") or {}
         if meta.get("deletionTimestamp") or (n.get("spec") or {}).get("unschedulable"):
             continue
+        if owner is not None and WORKSPACE_LABEL in labels:
+            if (labels.get(WORKSPACE_LABEL), labels.get(WORKSPACE_NAMESPACE_LABEL)) != owner:
+                continue
         if instance_type and labels.get(INSTANCE_TYPE_LABEL) != instance_type:
             continue
         if not matches(labels, match_labels, exprs) or gpu_capacity(n) < 1 or not node_ready(n):

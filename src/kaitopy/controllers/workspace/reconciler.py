@@ -163,7 +163,11 @@ class WorkspaceReconciler:
         requeue: float | None = None
         # -- nodes ----------------------------------------------------------------------------
         view = nodesel.usable_nodes(
-            self.s.nodes.list(), plan.match_labels, plan.match_expressions, plan.instance_type
+            self.s.nodes.list(),
+            plan.match_labels,
+            plan.match_expressions,
+            plan.instance_type,
+            owner=(str(ws["metadata"]["name"]), str(ws["metadata"]["namespace"])),
         )
         claims_verdict: st.Verdict | None = None
         if not self.byo:
