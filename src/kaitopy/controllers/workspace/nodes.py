@@ -95,9 +95,9 @@ def usable_nodes(
         labels = meta.get("labels") or {}
         if meta.get("deletionTimestamp") or (n.get("spec") or {}).get("unschedulable"):
             continue
-        if owner is not None and WORKSPACE_LABEL in labels:
-            if (labels.get(WORKSPACE_LABEL), labels.get(WORKSPACE_NAMESPACE_LABEL)) != owner:
-                continue
+        provisioned_for = (labels.get(WORKSPACE_LABEL), labels.get(WORKSPACE_NAMESPACE_LABEL))
+        if owner is not None and WORKSPACE_LABEL in labels and provisioned_for != owner:
+            continue
         if instance_type and labels.get(INSTANCE_TYPE_LABEL) != instance_type:
             continue
         if not matches(labels, match_labels, exprs) or gpu_capacity(n) < 1 or not node_ready(n):
