@@ -149,3 +149,15 @@ def test_private_access_takes_the_weights_from_the_users_image() -> None:
     assert init["weights"]["image"] == "registry.example.com/my-phi3:1"
     assert "/workspace/weights/." in init["weights"]["command"]
     assert "tools" in init and {"name": "pull"} in spec["imagePullSecrets"]
+
+
+def test_resource_count_does_what_its_schema_description_says() -> None:
+    # Issue 19.6: the description (kubectl explain) used to say a larger count is honoured; the
+    # planner sizes presets from the model alone.
+    description = workspace_schema()["properties"]["resource"]["properties"]["count"]["description"]
+    assert "not used for presets" in description
+    raw = inference("phi-3-mini-4k-instruct", "Standard_NC6s_v3")
+    del raw["inference"]["config"]
+    raw["resource"]["count"] = 3
+    plan = make_planner(Catalog.load(), Settings())(freeze(raw))
+    assert plan.node_count == 1
