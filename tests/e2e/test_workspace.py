@@ -180,6 +180,28 @@ async def test_70b_model_spans_nodes_with_a_statefulset(
     assert await claims_of(client, name, namespace) == []
 
 
+async def test_workspaces_sharing_labels_each_get_their_own_node(
+    operator: Operator, kube_cluster: Cluster, client: Client, namespace: str
+) -> None:
+    # Issue 19.4: nodes used to be matched by labelSelector alone, so the second workspace took
+    # the first one's node and provisioned none.
+    operator.start_provisioner()
+    operator.start_controller()
+    for name in ("first", "second"):
+        ws = phi3(name, namespace)
+        ws["resource"]["labelSelector"] = {"matchLabels": {"apps": "shared"}}
+        apply(kube_cluster, ws)
+    workers = {}
+    for name in ("first", "second"):
+        done = await wait_condition(client, name, namespace, "WorkspaceSucceeded")
+        assert len(await claims_of(client, name, namespace)) == 1
+        workers[name] = done["status"]["workerNodes"]
+    assert len(workers["first"]) == len(workers["second"]) == 1
+    assert workers["first"] != workers["second"]
+    for name in ("first", "second"):
+        await delete_and_wait(client, kube_cluster, name, namespace)
+
+
 async def test_adapters_added_then_swapped_keep_the_nodes(
     operator: Operator, kube_cluster: Cluster, client: Client, namespace: str
 ) -> None:

@@ -46,3 +46,7 @@ TEMPLATE_SHAPE: Final = (
     "must be a pod template (corev1.PodTemplateSpec): metadata and spec are objects, and "
     "spec.containers lists at least one container object; {problem}"
 )
+PARTITION_UNSUPPORTED: Final = (
+    "resource.partition (Kaito's GPU partitioning: MIG / accelerator mode) is not supported by kaitopy yet; "
+    "remove it to run on whole GPUs"
+)

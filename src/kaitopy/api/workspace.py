@@ -105,12 +105,16 @@ class ResourceSpec(ApiModel):
     """The cloud instance type of each GPU node, e.g. Standard_NC24ads_A100_v4 or p5.48xlarge.
     Immutable."""
     count: int | None = Field(default=1, ge=1, le=MAX_NODE_COUNT)
-    """Deprecated: the number of nodes (at most 16). The node count is now derived from the model
-    and the instance type; a larger value is honoured. Immutable."""
+    """Deprecated, and not used for presets: their node count is derived from the model and the
+    instance type (status.targetNodeCount), whatever count says. For an inference template it is
+    the number of nodes and pod replicas (at most 16). Immutable."""
     label_selector: LabelSelector = Field(json_schema_extra=_immutable(messages.IMMUTABLE_LABEL_SELECTOR))
     """Selects the GPU nodes for this workspace; provisioned nodes get these labels. Immutable."""
     preferred_nodes: list[str] | None = None
     """Deprecated: names of existing nodes to prefer. Accepted and ignored for placement."""
+    partition: Schemaless | None = None
+    """Kaito's GPU partitioning (MIG / accelerator mode). Not supported by kaitopy yet: a workspace
+    that sets it is refused at admission with that reason."""
 
 
 class PresetOptions(ApiModel):

@@ -156,7 +156,10 @@ class GpuSku(BaseModel):
 class Catalog:
     """Immutable lookup over the models and SKUs. `Catalog.load()` reads the packaged data once."""
 
-    def __init__(self, models: list[ModelPreset], skus: list[GpuSku]) -> None:
+    def __init__(
+        self, models: list[ModelPreset], skus: list[GpuSku], *, not_served: tuple[str, ...] = ()
+    ) -> None:
+        self._not_served = frozenset(n.lower() for n in not_served)
         self._models = MappingProxyType({m.name: m for m in models})
         self._skus = MappingProxyType({s.instance_type: s for s in skus})
         aliases: dict[str, ModelPreset] = {}
@@ -179,6 +182,7 @@ class Catalog:
         return cls(
             [ModelPreset.model_validate(m) for m in models["models"]],
             [GpuSku.model_validate(s) for s in skus["skus"]],
+            not_served=tuple(str(n) for n in models.get("kaito_presets_not_served") or ()),
         )
 
     @property
@@ -194,6 +198,11 @@ class Catalog:
         found = self._aliases.get(name.strip().lower())
         if found is not None:
             return found
+        if name.strip().lower() in self._not_served:
+            raise UnknownPreset(
+                f"preset {name!r} is a Kaito preset kaitopy does not serve yet (not supported); "
+                f"presets it serves: {', '.join(sorted(self._models))}"
+            )
         close = difflib.get_close_matches(name.lower(), list(self._models), n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise UnknownPreset(
@@ -207,8 +216,18 @@ class Catalog:
         found = self._sku_keys.get(instance_type.strip().lower())
         if found is not None:
             return found
+        if instance_type.startswith("<") and instance_type.endswith(">"):
+            raise UnknownInstanceType(
+                f"instance type {instance_type!r} is a placeholder: replace it with your nodes' instance "
+                f"type, one of {', '.join(self._skus)}"
+            )
+        close = difflib.get_close_matches(instance_type.lower(), list(self._sku_keys), n=3, cutoff=0.6)
+        hint = (
+            f" (did you mean {' or '.join(self._sku_keys[c].instance_type for c in close)}?)" if close else ""
+        )
+        supported = ", ".join(self._skus)
         raise UnknownInstanceType(
-            f"unknown instance type {instance_type!r}; supported instance types: {', '.join(self._skus)}"
+            f"unknown instance type {instance_type!r}{hint}; supported instance types: {supported}"
         )
 
 

@@ -2,6 +2,10 @@
 
 The rule, stated once:
 - Memory needed = weights + KV cache for one sequence of `max_model_len` tokens (16-bit cache).
+- When the workspace does not set `max_model_len`, the model is admitted as Kaito admits it, on its
+  weights: it must hold the weights plus the KV cache of a short context (`MIN_CONTEXT_TOKENS`).
+  The plan then leaves the context open (`context_fixed` False) and the engine fits it to the GPU
+  memory at start. The model's full context is still preferred when it fits as few nodes.
 - Each GPU gives `GPU_MEMORY_UTILIZATION` of its memory (vLLM's default) less
   `PER_GPU_OVERHEAD_GIB` for the CUDA context, activations and communication buffers.
 - vLLM runs where the GPU has compute capability >= 8.0 (Ampere or newer); older GPUs (V100, T4)
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from kaitopy.presets.catalog import GIB, Catalog, GpuSku, ModelPreset
@@ -29,6 +33,9 @@ GPU_MEMORY_UTILIZATION = 0.9
 PER_GPU_OVERHEAD_GIB = 1.0
 VLLM_MIN_COMPUTE_CAPABILITY = 8.0
 SHOWN_SKUS = 8
+MIN_CONTEXT_TOKENS = 2048
+"""The shortest context a model is admitted for when max_model_len is not set: below it a chat
+turn with a system prompt does not fit, so a smaller GPU would only fail in use."""
 MAX_NODES = 16
 """A plan needing more nodes than this is refused: a mistake more often than an intent."""
 
@@ -65,6 +72,9 @@ class Plan:
     """GPU memory the model needs: weights plus KV cache for max_model_len tokens."""
     usable_gib_per_gpu: float
     gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION
+    context_fixed: bool = True
+    """Whether the server is started with max_model_len; False when the workspace did not set it and
+    the engine fits the context to the memory it finds (max_model_len is then what was sized for)."""
 
     @property
     def total_gpus(self) -> int:
@@ -99,9 +109,11 @@ def estimate(
         raise EstimateError(
             f"max_model_len {length} is outside 1..{model.max_context}, the context {model.name} supports"
         )
-    result = _plan(model, sku, length)
+    result = _plan(model, sku, length) if max_model_len is not None else _open_plan(model, sku)
     if isinstance(result, Plan):
         return result
+    if max_model_len is None:
+        length = _admission_context(model)
     need = required_gib(model, length)
     fitting = tuple(fitting_skus(model, (catalog or Catalog.load()).skus.values(), max_model_len=length))
     shown = ", ".join(fitting[:SHOWN_SKUS]) + (
@@ -124,8 +136,13 @@ def fitting_skus(
     model: ModelPreset, skus: Iterable[GpuSku], *, max_model_len: int | None = None
 ) -> list[str]:
     """Instance types the model fits on, fewest nodes first, then least GPU memory."""
-    length = model.max_context if max_model_len is None else max_model_len
-    plans = [p for s in skus if isinstance(p := _plan(model, s, length), Plan)]
+    plans = [
+        p
+        for s in skus
+        if isinstance(
+            p := _open_plan(model, s) if max_model_len is None else _plan(model, s, max_model_len), Plan
+        )
+    ]
     by_sku = {s.instance_type: s for s in skus}
     plans.sort(key=lambda p: (p.node_count, by_sku[p.instance_type].gpu_memory_gib, p.instance_type))
     return [p.instance_type for p in plans]
@@ -149,6 +166,24 @@ def _usable_gpus(model: ModelPreset, sku: GpuSku) -> int:
     if runtime_for(sku) == "transformers":
         return sku.gpu_count  # accelerate spreads layers over every GPU of the node
     return max(t for t in _divisors(sku.gpu_count) if model.attention_heads % t == 0)
+
+
+def _admission_context(model: ModelPreset) -> int:
+    return min(model.max_context, MIN_CONTEXT_TOKENS)
+
+
+def _open_plan(model: ModelPreset, sku: GpuSku) -> Plan | str:
+    """The plan when the workspace leaves max_model_len unset: sized for the full context when that
+    takes no more nodes than the weights alone need, else for the admission context; either way the
+    engine fits the context to the memory at start."""
+    if model.on_cpu:
+        return _plan(model, sku, model.max_context)
+    short = _plan(model, sku, _admission_context(model))
+    if not isinstance(short, Plan):
+        return short
+    full = _plan(model, sku, model.max_context)
+    chosen = full if isinstance(full, Plan) and full.node_count <= short.node_count else short
+    return replace(chosen, context_fixed=False)
 
 
 def _divisors(n: int) -> list[int]:

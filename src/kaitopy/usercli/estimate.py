@@ -58,7 +58,12 @@ def render(plan: Plan, count: int | None, out: TextIO) -> None:
         ("pipeline parallel", str(plan.pipeline_parallel_size)),
         ("runtime", plan.runtime),
         ("dtype", plan.dtype),
-        ("context length", f"{plan.max_model_len} tokens"),
+        (
+            "context length",
+            f"{plan.max_model_len} tokens"
+            if plan.context_fixed
+            else f"fitted to GPU memory at start (sized for {plan.max_model_len} tokens)",
+        ),
         ("GPU memory needed", f"{plan.required_gib:.1f} GiB (weights + KV cache)"),
         (
             "GPU memory usable",

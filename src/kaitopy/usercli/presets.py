@@ -9,7 +9,7 @@ import sys
 from typing import Any, TextIO
 
 from kaitopy.presets import Catalog, CatalogError, EstimateError, ModelPreset, estimate, fitting_skus
-from kaitopy.presets.estimator import required_gib, runtime_for
+from kaitopy.presets.estimator import MIN_CONTEXT_TOKENS, required_gib, runtime_for
 from kaitopy.usercli.table import format_table
 
 SHOWN_FITS = 3
@@ -56,7 +56,9 @@ def _describe(model: ModelPreset, catalog: Catalog) -> dict[str, Any]:
         "paramsBillions": model.params_b,
         "weightsGiB": round(model.weights_gib, 1),
         "maxContext": model.max_context,
-        "minGpuMemoryGiB": 0.0 if model.on_cpu else round(required_gib(model, model.max_context), 1),
+        "minGpuMemoryGiB": 0.0
+        if model.on_cpu
+        else round(required_gib(model, min(model.max_context, MIN_CONTEXT_TOKENS)), 1),
         "runtimes": runtimes,
         "tuning": model.supports_tuning,
         "multiNode": model.supports_multi_node,

@@ -85,7 +85,9 @@ def render(ws: dict[str, Any], events: list[dict[str, Any]], out: TextIO) -> Non
             f"    {c['type']:<20} {c.get('status', '?'):<8} {c.get('reason', '')}: {c.get('message', '')}\n"
         )
     reason = blocking_reason(ws)
-    out.write(f"  {'ready: the model is being served' if reason is None else 'waiting on: ' + reason}\n")
+    # A tuning workspace ends with its adapter pushed; nothing is served.
+    done = "done: the tuning job finished" if "tuning" in ws else "ready: the model is being served"
+    out.write(f"  {done if reason is None else 'waiting on: ' + reason}\n")
     fix = fix_for(ws)
     if fix:
         out.write(f"  fix: {fix}\n")

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from kaitopy.api import INFERENCE_CONFIG_KEY, TUNING_CONFIG_KEY, Workspace
+from kaitopy.api.inferenceconfig import InferenceConfigError, max_model_len
 from kaitopy.runtime import Client, kinds
 from kaitopy.webhooks.validation import FieldError
 
@@ -84,16 +85,8 @@ def judge_config(
 
 
 def _max_model_len(config: dict[str, Any], errors: list[FieldError]) -> int | None:
-    vllm = config.get("vllm")
-    if not isinstance(vllm, dict) or "max-model-len" not in vllm:
+    try:
+        return max_model_len(config)
+    except InferenceConfigError as exc:
+        errors.append(FieldError("inference.config", f"inference.config: {exc}"))
         return None
-    value = vllm["max-model-len"]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        errors.append(
-            FieldError(
-                "inference.config",
-                f"inference.config: vllm.max-model-len in {INFERENCE_CONFIG_KEY} must be a positive integer (the value is not repeated here)",
-            )
-        )
-        return None
-    return value

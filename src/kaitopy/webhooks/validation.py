@@ -94,18 +94,61 @@ def _preset(preset: PresetSpec | None) -> str | None:
     return preset.name if preset is not None else None
 
 
+NAME_MAX = 63
+"""A Service (and a label value) carries the workspace's name: a DNS-1035 label."""
+MULTI_NODE_NAME_MAX = 52
+"""A StatefulSet labels its pods controller-revision-hash=<name>-<10-character hash>, a label
+value of at most 63 characters; its headless Service <name>-headless needs even less."""
+_DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+def name_problem(name: str, *, multi_node: bool) -> str | None:
+    """Why objects named after this workspace cannot be created, with a name that can; None when
+    they can. Checked at admission: the API server accepts dots and leading digits in a custom
+    resource's name, and the Service or StatefulSet made from it would then fail on every retry."""
+    limit = MULTI_NODE_NAME_MAX if multi_node else NAME_MAX
+    if len(name) <= limit and _DNS_1035.fullmatch(name):
+        return None
+    fixed = re.sub(r"[^a-z0-9-]+", "-", name.lower())
+    fixed = fixed if fixed[:1].isalpha() else f"ws-{fixed}"
+    fixed = fixed[:limit].strip("-") or "ws"
+    shape = (
+        f"at most {limit} characters for a multi-node model (its StatefulSet pods carry <name>-<hash> labels)"
+        if multi_node
+        else f"at most {limit} characters (it names the model's Service)"
+    )
+    return (
+        f"metadata.name {name!r} cannot name the workspace's objects: use lowercase letters, digits and '-', "
+        f"starting with a letter and ending with a letter or digit, {shape}; e.g. {fixed!r}"
+    )
+
+
+def _name(ws: Workspace, multi_node: bool) -> Iterator[FieldError]:
+    problem = name_problem(ws.name, multi_node=multi_node) if ws.name else None
+    if problem is not None:
+        yield FieldError("metadata.name", problem)
+
+
 def _create(ws: Workspace, catalog: Catalog, max_model_len: int | None) -> Iterator[FieldError]:
     if (ws.inference is None) == (ws.tuning is None):
         yield FieldError("inference", messages.EXACTLY_ONE_OF)
+    if ws.resource.partition is not None:
+        yield FieldError("resource.partition", messages.PARTITION_UNSUPPORTED)
     sku: GpuSku | None = None
     try:
         sku = catalog.sku(ws.resource.instance_type)
     except CatalogError as exc:
         yield FieldError("resource.instanceType", f"resource.instanceType: {exc}")
+    multi_node = False
     if ws.inference is not None:
-        yield from _inference(ws, catalog, sku, max_model_len)
+        for err in _inference(ws, catalog, sku, max_model_len):
+            if isinstance(err, FieldError):
+                yield err
+            else:
+                multi_node = err
     if ws.tuning is not None:
         yield from _tuning(ws, catalog, sku)
+    yield from _name(ws, multi_node)
 
 
 def _model(catalog: Catalog, field: str, name: str) -> ModelPreset | FieldError:
@@ -117,7 +160,8 @@ def _model(catalog: Catalog, field: str, name: str) -> ModelPreset | FieldError:
 
 def _inference(
     ws: Workspace, catalog: Catalog, sku: GpuSku | None, max_model_len: int | None
-) -> Iterator[FieldError]:
+) -> Iterator[FieldError | bool]:
+    """The errors, and (as a bool) whether the model runs on several nodes."""
     inf = ws.inference
     assert inf is not None
     if inf.preset is not None and inf.template is not None:
@@ -193,9 +237,9 @@ def _access(preset: PresetSpec, model: ModelPreset, field: str) -> Iterator[Fiel
         )
 
 
-def _fits(model: ModelPreset, sku: GpuSku, max_model_len: int | None) -> Iterator[FieldError]:
+def _fits(model: ModelPreset, sku: GpuSku, max_model_len: int | None) -> Iterator[FieldError | bool]:
     try:
-        estimate(model, sku, max_model_len=max_model_len)
+        yield estimate(model, sku, max_model_len=max_model_len).node_count > 1
     except DoesNotFit as exc:
         yield FieldError("resource.instanceType", f"resource.instanceType: {exc}")
     except EstimateError as exc:

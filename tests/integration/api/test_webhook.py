@@ -94,12 +94,12 @@ BAD = [
     (
         "unknown-instance-type",
         _with(phi3(), "resource.instanceType", "Standard_NC6"),
-        "unknown instance type 'Standard_NC6'; supported instance types: Standard_NC6s_v3",
+        "unknown instance type 'Standard_NC6' (did you mean Standard_NC6s_v3",
     ),
     (
         "gpu-too-small",
         _with(phi3(), "inference.preset.name", "phi-3-medium-4k-instruct"),
-        "phi-3-medium-4k-instruct needs 26.8 GiB of GPU memory",
+        "phi-3-medium-4k-instruct needs 26.4 GiB of GPU memory",
     ),
     (
         "gpu-too-small-lists-fits",
@@ -262,8 +262,20 @@ async def test_bad_create_is_refused_with_its_message(
 async def test_max_model_len_from_the_config_decides_the_fit(
     webhook: WebhookServer, workspace_crd: Cluster, namespace: str
 ) -> None:
+    # Unset, the 128k model is admitted on its weights on a V100 (the engine fits the context);
+    # asked for its full context, it is refused with the context that fits; asked for that, admitted.
+    unset = _with(phi3("unset"), "inference.preset.name", "phi-3-mini-128k-instruct")
+    await _admitted(workspace_crd, namespace, unset)
+    full = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "full"},
+        "data": {"inference_config.yaml": "vllm:\n  max-model-len: 131072\n"},
+    }
+    await _admitted(workspace_crd, namespace, full)
     long_ctx = _with(phi3("long"), "inference.preset.name", "phi-3-mini-128k-instruct")
-    assert "or set max_model_len to 16384 or less" in await _refused(workspace_crd, namespace, long_ctx)
+    refusal = await _refused(workspace_crd, namespace, _with(long_ctx, "inference.config", "full"))
+    assert "or set max_model_len to 16384 or less" in refusal
     config = {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -257,3 +257,17 @@ def test_a_template_with_null_sections_gets_the_placement_instead_of_crashing(
     pod = workload.deployment(plan)["spec"]["template"]
     assert pod["metadata"]["labels"]["kaito.sh/workspace"] == PLAN.name
     assert "nodeAffinity" in pod["spec"]["affinity"]
+
+
+def test_provisioned_nodes_serve_only_their_workspace_and_byo_nodes_are_shared() -> None:
+    # Two workspaces with the same selector: each keeps the node provisioned for it.
+    mine = node("mine", apps="phi-3", **{"kaito.sh/workspace": "a", "kaito.sh/workspacenamespace": "ns"})
+    theirs = node("theirs", apps="phi-3", **{"kaito.sh/workspace": "b", "kaito.sh/workspacenamespace": "ns"})
+    other_ns = node(
+        "other-ns", apps="phi-3", **{"kaito.sh/workspace": "a", "kaito.sh/workspacenamespace": "x"}
+    )
+    byo = node("byo", apps="phi-3")
+    view = nodes.usable_nodes(
+        [mine, theirs, other_ns, byo], {"apps": "phi-3"}, [], "Standard_NC6s_v3", owner=("a", "ns")
+    )
+    assert view.ready == ["byo", "mine"]

@@ -133,3 +133,72 @@ def test_tuning_limit_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     with pytest.raises(SystemExit, match="--tuning-deadline 0: must be a positive whole number"):
         app.settings_from(parser.parse_args(["--tuning-deadline=0"]))
+
+
+def inference(preset: str, instance_type: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "w", "namespace": "default"},
+        "resource": {"instanceType": instance_type, "labelSelector": {"matchLabels": {"a": "w"}}},
+        "inference": {"preset": {"name": preset}, "config": "params"},
+    }
+
+
+def test_planner_sizes_for_the_context_the_webhook_admitted() -> None:
+    # The webhook admits phi-3-mini-128k on a V100 with max-model-len 16384 from the inference
+    # config; the controller, given the same setting, plans it and passes it to the server.
+    catalog = Catalog.load()
+    raw = inference("phi-3-mini-128k-instruct", "Standard_NC6s_v3")
+    assert validate_create(Workspace.model_validate(raw), catalog, max_model_len=16384) == []
+    plan = make_planner(catalog, Settings())(freeze(raw), max_model_len=16384)
+    assert plan.inference is not None and plan.inference.max_model_len == 16384
+    assert "--max-model-len=16384" in workload.server_args(plan.inference)
+    # What admission refuses for that context, the planner refuses with the same reason.
+    refusal = validate_create(Workspace.model_validate(raw), catalog, max_model_len=131072)
+    with pytest.raises(PlanError) as err:
+        make_planner(catalog, Settings())(freeze(raw), max_model_len=131072)
+    assert err.value.reason == "InsufficientGPUMemory"
+    assert str(err.value) in refusal[0].message
+
+
+def test_unset_context_is_left_to_the_engine() -> None:
+    catalog = Catalog.load()
+    plan = make_planner(catalog, Settings())(
+        freeze(inference("gemma-3-4b-instruct", "Standard_NV36ads_A10_v5"))
+    )
+    assert plan.inference is not None and plan.inference.max_model_len is None
+    assert not any(a.startswith("--max-model-len") for a in workload.server_args(plan.inference))
+
+
+def test_private_access_takes_the_weights_from_the_users_image() -> None:
+    # Kaito's accessMode private: the image holds the weights (under /workspace/weights); nothing
+    # may come from Hugging Face, and no empty volume may hide the image's files.
+    raw = inference("phi-3-mini-4k-instruct", "Standard_NC24ads_A100_v4")
+    del raw["inference"]["config"]
+    raw["inference"]["preset"].update(
+        accessMode="private",
+        presetOptions={"image": "registry.example.com/my-phi3:1", "imagePullSecrets": ["pull"]},
+    )
+    assert validate_create(Workspace.model_validate(raw), Catalog.load()) == []
+    settings = Settings()
+    plan = make_planner(Catalog.load(), settings)(freeze(raw))
+    assert plan.inference is not None
+    args = workload.server_args(plan.inference)
+    assert not any(a.startswith(("--hf-model-id", "--allow-download")) for a in args)
+    spec = workload.deployment(plan.inference)["spec"]["template"]["spec"]
+    assert spec["containers"][0]["image"] == settings.runtime_image
+    init = {c["name"]: c for c in spec["initContainers"]}
+    assert init["weights"]["image"] == "registry.example.com/my-phi3:1"
+    assert "/workspace/weights/." in init["weights"]["command"]
+    assert "tools" in init and {"name": "pull"} in spec["imagePullSecrets"]
+
+
+def test_resource_count_does_what_its_schema_description_says() -> None:
+    # Issue 19.6: the description (kubectl explain) used to say a larger count is honoured; the
+    # planner sizes presets from the model alone.
+    description = workspace_schema()["properties"]["resource"]["properties"]["count"]["description"]
+    assert "not used for presets" in description
+    raw = inference("phi-3-mini-4k-instruct", "Standard_NC6s_v3")
+    del raw["inference"]["config"]
+    raw["resource"]["count"] = 3
+    plan = make_planner(Catalog.load(), Settings())(freeze(raw))
+    assert plan.node_count == 1

@@ -134,3 +134,17 @@ def test_skus(catalog: Catalog) -> None:
         assert any(s.cloud == "azure" and s.gpu_model == family for s in catalog.skus.values()), family
     for prefix in ("p4d.", "p5.", "g5.", "g6."):
         assert any(s.instance_type.startswith(prefix) for s in catalog.skus.values()), prefix
+
+
+def test_kaito_presets_not_served_are_refused_as_such() -> None:
+    with pytest.raises(
+        UnknownPreset, match=r"'deepseek-v3-0324' is a Kaito preset kaitopy does not serve yet"
+    ):
+        Catalog.load().model("deepseek-v3-0324")
+
+
+def test_unknown_instance_type_suggests_close_ones() -> None:
+    with pytest.raises(UnknownInstanceType, match=r"did you mean Standard_NC24ads_A100_v4"):
+        Catalog.load().sku("Standard_NC24ads_A100")
+    with pytest.raises(UnknownInstanceType, match=r"'<your-vm-sku>' is a placeholder"):
+        Catalog.load().sku("<your-vm-sku>")

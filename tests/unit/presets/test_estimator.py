@@ -34,15 +34,18 @@ def test_phi3_on_a100_uses_vllm_in_bfloat16(catalog: Catalog) -> None:
 def test_llama_70b_on_single_a100_nodes_pipelines_across_nodes(catalog: Catalog) -> None:
     model, sku = catalog.model("llama-3.3-70b-instruct"), catalog.sku("Standard_NC24ads_A100_v4")
     # 141.1 GB of weights (131.4 GiB) + 40 GiB of KV cache for 128k tokens = 171.4 GiB; each 80 GiB
-    # A100 gives 80 * 0.9 - 1 = 71 GiB, so three nodes, one pipeline stage each.
-    plan = estimate(model, sku)
+    # A100 gives 80 * 0.9 - 1 = 71 GiB, so three nodes, one pipeline stage each, when asked for it.
+    plan = estimate(model, sku, max_model_len=131072)
     assert plan.required_gib == pytest.approx(171.4, abs=0.1)
     assert (plan.node_count, plan.gpus_per_node) == (3, 1)
     assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (1, 3)
-    assert plan.runtime == "vllm"
+    assert plan.runtime == "vllm" and plan.context_fixed
     # With an 8k context the weights dominate: two nodes.
     short = estimate(model, sku, max_model_len=8192)
     assert (short.node_count, short.pipeline_parallel_size) == (2, 2)
+    # Unset, it is sized on the weights (as Kaito sizes it): two nodes, context fitted at start.
+    default = estimate(model, sku)
+    assert (default.node_count, default.context_fixed) == (2, False)
 
 
 def test_llama_70b_on_eight_gpu_node_uses_tensor_parallel(catalog: Catalog) -> None:
@@ -64,17 +67,17 @@ def test_too_small_gpu_is_refused_with_the_memory_needed_and_what_fits(catalog: 
     with pytest.raises(DoesNotFit) as info:
         estimate(catalog.model("phi-3-medium-4k-instruct"), catalog.sku("Standard_NC6s_v3"))
     message = str(info.value)
-    assert "phi-3-medium-4k-instruct needs 26.8 GiB" in message
+    assert "phi-3-medium-4k-instruct needs 26.4 GiB" in message
     assert "Standard_NC6s_v3 (1x V100, 16 GiB)" in message
     assert "instance types that fit: " in message
     assert "Standard_NC24ads_A100_v4" in info.value.fitting_skus
-    assert info.value.required_gib == pytest.approx(26.8, abs=0.1)
+    assert info.value.required_gib == pytest.approx(26.4, abs=0.1)
 
 
 def test_long_context_refusal_suggests_a_shorter_max_model_len(catalog: Catalog) -> None:
     model, sku = catalog.model("phi-3-mini-128k-instruct"), catalog.sku("Standard_NC6s_v3")
     with pytest.raises(DoesNotFit, match=r"set max_model_len to 16384 or less"):
-        estimate(model, sku)
+        estimate(model, sku, max_model_len=131072)
     assert longest_context(model, sku) == 16384
     assert estimate(model, sku, max_model_len=16384).node_count == 1
 
@@ -109,3 +112,32 @@ def test_every_plan_holds_the_model(catalog: Catalog, name: str) -> None:
         plan = estimate(model, catalog.sku(instance_type))
         assert plan.total_gpus * plan.usable_gib_per_gpu >= plan.required_gib
         assert plan.tensor_parallel_size * plan.pipeline_parallel_size <= plan.total_gpus
+
+
+@pytest.mark.parametrize(
+    ("preset", "instance_type"),
+    [
+        ("phi-3-mini-128k-instruct", "Standard_NC6s_v3"),  # 16 GiB V100, 128k context
+        ("gemma-3-4b-instruct", "Standard_NV36ads_A10_v5"),  # Kaito's own gemma-3-4b example
+    ],
+)
+def test_unset_context_is_admitted_on_the_weights_as_kaito_admits_it(
+    catalog: Catalog, preset: str, instance_type: str
+) -> None:
+    model = catalog.model(preset)
+    plan = estimate(model, catalog.sku(instance_type))
+    assert plan.node_count == 1
+    assert not plan.context_fixed  # no --max-model-len: the engine fits the context at start
+    assert plan.max_model_len < model.max_context
+    assert plan.total_gpus * plan.usable_gib_per_gpu >= plan.required_gib > model.weights_gib
+
+
+def test_what_can_never_load_is_still_refused(catalog: Catalog) -> None:
+    # 26.8 GiB of phi-3-medium weights never fit a 16 GiB V100, whatever the context.
+    with pytest.raises(DoesNotFit, match=r"phi-3-medium-128k-instruct needs 2\d\.\d GiB"):
+        estimate(catalog.model("phi-3-medium-128k-instruct"), catalog.sku("Standard_NC6s_v3"))
+
+
+def test_full_context_is_kept_when_it_fits_as_few_nodes(catalog: Catalog) -> None:
+    plan = estimate(catalog.model("phi-3-mini-128k-instruct"), catalog.sku("Standard_NC24ads_A100_v4"))
+    assert (plan.max_model_len, plan.context_fixed, plan.node_count) == (131072, False, 1)

@@ -30,7 +30,9 @@ def test_presets_json_lists_every_model_with_what_fits(capsys: pytest.CaptureFix
     assert phi["paramsBillions"] == model.params_b
     # V100 and T4 SKUs fit it too, so both runtimes appear.
     assert phi["runtimes"] == ["transformers", "vllm"]
-    assert phi["minGpuMemoryGiB"] == pytest.approx(estimate(model, catalog.sku(A100)).required_gib, abs=0.05)
+    # The admission floor: weights plus a 2048-token KV cache.
+    floor = estimate(model, catalog.sku(A100), max_model_len=2048).required_gib
+    assert phi["minGpuMemoryGiB"] == pytest.approx(floor, abs=0.05)
 
 
 def test_presets_table_has_the_columns_and_a_row_per_model(capsys: pytest.CaptureFixture[str]) -> None:
@@ -40,7 +42,7 @@ def test_presets_table_has_the_columns_and_a_row_per_model(capsys: pytest.Captur
     assert "FITS" in lines[0]
     assert len(lines) == 1 + len(Catalog.load().models)
     llama = next(line for line in lines if line.startswith("llama-3.3-70b-instruct "))
-    assert "70.55B" in llama and "171.4 GiB" in llama
+    assert "70.55B" in llama and "132.0 GiB" in llama
 
 
 def test_presets_for_an_instance_type_keeps_only_what_fits(capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,14 +75,15 @@ def test_estimate_multi_node_plan(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["fits"] is True
     assert (out["nodeCount"], out["gpusPerNode"]) == (plan.node_count, plan.gpus_per_node)
     assert out["nodeCount"] > 1 and out["pipelineParallelSize"] == out["nodeCount"]
-    assert out["runtime"] == "vllm" and out["maxModelLen"] == 131072
+    assert out["runtime"] == "vllm" and out["maxModelLen"] == 2048 and out["contextFixed"] is False
 
     assert (
         main(["estimate", "--preset", "llama-3.3-70b-instruct", "--instance-type", A100, "--count", "1"]) == 0
     )
     text = capsys.readouterr().out
     assert f"nodes:             {plan.node_count}\n" in text
-    assert "pipeline parallel: 3" in text
+    assert "pipeline parallel: 2" in text
+    assert "context length:    fitted to GPU memory at start" in text
     assert f"count 1 is less than the {plan.node_count} node(s)" in text
 
 
@@ -111,7 +114,7 @@ def test_estimate_does_not_fit_exits_1_with_fitting_skus(capsys: pytest.CaptureF
     assert main(["estimate", "--preset", "llama-3.3-70b-instruct", "--instance-type", V100]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith("error: does not fit: llama-3.3-70b-instruct needs 171.4 GiB")
+    assert captured.err.startswith("error: does not fit: llama-3.3-70b-instruct needs 132.0 GiB")
     assert expected.value.fitting_skus[0] in captured.err
 
     assert (

@@ -60,3 +60,17 @@ def test_the_startup_timeline_is_drawn_to_scale() -> None:
     assert lines[1].split()[:3] == ["NodeProvisioning", "+0", "s"] and lines[1].endswith("#" * 15)
     assert lines[2].split()[:5] == ["EngineStart", "+45", "s", "15.0", "s"]
     assert lines[2].endswith(" " * 22 + "#" * 8)
+
+
+def test_finished_tuning_is_not_said_to_be_served() -> None:
+    import io
+
+    from kaitopy.usercli.status import render
+
+    ws = _ws(("JobStarted", "True", "JobStarted"), ("WorkspaceSucceeded", "True", "WorkspaceSucceeded"))
+    ws["metadata"] = {"name": "t", "namespace": "ns"}
+    ws["tuning"] = {"preset": {"name": "phi-3-mini-4k-instruct"}}
+    out = io.StringIO()
+    render(ws, [], out)
+    assert "done: the tuning job finished" in out.getvalue()
+    assert "being served" not in out.getvalue()

@@ -79,13 +79,14 @@ def test_gpu_too_small(catalog: Catalog) -> None:
     raw["inference"]["preset"]["name"] = "phi-3-medium-4k-instruct"
     e = only(errors(raw, catalog))
     assert e.field == "resource.instanceType"
-    assert "needs 26.8 GiB" in e.message and "instance types that fit:" in e.message
+    assert "needs 26.4 GiB" in e.message and "instance types that fit:" in e.message
 
 
 def test_max_model_len_decides_the_fit(catalog: Catalog) -> None:
     raw = phi3()
     raw["inference"]["preset"]["name"] = "phi-3-mini-128k-instruct"
-    assert "max_model_len to 16384" in only(errors(raw, catalog)).message
+    assert errors(raw, catalog) == []  # unset: admitted on the weights, context fitted at start
+    assert "max_model_len to 16384" in only(errors(raw, catalog, max_model_len=131072)).message
     assert errors(raw, catalog, max_model_len=16384) == []
     assert only(errors(raw, catalog, max_model_len=10**9)).field == "inference.config"
 
@@ -274,3 +275,39 @@ def test_metadata_only_updates_are_never_blocked(catalog: Catalog) -> None:
         e.field
         for e in validate_update(Workspace.model_validate(old), Workspace.model_validate(new), catalog)
     ] == ["resource.instanceType"]
+
+
+@pytest.mark.parametrize(
+    ("name", "preset", "instance_type", "fix"),
+    [
+        ("phi.3.mini", "phi-3-mini-4k-instruct", "Standard_NC6s_v3", "'phi-3-mini'"),
+        ("3phi", "phi-3-mini-4k-instruct", "Standard_NC6s_v3", "'ws-3phi'"),
+        ("a" * 64, "phi-3-mini-4k-instruct", "Standard_NC6s_v3", "at most 63 characters"),
+        # Llama 70b spans two single-A100 nodes: a StatefulSet, whose pod labels need <= 52.
+        ("b" * 53, "llama-3.3-70b-instruct", "Standard_NC24ads_A100_v4", "at most 52 characters"),
+    ],
+)
+def test_names_that_cannot_name_the_objects_are_refused(
+    catalog: Catalog, name: str, preset: str, instance_type: str, fix: str
+) -> None:
+    raw = phi3()
+    raw["metadata"]["name"] = name
+    raw["resource"]["instanceType"] = instance_type
+    raw["inference"]["preset"]["name"] = preset
+    raw["inference"]["preset"]["presetOptions"] = {"modelAccessSecret": "hf"}  # llama is gated
+    e = only(errors(raw, catalog))
+    assert e.field == "metadata.name"
+    assert repr(name) in e.message and fix in e.message
+
+
+def test_long_names_fit_single_node_models(catalog: Catalog) -> None:
+    raw = phi3()
+    raw["metadata"]["name"] = "b" * 63
+    assert errors(raw, catalog) == []
+
+
+def test_partition_is_refused_as_not_supported_yet(catalog: Catalog) -> None:
+    raw = phi3()
+    raw["resource"]["partition"] = {"mode": "accelerator", "count": 2}
+    e = only(errors(raw, catalog))
+    assert e.field == "resource.partition" and "not supported by kaitopy yet" in e.message

@@ -81,13 +81,22 @@ def usable_nodes(
     match_labels: Mapping[str, str],
     expressions: Iterable[Mapping[str, Any]],
     instance_type: str,
+    *,
+    owner: tuple[str, str] | None = None,
 ) -> NodeView:
+    """`owner` (name, namespace): the workspace asking. A node provisioned for a workspace carries
+    its name and namespace (the NodeClaim's labels) and serves only that one, even when another
+    workspace's selector matches it; nodes the user brought (no such labels) are shared by every
+    workspace whose selector matches, as Kaito shares them."""
     exprs = list(expressions)
     names = []
     for n in nodes:
         meta = n.get("metadata") or {}
         labels = meta.get("labels") or {}
         if meta.get("deletionTimestamp") or (n.get("spec") or {}).get("unschedulable"):
+            continue
+        provisioned_for = (labels.get(WORKSPACE_LABEL), labels.get(WORKSPACE_NAMESPACE_LABEL))
+        if owner is not None and WORKSPACE_LABEL in labels and provisioned_for != owner:
             continue
         if instance_type and labels.get(INSTANCE_TYPE_LABEL) != instance_type:
             continue

@@ -111,6 +111,10 @@ class InferencePlan:
     weights_image: str | None = None
     """An OCI weights artifact an init container pulls into the weights volume (instead of the
     server downloading hf_model_id)."""
+    private_weights_image: str | None = None
+    """accessMode private: the user's model image (Kaito's layout, weights under
+    PRIVATE_WEIGHTS_DIR), copied into the weights volume by an init container; nothing is
+    downloaded from Hugging Face."""
     weights_digest: str | None = None
     weights_plain_http: bool = False
     weights_pull_secret: str | None = None

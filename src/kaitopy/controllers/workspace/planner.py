@@ -44,7 +44,7 @@ def _secrets(refs: Any) -> tuple[str, ...]:
 
 
 def make_planner(catalog: Catalog, settings: Settings) -> Planner:
-    def plan(ws: Obj) -> WorkspacePlan:
+    def plan(ws: Obj, *, max_model_len: int | None = None) -> WorkspacePlan:
         meta = ws["metadata"]
         name, namespace = str(meta["name"]), str(meta["namespace"])
         annotations = meta.get("annotations") or {}
@@ -73,11 +73,13 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
         options = preset.get("presetOptions") or {}
         default_image = settings.cpu_runtime_image if model.on_cpu else settings.runtime_image
         image = str(options.get("image") or default_image)
+        # accessMode private: as in Kaito, the image holds the weights; our server still runs them.
+        private = str(options.get("image") or "") if preset.get("accessMode") == "private" else ""
         pull = _secrets(options.get("imagePullSecrets"))
         access = options.get("modelAccessSecret")
         if inference is not None:
             try:
-                est = estimate(model, sku, catalog=catalog)
+                est = estimate(model, sku, max_model_len=max_model_len, catalog=catalog)
             except DoesNotFit as err:
                 raise PlanError("InsufficientGPUMemory", str(err)) from err
             except EstimateError as err:
@@ -120,15 +122,17 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                     namespace=namespace,
                     preset=model.name,
                     runtime=runtime,
-                    image=image,
+                    image=default_image if private else image,
                     node_count=est.node_count,
                     gpus_per_node=est.gpus_per_node,
                     tensor_parallel_size=est.tensor_parallel_size,
                     pipeline_parallel_size=est.pipeline_parallel_size,
-                    max_model_len=est.max_model_len,
+                    # Unset: the engine fits the context to the GPU memory it finds at start.
+                    max_model_len=est.max_model_len if est.context_fixed else None,
                     dtype=str(est.dtype),
                     # Weights from an OCI artifact: the server must not reach Hugging Face.
-                    hf_model_id="" if weights.image else model.hf_id,
+                    hf_model_id="" if weights.image or private else model.hf_id,
+                    private_weights_image=private or None,
                     weights_gib=_weights_gib(model),
                     match_labels=match_labels,
                     match_expressions=expressions,

@@ -4,16 +4,17 @@ skipped when nothing changed). Level-triggered: every pass recomputes everything
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from kaitopy.controllers.workspace import egress, ingress, rollout, workload
 from kaitopy.controllers.workspace import job as jobs
 from kaitopy.controllers.workspace import nodes as nodesel
 from kaitopy.controllers.workspace import status as st
 from kaitopy.controllers.workspace import timeline as tl
+from kaitopy.controllers.workspace.inferenceconfig import configured_max_model_len
 from kaitopy.controllers.workspace.metrics import StartupMetrics
 from kaitopy.controllers.workspace.plan import (
     WORKSPACE_LABEL,
@@ -66,7 +67,11 @@ EXPLAIN_REQUEUE_S = 15.0
 failing mount or probe changes only events, which do not wake the controller."""
 log = reconcile_logger(__name__)
 
-Planner = Callable[[Obj], WorkspacePlan]
+
+class Planner(Protocol):
+    """Workspace (and the context its inference config asks for) to plan; raises PlanError."""
+
+    def __call__(self, ws: Obj, *, max_model_len: int | None = None) -> WorkspacePlan: ...
 
 
 def workspace_key_of_labels(obj: Obj, default_namespace: str | None = None) -> list[str]:
@@ -146,7 +151,8 @@ class WorkspaceReconciler:
             )
 
         try:
-            plan = self.planner(ws)
+            # Sized for the context the webhook admitted: the inference config's, if it sets one.
+            plan = self.planner(ws, max_model_len=await configured_max_model_len(self.client, ws))
         except PlanError as err:
             setc(st.WORKSPACE_SUCCEEDED, st.Verdict("False", err.reason, str(err)))
             status.update(conditions=conds, state="Failed" if "tuning" in ws else "NotReady")
@@ -157,7 +163,11 @@ class WorkspaceReconciler:
         requeue: float | None = None
         # -- nodes ----------------------------------------------------------------------------
         view = nodesel.usable_nodes(
-            self.s.nodes.list(), plan.match_labels, plan.match_expressions, plan.instance_type
+            self.s.nodes.list(),
+            plan.match_labels,
+            plan.match_expressions,
+            plan.instance_type,
+            owner=(str(ws["metadata"]["name"]), str(ws["metadata"]["namespace"])),
         )
         claims_verdict: st.Verdict | None = None
         if not self.byo:

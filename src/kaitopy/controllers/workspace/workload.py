@@ -49,7 +49,11 @@ def server_args(plan: InferencePlan) -> list[str]:
         "serve",
         f"--engine={plan.runtime}",
         f"--model-dir={WEIGHTS_MOUNT}",
-        *([f"--hf-model-id={plan.hf_model_id}"] if plan.hf_model_id or not plan.weights_image else []),
+        *(
+            [f"--hf-model-id={plan.hf_model_id}"]
+            if plan.hf_model_id or not (plan.weights_image or plan.private_weights_image)
+            else []
+        ),
         f"--served-model-name={plan.preset}",
         f"--dtype={plan.dtype}",
         f"--tensor-parallel-size={plan.tensor_parallel_size}",
@@ -119,6 +123,50 @@ def weights_pull_args(plan: InferencePlan) -> list[str]:
     return args
 
 
+PRIVATE_WEIGHTS_DIR = "/workspace/weights"
+"""Where Kaito's model images keep the weights (/workspace/vllm/weights and /workspace/tfs/weights
+link to it)."""
+
+
+def _private_weights_init(plan: InferencePlan) -> list[dict[str, Any]]:
+    if not plan.private_weights_image:
+        return []
+    # Copied with our static busybox (the tools init container puts it there), so the user's image
+    # needs no shell; -L follows the image's links to the files themselves.
+    return [
+        {
+            "name": "weights",
+            "image": plan.private_weights_image,
+            "command": [
+                f"{TOOLS_MOUNT}/busybox",
+                "cp",
+                "-rL",
+                f"{PRIVATE_WEIGHTS_DIR}/.",
+                f"{WEIGHTS_MOUNT}/",
+            ],
+            "resources": WEIGHTS_PULL_RESOURCES,
+            "volumeMounts": [
+                {"name": "tools", "mountPath": TOOLS_MOUNT},
+                {"name": "weights", "mountPath": WEIGHTS_MOUNT},
+            ],
+        }
+    ]
+
+
+def _tools_init(plan: InferencePlan) -> list[dict[str, Any]]:
+    if not (plan.adapters or plan.private_weights_image):
+        return []
+    return [
+        {
+            "name": "tools",
+            "image": plan.tools_image,
+            "command": ["/bin/cp", "/bin/busybox", f"{TOOLS_MOUNT}/busybox"],
+            "resources": COPY_RESOURCES,
+            "volumeMounts": [{"name": "tools", "mountPath": TOOLS_MOUNT}],
+        }
+    ]
+
+
 def _weights_init_containers(plan: InferencePlan) -> list[dict[str, Any]]:
     if not plan.weights_image:
         return []
@@ -159,16 +207,7 @@ def _resources(plan: InferencePlan) -> dict[str, Any]:
 
 
 def _adapter_init_containers(plan: InferencePlan) -> list[dict[str, Any]]:
-    if not plan.adapters:
-        return []
-    tools = {
-        "name": "tools",
-        "image": plan.tools_image,
-        "command": ["/bin/cp", "/bin/busybox", f"{TOOLS_MOUNT}/busybox"],
-        "resources": COPY_RESOURCES,
-        "volumeMounts": [{"name": "tools", "mountPath": TOOLS_MOUNT}],
-    }
-    return [tools, *(_adapter_init(a) for a in plan.adapters)]
+    return [_adapter_init(a) for a in plan.adapters]
 
 
 def _adapter_init(adapter: AdapterPlan) -> dict[str, Any]:
@@ -255,7 +294,7 @@ def pod_template(plan: InferencePlan) -> dict[str, Any]:
         {"name": "weights", "emptyDir": {"sizeLimit": weights_size_limit(plan.weights_gib)}},
         {"name": "adapters", "emptyDir": {"sizeLimit": ADAPTERS_SIZE_LIMIT}},
     ]
-    if plan.adapters:
+    if plan.adapters or plan.private_weights_image:
         volumes.append({"name": "tools", "emptyDir": {"sizeLimit": TOOLS_SIZE_LIMIT}})
     volumes += _weights_auth_volume(plan)
     if plan.config_map:
@@ -284,7 +323,12 @@ def pod_template(plan: InferencePlan) -> dict[str, Any]:
         "containers": [container],
         "volumes": volumes,
     }
-    init = _weights_init_containers(plan) + _adapter_init_containers(plan)
+    init = (
+        _tools_init(plan)
+        + _weights_init_containers(plan)
+        + _private_weights_init(plan)
+        + _adapter_init_containers(plan)
+    )
     if init:
         spec["initContainers"] = init
     harden(spec)
