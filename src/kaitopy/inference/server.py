@@ -313,6 +313,10 @@ class InferenceServer:
                         chunk = {k: v for k, v in chunk.items() if k != "usage"}
                 if client_usage or chunk.get("choices"):
                     await response.write(_sse(chunk))
+                # Neither a write the socket takes at once nor a chunk already buffered suspends:
+                # without this, a long stream whose tokens arrive faster than they are relayed
+                # holds the event loop, and every other request (a probe, a 429) waits for its end.
+                await asyncio.sleep(0)
                 chunk = await next_chunk()
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()

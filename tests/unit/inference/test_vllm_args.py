@@ -182,6 +182,9 @@ def test_cpu_sizes_kv_cache_bytes_from_context_and_concurrency() -> None:
     assert "--gpu-memory-utilization" not in plan.argv
     two = plan_vllm(options(dtype="float32", max_concurrency=2), tiny, Memory("cpu", 16 * GIB, 24 * GIB), [])
     assert flag(two.argv, "--max-num-seqs") == "2"
+    # One at a time in the front still lets vLLM stream: at 1 its CPU engine holds a lone stream.
+    one = plan_vllm(options(dtype="float32", max_concurrency=1), tiny, Memory("cpu", 16 * GIB, 24 * GIB), [])
+    assert flag(one.argv, "--max-num-seqs") == "2"
     longer = plan_vllm(
         options(dtype="float32", max_concurrency=2, max_model_len=65536),
         tiny,
