@@ -261,15 +261,7 @@ def current_revision_pods(pods: Sequence[Obj], revision: str) -> list[Obj]:
 
 def unready_pod(pods: Sequence[Obj]) -> Obj | None:
     """The oldest pod that is not Ready, whose events may tell what its status does not."""
-    waiting = [
-        p
-        for p in pods
-        if not p["metadata"].get("deletionTimestamp")
-        and not any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in (p.get("status") or {}).get("conditions") or ()
-        )
-    ]
+    waiting = [p for p in pods if not p["metadata"].get("deletionTimestamp") and not _ready(p)]
     return min(waiting, key=lambda p: str(p["metadata"].get("creationTimestamp") or ""), default=None)
 
 
