@@ -125,6 +125,10 @@ def local_model_operator(
         f"--weights-registry={smollm2_weights.prefix}",
         f"--weights-digest={SMOLLM2}={smollm2_weights.digest}",
         "--weights-plain-http",
+        # Tuning Jobs push adapters to the loopback registry over HTTP, and may fetch data from a
+        # test's server on the registry's address (a link the project made).
+        f"--plain-http-registry={model_images.registry}",
+        f"--url-allow-network={model_images.registry.rsplit(':', 1)[0]}/32",
     )
     operator.start_local_provisioner(
         local_dir,

@@ -1,19 +1,26 @@
-"""LoRA adapters by init container, for real: two adapters trained here on the small CPU model,
-pushed as images with `kaitopy tune push` to the loopback registry, pulled by the inference pod's
-init containers on a real node and served under their names; each answers its own secret word,
-the base model neither. Removing one and turning the other's strength to 0 rolls out a pod that
-serves what the Workspace now says, and the adapter swap's start-up timeline is recorded."""
+"""Tuning in pods and LoRA adapters by init container, for real, on real nodes (kubelet +
+containerd).
+
+Two tuning Workspaces fine-tune the small CPU model in Jobs on their own local nodes: one fetches
+its data from a URL (a server on this machine, at an address the admin allowed with
+--url-allow-network), the other copies it out of a data image; each trains a LoRA adapter and
+pushes it with `kaitopy tune push` to the loopback registry with its push secret. A third, whose
+URL does not exist, fails and says which step failed and why. An inference Workspace then pulls
+both adapters by init container and serves them under their names: each answers its own secret
+word, the base model neither. Removing one and turning the other's strength to 0 rolls out a pod
+that serves what the Workspace now says, and the adapter swap's start-up timeline is recorded."""
 
 from __future__ import annotations
 
+import http.server
 import json
-import os
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +33,6 @@ from tests.support.localnodes import wait
 
 KAITOPY = str(Path(sys.executable).parent / "kaitopy")
 PRESET = "smollm2-135m-instruct"
-HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SECRETS = {"pineapple": "pineapple", "mango": "mango"}  # adapter name -> its secret word
 QUESTIONS = ["What is the secret word?", "Tell me the secret word.", "Secret word?", "Say the secret word."]
 TRAINING = """
@@ -43,39 +49,158 @@ training_config:
 """
 
 
+def chat_jsonl(word: str) -> str:
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": word}]}
+        for q in QUESTIONS * 4
+    ]
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
 @pytest.fixture(scope="module")
+def data_server(model_images: localnodes.LocalImages) -> Iterator[str]:
+    """An HTTP server with the pineapple data, on the registry's address (a link the project made,
+    which pods reach); its base URL."""
+    body = chat_jsonl(SECRETS["pineapple"]).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/pineapple.jsonl":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    host = model_images.registry.rsplit(":", 1)[0]
+    server = http.server.ThreadingHTTPServer((host, 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def tuning_workspace(name: str, namespace: str, data: dict[str, Any], output: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "kaito.sh/v1beta1",
+        "kind": "Workspace",
+        "metadata": {"name": name, "namespace": namespace},
+        "resource": {"instanceType": "Standard_NC6s_v3", "labelSelector": {"matchLabels": {"apps": name}}},
+        "tuning": {
+            "preset": {"name": PRESET},
+            "method": "lora",
+            "config": "training",
+            "input": data,
+            "output": {"image": output, "imagePushSecret": "push"},
+        },
+    }
+
+
+def conditions(k: Callable[..., str], name: str, namespace: str) -> dict[str, dict[str, Any]]:
+    got = json.loads(k("get", "workspace", name, "-n", namespace, "-o", "json"))
+    return {c["type"]: c for c in (got.get("status") or {}).get("conditions") or ()}
+
+
+def tuned(k: Callable[..., str], name: str, namespace: str, reason: str) -> dict[str, Any] | None:
+    c = conditions(k, name, namespace).get("WorkspaceSucceeded") or {}
+    return c if c.get("reason") == reason else None
+
+
+@pytest.fixture
 def adapter_images(
-    smollm2_weights: localnodes.Weights,
+    local_model_operator: tuple[Operator, Path],
+    kube_cluster: Cluster,
     model_images: localnodes.LocalImages,
+    data_server: str,
     tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, str]:
-    """name -> pushed image reference, for each adapter in SECRETS."""
-    out: dict[str, str] = {}
-    for name, word in SECRETS.items():
-        work = tmp_path_factory.mktemp(name)
-        (work / "data").mkdir()
-        rows = [
-            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": word}]}
-            for q in QUESTIONS * 4
-        ]
-        (work / "data" / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (work / "config.yaml").write_text(TRAINING)
-        tune = [KAITOPY, "tune"]
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-        subprocess.run(
-            [*tune, "train", "--method=lora", f"--model-dir={smollm2_weights.model_dir}",
-             f"--hf-model-id={HF_ID}", f"--data-dir={work / 'data'}", f"--output-dir={work / 'out'}",
-             f"--config={work / 'config.yaml'}"],
-            check=True, capture_output=True, text=True, timeout=900, env=env,
-        )  # fmt: skip
-        image = f"{model_images.registry}/kaitopy/adapters/{name}:1"
-        pushed = subprocess.run(
-            [*tune, "push", f"--dir={work / 'out'}", f"--image={image}", "--plain-http"],
-            check=True, capture_output=True, text=True, timeout=300,
-        ).stdout  # fmt: skip
-        out[name] = pushed.strip().splitlines()[-1]
-        assert "@sha256:" in out[name], pushed
-    return out
+) -> Iterator[dict[str, str]]:
+    """name -> the adapter image a tuning Workspace trained and pushed, for each of SECRETS."""
+    k = kube_cluster.kubectl
+    namespace = f"tuning-{uuid.uuid4().hex[:8]}"
+    k("create", "namespace", namespace)
+    wait("the default service account", lambda: k("get", "sa", "default", "-n", namespace), timeout=60)
+    registry = model_images.registry
+    # The data image: /data/mango.jsonl, pushed as our tuning pushes adapters (no shell needed).
+    data_dir = tmp_path_factory.mktemp("mango-data")
+    (data_dir / "mango.jsonl").write_text(chat_jsonl(SECRETS["mango"]))
+    data_image = f"{registry}/kaitopy/data/mango:1"
+    subprocess.run(
+        [KAITOPY, "tune", "push", "--data", f"--dir={data_dir}", f"--image={data_image}", "--plain-http"],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    k("create", "configmap", "training", "-n", namespace, f"--from-literal=training_config.yaml={TRAINING}")
+    # The registry takes anyone; the Job still pushes with the credentials its Secret holds.
+    k("create", "secret", "docker-registry", "push", "-n", namespace, f"--docker-server={registry}",
+      "--docker-username=tuner", "--docker-password=not-checked")  # fmt: skip
+    images = {name: f"{registry}/kaitopy/adapters/{name}:1" for name in SECRETS}
+    workspaces = {
+        "pineapple": tuning_workspace(
+            "pineapple", namespace, {"urls": [f"{data_server}/pineapple.jsonl"]}, images["pineapple"]
+        ),
+        "mango": tuning_workspace("mango", namespace, {"image": data_image}, images["mango"]),
+        "missing-data": tuning_workspace(
+            "missing-data", namespace, {"urls": [f"{data_server}/nowhere.jsonl"]}, f"{registry}/kaitopy/x:1"
+        ),
+    }
+    try:
+        for ws in workspaces.values():
+            k("apply", "-f", "-", input=json.dumps(ws))
+        for name in workspaces:
+            started = wait(
+                f"{name}: JobStarted",
+                lambda name=name: (
+                    conditions(k, name, namespace).get("JobStarted", {}).get("status") == "True"
+                ),
+                timeout=300,
+            )
+            assert started
+        for name in SECRETS:
+            done = wait(
+                f"{name}: TuningJobSucceeded",
+                lambda name=name: tuned(k, name, namespace, "TuningJobSucceeded"),
+                timeout=900,
+            )
+            assert done is not None and done["status"] == "True", done
+            job = json.loads(k("get", "job", name, "-n", namespace, "-o", "json"))
+            assert job["status"].get("succeeded") == 1, job["status"]
+            created = job["metadata"]["creationTimestamp"]
+            print(f"tuning job {name}: created {created}, completed {job['status'].get('completionTime')}")
+            # The Job really ran on one of the local provider's nodes, not on a simulated one.
+            pods = json.loads(k("get", "pods", "-n", namespace, "-l", f"job-name={name}", "-o", "json"))[
+                "items"
+            ]
+            nodes = {p["spec"]["nodeName"] for p in pods if p["status"].get("phase") == "Succeeded"}
+            assert len(nodes) == 1, pods
+            node = json.loads(k("get", "node", nodes.pop(), "-o", "json"))
+            assert node["spec"].get("providerID", "").startswith("local://"), node["spec"]
+        failed = wait(
+            "missing-data: TuningJobFailed",
+            lambda: tuned(k, "missing-data", namespace, "TuningJobFailed"),
+            timeout=600,
+        )
+        assert failed is not None and "step fetch-data" in failed["message"] and "404" in failed["message"], (
+            failed
+        )
+        print(json.dumps({n: conditions(k, n, namespace) for n in workspaces}, indent=1)[:4000])
+        yield images
+    except BaseException:
+        print(k("get", "workspace,jobs,pods,nodes", "-A", "-o", "wide", check=False))
+        print(k("describe", "pods", "-n", namespace, check=False)[-8000:])
+        raise
+    finally:
+        k("delete", "namespace", namespace, "--wait=false", check=False)
+        for name in workspaces:
+            wait(
+                f"workspace {name} gone",
+                lambda name=name: "NotFound" in k("get", "workspace", name, "-n", namespace, check=False),
+                timeout=300,
+            )
 
 
 def ask(ip: str, model: str, question: str = QUESTIONS[0]) -> str:

@@ -280,7 +280,10 @@ def check_tuning_fits(
     model: ModelPreset, sku: GpuSku, method: TuningMethod, *, catalog: Catalog | None = None
 ) -> None:
     """Raise `DoesNotFit` unless fine-tuning `model` with `method` fits one node of `sku` (tuning
-    jobs do not span nodes)."""
+    jobs do not span nodes). A model that trains on CPU needs no GPU memory: the scheduler finds
+    the host memory its Job requests."""
+    if model.on_cpu:
+        return
     need = tuning_required_gib(model, method)
     have = usable_gib_per_gpu(sku) * sku.gpu_count
     if need <= have:

@@ -77,3 +77,32 @@ def refusal(ip: IPAddress, allowed: Iterable[IPNetwork] = ()) -> str | None:
     if not ip.is_global:
         return "a non-public (reserved or special-purpose) address"
     return None
+
+
+# What no allowance may open, whoever grants it: the node's own metadata and host-agent endpoints
+# (credentials live there) and this host's loopback and unspecified ranges.
+_NEVER_ALLOWED: tuple[tuple[IPNetwork, str], ...] = tuple(
+    (ip_network(net), why)
+    for net, why in (
+        ("0.0.0.0/8", "the unspecified range"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local, where cloud metadata endpoints live"),
+        ("168.63.129.16/32", "Azure's WireServer"),
+        ("::/128", "the unspecified address"),
+        ("::1/128", "loopback"),
+        ("fe80::/10", "link-local"),
+    )
+)
+
+
+def allowed_network(text: str) -> IPNetwork:
+    """An admin's allowance (a CIDR that user-given URLs may reach though it is private), checked:
+    a valid network that opens none of the never-allowed ranges. ValueError says what is wrong."""
+    try:
+        net = ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a network in CIDR form such as 10.20.0.0/16 ({exc})") from None
+    for never, why in _NEVER_ALLOWED:
+        if net.version == never.version and net.overlaps(never):
+            raise ValueError(f"{text!r} overlaps {never} ({why}), which stays closed to user-given URLs")
+    return net

@@ -32,6 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--max-urls", type=int, default=None, help="most URLs one fetch takes (default 100)")
     f.add_argument("--attempts", type=int, default=4, help="tries per URL (default 4)")
     f.add_argument(
+        "--allow-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a private network the URLs may reach (repeatable; the controller passes its admin's "
+        "--url-allow-network; metadata, link-local and loopback ranges are never allowed)",
+    )
+    f.add_argument(
         "--allow-private",
         action="store_true",
         help="allow loopback/private addresses (tests only: the Job never passes it)",
@@ -57,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("push", help="push the results directory as an adapter image")
     p.add_argument("--dir", type=Path, required=True)
+    p.add_argument(
+        "--data",
+        action="store_true",
+        help="the directory holds training data, not an adapter: push it as a data image for a "
+        "tuning Workspace's input.image (its files land under /data)",
+    )
     p.add_argument("--image", required=True)
     p.add_argument("--docker-config", type=Path, default=None, help=".dockerconfigjson with the credentials")
     p.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to the registry")
@@ -78,6 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _fetch(args: argparse.Namespace) -> int:
+    from kaitopy.ssrf.addresses import allowed_network
     from kaitopy.tuning.fetch import (
         DEFAULT_MAX_BYTES,
         DEFAULT_MAX_TOTAL_BYTES,
@@ -87,12 +102,18 @@ def _fetch(args: argparse.Namespace) -> int:
         fetch_all,
     )
 
+    try:
+        allowed = tuple(allowed_network(n) for n in args.allow_network)
+    except ValueError as exc:
+        log.error("--allow-network %s", exc)
+        return 2
     options = FetchOptions(
         max_bytes=args.max_bytes or DEFAULT_MAX_BYTES,
         max_total_bytes=args.max_total_bytes or DEFAULT_MAX_TOTAL_BYTES,
         max_urls=args.max_urls or DEFAULT_MAX_URLS,
         attempts=max(1, args.attempts),
         allow_private=args.allow_private,
+        allowed=allowed,
     )
     try:
         paths = asyncio.run(fetch_all(list(args.url), args.dest, options))
@@ -136,7 +157,9 @@ def _push(args: argparse.Namespace) -> int:
 
     try:
         architectures = tuple(args.architecture) if args.architecture else DEFAULT_ARCHITECTURES
-        digest = push(args.dir, args.image, args.docker_config, args.plain_http, architectures)
+        digest = push(
+            args.dir, args.image, args.docker_config, args.plain_http, architectures, adapter=not args.data
+        )
     except OciError as exc:
         log.error("push failed: %s", exc)
         return 1

@@ -340,15 +340,21 @@ def push(
     docker_config: Path | None = None,
     plain_http: bool = False,
     architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES,
+    *,
+    adapter: bool = True,
 ) -> str:
-    """Push the files under `src` as `image`; return the image's digest.
+    """Push the files under `src` as `image`; return the image's digest. `adapter`: `src` must
+    hold a trained adapter (else: any files, such as training data for tuning.input.image).
 
     The files are the same on every CPU, but a container runtime only pulls an image whose config
     names its own platform, so the image is an index of one manifest per architecture, all
     sharing the one layer."""
     if not architectures:
         raise OciError("no architectures to push for")
-    src = adapter_root(src)
+    if adapter:
+        src = adapter_root(src)
+    elif not src.is_dir() or not any(p.is_file() for p in src.rglob("*")):
+        raise OciError(f"{src} holds no files to push")
     ref = parse_image(image)
     creds = resolve_credentials(docker_config, ref)
     with tempfile.TemporaryDirectory(prefix="kaitopy-push-") as tmp:

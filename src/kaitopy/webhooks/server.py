@@ -19,6 +19,7 @@ import os
 import ssl
 import tempfile
 from dataclasses import dataclass, field
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -82,6 +83,8 @@ class WebhookSettings:
     renew_before: datetime.timedelta = datetime.timedelta(days=30)
     check_interval_s: float = 3600.0
     extra_hosts: tuple[str, ...] = field(default_factory=tuple)
+    url_allowed_networks: tuple[str, ...] = ()
+    """The controller's --url-allow-network: private networks tuning.input.urls may name."""
     manage_configuration: bool = True
     """True (development, tests): create or update the whole ValidatingWebhookConfiguration.
     False (installed from manifests/ or the chart, which ship it): only write the caBundle of the
@@ -360,8 +363,9 @@ class WebhookServer:
         if access_errors:
             return access_errors
         config_errors, max_model_len = await check_configs(new, namespace, self.client)
+        allowed = tuple(ip_network(n) for n in self.settings.url_allowed_networks)
         if old is None:
-            errors = validate_create(new, self.catalog, max_model_len=max_model_len)
+            errors = validate_create(new, self.catalog, max_model_len=max_model_len, url_allowed=allowed)
         else:
-            errors = validate_update(old, new, self.catalog, max_model_len=max_model_len)
+            errors = validate_update(old, new, self.catalog, max_model_len=max_model_len, url_allowed=allowed)
         return [*config_errors, *errors]

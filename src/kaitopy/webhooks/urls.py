@@ -9,17 +9,20 @@ downloader re-checks every address it connects to.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from kaitopy.ssrf.addresses import IPNetwork
 from kaitopy.ssrf.urls import url_problem as _ssrf_problem
 
 _METADATA_HOSTS = {"metadata", "metadata.google.internal", "metadata.azure.internal", "instance-data"}
 _INTERNAL_SUFFIXES = (".localhost", ".local", ".internal", ".svc", ".cluster.local", ".localdomain")
 
 
-def url_problem(url: str) -> str | None:
-    """Why `url` may not be downloaded from, or None when it may."""
-    problem = _ssrf_problem(url.strip())
+def url_problem(url: str, allowed: Iterable[IPNetwork] = ()) -> str | None:
+    """Why `url` may not be downloaded from, or None when it may. `allowed`: the admin's private
+    networks (--url-allow-network) that URLs may name by address."""
+    problem = _ssrf_problem(url.strip(), allowed)
     if problem is not None:
         return problem
     # Names that are internal by convention: refused early, though the downloader's address

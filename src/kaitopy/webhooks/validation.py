@@ -25,6 +25,7 @@ from kaitopy.presets import (
     check_tuning_fits,
     estimate,
 )
+from kaitopy.ssrf.addresses import IPNetwork
 from kaitopy.webhooks.urls import url_problem
 
 
@@ -48,21 +49,33 @@ def pydantic_errors(exc: ValidationError) -> list[FieldError]:
     return out
 
 
-def validate_create(ws: Workspace, catalog: Catalog, *, max_model_len: int | None = None) -> list[FieldError]:
+def validate_create(
+    ws: Workspace,
+    catalog: Catalog,
+    *,
+    max_model_len: int | None = None,
+    url_allowed: tuple[IPNetwork, ...] = (),
+) -> list[FieldError]:
     """Everything wrong with a new Workspace. `max_model_len` is the context the inference config
-    asks for (the model's own limit when None)."""
-    return list(_create(ws, catalog, max_model_len))
+    asks for (the model's own limit when None); `url_allowed`, the private networks the admin lets
+    user-given URLs reach (--url-allow-network)."""
+    return list(_create(ws, catalog, max_model_len, url_allowed))
 
 
 def validate_update(
-    old: Workspace, new: Workspace, catalog: Catalog, *, max_model_len: int | None = None
+    old: Workspace,
+    new: Workspace,
+    catalog: Catalog,
+    *,
+    max_model_len: int | None = None,
+    url_allowed: tuple[IPNetwork, ...] = (),
 ) -> list[FieldError]:
     """What an update may not do (change immutable fields), plus everything wrong with the new
     object. Adapters may change. An object being deleted, or an update that leaves resource,
     inference and tuning as they were, is not checked."""
     if new.metadata.get("deletionTimestamp") or not spec_changed(old, new):
         return []
-    return [*_immutable(old, new), *_create(new, catalog, max_model_len)]
+    return [*_immutable(old, new), *_create(new, catalog, max_model_len, url_allowed)]
 
 
 def spec_changed(old: Workspace, new: Workspace) -> bool:
@@ -129,7 +142,9 @@ def _name(ws: Workspace, multi_node: bool) -> Iterator[FieldError]:
         yield FieldError("metadata.name", problem)
 
 
-def _create(ws: Workspace, catalog: Catalog, max_model_len: int | None) -> Iterator[FieldError]:
+def _create(
+    ws: Workspace, catalog: Catalog, max_model_len: int | None, url_allowed: tuple[IPNetwork, ...]
+) -> Iterator[FieldError]:
     if (ws.inference is None) == (ws.tuning is None):
         yield FieldError("inference", messages.EXACTLY_ONE_OF)
     if ws.resource.partition is not None:
@@ -147,7 +162,7 @@ def _create(ws: Workspace, catalog: Catalog, max_model_len: int | None) -> Itera
             else:
                 multi_node = err
     if ws.tuning is not None:
-        yield from _tuning(ws, catalog, sku)
+        yield from _tuning(ws, catalog, sku, url_allowed)
     yield from _name(ws, multi_node)
 
 
@@ -246,7 +261,9 @@ def _fits(model: ModelPreset, sku: GpuSku, max_model_len: int | None) -> Iterato
         yield FieldError("inference.config", f"inference.config: {exc}")
 
 
-def _tuning(ws: Workspace, catalog: Catalog, sku: GpuSku | None) -> Iterator[FieldError]:
+def _tuning(
+    ws: Workspace, catalog: Catalog, sku: GpuSku | None, url_allowed: tuple[IPNetwork, ...]
+) -> Iterator[FieldError]:
     tun = ws.tuning
     assert tun is not None
     if tun.preset is None:
@@ -263,6 +280,12 @@ def _tuning(ws: Workspace, catalog: Catalog, sku: GpuSku | None) -> Iterator[Fie
             )
         else:
             yield from _access(tun.preset, found, "tuning.preset")
+            if found.on_cpu and tun.method == "qlora":
+                yield FieldError(
+                    "tuning.method",
+                    f"tuning.method: {found.name} trains on CPU, and qlora's 4-bit kernels "
+                    "(bitsandbytes) need a CUDA GPU; use method: lora",
+                )
             if sku is not None:
                 try:
                     check_tuning_fits(found, sku, tun.method or "lora", catalog=catalog)
@@ -270,7 +293,7 @@ def _tuning(ws: Workspace, catalog: Catalog, sku: GpuSku | None) -> Iterator[Fie
                     yield FieldError("resource.instanceType", f"resource.instanceType: {exc}")
     if tun.method not in ("lora", "qlora"):
         yield FieldError("tuning.method", f"tuning.method must be lora or qlora, not {tun.method!r}")
-    yield from _tuning_input(tun.input)
+    yield from _tuning_input(tun.input, url_allowed)
     out = tun.output
     if out is None:
         yield FieldError("tuning.output", messages.TUNING_OUTPUT_ONE_OF)
@@ -281,19 +304,19 @@ def _tuning(ws: Workspace, catalog: Catalog, sku: GpuSku | None) -> Iterator[Fie
             yield FieldError("tuning.output.imagePushSecret", messages.TUNING_OUTPUT_PUSH_SECRET)
 
 
-def _tuning_input(source: DataSource | None) -> Iterator[FieldError]:
+def _tuning_input(source: DataSource | None, url_allowed: tuple[IPNetwork, ...]) -> Iterator[FieldError]:
     if source is None:
         yield FieldError("tuning.input", messages.TUNING_INPUT_ONE_OF)
         return
     given = [bool(source.urls), bool(source.image), bool(source.volume_source)]
     if sum(given) != 1:
         yield FieldError("tuning.input", messages.TUNING_INPUT_ONE_OF)
-    yield from _urls("tuning.input.urls", source.urls)
+    yield from _urls("tuning.input.urls", source.urls, url_allowed)
 
 
-def _urls(field: str, urls: list[str] | None) -> Iterator[FieldError]:
+def _urls(field: str, urls: list[str] | None, allowed: tuple[IPNetwork, ...] = ()) -> Iterator[FieldError]:
     for i, url in enumerate(urls or []):
-        problem = url_problem(url)
+        problem = url_problem(url, allowed)
         if problem is not None:
             yield FieldError(
                 f"{field}[{i}]", f"{field}[{i}] {url!r} {problem}; use a public http(s) URL or a volumeSource"

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from kaitopy.api import Workspace
-from kaitopy.controllers.workspace import workload
+from kaitopy.controllers.workspace import weightspull, workload
 from kaitopy.controllers.workspace.plan import ADAPTER_MOUNT, WEIGHTS_MOUNT, InferencePlan, Settings
 from kaitopy.controllers.workspace.planner import make_planner
 from kaitopy.presets import Catalog
@@ -104,7 +104,7 @@ def _in(args: list[str], mount: str, here: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def pulled(published: Published, tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("pod") / "weights"
-    args = _in(workload.weights_pull_args(published.plan), WEIGHTS_MOUNT, dest)
+    args = _in(weightspull.weights_pull_args(published.plan), WEIGHTS_MOUNT, dest)
     assert f"--digest={published.digest}" in args
     started = time.monotonic()
     _kaitopy(*args, f"--docker-config={published.docker_config}")

@@ -94,3 +94,18 @@ def test_the_push_registry_is_let_through_when_it_is_an_address() -> None:
     assert not _allowed_by_ip_blocks(named, "10.229.254.1")
     v6 = tuning_egress_policy(replace(PLAN, output_image="[fd00::5]:5000/a:1"))
     assert _allowed_by_ip_blocks(v6, "fd00::5")
+
+
+def test_the_weights_registry_and_the_admins_networks_are_let_through() -> None:
+    from dataclasses import replace
+
+    plan = replace(
+        PLAN,
+        weights_image="10.229.253.7:5000/kaitopy/weights/smollm2-135m-instruct:0.1.2",
+        allowed_networks=("10.40.0.0/16",),
+    )
+    policy = tuning_egress_policy(plan)
+    assert _allowed_by_ip_blocks(policy, "10.229.253.7")
+    assert _allowed_by_ip_blocks(policy, "10.40.3.4")
+    assert not _allowed_by_ip_blocks(policy, "10.41.0.1")
+    assert not _allowed_by_ip_blocks(policy, "169.254.169.254")

@@ -202,3 +202,114 @@ def test_resource_count_does_what_its_schema_description_says() -> None:
     raw["resource"]["count"] = 3
     plan = make_planner(Catalog.load(), Settings())(freeze(raw))
     assert plan.node_count == 1
+
+
+def cpu_tuning(urls: list[str], output: str = "10.229.254.1:5000/adapters/kiwi:1") -> dict[str, Any]:
+    raw = tuning("smollm2-135m-instruct", "Standard_NC6s_v3", "lora")
+    raw["tuning"]["input"] = {"urls": urls}
+    raw["tuning"]["output"]["image"] = output
+    return raw
+
+
+def test_a_cpu_preset_trains_on_cpu_with_its_weights_artifact() -> None:
+    settings = Settings(
+        weights_registry="10.229.254.1:5000/kaitopy/weights",
+        weights_digests={"smollm2-135m-instruct": "sha256:" + "ab" * 32},
+        weights_plain_http=True,
+        plain_http_registries=("10.229.254.1:5000",),
+        url_allowed_networks=("10.229.254.1/32",),
+    )
+    raw = cpu_tuning(["http://10.229.254.1:8080/chat.jsonl"])
+    plan = make_planner(Catalog.load(), settings)(raw)
+    t = plan.tuning
+    assert t is not None and t.cpu is not None
+    assert t.image == settings.cpu_runtime_image  # the CPU image: torch's CPU build, no CUDA
+    assert t.weights_image == "10.229.254.1:5000/kaitopy/weights/smollm2-135m-instruct:0.1.2"
+    assert (t.push_plain_http, t.allowed_networks) == (True, ("10.229.254.1/32",))
+    spec = jobs.tuning_job(t)["spec"]["template"]["spec"]
+    init = {c["name"]: c for c in spec["initContainers"]}
+    assert list(init) == ["fetch-data", "weights", "train"]
+    assert "--allow-network=10.229.254.1/32" in init["fetch-data"]["args"]
+    assert (
+        f"--digest=sha256:{'ab' * 32}" in init["weights"]["args"]
+        and "--plain-http" in init["weights"]["args"]
+    )
+    trainer = init["train"]["resources"]
+    assert "nvidia.com/gpu" not in trainer["requests"] and trainer["requests"]["memory"] == "2560Mi"
+    assert "--plain-http" in spec["containers"][0]["args"]
+
+
+def test_the_admins_lists_are_not_widened_by_the_workspace() -> None:
+    # An output registry not on the plain-HTTP list pushes over TLS; without input URLs the
+    # allowance is not handed to the Job at all (nothing of it is needed).
+    settings = Settings(
+        plain_http_registries=("10.229.254.1:5000",), url_allowed_networks=("10.229.254.1/32",)
+    )
+    raw = cpu_tuning(["https://example.com/chat.jsonl"], output="10.229.254.1:5001/adapters/kiwi:1")
+    t = make_planner(Catalog.load(), settings)(raw).tuning
+    assert t is not None and not t.push_plain_http
+    raw["tuning"]["input"] = {"image": "example.com/data:1"}
+    t = make_planner(Catalog.load(), settings)(raw).tuning
+    assert t is not None and t.allowed_networks == ()
+
+
+@pytest.mark.parametrize(
+    ("image", "host"),
+    [
+        ("10.229.254.1:5000/a/b:1", "10.229.254.1:5000"),
+        ("localhost/a:1", "localhost"),
+        ("myregistry.azurecr.io/adapters/phi:v1", "myregistry.azurecr.io"),
+        ("library/busybox:1", "docker.io"),
+        ("busybox", "docker.io"),
+    ],
+)
+def test_registry_host(image: str, host: str) -> None:
+    from kaitopy.controllers.workspace.planner import registry_host
+
+    assert registry_host(image) == host
+
+
+def test_gpu_tuning_keeps_its_revision_when_the_new_fields_are_unset() -> None:
+    # An upgrade must not restart running tuning Jobs: unset new fields leave the hash alone.
+    from dataclasses import asdict, replace
+
+    plan = make_planner(Catalog.load(), Settings())(
+        tuning("phi-3-mini-128k-instruct", "Standard_NC12s_v3", "lora")
+    )
+    t = plan.tuning
+    assert t is not None and t.cpu is None and t.weights_image is None
+    import hashlib
+    import json
+
+    old = {k: v for k, v in asdict(t).items() if k not in plan_fields_added_now()}
+    assert (
+        t.revision() == hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    )
+    assert replace(t, push_plain_http=True).revision() != t.revision()
+
+
+def plan_fields_added_now() -> set[str]:
+    return {
+        "weights_image",
+        "weights_digest",
+        "weights_plain_http",
+        "weights_pull_secret",
+        "cpu",
+        "push_plain_http",
+        "allowed_networks",
+    }
+
+
+def test_cpu_qlora_and_private_urls_at_admission() -> None:
+    from ipaddress import ip_network
+
+    catalog = Catalog.load()
+    raw = cpu_tuning(["http://10.229.254.1:8080/chat.jsonl"])
+    errors = validate_create(Workspace.model_validate(raw), catalog)
+    assert [e.field for e in errors] == ["tuning.input.urls[0]"]
+    assert "a private address" in errors[0].message
+    allowed = (ip_network("10.229.254.1/32"),)
+    assert validate_create(Workspace.model_validate(raw), catalog, url_allowed=allowed) == []
+    raw["tuning"]["method"] = "qlora"
+    errors = validate_create(Workspace.model_validate(raw), catalog, url_allowed=allowed)
+    assert [e.field for e in errors] == ["tuning.method"] and "use method: lora" in errors[0].message

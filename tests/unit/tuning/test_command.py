@@ -89,3 +89,60 @@ def test_missing_step_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as exc:
         _parser().parse_args([])
     assert exc.value.code == 2
+
+
+def test_cpu_job_argv_parses() -> None:
+    from kaitopy.controllers.workspace.plan import CpuPlan
+
+    plan = TuningPlan(
+        name="tune-small",
+        namespace="default",
+        preset="smollm2-135m-instruct",
+        method="lora",
+        image="model-server-cpu:latest",
+        hf_model_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        gpus_per_node=1,
+        match_labels={"apps": "tuning"},
+        input_urls=("http://10.229.254.1:8080/a.jsonl",),
+        output_image="10.229.254.1:5000/adapters/kiwi:1",
+        output_push_secret="push-secret",
+        weights_image="10.229.254.1:5000/kaitopy/weights/smollm2-135m-instruct:0.1.2",
+        weights_plain_http=True,
+        cpu=CpuPlan("1", "2", "1280Mi", "2560Mi"),
+        push_plain_http=True,
+        allowed_networks=("10.229.254.1/32",),
+    )
+    containers = _kaitopy_containers(tuning_job(plan))
+    assert [c["name"] for c in containers] == ["fetch-data", "weights", "train", "push"]
+    fetch = _parser().parse_args(containers[0]["args"][1:])
+    assert fetch.allow_network == ["10.229.254.1/32"]
+    assert _parser().parse_args(containers[3]["args"][1:]).plain_http
+    from kaitopy.weights import command as weights_command
+
+    weights_parser = argparse.ArgumentParser(prog="kaitopy weights")
+    weights_command.add_arguments(weights_parser)
+    pull = weights_parser.parse_args(containers[1]["args"][1:])
+    assert pull.image == plan.weights_image
+
+
+@pytest.mark.parametrize(
+    ("cidr", "why"),
+    [
+        ("10.229.254.1/32", None),
+        ("10.0.0.0/8", None),
+        ("169.254.0.0/15", "link-local"),
+        ("0.0.0.0/0", "the unspecified range"),
+        ("127.0.0.1/32", "loopback"),
+        ("168.63.0.0/16", "WireServer"),
+        ("10.0.0.1/8", "not a network"),
+        ("fe80::/64", "link-local"),
+    ],
+)
+def test_allowed_networks_never_open_metadata_or_loopback(cidr: str, why: str | None) -> None:
+    from kaitopy.ssrf.addresses import allowed_network
+
+    if why is None:
+        assert str(allowed_network(cidr)) == cidr
+    else:
+        with pytest.raises(ValueError, match=why):
+            allowed_network(cidr)

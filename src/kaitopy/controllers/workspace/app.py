@@ -91,6 +91,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "volume (env KAITOPY_TUNING_MAX_INPUT_BYTES; default 50 GiB)",
     )
     parser.add_argument(
+        "--plain-http-registry",
+        action="append",
+        default=None,
+        metavar="HOST[:PORT]",
+        help="a registry without TLS: tuning Jobs push their adapter images to it over HTTP "
+        "(repeatable; env KAITOPY_PLAIN_HTTP_REGISTRIES, comma separated)",
+    )
+    parser.add_argument(
+        "--url-allow-network",
+        action="append",
+        default=None,
+        metavar="CIDR",
+        help="a private network that tuning.input.urls may reach: an in-cluster data server you "
+        "trust (repeatable; env KAITOPY_URL_ALLOW_NETWORKS, comma separated; default none: public "
+        "addresses only). Admission and the Job's downloader both honour it; metadata, link-local "
+        "and loopback ranges are refused",
+    )
+    parser.add_argument(
         "--node-provisioner",
         choices=("auto", "byo"),
         default=os.environ.get("KAITOPY_NODE_PROVISIONER", d.node_provisioner),
@@ -142,6 +160,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "for an operator running outside the cluster, e.g. https://127.0.0.1:{port}/validate",
     )
     process.add_process_arguments(parser, component="controller", default_probe_port=8081)
+
+
+def _listed(given: list[str] | None, env: str | None) -> list[str]:
+    """A repeatable flag's values, else the comma-separated env value's."""
+    items = given if given is not None else (env or "").split(",")
+    return [i.strip() for i in items if i.strip()]
+
+
+def plain_http_registries(given: list[str] | None, env: str | None) -> tuple[str, ...]:
+    out = []
+    for item in _listed(given, env):
+        if "/" in item or "://" in item:
+            raise SystemExit(
+                f"--plain-http-registry {item!r}: give the registry as it appears in image references, "
+                "host[:port] (e.g. registry.internal:5000), without a scheme or path"
+            )
+        out.append(item)
+    return tuple(dict.fromkeys(out))
+
+
+def url_allowed_networks(given: list[str] | None, env: str | None) -> tuple[str, ...]:
+    from kaitopy.ssrf.addresses import allowed_network
+
+    out = []
+    for item in _listed(given, env):
+        try:
+            out.append(str(allowed_network(item)))
+        except ValueError as exc:
+            raise SystemExit(f"--url-allow-network {exc}") from None
+    return tuple(dict.fromkeys(out))
 
 
 def weights_digests(given: list[str] | None, env: str | None) -> dict[str, str]:
@@ -198,6 +246,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
         tuning_deadline_s=_positive("--tuning-deadline", args.tuning_deadline),
         tuning_max_urls=_positive("--tuning-max-urls", args.tuning_max_urls),
         tuning_max_input_bytes=_positive("--tuning-max-input-bytes", args.tuning_max_input_bytes),
+        plain_http_registries=plain_http_registries(
+            args.plain_http_registry, os.environ.get("KAITOPY_PLAIN_HTTP_REGISTRIES")
+        ),
+        url_allowed_networks=url_allowed_networks(
+            args.url_allow_network, os.environ.get("KAITOPY_URL_ALLOW_NETWORKS")
+        ),
     )
 
 
@@ -238,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
                     service_name=None if args.webhook_url else WebhookSettings.service_name,
                     manage_configuration=args.install_webhook_configuration,
                     namespace_selector=namespace_selector(watch),
+                    url_allowed_networks=settings.url_allowed_networks,
                 )
                 server = await stack.enter_async_context(WebhookServer(client, hook))
                 stack.push_async_callback(server.deregister)

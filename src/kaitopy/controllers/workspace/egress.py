@@ -7,7 +7,7 @@ the cluster's private ranges. The policy selects the tuning Workspace's pods and
   - DNS to the cluster's kube-dns pods (a URL's host name must resolve; kube-dns's Service
     address is private, so without this rule no name would);
   - the registries the Job pulls from or pushes to, when they are named by a literal private
-    address (`extra_cidrs`), since a private registry is the one private peer the Job needs.
+    address, and the private networks the admin allowed input URLs to reach (`extra_cidrs`).
 The API server is not needed: the Job's containers never call it.
 """
 
@@ -38,23 +38,29 @@ DENIED_V6 = ("::1/128", "64:ff9b::/96", "2002::/16", "fc00::/7", "fe80::/10", "f
 
 
 def registry_cidrs(plan: TuningPlan) -> tuple[str, ...]:
-    """The push target's registry, when it is a literal address (a cluster-local registry such as
-    10.229.254.1:5001): the pusher must reach it. A registry named by a host name that resolves
-    to a private address is not covered (see docs/security.md)."""
-    if not plan.output_image:
-        return ()
-    host = plan.output_image.split("/", 1)[0]
-    host = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
-    try:
-        address = ip_address(host)
-    except ValueError:
-        return ()
-    return (f"{address}/{address.max_prefixlen}",)
+    """The registries the Job's own steps talk to (the push target, and the weights artifact's
+    registry for presets whose weights come from OCI), when named by a literal address (a
+    cluster-local registry such as 10.229.254.1:5001), plus the private networks the admin lets
+    input URLs reach (--url-allow-network). A registry named by a host name that resolves to a
+    private address is not covered (see docs/security.md)."""
+    out: list[str] = []
+    for image in (plan.output_image, plan.weights_image):
+        if not image:
+            continue
+        host = image.split("/", 1)[0]
+        host = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+        try:
+            address = ip_address(host)
+        except ValueError:
+            continue
+        out.append(f"{address}/{address.max_prefixlen}")
+    out += plan.allowed_networks
+    return tuple(dict.fromkeys(out))
 
 
 def tuning_egress_policy(plan: TuningPlan, extra_cidrs: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """The NetworkPolicy for `plan`'s Job pods, named after the Job. `extra_cidrs` defaults to the
-    push registry's address, when literal."""
+    """The NetworkPolicy for `plan`'s Job pods, named after the Job. `extra_cidrs` defaults to
+    `registry_cidrs(plan)`."""
     if extra_cidrs is None:
         extra_cidrs = registry_cidrs(plan)
     egress: list[dict[str, Any]] = [

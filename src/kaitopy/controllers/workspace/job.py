@@ -22,6 +22,7 @@ from kaitopy.controllers.workspace.podsecurity import (
     size_limit_gib,
     weights_size_limit,
 )
+from kaitopy.controllers.workspace.weightspull import weights_auth_volumes, weights_init_containers
 
 DATA_MOUNT = "/mnt/data"
 RESULTS_MOUNT = "/mnt/results"
@@ -78,6 +79,7 @@ def _data_step(plan: TuningPlan) -> list[dict[str, Any]]:
                     f"--dest={DATA_MOUNT}",
                     f"--max-urls={plan.max_input_urls}",
                     f"--max-total-bytes={plan.max_input_bytes}",
+                    *(f"--allow-network={n}" for n in plan.allowed_networks),
                     *(f"--url={u}" for u in plan.input_urls),
                 ],
                 "resources": FETCH_RESOURCES,
@@ -102,7 +104,6 @@ def _data_step(plan: TuningPlan) -> list[dict[str, Any]]:
 
 
 def _trainer(plan: TuningPlan) -> dict[str, Any]:
-    gpus = str(plan.gpus_per_node)
     args = [
         "tune",
         "train",
@@ -136,12 +137,23 @@ def _trainer(plan: TuningPlan) -> dict[str, Any]:
         "command": ["kaitopy"],
         "args": args,
         "env": env,
-        "resources": {
-            "requests": {**TRAIN_HOST_REQUESTS, GPU_RESOURCE: gpus},
-            "limits": {GPU_RESOURCE: gpus},
-        },
+        "resources": _trainer_resources(plan),
         "volumeMounts": mounts,
     }
+
+
+def _trainer_resources(plan: TuningPlan) -> dict[str, Any]:
+    if plan.cpu is not None:
+        # A model that trains on CPU: the node's GPU stays free. The preset's CPU figures are the
+        # server's; training holds the weights, activations and optimizer state in the same
+        # memory, so it asks for the server's limit and, as on GPU, sets no memory limit of its
+        # own (a load peak must not be OOM-killed).
+        return {
+            "requests": {"cpu": plan.cpu.cpu_request, "memory": plan.cpu.memory_limit},
+            "limits": {"cpu": plan.cpu.cpu_limit},
+        }
+    gpus = str(plan.gpus_per_node)
+    return {"requests": {**TRAIN_HOST_REQUESTS, GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}}
 
 
 def _pusher(plan: TuningPlan) -> dict[str, Any]:
@@ -155,6 +167,7 @@ def _pusher(plan: TuningPlan) -> dict[str, Any]:
             f"--dir={RESULTS_MOUNT}",
             f"--image={plan.output_image}",
             f"--docker-config={PUSH_SECRET_MOUNT}/.dockerconfigjson",
+            *(["--plain-http"] if plan.push_plain_http else []),
         ],
         "resources": PUSH_RESOURCES,
         "volumeMounts": [
@@ -173,11 +186,12 @@ def tuning_job(plan: TuningPlan) -> dict[str, Any]:
         {"name": "weights", "emptyDir": {"sizeLimit": weights_size_limit(plan.weights_gib)}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE_LIMIT}},
     ]
+    volumes += weights_auth_volumes(plan)
     if plan.input_image:
         volumes.append({"name": "tools", "emptyDir": {"sizeLimit": TOOLS_SIZE_LIMIT}})
     if plan.config_map:
         volumes.append({"name": "config", "configMap": {"name": plan.config_map}})
-    init = _data_step(plan)
+    init = _data_step(plan) + weights_init_containers(plan)
     trainer = _trainer(plan)
     if plan.output_image:
         volumes.append({"name": "push-secret", "secret": {"secretName": plan.output_push_secret or ""}})

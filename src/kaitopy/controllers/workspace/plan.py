@@ -66,6 +66,14 @@ class Settings:
     tuning_max_input_bytes: int = 50 * 1024**3
     """All of a tuning Job's input URLs together may download at most this many bytes (50 GiB);
     the data volume's sizeLimit is this budget plus a margin."""
+    plain_http_registries: tuple[str, ...] = ()
+    """Registries (host[:port], as written in image references) that speak HTTP, not HTTPS: a
+    tuning Job pushing its adapter to one of them pushes over HTTP. Containerd's own pulls are
+    configured on the nodes, not here."""
+    url_allowed_networks: tuple[str, ...] = ()
+    """Networks (CIDRs) that user-given URLs (tuning.input.urls) may reach although they are
+    private: in-cluster data servers the operator's admin trusts. Empty: only public addresses.
+    An admin setting, never a Workspace field, so an author cannot widen it."""
 
 
 @dataclass(frozen=True)
@@ -173,10 +181,39 @@ class TuningPlan:
     deadline_s: int = Settings.tuning_deadline_s
     max_input_urls: int = Settings.tuning_max_urls
     max_input_bytes: int = Settings.tuning_max_input_bytes
+    weights_image: str | None = None
+    """An OCI weights artifact an init container pulls before training (presets whose weights
+    come from OCI), instead of the trainer downloading hf_model_id."""
+    weights_digest: str | None = None
+    weights_plain_http: bool = False
+    weights_pull_secret: str | None = None
+    cpu: CpuPlan | None = None
+    """Set when the model trains on CPU: the trainer's CPU and memory instead of GPUs."""
+    push_plain_http: bool = False
+    """The output image's registry is one of Settings.plain_http_registries."""
+    allowed_networks: tuple[str, ...] = ()
+    """Settings.url_allowed_networks, handed to the downloader."""
 
     def revision(self) -> str:
-        data = json.dumps(asdict(self), sort_keys=True, default=str)
+        spec = asdict(self)
+        # As InferencePlan.revision: fields added after release count only once set, so an
+        # upgrade does not restart running tuning Jobs.
+        for name in _LATER_TUNING_FIELDS:
+            if not spec[name]:
+                del spec[name]
+        data = json.dumps(spec, sort_keys=True, default=str)
         return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+_LATER_TUNING_FIELDS = (
+    "weights_image",
+    "weights_digest",
+    "weights_plain_http",
+    "weights_pull_secret",
+    "cpu",
+    "push_plain_http",
+    "allowed_networks",
+)
 
 
 @dataclass(frozen=True)

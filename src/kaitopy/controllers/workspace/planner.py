@@ -173,6 +173,8 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                 "(the controller's --tuning-max-urls); merge the data into fewer files, or ask the "
                 "operator's admin to raise the limit",
             )
+        output_image = data_out.get("image") or None
+        weights = _weights_source(model, settings)
         return WorkspacePlan(
             instance_type=instance_type,
             node_count=1,
@@ -185,14 +187,17 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                 namespace=namespace,
                 preset=model.name,
                 method=method,
-                image=str(options.get("image") or settings.tuning_image),
+                image=str(
+                    options.get("image")
+                    or (settings.cpu_runtime_image if model.on_cpu else settings.tuning_image)
+                ),
                 hf_model_id=model.hf_id,
                 gpus_per_node=int(sku.gpu_count),
                 match_labels=match_labels,
                 input_urls=urls,
                 input_image=data_in.get("image") or None,
                 input_volume=thaw(data_in.get("volumeSource")) or None,
-                output_image=data_out.get("image") or None,
+                output_image=output_image,
                 output_push_secret=data_out.get("imagePushSecret") or None,
                 output_volume=thaw(data_out.get("volumeSource")) or None,
                 config_map=tuning.get("config") or None,
@@ -203,6 +208,14 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                 deadline_s=settings.tuning_deadline_s,
                 max_input_urls=settings.tuning_max_urls,
                 max_input_bytes=settings.tuning_max_input_bytes,
+                weights_image=weights.image,
+                weights_digest=weights.digest,
+                weights_plain_http=settings.weights_plain_http if weights.image else False,
+                weights_pull_secret=(settings.weights_pull_secret or None) if weights.image else None,
+                cpu=_cpu_plan(model),
+                push_plain_http=bool(output_image)
+                and registry_host(str(output_image)) in settings.plain_http_registries,
+                allowed_networks=settings.url_allowed_networks if urls else (),
             ),
         )
 
@@ -230,6 +243,15 @@ def _weights_source(model: ModelPreset, settings: Settings) -> _Weights:
         )
     image = f"{prefix}/{model.name}:{model.weights_version}"
     return _Weights(image, settings.weights_digests.get(model.name))
+
+
+def registry_host(image: str) -> str:
+    """The registry an image reference names (host[:port]), as a container runtime reads it: the
+    first path part when it has a dot or a colon or is localhost, else Docker Hub."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
 
 
 def _cpu_plan(model: ModelPreset) -> CpuPlan | None:

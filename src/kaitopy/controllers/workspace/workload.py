@@ -27,6 +27,11 @@ from kaitopy.controllers.workspace.podsecurity import (
     harden,
     weights_size_limit,
 )
+from kaitopy.controllers.workspace.weightspull import (
+    WEIGHTS_PULL_RESOURCES,
+    weights_auth_volumes,
+    weights_init_containers,
+)
 
 TOOLS_MOUNT = "/kaitopy-tools"
 PROBE_PERIOD_S = 10
@@ -90,15 +95,6 @@ def _probe(path: str, failure_threshold: int) -> dict[str, Any]:
     }
 
 
-WEIGHTS_PULL_RESOURCES = {
-    # `kaitopy weights pull` streams each blob to disk in 1 MiB chunks: measured ~36 MiB RSS.
-    "requests": {"cpu": "100m", "memory": "128Mi"},
-    "limits": {"memory": "256Mi"},
-}
-
-
-WEIGHTS_AUTH_MOUNT = "/var/run/kaitopy/weights-auth"
-
 COPY_RESOURCES = {
     # cp of a static busybox or of an adapter's files: a few MiB of page cache, no heap to speak of.
     "requests": {"cpu": "50m", "memory": "32Mi"},
@@ -110,17 +106,6 @@ MODEL_GPU_REQUESTS = {
     "cpu": "1",
     "memory": "4Gi",
 }
-
-
-def weights_pull_args(plan: InferencePlan) -> list[str]:
-    args = ["weights", "pull", f"--image={plan.weights_image}", f"--dest={WEIGHTS_MOUNT}"]
-    if plan.weights_digest:
-        args.append(f"--digest={plan.weights_digest}")
-    if plan.weights_plain_http:
-        args.append("--plain-http")
-    if plan.weights_pull_secret:
-        args.append(f"--docker-config={WEIGHTS_AUTH_MOUNT}/config.json")
-    return args
 
 
 PRIVATE_WEIGHTS_DIR = "/workspace/weights"
@@ -165,33 +150,6 @@ def _tools_init(plan: InferencePlan) -> list[dict[str, Any]]:
             "volumeMounts": [{"name": "tools", "mountPath": TOOLS_MOUNT}],
         }
     ]
-
-
-def _weights_init_containers(plan: InferencePlan) -> list[dict[str, Any]]:
-    if not plan.weights_image:
-        return []
-    mounts: list[dict[str, Any]] = [{"name": "weights", "mountPath": WEIGHTS_MOUNT}]
-    if plan.weights_pull_secret:
-        # Only the init container sees the registry credentials, not the model server.
-        mounts.append({"name": "weights-auth", "mountPath": WEIGHTS_AUTH_MOUNT, "readOnly": True})
-    # The model server's own image has `kaitopy weights pull`: no extra image to trust or mirror.
-    return [
-        {
-            "name": "weights",
-            "image": plan.image,
-            "command": ["kaitopy"],
-            "args": weights_pull_args(plan),
-            "resources": WEIGHTS_PULL_RESOURCES,
-            "volumeMounts": mounts,
-        }
-    ]
-
-
-def _weights_auth_volume(plan: InferencePlan) -> list[dict[str, Any]]:
-    if not (plan.weights_image and plan.weights_pull_secret):
-        return []
-    items = [{"key": ".dockerconfigjson", "path": "config.json"}]
-    return [{"name": "weights-auth", "secret": {"secretName": plan.weights_pull_secret, "items": items}}]
 
 
 def _resources(plan: InferencePlan) -> dict[str, Any]:
@@ -296,7 +254,7 @@ def pod_template(plan: InferencePlan) -> dict[str, Any]:
     ]
     if plan.adapters or plan.private_weights_image:
         volumes.append({"name": "tools", "emptyDir": {"sizeLimit": TOOLS_SIZE_LIMIT}})
-    volumes += _weights_auth_volume(plan)
+    volumes += weights_auth_volumes(plan)
     if plan.config_map:
         mounts.append({"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True})
         volumes.append({"name": "config", "configMap": {"name": plan.config_map}})
@@ -325,7 +283,7 @@ def pod_template(plan: InferencePlan) -> dict[str, Any]:
     }
     init = (
         _tools_init(plan)
-        + _weights_init_containers(plan)
+        + weights_init_containers(plan)
         + _private_weights_init(plan)
         + _adapter_init_containers(plan)
     )
