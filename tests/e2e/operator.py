@@ -169,6 +169,8 @@ class Operator:
             f"--local-ca={pki / 'ca.crt'},{pki / 'ca.key'}",
             f"--local-pause-image={pause_image}",
             f"--local-insecure-registry={registry}",
+            # Node loss (tests/e2e/test_local_model.py): noticed within seconds, not the default 30.
+            "--liveness-interval=2",
         )
 
     def start_azure_provisioner(self, arm_url: str, ca: Path, *extra: str) -> Process:

@@ -1,14 +1,20 @@
 """The product end to end on a real node: a Workspace for the small CPU preset makes a NodeClaim,
 the `local` provider turns it into a kubelet + containerd node, the pod pulls the model-server image
 and (init container) the weights artifact from the loopback registry, becomes Ready only once its
-real readiness probe passes, and answers through the Service. Deleting the Workspace removes the
-node and leaves nothing of it on the machine."""
+real readiness probe passes, and answers through the Service. Then the node dies as a crashed
+machine would (its whole process group killed): the Workspace says NodeLost, the provisioner
+replaces the claim, the pod follows to the new node and answers again. Deleting the Workspace
+while that node's kubelet is dead still finishes, removes the node and leaves nothing of it on
+the machine."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +53,7 @@ def test_a_cpu_preset_workspace_runs_on_a_real_node_and_answers_through_its_serv
     netns_before = localnodes.netns()
     k("apply", "-f", "-", input=json.dumps(ws))
     try:
-        check_the_workspace(k, name, namespace, local_dir, netns_before, operator, kube_cluster.kubeconfig)
+        check_the_workspace(k, name, namespace, local_dir, netns_before, operator, kube_cluster)
     except BaseException:
         print(k("get", "workspace,pods,nodeclaims,nodes", "-A", "-o", "wide", check=False))
         print(k("describe", "pods", "-n", namespace, check=False)[-6000:])
@@ -66,8 +72,10 @@ def check_the_workspace(
     local_dir: Path,
     netns_before: set[str],
     operator: Operator,
-    admin: Path,
+    cluster: Cluster,
 ) -> None:
+    admin = cluster.kubeconfig
+
     def succeeded() -> bool:
         got = json.loads(k("get", "workspace", name, "-n", namespace, "-o", "json"))
         conditions = {c["type"]: c["status"] for c in (got.get("status") or {}).get("conditions") or ()}
@@ -106,11 +114,75 @@ def check_the_workspace(
     )
     assert "paris" in str(chat["Result"]).lower(), chat
 
+    check_node_loss(k, cluster.kubectl_argv(), name, namespace, local_dir, node_name, ip, question)
+
+    # The replacement's kubelet dies too, and the Workspace is deleted: pods that nothing can stop
+    # any more must not hold the claim's deletion (or the Workspace's) forever.
     record = json.loads((local_dir / "nodes" / node_name / "node.json").read_text())
+    os.kill(record["pids"]["kubelet"], signal.SIGKILL)
+    started = time.monotonic()
     k("delete", "workspace", name, "-n", namespace, "--wait=false")
     wait("the node to be gone", lambda: "NotFound" in k("get", "node", node_name, check=False), timeout=180)
+    wait(
+        "the Workspace gone", lambda: "NotFound" in k("get", "workspace", name, "-n", namespace, check=False)
+    )
+    print(f"deleted with a dead kubelet in {time.monotonic() - started:.0f}s")
+    pods = json.loads(k("get", "pods", "-n", namespace, "-o", "json"))["items"]
+    assert not pods, [(p["metadata"]["name"], p["spec"].get("nodeName"), p["status"]) for p in pods]
     assert localnodes.leftovers(local_dir / "nodes" / node_name, node_name, f"kpbr{record['index']}") == []
     assert localnodes.netns() - netns_before == set()
+
+
+def check_node_loss(
+    k: Callable[..., str],
+    kubectl: list[str],
+    name: str,
+    namespace: str,
+    local_dir: Path,
+    node_name: str,
+    ip: str,
+    question: list[dict[str, str]],
+) -> None:
+    """The node's whole process group dies while it serves: the Workspace says NodeLost, a
+    replacement claim and node come up, the pod follows, and it answers again; nothing of the dead
+    node is left."""
+    record = json.loads((local_dir / "nodes" / node_name / "node.json").read_text())
+    watch = localnodes.Watch([*kubectl, "get", "workspace", name, "-n", namespace])
+    try:
+        time.sleep(1)  # the watch's first listing
+        killed = localnodes.kill_node(local_dir / "nodes" / node_name, node_name, record["index"])
+        assert record["pids"]["kubelet"] in killed and record["pids"]["containerd"] in killed, killed
+        lost_at = time.monotonic()
+
+        def back() -> bool:
+            got = json.loads(k("get", "workspace", name, "-n", namespace, "-o", "json"))
+            conds = {c["type"]: c for c in (got.get("status") or {}).get("conditions") or ()}
+            now = json.loads((local_dir / "nodes" / node_name / "node.json").read_text())
+            return (
+                conds["WorkspaceSucceeded"]["status"] == "True" and now["created_at"] > record["created_at"]
+            )
+
+        wait("the Workspace Ready on a replacement node", back, timeout=600)
+        print(f"back on a replacement node in {time.monotonic() - lost_at:.0f}s")
+    finally:
+        watch.stop()
+    reasons = []
+    for obj in watch.seen:
+        conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or ()}  # type: ignore[attr-defined]
+        c = conds.get("WorkspaceSucceeded") or {}
+        reasons.append((c.get("status"), c.get("reason"), c.get("message")))
+    lost = [r for r in reasons if r[1] == "NodeLost"]
+    assert lost, reasons
+    assert lost[0][0] == "False" and node_name in str(lost[0][2]) and "stopped" in str(lost[0][2]), lost
+    print("while the node was lost:", sorted({r[1] for r in reasons if r[0] == "False"}))
+    # Nothing of the dead node runs any more (its pids may have been reused only by the new node).
+    alive = [pid for pid in record["pids"].values() if Path(f"/proc/{pid}").exists()]
+    assert all(str(local_dir) in Path(f"/proc/{pid}/cmdline").read_text(errors="replace") for pid in alive)
+    completion = post(
+        f"http://{ip}/v1/chat/completions",
+        {"model": PRESET, "messages": question, "max_tokens": 32, "temperature": 0},
+    )
+    assert "paris" in str(completion["choices"][0]["message"]["content"]).lower(), completion  # type: ignore[index]
 
 
 def check_the_startup_timeline(

@@ -20,10 +20,13 @@ class Cluster:
     bin_dir: Path | None  # where kubectl and friends are, for the local cluster
     started_here: bool
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+    def kubectl_argv(self) -> list[str]:
         exe = str(self.bin_dir / "kubectl") if self.bin_dir else "kubectl"
+        return [exe, f"--kubeconfig={self.kubeconfig}"]
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         proc = subprocess.run(
-            [exe, f"--kubeconfig={self.kubeconfig}", *args],
+            [*self.kubectl_argv(), *args],
             input=input,
             capture_output=True,
             text=True,

@@ -3,10 +3,12 @@ binaries, the cluster CA, and the checks that a deleted node left nothing behind
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,7 +77,8 @@ def leftovers(node_root: Path, node_name: str, bridge: str) -> list[str]:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if marker in cmd and "pytest" not in cmd:
+        # (Temporary directories are named pytest-of-*: only this process itself is exempt.)
+        if marker in cmd and int(entry.name) != os.getpid():
             found.append(f"process {entry.name}: {cmd[:160]}")
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         point = line.split()[4]
@@ -97,3 +100,68 @@ def leftovers(node_root: Path, node_name: str, bridge: str) -> list[str]:
 def netns() -> set[str]:
     d = Path("/var/run/netns")
     return {p.name for p in d.iterdir()} if d.is_dir() else set()
+
+
+def kill_node(node_root: Path, node_name: str, index: int) -> list[int]:
+    """SIGKILL a whole local node, as a crash of its machine would: every process in its cgroups
+    (the containers), its kubelet and containerd, and the shims (which name the node's data
+    directory). Returns the pids it killed."""
+    import signal
+
+    killed: set[int] = set()
+    for _ in range(5):
+        pids: set[int] = set()
+        for hierarchy in Path("/sys/fs/cgroup").iterdir():
+            top = hierarchy / "kaitopy" / node_name
+            for procs in top.rglob("cgroup.procs") if top.is_dir() else ():
+                with contextlib.suppress(OSError, ValueError):
+                    pids |= {int(p) for p in procs.read_text().split()}
+        markers = (str(node_root), f"/var/lib/kaitopy/nodes/{index}/")
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if any(m in cmd for m in markers):
+                    pids.add(int(entry.name))
+        pids.discard(os.getpid())
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed |= pids
+        time.sleep(0.2)
+    return sorted(killed)
+
+
+class Watch:
+    """`kubectl get -w -o json` of one object in the background: every version the API server
+    sent, so a state that lasts only a second is not missed by polling."""
+
+    def __init__(self, kubectl: list[str]) -> None:
+        self.seen: list[dict[str, object]] = []
+        self._proc = subprocess.Popen(
+            [*kubectl, "-w", "-o", "json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        decoder = json.JSONDecoder()
+        buf = ""
+        for line in self._proc.stdout:
+            buf += line
+            while buf.strip():
+                try:
+                    obj, end = decoder.raw_decode(buf.lstrip())
+                except ValueError:
+                    break
+                self.seen.append(obj)
+                buf = buf.lstrip()[end:]
+
+    def stop(self) -> None:
+        self._proc.kill()
+        self._proc.wait(10)
+        self._thread.join(10)

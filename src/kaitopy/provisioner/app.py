@@ -17,6 +17,7 @@ from kaitopy.provisioner.garbage import GarbageCollector
 from kaitopy.provisioner.install import ensure_crds, ensure_default_nodeclass
 from kaitopy.provisioner.kwok import KwokProvider, KwokSettings, NodeShape
 from kaitopy.provisioner.lifecycle import NODE_INDEX, NODECLAIM, NodeClaimLifecycle, node_index
+from kaitopy.provisioner.liveness import LivenessChecker
 from kaitopy.provisioner.metrics import NodeClaimMetrics
 from kaitopy.provisioner.settings import ProvisionerSettings
 from kaitopy.runtime import (
@@ -73,6 +74,16 @@ def wire(mgr: Manager, client: Client, provider: CloudProvider, settings: Provis
     )
     collector = GarbageCollector(provider, claims, settings)
     mgr.add_runnable(collector.run)
+    metrics = lifecycle.metrics
+    liveness = LivenessChecker(
+        client,
+        provider,
+        claims,
+        recorder,
+        settings,
+        on_lost=metrics.observe_lost if metrics is not None else None,
+    )
+    mgr.add_runnable(liveness.run)
     return Provisioner(lifecycle, collector)
 
 
@@ -93,6 +104,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll-interval", type=float, default=d.poll_interval_s, metavar="SECONDS")
     parser.add_argument("--gc-interval", type=float, default=d.gc_interval_s, metavar="SECONDS")
     parser.add_argument("--gc-grace", type=float, default=d.gc_grace_s, metavar="SECONDS")
+    parser.add_argument(
+        "--liveness-interval",
+        type=float,
+        default=d.liveness_interval_s,
+        metavar="SECONDS",
+        help="how often launched claims are checked for a lost instance, which is then replaced "
+        f"(default {d.liveness_interval_s:.0f})",
+    )
+    parser.add_argument(
+        "--stuck-pod-grace",
+        type=float,
+        default=d.stuck_pod_grace_s,
+        metavar="SECONDS",
+        help="a drain stops waiting for a pod this long past its deletion time; it is force-deleted "
+        f"with its node (default {d.stuck_pod_grace_s:.0f})",
+    )
     parser.add_argument(
         "--max-concurrent-reconciles", type=int, default=d.max_concurrent_reconciles, metavar="N"
     )
@@ -159,6 +186,8 @@ def settings_from(args: argparse.Namespace) -> ProvisionerSettings:
         poll_interval_s=args.poll_interval,
         gc_interval_s=args.gc_interval,
         gc_grace_s=args.gc_grace,
+        liveness_interval_s=args.liveness_interval,
+        stuck_pod_grace_s=args.stuck_pod_grace,
         max_concurrent_reconciles=args.max_concurrent_reconciles,
     )
 

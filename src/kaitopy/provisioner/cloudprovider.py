@@ -48,6 +48,8 @@ class Instance:
     claim_name: str | None = None
     created_at: float | None = None  # unix seconds, when the provider knows it
     labels: Mapping[str, str] = field(default_factory=dict)
+    message: str = ""
+    """Why a failed instance failed, in the provider's words."""
 
 
 @dataclass(frozen=True)

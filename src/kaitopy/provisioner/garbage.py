@@ -4,12 +4,12 @@ instance; this catches what a crash between two steps could leave behind."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 
 from kaitopy.provisioner.cloudprovider import CloudProvider, CloudProviderError
+from kaitopy.provisioner.periodic import every
 from kaitopy.provisioner.settings import ProvisionerSettings
 from kaitopy.runtime.informer import Informer
 
@@ -63,6 +63,4 @@ class GarbageCollector:
         return deleted
 
     async def run(self) -> None:
-        while True:
-            await self.collect_once()
-            await asyncio.sleep(self.settings.gc_interval_s)
+        await every(self.settings.gc_interval_s, self.collect_once, "garbage collection")

@@ -354,11 +354,14 @@ class NodeClaimLifecycle:
         now = datetime.fromtimestamp(self.clock(), UTC)
         st = _Status(thaw(claim.get("status") or {}), now, claim["metadata"].get("generation"))
         node = self._node_of(claim)
-        if node is not None and not await self._drained(claim, node):
+        instance = await self.provider.get(name)
+        # A lost instance (gone, or failed) cannot run or stop its pods: draining it would wait
+        # for nothing, forever where the kubelet is dead.
+        lost = instance is None or instance.state == "failed"
+        if node is not None and not lost and not await self._drained(claim, node):
             st.set(TERMINATING, "Unknown", "Draining", f"evicting pods from node {node['metadata']['name']}")
             self.latest.remember((await patch_status(self.client, NODECLAIM, claim, st.body))[0])
             return Result(requeue_after=self.settings.poll_interval_s)
-        instance = await self.provider.get(name)
         if instance is not None:
             if instance.state != "deleting":
                 await self.provider.begin_delete(name)
@@ -376,9 +379,34 @@ class NodeClaimLifecycle:
         if node is not None:
             with contextlib.suppress(NotFound):
                 await self.client.delete(kinds.NODE, str(node["metadata"]["name"]))
+        # By the claim's record too: a provider may delete the Node itself (as a cloud's node
+        # controller does for a deleted VM), and the cache then no longer shows it.
+        node_name = (
+            node["metadata"]["name"] if node is not None else (claim.get("status") or {}).get("nodeName")
+        )
+        if node_name:
+            await self._release_pods(str(node_name))
         await remove_finalizer(self.client, NODECLAIM, claim, TERMINATION_FINALIZER)
         log.info("nodeclaim terminated", extra={"nodeclaim": name})
         return None
+
+    async def _release_pods(self, node_name: str) -> None:
+        """Force-delete the pods still bound to a node that is gone: nothing can run or stop them
+        any more, and until their objects go, their controllers do not replace them (a
+        StatefulSet's pod keeps its name). KCM's pod garbage collector would do it too, after
+        its own delay."""
+        pods = await self.client.list(kinds.POD, field_selector=f"spec.nodeName={node_name}")
+        for pod in pods.items:
+            ns, pod_name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+            with contextlib.suppress(NotFound):
+                await self.client.request(
+                    "DELETE",
+                    kinds.POD.path(ns, pod_name),
+                    body={"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0},
+                )
+            log.info(
+                "pod of a deleted node force-deleted", extra={"pod": f"{ns}/{pod_name}", "node": node_name}
+            )
 
     async def _drained(self, claim: Obj, node: Obj) -> bool:
         """Cordon, then evict through the eviction API (PodDisruptionBudgets decide); True once no
@@ -388,7 +416,8 @@ class NodeClaimLifecycle:
         if not (node.get("spec") or {}).get("unschedulable"):
             await self.client.patch(kinds.NODE, node_name, {"spec": {"unschedulable": True}})
         pods = await self.client.list(kinds.POD, field_selector=f"spec.nodeName={node_name}")
-        remaining = [p for p in pods.items if _needs_eviction(p)]
+        stuck_before = self.clock() - self.settings.stuck_pod_grace_s
+        remaining = [p for p in pods.items if _needs_eviction(p) and not _stuck(p, stuck_before)]
         blocked = []
         for pod in remaining:
             if (pod["metadata"]).get("deletionTimestamp"):
@@ -417,6 +446,13 @@ class NodeClaimLifecycle:
                 action="Terminate",
             )
         return not remaining
+
+
+def _stuck(pod: dict[str, Any], before: float) -> bool:
+    """A pod whose deletion time (its grace included) passed before `before`: its node is not
+    stopping it."""
+    deleted_at = _parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
+    return deleted_at is not None and deleted_at < before
 
 
 def _needs_eviction(pod: dict[str, Any]) -> bool:

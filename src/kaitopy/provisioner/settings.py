@@ -17,6 +17,13 @@ class ProvisionerSettings:
     """How often cloud instances are matched against NodeClaims to find leaked ones."""
     gc_grace_s: float = 120.0
     """An instance younger than this is never collected: its claim may not be in the cache yet."""
+    liveness_interval_s: float = 30.0
+    """How often launched claims are matched against the provider's instances to find lost nodes
+    (an instance deleted or failed under a live claim): one list call per pass."""
+    stuck_pod_grace_s: float = 60.0
+    """A drain stops waiting for a pod this long after its deletion time (its grace period
+    included): a pod that has not gone by then sits on a node that cannot stop it (Karpenter
+    ignores such pods after 1 minute too). It is force-deleted once the node is gone."""
     default_os_sku: str | None = None
     """OS image when neither the claim nor its node class says (azure: Ubuntu)."""
     max_concurrent_reconciles: int = 10

@@ -173,6 +173,24 @@ def test_nodeclaim_failure_reason_reaches_resource_ready() -> None:
     assert status.resource_verdict(1, 1, claims, byo=False).ok
 
 
+def test_a_lost_node_is_named_until_its_claim_is_replaced() -> None:
+    message = "node ws1 is lost: kubelet (killed by SIGKILL) of local node ws1 stopped; deleting the claim"
+    lost = {
+        "metadata": {"name": "ws1", "deletionTimestamp": "2026-12-04T12:00:00Z"},
+        "status": {
+            "conditions": [
+                {"type": "Launched", "status": "True", "reason": "Launched"},
+                {"type": "Ready", "status": "False", "reason": "InstanceLost", "message": message},
+            ]
+        },
+    }
+    claims = status.nodeclaims_verdict([lost], 1)
+    assert (claims.status, claims.reason, claims.message) == ("False", "NodeLost", message)
+    # The node may still be listed Ready (the node controller has not noticed): the claim says.
+    res = status.resource_verdict(1, 1, claims, byo=False)
+    assert (res.status, res.reason) == ("False", "NodeLost")
+
+
 def test_pod_problems_are_named() -> None:
     def pod(**st: Any) -> dict[str, Any]:
         return {"metadata": {"name": "p"}, "status": st}

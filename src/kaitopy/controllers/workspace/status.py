@@ -39,10 +39,18 @@ def condition_true(obj: Obj, type_: str) -> bool:
     return (_cond(obj, type_) or {}).get("status") == "True"
 
 
+NODE_LOST_CLAIM_REASON = "InstanceLost"
+"""The provisioner's reason on a claim whose node was lost (kaitopy.provisioner.liveness)."""
+
+
 def nodeclaims_verdict(claims: Sequence[Obj], wanted: int) -> Verdict:
     """NodeClaimReady: every claim the workspace needs exists and is Ready; a failed claim's
-    reason (quota, capacity, an unavailable SKU) is passed through as is."""
+    reason (quota, capacity, an unavailable SKU) is passed through as is, and so is a lost node
+    (the provisioner marks its claim Ready=False InstanceLost before deleting it)."""
     for claim in claims:
+        lost = _cond(claim, "Ready") or {}
+        if lost.get("reason") == NODE_LOST_CLAIM_REASON:
+            return Verdict("False", "NodeLost", str(lost.get("message") or "").strip())
         launched = _cond(claim, "Launched")
         if launched is not None and launched.get("status") == "False":
             name = claim["metadata"]["name"]
@@ -67,6 +75,8 @@ def nodeclaims_verdict(claims: Sequence[Obj], wanted: int) -> Verdict:
 
 
 def resource_verdict(ready_nodes: int, target: int, claims: Verdict | None, byo: bool) -> Verdict:
+    if claims is not None and claims.reason == "NodeLost":
+        return claims  # its Node may still be listed Ready: the node controller has not noticed yet
     if ready_nodes >= target:
         return Verdict("True", "WorkspaceResourceReady", f"{ready_nodes} GPU node(s) ready")
     if claims is not None and claims.status == "False" and claims.reason != "NodeClaimNotReady":

@@ -8,6 +8,7 @@ adds a route of its own, or for a host process that calls a ClusterIP nothing an
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from kaitopy.provisioner.local import system
@@ -126,11 +127,39 @@ async def ensure_bridge(node: NodeLayout) -> None:
 
 
 async def remove_bridge(node: NodeLayout) -> None:
-    """The bridge and any veth still attached to it (pods torn down without CNI DEL)."""
-    for port in bridge_ports(node.bridge):
+    """The bridge and any veth still attached to it, with the pods' network namespaces at their
+    other ends: pods whose runtime died with the node were never torn down by CNI DEL."""
+    ports = bridge_ports(node.bridge)
+    orphans = await _peer_namespaces(ports)
+    for port in ports:
         await system.run("ip", "link", "delete", port, check=False)
+    for name in orphans:
+        await system.run("ip", "netns", "delete", name, check=False)
     if link_exists(node.bridge):
         await system.run("ip", "link", "delete", node.bridge, check=False)
+
+
+async def _peer_namespaces(ports: list[str]) -> list[str]:
+    """The named network namespaces (CNI's /var/run/netns entries) holding the other ends of
+    these veths. `ip link` names a peer's netns (link-netns NAME) when it can, else gives its id
+    (link-netnsid N), which `ip netns list` maps to a name."""
+    if not ports:
+        return []
+    listed = await system.run("ip", "netns", "list", check=False)
+    ids = {}
+    for line in listed.splitlines():
+        name, _, rest = line.partition(" (id: ")
+        if rest:
+            ids[rest.rstrip(")").strip()] = name.strip()
+    names = []
+    for port in ports:
+        words = (await system.run("ip", "-o", "link", "show", "dev", port, check=False)).split()
+        for key, value in itertools.pairwise(words):
+            if key == "link-netns":
+                names.append(value)
+            elif key == "link-netnsid" and value in ids:
+                names.append(ids[value])
+    return names
 
 
 # sysfs reads answer from kernel memory at once: fine to call from the event loop.

@@ -217,10 +217,18 @@ class LocalProvider:
         }
 
     def _instance(self, record: node.NodeRecord) -> Instance:
+        state, message = ("deleting" if record.state == "deleting" else "running"), ""
+        if record.state == "running":
+            # The node's agents are the instance: with its kubelet or containerd gone, it is as
+            # dead as a VM that crashed (the launch restarts them; after it, nothing does).
+            dead = node.dead_agents(self._layout(record.name, record.index), record)
+            if dead:
+                state, message = "failed", f"{', '.join(dead)} of local node {record.name} stopped"
         return Instance(
             name=record.name,
             instance_type=record.instance_type,
-            state="deleting" if record.state == "deleting" else "running",
+            state=state,
+            message=message,
             provider_id=f"local://{record.name}",
             node_name=record.name,
             claim_name=record.labels.get(NODECLAIM_LABEL, record.name),
