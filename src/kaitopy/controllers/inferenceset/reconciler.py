@@ -6,16 +6,20 @@ deletes them through the garbage collector, and each member's own finalizer dele
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from pydantic import ValidationError
 
 from kaitopy.api.constants import INFERENCESET, WORKSPACE, InferenceSetReady, NodeCountLimitReached
 from kaitopy.api.inferenceset import InferenceSet
 from kaitopy.controllers.inferenceset import members as mb
+from kaitopy.controllers.inferenceset import scrape
+from kaitopy.controllers.inferenceset.autoscale import SettingsError, recommend, settings_of
 from kaitopy.controllers.inferenceset.decide import Decision, Inputs, decide, max_unavailable_of
 from kaitopy.controllers.inferenceset.expectations import Expectations
 from kaitopy.runtime import (
@@ -39,6 +43,7 @@ from kaitopy.runtime.objects import Obj
 log = reconcile_logger(__name__)
 MEMBERS_BY_SET = "inferenceset-members"
 FIELD_MANAGER = "kaitopy-inferenceset"
+AUTOSCALE_INTERVAL_S = 15.0  # as the HPA's sync period: often enough for a queue, cheap on /metrics
 
 
 def set_key_of_member(ws: Obj) -> list[str]:
@@ -77,6 +82,8 @@ class InferenceSetReconciler:
         *,
         expectations: Expectations | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics_url: Callable[[str, str], str] = scrape.service_url,
+        autoscale_interval_s: float = AUTOSCALE_INTERVAL_S,
     ) -> None:
         self.client = client
         self.sets = sets
@@ -84,11 +91,16 @@ class InferenceSetReconciler:
         self.recorder = recorder
         self.expectations = expectations or Expectations()
         self.monotonic = monotonic
+        self.metrics_url = metrics_url
+        self.autoscale_interval_s = autoscale_interval_s
+        # Per set: the autoscaler's earlier (time, raw recommendation), for its stabilization windows.
+        self._history: dict[str, list[tuple[float, int]]] = {}
 
     async def reconcile(self, req: Request) -> Result | None:
         obj = self.sets.get(req.key)
         if obj is None:
             self.expectations.forget(req.key)
+            self._history.pop(req.key, None)
             return None
         if (obj.get("metadata") or {}).get("deletionTimestamp"):
             return None  # the garbage collector deletes the members
@@ -126,7 +138,7 @@ class InferenceSetReconciler:
         )
         await self._act(obj, req, decision)
         await self._write_status(obj, decision, owned, None)
-        return None
+        return await self._autoscale(obj, req, replicas, observed)
 
     def _invalid(self, obj: Obj) -> str | None:
         try:
@@ -195,6 +207,47 @@ class InferenceSetReconciler:
             await self.recorder.event(
                 obj, "Normal", "MemberDeleted", f"deleted workspace {name}", action="Delete"
             )
+
+    async def _autoscale(
+        self, obj: Obj, req: Request, replicas: int, observed: tuple[mb.Member, ...]
+    ) -> Result | None:
+        """The built-in autoscaler: scrape the ready members, decide, write spec.replicas through
+        the scale subresource, and say why in an Event."""
+        try:
+            settings = settings_of((obj.get("metadata") or {}).get("annotations"))
+        except SettingsError as exc:
+            await self.recorder.event(obj, "Warning", "AutoscalerInvalid", str(exc))
+            return None
+        if settings is None:
+            self._history.pop(req.key, None)
+            return None
+        ready = [m.name for m in observed if m.ready and not m.deleting]
+        async with aiohttp.ClientSession() as session:
+            got = await asyncio.gather(
+                *(scrape.scrape(session, self.metrics_url(req.namespace, name)) for name in ready)
+            )
+        samples = [x for x in got if x is not None]
+        # Wanted members that are not yet created, still starting or silent count as not answering:
+        # never shrink a set on partial numbers.
+        missing = max(0, replicas - len(samples))
+        now = self.monotonic()
+        history = self._history.setdefault(req.key, [])
+        rec = recommend(settings, replicas, samples, missing, history, now)
+        history.append((now, rec.raw))
+        horizon = max(settings.scale_up_stabilization_s, settings.scale_down_stabilization_s)
+        history[:] = [(t, r) for t, r in history if now - t < horizon]
+        if rec.desired != replicas:
+            await self.client.patch(
+                INFERENCESET,
+                req.name,
+                {"spec": {"replicas": rec.desired}},
+                namespace=req.namespace,
+                subresource="scale",
+            )
+            reason = "AutoscaleUp" if rec.desired > replicas else "AutoscaleDown"
+            log.info("autoscaled", extra={"decision": rec.note})
+            await self.recorder.event(obj, "Normal", reason, rec.note, action="Scale")
+        return Result(requeue_after=self.autoscale_interval_s)
 
     async def _write_status(
         self, obj: Obj, decision: Decision | None, owned: list[Obj], problem: str | None
