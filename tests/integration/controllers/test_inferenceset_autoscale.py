@@ -1,6 +1,6 @@
-"""The built-in autoscaler end to end on the API side: members' /metrics pages served on loopback
-(standing in for the model servers), the decision written through the scale subresource, and an
-Event with the numbers behind it."""
+"""The built-in autoscaler and the exported load, end to end on the API side: members' /metrics
+pages served on loopback (standing in for the model servers), the decision written through the
+scale subresource, an Event with the numbers behind it, and the load on the controller's /metrics."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 from kubernetes_asyncio.client.api_client import ApiClient
+from prometheus_client import CollectorRegistry, generate_latest
 
 from kaitopy.api.constants import INFERENCESET
 from kaitopy.controllers.inferenceset.autoscale import PREFIX
 from kaitopy.controllers.inferenceset.expectations import Expectations
+from kaitopy.controllers.inferenceset.metrics import InferenceSetLoadCollector
 from kaitopy.controllers.inferenceset.reconciler import InferenceSetReconciler
 from kaitopy.controllers.workspace.crds import ensure_workspace_crd
 from kaitopy.runtime import Client, EventRecorder, Kind, Request
@@ -119,3 +121,34 @@ async def test_bad_settings_are_an_event_naming_the_annotation(client: Client, n
     (event,) = [e for e in (await client.list(EVENT, namespace)).items if e["reason"] == "AutoscalerInvalid"]
     assert event["type"] == "Warning"
     assert event["note"].startswith(f"metadata.annotations[{PREFIX}max-replicas] is required")
+
+
+async def test_export_metrics_alone_exports_the_load_and_never_scales(
+    client: Client, namespace: str, pages: tuple[dict[str, str], int]
+) -> None:
+    served, port = pages
+    body = inference_set("s", namespace, 2)
+    body["metadata"]["annotations"] = {PREFIX + "export-metrics": "true"}
+    await client.create(INFERENCESET, body)
+    rec = InferenceSetReconciler(
+        client,
+        *(await snapshot(client, namespace)),
+        EventRecorder(client, "test"),
+        metrics_url=lambda ns, member: f"http://127.0.0.1:{port}/{member}/metrics",
+    )
+    await rec.reconcile(Request(namespace, "s"))
+    for name in ("s-0", "s-1"):
+        await set_ready(client, namespace, name, True)
+    served.update({"s-0": page(5, 2), "s-1": page(4, 2)})  # the autoscaler would want 5 members
+    rec.sets, rec.workspaces = await snapshot(client, namespace)
+    result = await rec.reconcile(Request(namespace, "s"))
+    assert result is not None and result.requeue_after == 15.0  # scraped again at the next interval
+    assert (await client.get(INFERENCESET, "s", namespace=namespace))["spec"]["replicas"] == 2
+
+    registry = CollectorRegistry()
+    registry.register(InferenceSetLoadCollector(rec.load))
+    text = generate_latest(registry).decode()
+    labels = f'inferenceset="s",namespace="{namespace}"'
+    assert f"kaitopy_inferenceset_queue_depth{{{labels}}} 9.0" in text
+    assert f"kaitopy_inferenceset_running_requests{{{labels}}} 4.0" in text
+    assert f"kaitopy_inferenceset_members_answering{{{labels}}} 2.0" in text

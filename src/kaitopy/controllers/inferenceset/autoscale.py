@@ -13,6 +13,7 @@ YAML for Kaito and keeps its schema):
     autoscaling.kaitopy.io/scale-down-stabilization: "300"
     autoscaling.kaitopy.io/scale-up-step: "4"             # members added per decision at most
     autoscaling.kaitopy.io/scale-down-step: "1"
+    autoscaling.kaitopy.io/export-metrics: "true"         # scrape and export the load, scale or not
 
 Like the HPA's behaviour: a scale-up takes the lowest recommendation of its window (the load must
 hold for the whole window), a scale-down the highest of its window (it must have stayed low).
@@ -119,6 +120,21 @@ def settings_of(annotations: Mapping[str, Any] | None) -> AutoscaleSettings | No
             f"metadata.annotations[{PREFIX}scale-up-step/scale-down-step]: must be at least 1"
         )
     return s
+
+
+def exports_load(annotations: Mapping[str, Any]) -> bool:
+    """Scrape the members and export their load on the controller's /metrics (the autoscaler always
+    does; this asks for it without the autoscaler, for KEDA or an HPA on external metrics)."""
+    return str(annotations.get(PREFIX + "export-metrics", "")).lower() == "true"
+
+
+@dataclass(frozen=True)
+class SetLoad:
+    """A set's members' load at the last scrape."""
+
+    queue_depth: float
+    running: float
+    answering: int
 
 
 @dataclass(frozen=True)

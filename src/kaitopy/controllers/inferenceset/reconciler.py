@@ -19,7 +19,13 @@ from kaitopy.api.constants import INFERENCESET, WORKSPACE, InferenceSetReady, No
 from kaitopy.api.inferenceset import InferenceSet
 from kaitopy.controllers.inferenceset import members as mb
 from kaitopy.controllers.inferenceset import scrape
-from kaitopy.controllers.inferenceset.autoscale import SettingsError, recommend, settings_of
+from kaitopy.controllers.inferenceset.autoscale import (
+    SetLoad,
+    SettingsError,
+    exports_load,
+    recommend,
+    settings_of,
+)
 from kaitopy.controllers.inferenceset.decide import Decision, Inputs, decide, max_unavailable_of
 from kaitopy.controllers.inferenceset.expectations import Expectations
 from kaitopy.runtime import (
@@ -95,12 +101,15 @@ class InferenceSetReconciler:
         self.autoscale_interval_s = autoscale_interval_s
         # Per set: the autoscaler's earlier (time, raw recommendation), for its stabilization windows.
         self._history: dict[str, list[tuple[float, int]]] = {}
+        # Per set: the members' summed load at the last scrape, exported on the controller's /metrics.
+        self.load: dict[str, SetLoad] = {}
 
     async def reconcile(self, req: Request) -> Result | None:
         obj = self.sets.get(req.key)
         if obj is None:
             self.expectations.forget(req.key)
             self._history.pop(req.key, None)
+            self.load.pop(req.key, None)
             return None
         if (obj.get("metadata") or {}).get("deletionTimestamp"):
             return None  # the garbage collector deletes the members
@@ -212,14 +221,17 @@ class InferenceSetReconciler:
         self, obj: Obj, req: Request, replicas: int, observed: tuple[mb.Member, ...]
     ) -> Result | None:
         """The built-in autoscaler: scrape the ready members, decide, write spec.replicas through
-        the scale subresource, and say why in an Event."""
+        the scale subresource, and say why in an Event. With export-metrics alone, scrape and
+        export the load (for KEDA or an HPA on external metrics) without scaling."""
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
         try:
-            settings = settings_of((obj.get("metadata") or {}).get("annotations"))
+            settings = settings_of(annotations)
         except SettingsError as exc:
             await self.recorder.event(obj, "Warning", "AutoscalerInvalid", str(exc))
             return None
-        if settings is None:
+        if settings is None and not exports_load(annotations):
             self._history.pop(req.key, None)
+            self.load.pop(req.key, None)
             return None
         ready = [m.name for m in observed if m.ready and not m.deleting]
         async with aiohttp.ClientSession() as session:
@@ -227,6 +239,13 @@ class InferenceSetReconciler:
                 *(scrape.scrape(session, self.metrics_url(req.namespace, name)) for name in ready)
             )
         samples = [x for x in got if x is not None]
+        self.load[req.key] = SetLoad(
+            queue_depth=sum(x.queue_depth for x in samples),
+            running=sum(x.running for x in samples),
+            answering=len(samples),
+        )
+        if settings is None:
+            return Result(requeue_after=self.autoscale_interval_s)
         # Wanted members that are not yet created, still starting or silent count as not answering:
         # never shrink a set on partial numbers.
         missing = max(0, replicas - len(samples))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from kaitopy.api.constants import INFERENCESET, WORKSPACE
+from kaitopy.controllers.inferenceset.metrics import InferenceSetLoadCollector
 from kaitopy.controllers.inferenceset.reconciler import (
     MEMBERS_BY_SET,
     InferenceSetReconciler,
@@ -30,6 +31,7 @@ def wire(mgr: Manager, client: Client, *, max_concurrent_reconciles: int = 4) ->
     reconciler = InferenceSetReconciler(
         client, mgr.cache.informer(INFERENCESET).store, workspaces.store, EventRecorder(client, COMPONENT)
     )
+    mgr.metrics.registry.register(InferenceSetLoadCollector(reconciler.load))
     (
         mgr.controller("inferenceset")
         .for_(INFERENCESET)
