@@ -198,3 +198,22 @@ def test_template_hash_is_the_same_for_a_frozen_cache_copy() -> None:
     from kaitopy.runtime import freeze
 
     assert mb.template_hash(freeze(SET)["spec"]) == mb.template_hash(SET["spec"])
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        {"type": "Recreate"},
+        {"rollingUpdate": {"maxUnavailable": "many"}},
+        {"rollingUpdate": {"maxUnavailable": "x%"}},
+        {"rollingUpdate": "1"},
+    ],
+)
+def test_a_bad_update_strategy_is_named(strategy: dict[str, Any]) -> None:
+    from kaitopy.controllers.inferenceset.reconciler import unsupported
+
+    problem = unsupported({**SET["spec"], "updateStrategy": strategy})
+    assert problem is not None and problem.startswith(
+        "spec.updateStrategy: type must be RollingUpdate or OnDelete"
+    )
+    assert unsupported({**SET["spec"], "updateStrategy": {"type": "OnDelete"}}) is None

@@ -48,7 +48,10 @@ def max_unavailable_of(update_strategy: Mapping[str, Any] | None, replicas: int)
     """(rolling, maxUnavailable) from an appsv1.StatefulSetUpdateStrategy; a percentage is of replicas,
     rounded down, at least 1."""
     strategy = update_strategy or {}
-    rolling = strategy.get("type", "RollingUpdate") != "OnDelete"
+    kind = strategy.get("type", "RollingUpdate")
+    if kind not in ("RollingUpdate", "OnDelete"):
+        raise ValueError(f"updateStrategy.type {kind!r}")
+    rolling = kind != "OnDelete"
     raw = (strategy.get("rollingUpdate") or {}).get("maxUnavailable", DEFAULT_MAX_UNAVAILABLE)
     percent = isinstance(raw, str) and raw.endswith("%")
     value = int(replicas * int(str(raw)[:-1]) / 100) if percent else int(raw)

@@ -63,6 +63,13 @@ def unsupported(spec: Mapping[str, Any]) -> str | None:
     """Members the controller will not create for the set's author: it creates them with its own
     rights, so a pod template or a volume (which the Workspace webhook checks against the author's
     own rights) would let the author run what they could not run themselves."""
+    try:
+        max_unavailable_of(spec.get("updateStrategy"), 1)
+    except (TypeError, ValueError, AttributeError):
+        return (
+            "spec.updateStrategy: type must be RollingUpdate or OnDelete and rollingUpdate.maxUnavailable "
+            'a whole number or a percentage such as "25%"'
+        )
     inference = (spec.get("template") or {}).get("inference") or {}
     if inference.get("template"):
         return (
