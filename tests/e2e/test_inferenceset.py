@@ -1,6 +1,7 @@
 """An InferenceSet with the operator running as its users run it (kwok nodes): it scales through
 the scale subresource with `kubectl scale` and with an autoscaling/v2 HorizontalPodAutoscaler, each
-member gets its own node, and deleting the set deletes its members and their nodes."""
+member gets its own node, scale down deletes a member that is not ready first, and deleting the set
+deletes its members and their nodes."""
 
 from __future__ import annotations
 
@@ -98,28 +99,49 @@ async def test_scale_subresource_hpa_and_deletion(
     assert (scale["spec"]["replicas"], scale["status"]["replicas"]) == (3, 3)
     assert scale["status"]["selector"] == f"kaito.sh/workspace in ({name}-0,{name}-1,{name}-2)"
 
-    # An HPA bounds the set through the same subresource: with 3 members and maxReplicas 2 the
-    # HPA controller scales it to 2 (bounds need no metrics API).
+    # Scale down takes a member that is not ready first: phi-0 loses its pod, whose replacement cannot
+    # schedule on the cordoned node.
+    first = await client.get(WORKSPACE, f"{name}-0", namespace=namespace)
+    (node0,) = first["status"]["workerNodes"]
+    kube_cluster.kubectl("cordon", node0)
+    kube_cluster.kubectl(
+        "delete", "pods", "-n", namespace, "-l", f"kaito.sh/workspace={name}-0", "--wait=false"
+    )
+    await eventually(
+        lambda: client.get(INFERENCESET, name, namespace=namespace),
+        until=lambda s: (s.get("status") or {}).get("readyReplicas") == 2,
+        timeout=120,
+        what="phi-0 not ready",
+    )
+    kube_cluster.kubectl("scale", "inferenceset", name, "-n", namespace, "--replicas=2")
+    await wait_ready(client, name, namespace, 2)
+    assert sorted(w["metadata"]["name"] for w in await members(client, name, namespace)) == [
+        f"{name}-1",
+        f"{name}-2",
+    ]
+
+    # An HPA drives the set through the same subresource: with 2 members and minReplicas 3 the HPA
+    # controller scales it to 3 (bounds need no metrics API).
     hpa = {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "scaleTargetRef": {"apiVersion": "kaito.sh/v1beta1", "kind": "InferenceSet", "name": name},
-            "minReplicas": 1,
-            "maxReplicas": 2,
+            "minReplicas": 3,
+            "maxReplicas": 4,
         },
     }
     await client.create(HPA, hpa)
-    await wait_ready(client, name, namespace, 2, timeout=120)
+    await wait_ready(client, name, namespace, 3, timeout=120)
     got = await client.get(INFERENCESET, name, namespace=namespace)
-    assert got["spec"]["replicas"] == 2
+    assert got["spec"]["replicas"] == 3
     hpa_now = await client.get(HPA, name, namespace=namespace)
-    assert hpa_now["status"]["desiredReplicas"] == 2
+    assert hpa_now["status"]["desiredReplicas"] == 3
     await client.delete(HPA, name, namespace)
 
-    nodes = await worker_nodes(client, name, namespace)
-    assert len(nodes) == 2
+    nodes = await worker_nodes(client, name, namespace) | {node0}
+    assert len(nodes) == 4
     kube_cluster.kubectl("delete", "inferenceset", name, "-n", namespace, "--wait=false")
     await eventually(
         lambda: client.list(WORKSPACE, namespace),
