@@ -1,4 +1,4 @@
-"""docs/api-reference.md from the generated CRDs: every field of Workspace, NodeClaim and
+"""docs/api-reference.md from the generated CRDs: every field of Workspace, InferenceSet, NodeClaim and
 KaitoNodeClass with its type, whether it is required, its description (the model's docstring) and
 its validation (enums, patterns, bounds, CEL rules with their messages).
 

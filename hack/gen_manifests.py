@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from api_reference import render as render_reference
 
-from kaitopy.api.crd import render, workspace_crd
+from kaitopy.api.crd import inferenceset_crd, render, workspace_crd
 from kaitopy.provisioner.crds import nodeclaim_crd, nodeclass_crd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +28,7 @@ def generators() -> dict[str, Callable[[], dict[str, Any]]]:
     """File name -> the function building the object it holds."""
     return {
         "kaito.sh_workspaces.yaml": workspace_crd,
+        "kaito.sh_inferencesets.yaml": inferenceset_crd,
         "karpenter.sh_nodeclaims.yaml": nodeclaim_crd,
         "kaito.sh_kaitonodeclasses.yaml": nodeclass_crd,
     }

@@ -17,6 +17,15 @@ WORKSPACE_SHORT_NAMES: Final = ("wk", "wks")
 WORKSPACE: Final = Kind(GROUP, STORAGE_VERSION, WORKSPACE_KIND, WORKSPACE_PLURAL)
 WORKSPACE_V1ALPHA1: Final = Kind(GROUP, "v1alpha1", WORKSPACE_KIND, WORKSPACE_PLURAL)
 
+INFERENCESET_KIND: Final = "InferenceSet"
+INFERENCESET_PLURAL: Final = "inferencesets"
+INFERENCESET_SINGULAR: Final = "inferenceset"
+INFERENCESET_SHORT_NAMES: Final = ("is", "isets")
+# Kaito serves InferenceSet at v1beta1 only.
+INFERENCESET: Final = Kind(GROUP, STORAGE_VERSION, INFERENCESET_KIND, INFERENCESET_PLURAL)
+InferenceSetReady: Final = "InferenceSetReady"
+NodeCountLimitReached: Final = "NodeCountLimitReached"
+
 # Condition types, spelled as Kaito spells them so `kubectl wait --for=condition=...` carries over.
 ResourceReady: Final = "ResourceReady"
 NodeClaimReady: Final = "NodeClaimReady"

@@ -1,4 +1,4 @@
-"""The Workspace CRD, generated from the pydantic models.
+"""The Workspace and InferenceSet CRDs, generated from the pydantic models.
 
 pydantic's JSON Schema is close to what Kubernetes wants but not structural: it uses `$ref`,
 `anyOf` with null for optional fields and titles. `structural()` rewrites it: references inlined,
@@ -15,6 +15,10 @@ import yaml
 
 from kaitopy.api.constants import (
     GROUP,
+    INFERENCESET_KIND,
+    INFERENCESET_PLURAL,
+    INFERENCESET_SHORT_NAMES,
+    INFERENCESET_SINGULAR,
     SERVED_VERSIONS,
     STORAGE_VERSION,
     WORKSPACE_KIND,
@@ -26,7 +30,8 @@ from kaitopy.api.constants import (
     ResourceReady,
     WorkspaceSucceeded,
 )
-from kaitopy.api.workspace import Workspace
+from kaitopy.api.inferenceset import InferenceSet
+from kaitopy.api.workspace import ApiModel, Workspace
 
 _DROP = {"title", "$defs"}
 _OBJECT_META_FIELDS = {"apiVersion", "kind", "metadata"}
@@ -74,7 +79,12 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
 
 def workspace_schema() -> dict[str, Any]:
     """The openAPIV3Schema of the Workspace CRD."""
-    schema = structural(Workspace.model_json_schema(by_alias=True, mode="validation"))
+    return object_schema(Workspace)
+
+
+def object_schema(model: type[ApiModel]) -> dict[str, Any]:
+    """The openAPIV3Schema of a top-level object model (apiVersion/kind/metadata as Kubernetes has them)."""
+    schema = structural(model.model_json_schema(by_alias=True, mode="validation"))
     props = schema["properties"]
     for name in _OBJECT_META_FIELDS:
         props.pop(name, None)
@@ -156,6 +166,63 @@ def workspace_crd() -> dict[str, Any]:
                     "schema": {"openAPIV3Schema": copy.deepcopy(schema)},
                 }
                 for version in SERVED_VERSIONS
+            ],
+        },
+    }
+
+
+def inferenceset_printer_columns() -> list[dict[str, str]]:
+    return [
+        {
+            "name": "Replicas",
+            "type": "integer",
+            "jsonPath": ".spec.replicas",
+            "description": "Desired members.",
+        },
+        {
+            "name": "ReadyReplicas",
+            "type": "integer",
+            "jsonPath": ".status.readyReplicas",
+            "description": "Members serving.",
+        },
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
+def inferenceset_crd() -> dict[str, Any]:
+    """The CustomResourceDefinition of inferencesets.kaito.sh: v1beta1 only (as Kaito serves it),
+    with the status and scale subresources."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{INFERENCESET_PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": INFERENCESET_KIND,
+                "listKind": f"{INFERENCESET_KIND}List",
+                "plural": INFERENCESET_PLURAL,
+                "singular": INFERENCESET_SINGULAR,
+                "shortNames": list(INFERENCESET_SHORT_NAMES),
+                "categories": ["inferenceset", "kaito"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": STORAGE_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": inferenceset_printer_columns(),
+                    "schema": {"openAPIV3Schema": object_schema(InferenceSet)},
+                }
             ],
         },
     }

@@ -50,3 +50,6 @@ PARTITION_UNSUPPORTED: Final = (
     "resource.partition (Kaito's GPU partitioning: MIG / accelerator mode) is not supported by kaitopy yet; "
     "remove it to run on whole GPUs"
 )
+IMMUTABLE_SET_SELECTOR: Final = (
+    "spec.labelSelector is immutable: create a new InferenceSet to select other nodes"
+)

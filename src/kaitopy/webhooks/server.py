@@ -34,6 +34,7 @@ from kaitopy.runtime.errors import ApiError
 from kaitopy.webhooks.access import check_access
 from kaitopy.webhooks.certs import CertBundle, ensure_certificate
 from kaitopy.webhooks.configs import check_configs
+from kaitopy.webhooks.inferenceset import review_inferenceset
 from kaitopy.webhooks.validation import (
     FieldError,
     pydantic_errors,
@@ -54,8 +55,10 @@ VALIDATING_WEBHOOK_CONFIGURATION = Kind(
 PATH = "/validate"
 # The API server's version of validation.spec_changed: metadata-only updates (finalizers, labels)
 # skip the webhook, so they pass even while it is down.
+# Workspaces keep resource, inference and tuning at the top; an InferenceSet has a spec.
 SPEC_CHANGED = " || ".join(
-    f"object.?{f}.orValue({{}}) != oldObject.?{f}.orValue({{}})" for f in ("resource", "inference", "tuning")
+    f"object.?{f}.orValue({{}}) != oldObject.?{f}.orValue({{}})"
+    for f in ("resource", "inference", "tuning", "spec")
 )
 
 
@@ -197,7 +200,7 @@ class WebhookServer:
                         "apiGroups": [GROUP],
                         "apiVersions": list(SERVED_VERSIONS),
                         "operations": [operation],
-                        "resources": ["workspaces"],
+                        "resources": ["workspaces", "inferencesets"],
                         "scope": "Namespaced",
                     }
                 ],
@@ -345,6 +348,8 @@ class WebhookServer:
         operation = req.get("operation")
         if operation not in ("CREATE", "UPDATE") or req.get("subResource"):
             return []
+        if (req.get("kind") or {}).get("kind") == "InferenceSet":
+            return await review_inferenceset(self.client, self.catalog, req)
         try:
             new = Workspace.model_validate(req.get("object") or {})
             old = (

@@ -14,7 +14,7 @@ from typing import Any
 from kaitopy import process
 from kaitopy.controllers.workspace.plan import Settings
 from kaitopy.controllers.workspace.setup import wire
-from kaitopy.runtime import Manager
+from kaitopy.runtime import Client, Manager
 
 log = logging.getLogger(__name__)
 LEASE_NAME = "kaitopy-workspace-controller"
@@ -261,6 +261,21 @@ def _positive(flag: str, value: int) -> int:
     return value
 
 
+async def wire_inferencesets(mgr: Manager, client: Client) -> None:
+    """The InferenceSet controller, where the API server serves the kind (its CRD is optional: an
+    installation from before it existed keeps working without it)."""
+    from kaitopy.api.constants import INFERENCESET
+    from kaitopy.controllers.inferenceset.setup import wire as wire_sets
+    from kaitopy.runtime import NotFound
+
+    try:
+        await client.kind(INFERENCESET.api_version, INFERENCESET.kind)
+    except NotFound:
+        log.warning("InferenceSet CRD not installed: the InferenceSet controller is off")
+        return
+    wire_sets(mgr, client)
+
+
 def run(args: argparse.Namespace) -> int:
     from kaitopy.api import WORKSPACE
     from kaitopy.controllers.workspace.crds import ensure_workspace_crd
@@ -309,6 +324,7 @@ def run(args: argparse.Namespace) -> int:
                 max_concurrent_reconciles=args.max_concurrent_reconciles,
                 resync_period=args.resync_period,
             )
+            await wire_inferencesets(mgr, client)
             log.info(
                 "workspace controller starting",
                 extra={"node_provisioner": settings.node_provisioner, "watch_namespaces": watch or "all"},

@@ -1,5 +1,6 @@
-"""Installing the Workspace CRD: created when absent, updated when the running version of kaitopy
-defines it differently (the CRD is ours), then waited on until the API server serves it."""
+"""Installing the Workspace and InferenceSet CRDs: each created when absent, updated when the
+running version of kaitopy defines it differently (the CRD is ours), then waited on until the API
+server serves it."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ import asyncio
 import logging
 from typing import Any
 
-from kaitopy.api.crd import workspace_crd
+from kaitopy.api.crd import inferenceset_crd, workspace_crd
 from kaitopy.runtime import AlreadyExists, Client, Conflict, is_subset, kinds, thaw
 
 log = logging.getLogger(__name__)
 
 
 async def ensure_workspace_crd(client: Client, timeout_s: float = 60.0) -> None:
-    desired = workspace_crd()
+    for desired in (workspace_crd(), inferenceset_crd()):
+        await ensure_crd(client, desired, timeout_s)
+
+
+async def ensure_crd(client: Client, desired: dict[str, Any], timeout_s: float) -> None:
     name = desired["metadata"]["name"]
     for _ in range(5):
         current = await client.get_or_none(kinds.CUSTOM_RESOURCE_DEFINITION, name)

@@ -1,0 +1,1 @@
+"""The InferenceSet controller: N identical inference Workspaces, scaled as one."""

@@ -1,0 +1,215 @@
+"""The built-in autoscaler's settings and decision. Pure: the reconciler scrapes the members and
+writes the result through the scale subresource.
+
+Settings are annotations on the InferenceSet (kaitopy's own, so a Kaito InferenceSet stays valid
+YAML for Kaito and keeps its schema):
+
+    autoscaling.kaitopy.io/enabled: "true"
+    autoscaling.kaitopy.io/min-replicas: "1"
+    autoscaling.kaitopy.io/max-replicas: "4"              # required when enabled
+    autoscaling.kaitopy.io/target-queue-depth: "2"        # waiting requests per member
+    autoscaling.kaitopy.io/target-running: "8"            # running requests per member (optional)
+    autoscaling.kaitopy.io/scale-up-stabilization: "0"    # seconds
+    autoscaling.kaitopy.io/scale-down-stabilization: "300"
+    autoscaling.kaitopy.io/scale-up-step: "4"             # members added per decision at most
+    autoscaling.kaitopy.io/scale-down-step: "1"
+    autoscaling.kaitopy.io/export-metrics: "true"         # scrape and export the load, scale or not
+
+Like the HPA's behaviour: a scale-up takes the lowest recommendation of its window (the load must
+hold for the whole window), a scale-down the highest of its window (it must have stayed low).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+PREFIX = "autoscaling.kaitopy.io/"
+QUEUE_METRIC = "kaitopy_inference_queue_depth"
+RUNNING_METRIC = "kaitopy_inference_running_requests"
+
+
+class SettingsError(ValueError):
+    """An annotation that cannot be used; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class AutoscaleSettings:
+    min_replicas: int = 1
+    """Never fewer members (scale from zero is not supported: at least 1)."""
+    max_replicas: int = 1
+    """Never more members."""
+    target_queue_depth: float | None = 2.0
+    """Waiting requests per member the autoscaler aims at; a queue is the clearest sign of too few."""
+    target_running: float | None = None
+    """Running requests per member to aim at (unset: not used)."""
+    scale_up_stabilization_s: float = 0.0
+    """React to load at once: a waiting request costs the user now."""
+    scale_down_stabilization_s: float = 300.0
+    """A member costs a GPU node and minutes to bring back: only shrink after five quiet minutes."""
+    scale_up_step: int = 4
+    """Members added per decision at most (each one provisions nodes)."""
+    scale_down_step: int = 1
+    """Members removed per decision at most."""
+
+
+def _number(annotations: Mapping[str, Any], key: str, default: float | None, *, whole: bool) -> float | None:
+    raw = annotations.get(PREFIX + key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(
+            f'metadata.annotations[{PREFIX}{key}]: {raw!r} is not a number; write e.g. "2"'
+        ) from None
+    if value < 0 or (whole and value != int(value)) or math.isnan(value):
+        kind = "a whole number" if whole else "a number"
+        raise SettingsError(f"metadata.annotations[{PREFIX}{key}]: {raw!r} must be {kind} >= 0")
+    return value
+
+
+def settings_of(annotations: Mapping[str, Any] | None) -> AutoscaleSettings | None:
+    """The settings, or None when the autoscaler is off. Raises SettingsError naming the annotation."""
+    annotations = annotations or {}
+    if str(annotations.get(PREFIX + "enabled", "")).lower() != "true":
+        return None
+    if PREFIX + "max-replicas" not in annotations:
+        raise SettingsError(
+            f'metadata.annotations[{PREFIX}max-replicas] is required with {PREFIX}enabled: "true"'
+        )
+    d = AutoscaleSettings()
+
+    def whole(key: str, default: int) -> int:
+        return int(_number(annotations, key, default, whole=True) or 0)
+
+    s = AutoscaleSettings(
+        min_replicas=whole("min-replicas", d.min_replicas),
+        max_replicas=whole("max-replicas", d.max_replicas),
+        target_queue_depth=_number(annotations, "target-queue-depth", d.target_queue_depth, whole=False),
+        target_running=_number(annotations, "target-running", d.target_running, whole=False),
+        scale_up_stabilization_s=_number(
+            annotations, "scale-up-stabilization", d.scale_up_stabilization_s, whole=False
+        )
+        or 0.0,
+        scale_down_stabilization_s=_number(
+            annotations, "scale-down-stabilization", d.scale_down_stabilization_s, whole=False
+        )
+        or 0.0,
+        scale_up_step=whole("scale-up-step", d.scale_up_step),
+        scale_down_step=whole("scale-down-step", d.scale_down_step),
+    )
+    if s.min_replicas < 1:
+        raise SettingsError(
+            f"metadata.annotations[{PREFIX}min-replicas]: must be at least 1 "
+            "(scale from zero is not supported)"
+        )
+    if s.max_replicas < s.min_replicas:
+        raise SettingsError(
+            f"metadata.annotations[{PREFIX}max-replicas]: {s.max_replicas} is below "
+            f"min-replicas {s.min_replicas}; raise max-replicas"
+        )
+    if not s.target_queue_depth and not s.target_running:
+        raise SettingsError(
+            f"metadata.annotations[{PREFIX}target-queue-depth] or target-running must be above 0"
+        )
+    if s.scale_up_step < 1 or s.scale_down_step < 1:
+        raise SettingsError(
+            f"metadata.annotations[{PREFIX}scale-up-step/scale-down-step]: must be at least 1"
+        )
+    return s
+
+
+def exports_load(annotations: Mapping[str, Any]) -> bool:
+    """Scrape the members and export their load on the controller's /metrics (the autoscaler always
+    does; this asks for it without the autoscaler, for KEDA or an HPA on external metrics)."""
+    return str(annotations.get(PREFIX + "export-metrics", "")).lower() == "true"
+
+
+@dataclass(frozen=True)
+class SetLoad:
+    """A set's members' load at the last scrape."""
+
+    queue_depth: float
+    running: float
+    answering: int
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One member's load, from its /metrics (None: it did not answer)."""
+
+    queue_depth: float
+    running: float
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    desired: int
+    raw: int
+    """What the load alone asks for, before bounds, windows and steps."""
+    note: str
+    """The numbers behind it, for the Event."""
+
+
+def raw_recommendation(s: AutoscaleSettings, samples: Sequence[Sample]) -> tuple[int, float, float]:
+    """Members the load asks for: enough that each carries at most its target. (raw, queue, running)"""
+    queue = sum(x.queue_depth for x in samples)
+    running = sum(x.running for x in samples)
+    wants = [0]
+    if s.target_queue_depth:
+        wants.append(math.ceil(queue / s.target_queue_depth))
+    if s.target_running:
+        wants.append(math.ceil(running / s.target_running))
+    return max(wants), queue, running
+
+
+def recommend(
+    s: AutoscaleSettings,
+    current: int,
+    samples: Sequence[Sample],
+    missing: int,
+    history: Sequence[tuple[float, int]],
+    now: float,
+) -> Recommendation:
+    """The replicas to set. `samples` are the members that answered, `missing` how many did not;
+    `history` the earlier (time, raw) recommendations (this one is added by the caller)."""
+    raw, queue, running = raw_recommendation(s, samples)
+    # Load on members that answered is spread over the ones that will exist: with the whole set busy
+    # and nothing answering yet, keep what there is.
+    bounded = min(max(raw, s.min_replicas), s.max_replicas)
+    window = [
+        (t, r) for t, r in history if now - t < max(s.scale_up_stabilization_s, s.scale_down_stabilization_s)
+    ]
+    numbers = (
+        f"queue {queue:g} and running {running:g} on {len(samples)} members"
+        f"{f' ({missing} not answering)' if missing else ''}; load asks for {raw}, "
+        f"bounds {s.min_replicas}-{s.max_replicas}"
+    )
+    desired = current
+    if bounded > current:
+        ups = [
+            min(max(r, s.min_replicas), s.max_replicas)
+            for t, r in window
+            if now - t < s.scale_up_stabilization_s
+        ]
+        target = min([bounded, *ups])
+        desired = min(max(target, current), current + s.scale_up_step)
+    elif bounded < current:
+        if missing:
+            return Recommendation(
+                current, raw, f"hold at {current}: {numbers}; no scale-down without every member's numbers"
+            )
+        downs = [
+            min(max(r, s.min_replicas), s.max_replicas)
+            for t, r in window
+            if now - t < s.scale_down_stabilization_s
+        ]
+        target = max([bounded, *downs])
+        desired = max(min(target, current), current - s.scale_down_step)
+    if current < s.min_replicas or current > s.max_replicas:
+        desired = min(max(current, s.min_replicas), s.max_replicas)  # out of bounds: straight back in
+    verb = "scale up" if desired > current else "scale down" if desired < current else "hold"
+    return Recommendation(desired, raw, f"{verb} {current} -> {desired}: {numbers}")

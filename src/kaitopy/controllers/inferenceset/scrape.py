@@ -1,0 +1,37 @@
+"""Reading a member's load from its model server's /metrics (Prometheus text)."""
+
+from __future__ import annotations
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from kaitopy.controllers.inferenceset.autoscale import QUEUE_METRIC, RUNNING_METRIC, Sample
+
+SCRAPE_TIMEOUT_S = 2.0  # a member slower than this to answer its /metrics is counted as not answering
+
+
+def service_url(namespace: str, member: str) -> str:
+    """The member Workspace's Service (port 80 serves the model server, /metrics included)."""
+    return f"http://{member}.{namespace}.svc/metrics"
+
+
+def parse(text: str) -> Sample:
+    """The queue depth and running requests in one /metrics page (summed over label sets; a
+    metric the page lacks counts 0)."""
+    totals = {QUEUE_METRIC: 0.0, RUNNING_METRIC: 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += float(sample.value)
+    return Sample(queue_depth=totals[QUEUE_METRIC], running=totals[RUNNING_METRIC])
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> Sample | None:
+    """One member's sample, or None when it does not answer with a page we can read."""
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S)) as resp:
+            if resp.status != 200:
+                return None
+            return parse(await resp.text())
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
