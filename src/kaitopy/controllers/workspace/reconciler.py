@@ -258,6 +258,15 @@ class WorkspaceReconciler:
         key = f"{ws['metadata']['namespace']}/{ws['metadata']['name']}"
         return sorted(self.s.claims.by_index(CLAIMS_BY_WORKSPACE, key), key=lambda c: c["metadata"]["name"])
 
+    async def live_claims_of(self, ws: Obj) -> list[Obj]:
+        """The workspace's claims as the API server has them now (label-selected)."""
+        meta = ws["metadata"]
+        found = await self.client.list(
+            NODECLAIM,
+            label_selector=f"{WORKSPACE_LABEL}={meta['name']},{WORKSPACE_NAMESPACE_LABEL}={meta['namespace']}",
+        )
+        return sorted(found.items, key=lambda c: str(c["metadata"]["name"]))
+
     async def _ensure_claims(self, ws: Obj, plan: WorkspacePlan, view: nodesel.NodeView) -> st.Verdict:
         meta = ws["metadata"]
         claims = self.claims_of(ws)
@@ -479,7 +488,10 @@ class WorkspaceReconciler:
     async def _finalize(self, ws: Obj) -> Result | None:
         if not has_finalizer(ws, FINALIZER):
             return None
-        claims = self.claims_of(ws)
+        # Read live, not from the cache: a claim created by the pass just before the deletion
+        # may not have reached the informer yet, and removing the finalizer then leaks it (and
+        # its GPU node) for good. One list per pass of a deleting workspace is cheap.
+        claims = [] if self.byo else await self.live_claims_of(ws)
         if not claims:
             with contextlib.suppress(NotFound):  # gone already: nothing left to hold back
                 await remove_finalizer(self.client, self.kind, ws, FINALIZER)
@@ -503,6 +515,7 @@ class WorkspaceReconciler:
             reason=reason,
             message=message,
             now=datetime.now(UTC),
+            observed_generation=ws["metadata"].get("generation"),
         )
         self.latest.remember((await patch_status(self.client, self.kind, ws, status))[0])
         if not workloads:
