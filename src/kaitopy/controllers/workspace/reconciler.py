@@ -195,7 +195,7 @@ class WorkspaceReconciler:
             pods = self._pods_of(plan.inference.namespace, plan.inference.name)
             if verdict.reason == "WorkloadNotReady":
                 verdict = await self._explain(
-                    verdict, st.current_revision_pods(pods, plan.inference.revision()), now
+                    verdict, st.current_revision_pods(pods, workload.revision(plan.inference)), now
                 )
                 requeue = min(requeue or EXPLAIN_REQUEUE_S, EXPLAIN_REQUEUE_S)
             setc(st.INFERENCE_READY, verdict)
@@ -353,7 +353,7 @@ class WorkspaceReconciler:
                 ws,
                 "Normal",
                 "WorkloadUpdated",
-                f"rolling out revision {plan.revision()}"
+                f"rolling out revision {workload.revision(plan)}"
                 + (f" ({how.why})" if how is not None else " (one pod per node, one node at a time)"),
             )
         elif current is None:
@@ -364,7 +364,8 @@ class WorkspaceReconciler:
                 f"deployed {plan.preset} ({plan.runtime}) on {plan.node_count} node(s)",
             )
         pods = self.s.pods.by_index(PODS_BY_WORKSPACE, key)
-        return st.workload_verdict(current_store.get(key) or obj, pods, plan.node_count, plan.revision())
+        revision = workload.revision(plan)
+        return st.workload_verdict(current_store.get(key) or obj, pods, plan.node_count, revision)
 
     def _pods_of(self, namespace: str, name: str) -> list[Obj]:
         return self.s.pods.by_index(PODS_BY_WORKSPACE, f"{namespace}/{name}")
@@ -401,7 +402,7 @@ class WorkspaceReconciler:
     ) -> tl.Timeline | None:
         """The timeline of the start-up (or rollout) that just completed, unless this revision
         has one already."""
-        revision = plan.revision()
+        revision = workload.revision(plan)
         record = (ws.get("status") or {}).get("startup") or {}
         if record.get("revision") == revision:
             return None  # a pod replaced after the start-up was recorded: not a start-up
