@@ -183,8 +183,11 @@ class WorkspaceReconciler:
         recorded: tl.Timeline | None = None
         if plan.inference is not None:
             was_ready = st.condition_true(ws, st.INFERENCE_READY)
+            workload_obj = self._workload_of(plan.inference)
             try:
-                verdict = await self._ensure_inference(ws, plan.inference, resource.ok, view.ready)
+                verdict, workload_obj = await self._ensure_inference(
+                    ws, plan.inference, resource.ok, view.ready
+                )
             except Conflict:
                 raise  # a stale cache: the retry reads fresh data, nothing to tell the user
             except ApiError as err:
@@ -200,7 +203,6 @@ class WorkspaceReconciler:
                 requeue = min(requeue or EXPLAIN_REQUEUE_S, EXPLAIN_REQUEUE_S)
             setc(st.INFERENCE_READY, verdict)
             done = resource.ok and verdict.ok
-            workload_obj = self._workload_of(plan.inference)
             if st.rollout_complete(workload_obj, plan.inference.node_count):
                 recorded = await self._startup_timeline(ws, plan.inference, pods, was_ready)
                 if recorded is not None:
@@ -318,13 +320,15 @@ class WorkspaceReconciler:
 
     async def _ensure_inference(
         self, ws: Obj, plan: InferencePlan, nodes_ready: bool, node_names: Sequence[str]
-    ) -> st.Verdict:
+    ) -> tuple[st.Verdict, Obj | None]:
+        """The workload's verdict, and the newest copy of the workload this pass knows of."""
         key = f"{plan.namespace}/{plan.name}"
         multi = plan.multi_node
         current_store = self.s.statefulsets if multi else self.s.deployments
         current = current_store.get(key)
         if current is None and not nodes_ready:
-            return st.Verdict("False", "WaitingForNodes", "waiting for GPU nodes before deploying the model")
+            why = "waiting for GPU nodes before deploying the model"
+            return st.Verdict("False", "WaitingForNodes", why), None
         # A change between one node and several replaces the workload kind: remove the other one.
         other_kind, other_store = (
             (kinds.DEPLOYMENT, self.s.deployments) if multi else (kinds.STATEFUL_SET, self.s.statefulsets)
@@ -364,8 +368,10 @@ class WorkspaceReconciler:
                 f"deployed {plan.preset} ({plan.runtime}) on {plan.node_count} node(s)",
             )
         pods = self.s.pods.by_index(PODS_BY_WORKSPACE, key)
-        revision = workload.revision(plan)
-        return st.workload_verdict(current_store.get(key) or obj, pods, plan.node_count, revision)
+        # `obj` is what this pass wrote, or the cached copy when nothing changed: after a write the
+        # cache still holds the previous generation, rolled out and ready, which says nothing
+        # about the one just written.
+        return st.workload_verdict(obj, pods, plan.node_count, workload.revision(plan)), obj
 
     def _pods_of(self, namespace: str, name: str) -> list[Obj]:
         return self.s.pods.by_index(PODS_BY_WORKSPACE, f"{namespace}/{name}")
