@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from kaitopy.api import WORKSPACE
+from kaitopy.api.nodeclaim import NODECLAIM
 from kaitopy.controllers.workspace import status as st
 from kaitopy.controllers.workspace.crds import ensure_workspace_crd
 from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL, Settings
-from kaitopy.controllers.workspace.reconciler import FINALIZER, NODECLAIM
+from kaitopy.controllers.workspace.reconciler import FINALIZER
 from kaitopy.provisioner.install import ensure_crds
 from kaitopy.runtime import Client, NotFound, kinds
 from tests.integration.controllers.test_workspace_metrics import workspace
@@ -110,3 +111,26 @@ async def test_the_pass_that_starts_a_rollout_does_not_report_the_new_generation
     assert succeeded["observedGeneration"] == ws["metadata"]["generation"]
     assert succeeded["status"] == "False", succeeded
     assert ws["status"]["state"] != "Ready"
+
+
+async def test_claims_made_while_a_matching_node_was_away_go_when_it_returns(
+    client: Client, namespace: str
+) -> None:
+    ctl = lagging_controller(client)
+    node = gpu_node("pre-existing", {"m": "back"})
+    node["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    ctl.stores.nodes.upsert(node)
+    await client.create(WORKSPACE, workspace("back", namespace, "phi-4"))
+    await ctl.reconcile(namespace, "back")
+    standin = await claims_of(client, namespace, "back")
+    assert len(standin) == 1, "the NotReady node is made up for by a claim"
+
+    # The node is back (and the claims informer has caught up): the stand-in claim is surplus.
+    ctl.stores.nodes.upsert(gpu_node("pre-existing", {"m": "back"}))
+    await ctl.sync(NODECLAIM, ctl.stores.claims)
+    await ctl.reconcile(namespace, "back")
+    assert await claims_of(client, namespace, "back") == []
+    ws = await client.get(WORKSPACE, "back", namespace=namespace)
+    assert condition(ws, st.RESOURCE_READY)["status"] == "True"
+    await client.delete(WORKSPACE, "back", namespace=namespace)
+    await ctl.reconcile(namespace, "back")  # no claims left: the finalizer goes

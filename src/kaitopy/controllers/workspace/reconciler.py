@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from kaitopy.api.nodeclaim import NODECLAIM
 from kaitopy.controllers.workspace import egress, ingress, rollout, workload
 from kaitopy.controllers.workspace import job as jobs
 from kaitopy.controllers.workspace import nodes as nodesel
 from kaitopy.controllers.workspace import status as st
 from kaitopy.controllers.workspace import timeline as tl
+from kaitopy.controllers.workspace.claims import decide_claims
 from kaitopy.controllers.workspace.inferenceconfig import configured_max_model_len
 from kaitopy.controllers.workspace.metrics import StartupMetrics
 from kaitopy.controllers.workspace.plan import (
@@ -54,7 +56,6 @@ from kaitopy.runtime.writes import RecentWrites
 
 FINALIZER = "workspace.finalizer.kaito.sh"
 FIELD_MANAGER = "kaitopy-workspace"
-NODECLAIM = Kind("karpenter.sh", "v1", "NodeClaim", "nodeclaims", namespaced=False)
 CLAIMS_BY_WORKSPACE = "by-workspace"
 PODS_BY_WORKSPACE = "by-workspace"
 WAITING_REQUEUE_S = 30.0
@@ -271,13 +272,18 @@ class WorkspaceReconciler:
 
     async def _ensure_claims(self, ws: Obj, plan: WorkspacePlan, view: nodesel.NodeView) -> st.Verdict:
         meta = ws["metadata"]
-        claims = self.claims_of(ws)
-        claim_nodes = {(c.get("status") or {}).get("nodeName") for c in claims}
-        # Matching nodes that no claim of ours made (already there, or the user's) count first.
-        foreign = [n for n in view.ready if n not in claim_nodes]
-        wanted = max(0, plan.node_count - len(foreign))
-        have = {c["metadata"]["name"] for c in claims}
-        for slot in range(wanted):
+        labels = {}
+        for name in view.ready:
+            node = self.s.nodes.get(name)
+            labels[name] = dict(((node or {}).get("metadata") or {}).get("labels") or {})
+        decision = decide_claims(
+            workspace_uid=str(meta["uid"]),
+            node_count=plan.node_count,
+            claims=self.claims_of(ws),
+            ready_nodes=view.ready,
+            node_labels=labels,
+        )
+        for slot in decision.create:
             body = nodesel.nodeclaim(
                 workspace=meta["name"],
                 namespace=meta["namespace"],
@@ -289,8 +295,6 @@ class WorkspaceReconciler:
                 gpus=plan.gpus_per_node,
             )
             name = body["metadata"]["name"]
-            if name in have:
-                continue
             try:
                 await self.client.create(NODECLAIM, body)
             except AlreadyExists:
@@ -302,9 +306,17 @@ class WorkspaceReconciler:
                 f"requested a {plan.instance_type} node (node claim {name})",
                 action="Provision",
             )
-        slots = {nodesel.nodeclaim_name(meta["uid"], i) for i in range(wanted)}
-        mine = [c for c in claims if c["metadata"]["name"] in slots]
-        return st.nodeclaims_verdict(mine, wanted)
+        for name in decision.delete:
+            with contextlib.suppress(NotFound):
+                await self.client.delete(NODECLAIM, name)
+            await self.recorder.event(
+                ws,
+                "Normal",
+                "NodeClaimDeleted",
+                f"released node claim {name}: matching nodes cover the workspace without it",
+                action="Deprovision",
+            )
+        return st.nodeclaims_verdict(list(decision.mine), decision.wanted)
 
     # -- inference ----------------------------------------------------------------------------
 
