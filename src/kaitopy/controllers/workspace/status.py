@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from kaitopy.api import nodeclaim as nc
 from kaitopy.runtime.conditions import Status
 from kaitopy.runtime.objects import Obj
 
@@ -43,7 +44,7 @@ def nodeclaims_verdict(claims: Sequence[Obj], wanted: int) -> Verdict:
     """NodeClaimReady: every claim the workspace needs exists and is Ready; a failed claim's
     reason (quota, capacity, an unavailable SKU) is passed through as is."""
     for claim in claims:
-        launched = _cond(claim, "Launched")
+        launched = _cond(claim, nc.LAUNCHED)
         if launched is not None and launched.get("status") == "False":
             name = claim["metadata"]["name"]
             return Verdict(
@@ -51,13 +52,13 @@ def nodeclaims_verdict(claims: Sequence[Obj], wanted: int) -> Verdict:
                 str(launched.get("reason") or "LaunchFailed"),
                 f"node claim {name} failed to launch: {launched.get('message') or ''}".strip(),
             )
-    ready = [c for c in claims if (_cond(c, "Ready") or {}).get("status") == "True"]
+    ready = [c for c in claims if (_cond(c, nc.READY) or {}).get("status") == "True"]
     if len(ready) >= wanted:
         return Verdict("True", "NodeClaimsReady", f"{len(ready)} node claim(s) ready")
     waiting = [c for c in claims if c not in ready]
     detail = ""
     if waiting:
-        r = _cond(waiting[0], "Ready") or {}
+        r = _cond(waiting[0], nc.READY) or {}
         detail = f"; {waiting[0]['metadata']['name']}: {r.get('message') or r.get('reason') or 'launching'}"
     return Verdict(
         "False",
