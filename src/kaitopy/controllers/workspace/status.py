@@ -6,16 +6,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from kaitopy.api import constants
 from kaitopy.api import nodeclaim as nc
 from kaitopy.runtime.conditions import Status
 from kaitopy.runtime.objects import Obj
 
-NODECLAIM_READY = "NodeClaimReady"
-RESOURCE_READY = "ResourceReady"
-INFERENCE_READY = "InferenceReady"
-JOB_STARTED = "JobStarted"
-WORKSPACE_SUCCEEDED = "WorkspaceSucceeded"
-WORKSPACE_DELETING = "WorkspaceDeleting"
+# The workspace's condition types are the API's (kaitopy.api.constants): defined there once.
+NODECLAIM_READY = constants.NodeClaimReady
+RESOURCE_READY = constants.ResourceReady
+INFERENCE_READY = constants.InferenceReady
+JOB_STARTED = constants.JobStarted
+WORKSPACE_SUCCEEDED = constants.WorkspaceSucceeded
+WORKSPACE_DELETING = constants.WorkspaceDeleting
 
 
 @dataclass(frozen=True)
