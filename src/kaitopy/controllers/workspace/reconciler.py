@@ -18,6 +18,12 @@ from kaitopy.controllers.workspace import timeline as tl
 from kaitopy.controllers.workspace.claims import decide_claims
 from kaitopy.controllers.workspace.inferenceconfig import configured_max_model_len
 from kaitopy.controllers.workspace.metrics import StartupMetrics
+from kaitopy.controllers.workspace.outcome import (
+    Outcome,
+    inference_outcome,
+    tuning_outcome,
+    unplannable_outcome,
+)
 from kaitopy.controllers.workspace.plan import (
     WORKSPACE_LABEL,
     WORKSPACE_NAMESPACE_LABEL,
@@ -155,8 +161,10 @@ class WorkspaceReconciler:
             # Sized for the context the webhook admitted: the inference config's, if it sets one.
             plan = self.planner(ws, max_model_len=await configured_max_model_len(self.client, ws))
         except PlanError as err:
-            setc(st.WORKSPACE_SUCCEEDED, st.Verdict("False", err.reason, str(err)))
-            status.update(conditions=conds, state="Failed" if "tuning" in ws else "NotReady")
+            failed = unplannable_outcome(err.reason, str(err), tuning="tuning" in ws)
+            for ctype, v in failed.conditions:
+                setc(ctype, v)
+            status.update(conditions=conds, state=failed.state)
             self.latest.remember((await patch_status(self.client, self.kind, ws, status))[0])
             await self.recorder.event(ws, "Warning", err.reason, str(err))
             return None
@@ -202,23 +210,11 @@ class WorkspaceReconciler:
                     verdict, st.current_revision_pods(pods, workload.revision(plan.inference)), now
                 )
                 requeue = min(requeue or EXPLAIN_REQUEUE_S, EXPLAIN_REQUEUE_S)
-            setc(st.INFERENCE_READY, verdict)
-            done = resource.ok and verdict.ok
+            outcome = inference_outcome(resource, verdict)
             if st.rollout_complete(workload_obj, plan.inference.node_count):
                 recorded = await self._startup_timeline(ws, plan.inference, pods, was_ready)
                 if recorded is not None:
                     status["startup"] = recorded.to_status()
-            setc(
-                st.WORKSPACE_SUCCEEDED,
-                st.Verdict("True", "WorkspaceSucceeded", "the model is being served")
-                if done
-                else st.Verdict(
-                    "False",
-                    verdict.reason if resource.ok else resource.reason,
-                    verdict.message if resource.ok else resource.message,
-                ),
-            )
-            state = "Ready" if done else ("NotReady" if resource.ok else "Pending")
         elif plan.tuning is not None:
             started, succeeded = await self._ensure_tuning(ws, plan, resource.ok)
             if succeeded.reason == "TuningJobRunning":
@@ -226,16 +222,12 @@ class WorkspaceReconciler:
                     succeeded, self._pods_of(plan.tuning.namespace, plan.tuning.name), now
                 )
                 requeue = min(requeue or EXPLAIN_REQUEUE_S, EXPLAIN_REQUEUE_S)
-            setc(st.JOB_STARTED, started)
-            setc(st.WORKSPACE_SUCCEEDED, succeeded)
-            if succeeded.ok:
-                state = "Succeeded"
-            elif succeeded.reason == "TuningJobFailed":
-                state = "Failed"
-            else:
-                state = "Running" if started.ok else "Pending"
+            outcome = tuning_outcome(started, succeeded)
         else:
-            state = "Pending"
+            outcome = Outcome((), "Pending")
+        for ctype, v in outcome.conditions:
+            setc(ctype, v)
+        state = outcome.state
 
         status.update(
             conditions=conds,
