@@ -10,8 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-# Labels every provider puts on what it creates, so garbage collection can find its instances.
-NODECLAIM_LABEL = "kaito.sh/nodeclaim"
+from kaitopy.api.nodeclaim import NODECLAIM_LABEL as NODECLAIM_LABEL
+
+# Labels every provider puts on what it creates (with NODECLAIM_LABEL), so garbage collection
+# can find its instances.
 PROVIDER_LABEL = "kaito.sh/node-provider"
 
 

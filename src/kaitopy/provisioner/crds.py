@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-NODECLAIM_GROUP = "karpenter.sh"
+from kaitopy.api.nodeclaim import GROUP as NODECLAIM_GROUP
+
 NODECLASS_GROUP = "kaito.sh"
 NODECLASS_KIND = "KaitoNodeClass"
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from kaitopy.api.nodeclaim import CAPACITY_TYPE_LABEL as CAPACITY_TYPE_LABEL
+from kaitopy.api.nodeclaim import NODECLAIM as NODECLAIM
 from kaitopy.provisioner.cloudprovider import (
     NODECLAIM_LABEL,
     CloudProvider,
@@ -62,10 +64,8 @@ from kaitopy.runtime.reconcile import reconcile_logger
 from kaitopy.runtime.store import Store
 from kaitopy.runtime.writes import RecentWrites
 
-NODECLAIM = Kind("karpenter.sh", "v1", "NodeClaim", "nodeclaims", namespaced=False)
 NODECLASS = Kind("kaito.sh", "v1", "KaitoNodeClass", "kaitonodeclasses", namespaced=False)
 NODE_INDEX = "by-nodeclaim"
-CAPACITY_TYPE_LABEL = "karpenter.sh/capacity-type"
 log = reconcile_logger(__name__)
 
 

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from kaitopy.api.nodeclaim import INSTANCE_LOST, LAUNCHED, NODECLAIM, READY
 from kaitopy.provisioner.cloudprovider import CloudProvider, CloudProviderError, Instance
-from kaitopy.provisioner.lifecycle import NODECLAIM
-from kaitopy.provisioner.nodeclaim import LAUNCHED, READY, is_ours
+from kaitopy.provisioner.nodeclaim import is_ours
 from kaitopy.provisioner.periodic import every
 from kaitopy.provisioner.settings import ProvisionerSettings
 from kaitopy.runtime import (
@@ -37,7 +37,6 @@ from kaitopy.runtime.informer import Informer
 from kaitopy.runtime.objects import Obj
 
 log = logging.getLogger(__name__)
-LOST_REASON = "InstanceLost"
 
 
 @dataclass(frozen=True)
@@ -106,14 +105,14 @@ class LivenessChecker:
                 status.get("conditions"),
                 READY,
                 "False",
-                reason=LOST_REASON,
+                reason=INSTANCE_LOST,
                 message=message,
                 now=datetime.now(UTC),
                 observed_generation=lost.claim["metadata"].get("generation"),
             )
             with contextlib.suppress(NotFound):
                 await patch_status(self.client, NODECLAIM, lost.claim, status)
-                await self.recorder.event(lost.claim, "Warning", LOST_REASON, message, action="Repair")
+                await self.recorder.event(lost.claim, "Warning", INSTANCE_LOST, message, action="Repair")
                 await self.client.delete(NODECLAIM, name)
                 deleted.append(name)
                 if self.on_lost is not None:

@@ -8,25 +8,41 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from kaitopy.api.nodeclaim import (
+    INITIALIZED as INITIALIZED,
+)
+from kaitopy.api.nodeclaim import (
+    INITIALIZED_LABEL as INITIALIZED_LABEL,
+)
+from kaitopy.api.nodeclaim import (
+    INSTANCE_TYPE_LABEL as INSTANCE_TYPE_LABEL,
+)
+from kaitopy.api.nodeclaim import (
+    LAUNCHED as LAUNCHED,
+)
+from kaitopy.api.nodeclaim import (
+    READY as READY,
+)
+from kaitopy.api.nodeclaim import (
+    REGISTERED as REGISTERED,
+)
+from kaitopy.api.nodeclaim import (
+    REGISTERED_LABEL as REGISTERED_LABEL,
+)
+from kaitopy.api.nodeclaim import (
+    TERMINATION_FINALIZER as TERMINATION_FINALIZER,
+)
 from kaitopy.provisioner.cloudprovider import NODECLAIM_LABEL, LaunchRequest, Taint
 from kaitopy.provisioner.crds import NODECLASS_GROUP, NODECLASS_KIND
 from kaitopy.runtime import find_condition, set_condition
 from kaitopy.runtime.conditions import Status
 from kaitopy.runtime.objects import Obj
 
-TERMINATION_FINALIZER = "karpenter.sh/termination"
 UNREGISTERED_TAINT = Taint("karpenter.sh/unregistered", "NoExecute")
-REGISTERED_LABEL = "karpenter.sh/registered"
-INITIALIZED_LABEL = "karpenter.sh/initialized"
-INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 OS_SKU_ANNOTATION = "kaito.sh/os-sku"
 # The provider's continuation token for the launch in flight: survives an operator restart.
 LAUNCH_TOKEN_ANNOTATION = "kaito.sh/launch-operation"
 
-LAUNCHED = "Launched"
-REGISTERED = "Registered"
-INITIALIZED = "Initialized"
-READY = "Ready"
 TERMINATING = "InstanceTerminating"
 DEPENDENTS = (LAUNCHED, REGISTERED, INITIALIZED)
 AWAITING = "AwaitingReconciliation"

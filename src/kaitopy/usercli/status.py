@@ -12,18 +12,18 @@ import time
 from datetime import datetime
 from typing import Any, TextIO
 
-from kaitopy.api import reasons
+from kaitopy.api import constants, reasons
 from kaitopy.runtime import Client, Kind, NotFound
 
 WORKSPACE = Kind("kaito.sh", "v1beta1", "Workspace", "workspaces")
 EVENT = Kind("events.k8s.io", "v1", "Event", "events")
 ORDER = (
-    "NodeClaimReady",
-    "ResourceReady",
-    "InferenceReady",
-    "JobStarted",
-    "WorkspaceSucceeded",
-    "WorkspaceDeleting",
+    constants.NodeClaimReady,
+    constants.ResourceReady,
+    constants.InferenceReady,
+    constants.JobStarted,
+    constants.WorkspaceSucceeded,
+    constants.WorkspaceDeleting,
 )
 SETTLE_S = 30.0
 """How long --wait watches a reason that Kubernetes keeps retrying (an image pull, a crash loop)
@@ -57,11 +57,11 @@ def _conditions(ws: dict[str, Any]) -> list[dict[str, Any]]:
 def blocking_reason(ws: dict[str, Any]) -> str | None:
     """The first condition that is not True, as a sentence; None when the workspace succeeded."""
     conds = _conditions(ws)
-    succeeded = next((c for c in conds if c.get("type") == "WorkspaceSucceeded"), None)
+    succeeded = next((c for c in conds if c.get("type") == constants.WorkspaceSucceeded), None)
     if succeeded is not None and succeeded.get("status") == "True":
         return None
     for c in conds:
-        if c.get("type") in ("WorkspaceSucceeded", "WorkspaceDeleting"):
+        if c.get("type") in (constants.WorkspaceSucceeded, constants.WorkspaceDeleting):
             continue
         if c.get("status") != "True":
             return f"{c['type']} is {c.get('status')} ({c.get('reason')}): {c.get('message') or ''}".strip()
@@ -152,7 +152,7 @@ MARKS = {"True": "+", "False": "-"}
 def progress_line(ws: dict[str, Any], elapsed: float) -> str:
     """One line of progress: elapsed time, how many of the workspace's conditions are True, each
     condition's mark (+ True, - False, ? Unknown) and, when not done, what it waits on."""
-    conds = [c for c in _conditions(ws) if c.get("type") != "WorkspaceDeleting"]
+    conds = [c for c in _conditions(ws) if c.get("type") != constants.WorkspaceDeleting]
     done = sum(1 for c in conds if c.get("status") == "True")
     marks = " ".join(f"{MARKS.get(str(c.get('status')), '?')}{c['type']}" for c in conds)
     minutes, seconds = divmod(int(elapsed), 60)

@@ -131,7 +131,7 @@ def plan(catalog: Catalog, body: dict[str, Any]) -> WorkspacePlan:
             gpus=planned.gpus_per_node,
         )
     if planned.inference is not None:
-        planned.inference.revision()
+        workload.revision(planned.inference)
         if planned.inference.multi_node:
             workload.statefulset(planned.inference)
             workload.headless_service(planned.inference)

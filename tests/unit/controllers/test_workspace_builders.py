@@ -117,7 +117,7 @@ def test_adapters_get_shell_free_init_containers_and_change_the_revision() -> No
     assert ada["command"][0] == "/kaitopy-tools/busybox"  # the adapter image needs no shell
     assert "--adapter-strength=ada=0.5" in pod["containers"][0]["args"]
     assert pod["imagePullSecrets"] == [{"name": "pull-secret"}]
-    assert with_adapters.revision() != PLAN.revision()
+    assert workload.revision(with_adapters) != workload.revision(PLAN)
 
 
 def test_multi_node_statefulset_leader_service_and_headless() -> None:
@@ -289,3 +289,14 @@ def test_provisioned_nodes_serve_only_their_workspace_and_byo_nodes_are_shared()
         [mine, theirs, other_ns, byo], {"apps": "phi-3"}, [], "Standard_NC6s_v3", owner=("a", "ns")
     )
     assert view.ready == ["byo", "mine"]
+
+
+def test_the_revision_hashes_the_pod_template_only() -> None:
+    # kaito.sh/enablelb changes the Service, never a pod: toggling it must not recreate the pods.
+    exposed = replace(PLAN, load_balancer=True)
+    assert workload.service(exposed)["spec"]["type"] == "LoadBalancer"
+    assert workload.revision(exposed) == workload.revision(PLAN)
+    # ...while anything the pods are made of does roll them out.
+    assert workload.revision(replace(PLAN, image="other:2")) != workload.revision(PLAN)
+    stamped = workload.deployment(PLAN)["spec"]["template"]["metadata"]["annotations"]
+    assert stamped["kaito.sh/revision"] == workload.revision(PLAN)

@@ -32,6 +32,11 @@ def test_a_process_that_is_not_our_child_is_said_to_be_unknown() -> None:
 def test_alive_needs_the_marker_in_the_command_line() -> None:
     proc = subprocess.Popen(["sleep", "30"])
     try:
+        # Until the child has exec'd, its command line is the parent's (or empty).
+        for _ in range(200):
+            if system.cmdline(proc.pid)[:1] == ["sleep"]:
+                break
+            time.sleep(0.01)
         assert system.alive(proc.pid, "sleep")
         assert not system.alive(proc.pid, "kubelet")
     finally:

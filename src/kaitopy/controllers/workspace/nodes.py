@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kaitopy.api.nodeclaim import INSTANCE_TYPE_LABEL
 from kaitopy.controllers.workspace.plan import (
     GPU_RESOURCE,
     GPU_TAINT_KEY,
@@ -20,9 +21,7 @@ from kaitopy.controllers.workspace.plan import (
 )
 from kaitopy.runtime.objects import Obj
 
-INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 NODECLASS_REF = {"group": "kaito.sh", "kind": "KaitoNodeClass", "name": "default"}
-NODECLAIM_LABEL = "kaito.sh/nodeclaim"
 
 
 def nodeclaim_name(workspace_uid: str, slot: int) -> str:

@@ -88,7 +88,8 @@ class CpuPlan:
 
 @dataclass(frozen=True)
 class InferencePlan:
-    """Everything the inference workload depends on; its hash is the workload's revision."""
+    """Everything the inference workload depends on; `workload.revision` hashes the pod template it
+    renders."""
 
     name: str
     namespace: str
@@ -138,20 +139,6 @@ class InferencePlan:
         """Time the server may take to load: ~1 min per 10 GiB of weights read from disk or
         network into GPU memory, at least 10 minutes, at most 2 hours."""
         return int(min(7200, max(600, 60 * self.weights_gib / 10 * 3)))
-
-    def revision(self) -> str:
-        """A hash of the spec the pods are made from: an edit changes it, and so rolls out once."""
-        spec = asdict(self)
-        # Fields added after release count only once set, so a controller upgrade does not roll
-        # out every existing workload whose pods did not change.
-        for name in _LATER_FIELDS:
-            if not spec[name]:
-                del spec[name]
-        data = json.dumps(spec, sort_keys=True, default=str)
-        return hashlib.sha256(data.encode()).hexdigest()[:16]
-
-
-_LATER_FIELDS = ("weights_image", "weights_digest", "weights_plain_http", "weights_pull_secret", "cpu")
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from kaitopy.api.nodeclaim import NODECLAIM
 from kaitopy.controllers.workspace import egress, ingress, rollout, workload
 from kaitopy.controllers.workspace import job as jobs
 from kaitopy.controllers.workspace import nodes as nodesel
 from kaitopy.controllers.workspace import status as st
 from kaitopy.controllers.workspace import timeline as tl
+from kaitopy.controllers.workspace.claims import decide_claims
 from kaitopy.controllers.workspace.inferenceconfig import configured_max_model_len
 from kaitopy.controllers.workspace.metrics import StartupMetrics
+from kaitopy.controllers.workspace.outcome import (
+    Outcome,
+    inference_outcome,
+    tuning_outcome,
+    unplannable_outcome,
+)
 from kaitopy.controllers.workspace.plan import (
     WORKSPACE_LABEL,
     WORKSPACE_NAMESPACE_LABEL,
@@ -54,7 +62,6 @@ from kaitopy.runtime.writes import RecentWrites
 
 FINALIZER = "workspace.finalizer.kaito.sh"
 FIELD_MANAGER = "kaitopy-workspace"
-NODECLAIM = Kind("karpenter.sh", "v1", "NodeClaim", "nodeclaims", namespaced=False)
 CLAIMS_BY_WORKSPACE = "by-workspace"
 PODS_BY_WORKSPACE = "by-workspace"
 WAITING_REQUEUE_S = 30.0
@@ -154,8 +161,10 @@ class WorkspaceReconciler:
             # Sized for the context the webhook admitted: the inference config's, if it sets one.
             plan = self.planner(ws, max_model_len=await configured_max_model_len(self.client, ws))
         except PlanError as err:
-            setc(st.WORKSPACE_SUCCEEDED, st.Verdict("False", err.reason, str(err)))
-            status.update(conditions=conds, state="Failed" if "tuning" in ws else "NotReady")
+            failed = unplannable_outcome(err.reason, str(err), tuning="tuning" in ws)
+            for ctype, v in failed.conditions:
+                setc(ctype, v)
+            status.update(conditions=conds, state=failed.state)
             self.latest.remember((await patch_status(self.client, self.kind, ws, status))[0])
             await self.recorder.event(ws, "Warning", err.reason, str(err))
             return None
@@ -183,8 +192,11 @@ class WorkspaceReconciler:
         recorded: tl.Timeline | None = None
         if plan.inference is not None:
             was_ready = st.condition_true(ws, st.INFERENCE_READY)
+            workload_obj = self._workload_of(plan.inference)
             try:
-                verdict = await self._ensure_inference(ws, plan.inference, resource.ok, view.ready)
+                verdict, workload_obj = await self._ensure_inference(
+                    ws, plan.inference, resource.ok, view.ready
+                )
             except Conflict:
                 raise  # a stale cache: the retry reads fresh data, nothing to tell the user
             except ApiError as err:
@@ -195,27 +207,14 @@ class WorkspaceReconciler:
             pods = self._pods_of(plan.inference.namespace, plan.inference.name)
             if verdict.reason == "WorkloadNotReady":
                 verdict = await self._explain(
-                    verdict, st.current_revision_pods(pods, plan.inference.revision()), now
+                    verdict, st.current_revision_pods(pods, workload.revision(plan.inference)), now
                 )
                 requeue = min(requeue or EXPLAIN_REQUEUE_S, EXPLAIN_REQUEUE_S)
-            setc(st.INFERENCE_READY, verdict)
-            done = resource.ok and verdict.ok
-            workload_obj = self._workload_of(plan.inference)
+            outcome = inference_outcome(resource, verdict)
             if st.rollout_complete(workload_obj, plan.inference.node_count):
                 recorded = await self._startup_timeline(ws, plan.inference, pods, was_ready)
                 if recorded is not None:
                     status["startup"] = recorded.to_status()
-            setc(
-                st.WORKSPACE_SUCCEEDED,
-                st.Verdict("True", "WorkspaceSucceeded", "the model is being served")
-                if done
-                else st.Verdict(
-                    "False",
-                    verdict.reason if resource.ok else resource.reason,
-                    verdict.message if resource.ok else resource.message,
-                ),
-            )
-            state = "Ready" if done else ("NotReady" if resource.ok else "Pending")
         elif plan.tuning is not None:
             started, succeeded = await self._ensure_tuning(ws, plan, resource.ok)
             if succeeded.reason == "TuningJobRunning":
@@ -223,16 +222,12 @@ class WorkspaceReconciler:
                     succeeded, self._pods_of(plan.tuning.namespace, plan.tuning.name), now
                 )
                 requeue = min(requeue or EXPLAIN_REQUEUE_S, EXPLAIN_REQUEUE_S)
-            setc(st.JOB_STARTED, started)
-            setc(st.WORKSPACE_SUCCEEDED, succeeded)
-            if succeeded.ok:
-                state = "Succeeded"
-            elif succeeded.reason == "TuningJobFailed":
-                state = "Failed"
-            else:
-                state = "Running" if started.ok else "Pending"
+            outcome = tuning_outcome(started, succeeded)
         else:
-            state = "Pending"
+            outcome = Outcome((), "Pending")
+        for ctype, v in outcome.conditions:
+            setc(ctype, v)
+        state = outcome.state
 
         status.update(
             conditions=conds,
@@ -258,15 +253,29 @@ class WorkspaceReconciler:
         key = f"{ws['metadata']['namespace']}/{ws['metadata']['name']}"
         return sorted(self.s.claims.by_index(CLAIMS_BY_WORKSPACE, key), key=lambda c: c["metadata"]["name"])
 
+    async def live_claims_of(self, ws: Obj) -> list[Obj]:
+        """The workspace's claims as the API server has them now (label-selected)."""
+        meta = ws["metadata"]
+        found = await self.client.list(
+            NODECLAIM,
+            label_selector=f"{WORKSPACE_LABEL}={meta['name']},{WORKSPACE_NAMESPACE_LABEL}={meta['namespace']}",
+        )
+        return sorted(found.items, key=lambda c: str(c["metadata"]["name"]))
+
     async def _ensure_claims(self, ws: Obj, plan: WorkspacePlan, view: nodesel.NodeView) -> st.Verdict:
         meta = ws["metadata"]
-        claims = self.claims_of(ws)
-        claim_nodes = {(c.get("status") or {}).get("nodeName") for c in claims}
-        # Matching nodes that no claim of ours made (already there, or the user's) count first.
-        foreign = [n for n in view.ready if n not in claim_nodes]
-        wanted = max(0, plan.node_count - len(foreign))
-        have = {c["metadata"]["name"] for c in claims}
-        for slot in range(wanted):
+        labels = {}
+        for name in view.ready:
+            node = self.s.nodes.get(name)
+            labels[name] = dict(((node or {}).get("metadata") or {}).get("labels") or {})
+        decision = decide_claims(
+            workspace_uid=str(meta["uid"]),
+            node_count=plan.node_count,
+            claims=self.claims_of(ws),
+            ready_nodes=view.ready,
+            node_labels=labels,
+        )
+        for slot in decision.create:
             body = nodesel.nodeclaim(
                 workspace=meta["name"],
                 namespace=meta["namespace"],
@@ -278,8 +287,6 @@ class WorkspaceReconciler:
                 gpus=plan.gpus_per_node,
             )
             name = body["metadata"]["name"]
-            if name in have:
-                continue
             try:
                 await self.client.create(NODECLAIM, body)
             except AlreadyExists:
@@ -291,9 +298,17 @@ class WorkspaceReconciler:
                 f"requested a {plan.instance_type} node (node claim {name})",
                 action="Provision",
             )
-        slots = {nodesel.nodeclaim_name(meta["uid"], i) for i in range(wanted)}
-        mine = [c for c in claims if c["metadata"]["name"] in slots]
-        return st.nodeclaims_verdict(mine, wanted)
+        for name in decision.delete:
+            with contextlib.suppress(NotFound):
+                await self.client.delete(NODECLAIM, name)
+            await self.recorder.event(
+                ws,
+                "Normal",
+                "NodeClaimDeleted",
+                f"released node claim {name}: matching nodes cover the workspace without it",
+                action="Deprovision",
+            )
+        return st.nodeclaims_verdict(list(decision.mine), decision.wanted)
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -309,13 +324,15 @@ class WorkspaceReconciler:
 
     async def _ensure_inference(
         self, ws: Obj, plan: InferencePlan, nodes_ready: bool, node_names: Sequence[str]
-    ) -> st.Verdict:
+    ) -> tuple[st.Verdict, Obj | None]:
+        """The workload's verdict, and the newest copy of the workload this pass knows of."""
         key = f"{plan.namespace}/{plan.name}"
         multi = plan.multi_node
         current_store = self.s.statefulsets if multi else self.s.deployments
         current = current_store.get(key)
         if current is None and not nodes_ready:
-            return st.Verdict("False", "WaitingForNodes", "waiting for GPU nodes before deploying the model")
+            why = "waiting for GPU nodes before deploying the model"
+            return st.Verdict("False", "WaitingForNodes", why), None
         # A change between one node and several replaces the workload kind: remove the other one.
         other_kind, other_store = (
             (kinds.DEPLOYMENT, self.s.deployments) if multi else (kinds.STATEFUL_SET, self.s.statefulsets)
@@ -344,7 +361,7 @@ class WorkspaceReconciler:
                 ws,
                 "Normal",
                 "WorkloadUpdated",
-                f"rolling out revision {plan.revision()}"
+                f"rolling out revision {workload.revision(plan)}"
                 + (f" ({how.why})" if how is not None else " (one pod per node, one node at a time)"),
             )
         elif current is None:
@@ -355,7 +372,10 @@ class WorkspaceReconciler:
                 f"deployed {plan.preset} ({plan.runtime}) on {plan.node_count} node(s)",
             )
         pods = self.s.pods.by_index(PODS_BY_WORKSPACE, key)
-        return st.workload_verdict(current_store.get(key) or obj, pods, plan.node_count, plan.revision())
+        # `obj` is what this pass wrote, or the cached copy when nothing changed: after a write the
+        # cache still holds the previous generation, rolled out and ready, which says nothing
+        # about the one just written.
+        return st.workload_verdict(obj, pods, plan.node_count, workload.revision(plan)), obj
 
     def _pods_of(self, namespace: str, name: str) -> list[Obj]:
         return self.s.pods.by_index(PODS_BY_WORKSPACE, f"{namespace}/{name}")
@@ -392,7 +412,7 @@ class WorkspaceReconciler:
     ) -> tl.Timeline | None:
         """The timeline of the start-up (or rollout) that just completed, unless this revision
         has one already."""
-        revision = plan.revision()
+        revision = workload.revision(plan)
         record = (ws.get("status") or {}).get("startup") or {}
         if record.get("revision") == revision:
             return None  # a pod replaced after the start-up was recorded: not a start-up
@@ -479,7 +499,10 @@ class WorkspaceReconciler:
     async def _finalize(self, ws: Obj) -> Result | None:
         if not has_finalizer(ws, FINALIZER):
             return None
-        claims = self.claims_of(ws)
+        # Read live, not from the cache: a claim created by the pass just before the deletion
+        # may not have reached the informer yet, and removing the finalizer then leaks it (and
+        # its GPU node) for good. One list per pass of a deleting workspace is cheap.
+        claims = [] if self.byo else await self.live_claims_of(ws)
         if not claims:
             with contextlib.suppress(NotFound):  # gone already: nothing left to hold back
                 await remove_finalizer(self.client, self.kind, ws, FINALIZER)
@@ -503,6 +526,7 @@ class WorkspaceReconciler:
             reason=reason,
             message=message,
             now=datetime.now(UTC),
+            observed_generation=ws["metadata"].get("generation"),
         )
         self.latest.remember((await patch_status(self.client, self.kind, ws, status))[0])
         if not workloads:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from kaitopy.api.nodeclaim import NODECLAIM
 from kaitopy.controllers.workspace import nodes as nodesel
 from kaitopy.controllers.workspace.metrics import register_workspace_metrics, startup_metrics
 from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL, Settings
 from kaitopy.controllers.workspace.reconciler import (
     CLAIMS_BY_WORKSPACE,
-    NODECLAIM,
     PODS_BY_WORKSPACE,
     Planner,
     Stores,

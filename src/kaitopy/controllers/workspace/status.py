@@ -6,15 +6,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from kaitopy.api import constants
+from kaitopy.api import nodeclaim as nc
 from kaitopy.runtime.conditions import Status
 from kaitopy.runtime.objects import Obj
 
-NODECLAIM_READY = "NodeClaimReady"
-RESOURCE_READY = "ResourceReady"
-INFERENCE_READY = "InferenceReady"
-JOB_STARTED = "JobStarted"
-WORKSPACE_SUCCEEDED = "WorkspaceSucceeded"
-WORKSPACE_DELETING = "WorkspaceDeleting"
+# The workspace's condition types are the API's (kaitopy.api.constants): defined there once.
+NODECLAIM_READY = constants.NodeClaimReady
+RESOURCE_READY = constants.ResourceReady
+INFERENCE_READY = constants.InferenceReady
+JOB_STARTED = constants.JobStarted
+WORKSPACE_SUCCEEDED = constants.WorkspaceSucceeded
+WORKSPACE_DELETING = constants.WorkspaceDeleting
 
 
 @dataclass(frozen=True)
@@ -39,19 +42,15 @@ def condition_true(obj: Obj, type_: str) -> bool:
     return (_cond(obj, type_) or {}).get("status") == "True"
 
 
-NODE_LOST_CLAIM_REASON = "InstanceLost"
-"""The provisioner's reason on a claim whose node was lost (kaitopy.provisioner.liveness)."""
-
-
 def nodeclaims_verdict(claims: Sequence[Obj], wanted: int) -> Verdict:
     """NodeClaimReady: every claim the workspace needs exists and is Ready; a failed claim's
     reason (quota, capacity, an unavailable SKU) is passed through as is, and so is a lost node
     (the provisioner marks its claim Ready=False InstanceLost before deleting it)."""
     for claim in claims:
-        lost = _cond(claim, "Ready") or {}
-        if lost.get("reason") == NODE_LOST_CLAIM_REASON:
+        lost = _cond(claim, nc.READY) or {}
+        if lost.get("reason") == nc.INSTANCE_LOST:
             return Verdict("False", "NodeLost", str(lost.get("message") or "").strip())
-        launched = _cond(claim, "Launched")
+        launched = _cond(claim, nc.LAUNCHED)
         if launched is not None and launched.get("status") == "False":
             name = claim["metadata"]["name"]
             return Verdict(
@@ -59,13 +58,13 @@ def nodeclaims_verdict(claims: Sequence[Obj], wanted: int) -> Verdict:
                 str(launched.get("reason") or "LaunchFailed"),
                 f"node claim {name} failed to launch: {launched.get('message') or ''}".strip(),
             )
-    ready = [c for c in claims if (_cond(c, "Ready") or {}).get("status") == "True"]
+    ready = [c for c in claims if (_cond(c, nc.READY) or {}).get("status") == "True"]
     if len(ready) >= wanted:
         return Verdict("True", "NodeClaimsReady", f"{len(ready)} node claim(s) ready")
     waiting = [c for c in claims if c not in ready]
     detail = ""
     if waiting:
-        r = _cond(waiting[0], "Ready") or {}
+        r = _cond(waiting[0], nc.READY) or {}
         detail = f"; {waiting[0]['metadata']['name']}: {r.get('message') or r.get('reason') or 'launching'}"
     return Verdict(
         "False",

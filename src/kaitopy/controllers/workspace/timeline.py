@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kaitopy.api import nodeclaim as nc
 from kaitopy.runtime.objects import Obj
 
 NODE_PROVISIONING = "NodeProvisioning"
@@ -182,7 +183,7 @@ def startup_timeline(
     fresh = [c for c in claims if (parse_time(c["metadata"].get("creationTimestamp")) or start) >= start]
     if fresh:
         created = min(parse_time(c["metadata"].get("creationTimestamp")) or start for c in fresh)
-        claim_ready = [_condition_time(c, "Ready") for c in fresh]
+        claim_ready = [_condition_time(c, nc.READY) for c in fresh]
         if all(claim_ready):
             phases.append(_phase(NODE_PROVISIONING, created, max(t for t in claim_ready if t)))
     status = pod.get("status") or {}

@@ -4,6 +4,8 @@ Service (several nodes), and the Service users call. Pure: plan in, dicts out.""
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -210,7 +212,6 @@ def _user_template(plan: InferencePlan) -> dict[str, Any]:
     # A template may spell an empty section as null (`spec: null`): treat it as empty.
     meta = template["metadata"] = template.get("metadata") or {}
     meta["labels"] = {**(meta.get("labels") or {}), **selector_labels(plan), **plan.extra_labels}
-    meta["annotations"] = {**(meta.get("annotations") or {}), REVISION_ANNOTATION: plan.revision()}
     spec = template["spec"] = template.get("spec") or {}
     spec["affinity"] = {**(spec.get("affinity") or {}), **_node_affinity(plan)}
     spec["tolerations"] = [*(spec.get("tolerations") or []), *_gpu_tolerations()]
@@ -224,7 +225,22 @@ def _gpu_tolerations() -> list[dict[str, Any]]:
     ]
 
 
+def revision(plan: InferencePlan) -> str:
+    """A hash of the pod template the plan renders (before it is stamped with this hash): what
+    the pods are made of, and nothing else. A Service-only field (`kaito.sh/enablelb`) or a plan
+    field that renders no differently changes no pod, so rolls none out."""
+    data = json.dumps(_unstamped_pod_template(plan), sort_keys=True, default=str)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
 def pod_template(plan: InferencePlan) -> dict[str, Any]:
+    template = _unstamped_pod_template(plan)
+    meta = template["metadata"]
+    meta["annotations"] = {**(meta.get("annotations") or {}), REVISION_ANNOTATION: revision(plan)}
+    return template
+
+
+def _unstamped_pod_template(plan: InferencePlan) -> dict[str, Any]:
     if plan.template is not None:
         return _user_template(plan)
     env: list[dict[str, Any]] = [
@@ -296,7 +312,6 @@ def pod_template(plan: InferencePlan) -> dict[str, Any]:
     return {
         "metadata": {
             "labels": {**selector_labels(plan), **plan.extra_labels},
-            "annotations": {REVISION_ANNOTATION: plan.revision()},
         },
         "spec": spec,
     }
@@ -313,7 +328,7 @@ def _meta(plan: InferencePlan, name: str) -> dict[str, Any]:
         "name": name,
         "namespace": plan.namespace,
         "labels": {**selector_labels(plan), **plan.extra_labels},
-        "annotations": {REVISION_ANNOTATION: plan.revision()},
+        "annotations": {REVISION_ANNOTATION: revision(plan)},
     }
 
 
