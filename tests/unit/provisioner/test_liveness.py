@@ -90,14 +90,16 @@ async def test_a_failing_pass_does_not_end_the_loop() -> None:
     from kaitopy.provisioner.periodic import every
 
     calls: list[int] = []
+    fourth = asyncio.Event()
 
     async def one_pass() -> None:
         calls.append(len(calls))
+        if len(calls) == 4:
+            fourth.set()
         if len(calls) < 3:
             raise ConnectionRefusedError("the API server is restarting")
 
     task = asyncio.create_task(every(0.01, one_pass, "test"))
-    while len(calls) < 4:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(fourth.wait(), 10)
     task.cancel()
     assert len(calls) >= 4
