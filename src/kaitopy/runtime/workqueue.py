@@ -199,11 +199,12 @@ class WorkQueue(Generic[T]):
         return len(self._waiting)
 
     # -- rate limiting ----------------------------------------------------------------------------
-    def add_rate_limited(self, item: T) -> None:
-        """Add after the rate limiter's delay for this item (a retry)."""
+    def add_rate_limited(self, item: T, *, at_least: float = 0.0) -> None:
+        """Add after the rate limiter's delay for this item (a retry), and not before `at_least` s
+        (a server's Retry-After); the limiter still counts the failure."""
         if self._metrics is not None:
             self._m_retries.inc()
-        self.add_after(item, self._limiter.when(item))
+        self.add_after(item, max(self._limiter.when(item), at_least))
 
     def forget(self, item: T) -> None:
         """Stop tracking the item's failures (it succeeded)."""
