@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -53,6 +54,10 @@ class InformerSettings:
     transform: Transform | None = strip_noise
     """Applied to each object at ingest; the default drops managedFields and last-applied."""
     backoff: Callable[[], Backoff] = field(default=Backoff)
+    min_watch_duration: float = 1.0
+    """A watch the server ends sooner than this with no event is a failure and is reopened only
+    after the backoff (client-go's "very short watch"): a server closing watches at once would
+    otherwise get hundreds of requests a second from each informer."""
 
 
 class Informer:
@@ -130,7 +135,12 @@ class Informer:
             try:
                 if self._rv is None and not self._streaming:
                     await self._list()
-                await self._watch()
+                started = time.monotonic()
+                events = await self._watch()
+                if events == 0 and time.monotonic() - started < self.settings.min_watch_duration:
+                    await self._pause(RuntimeLibraryError("the server ended the watch at once"))
+                else:
+                    self._backoff.reset()  # a healthy watch: the next failure starts from `initial`
             except Gone:
                 log.info("watch expired, re-listing", extra={"kind": str(self.kind)})
                 self._rv = None
@@ -195,8 +205,10 @@ class Informer:
                 h.on_delete(obj)
         self._synced.set()
 
-    async def _watch(self) -> None:
+    async def _watch(self) -> int:
+        """Watch until the server ends the stream; returns how many events (bookmarks too) it had."""
         initial = self._rv is None  # streaming the initial list on this watch
+        events = 0
         buffer: list[Obj] = []
         timeout = random.randint(self.settings.watch_timeout_min, self.settings.watch_timeout_max)
         async for event in watch(
@@ -210,6 +222,7 @@ class Informer:
             inactivity_timeout=self.settings.inactivity_timeout,
             send_initial_events=initial,
         ):
+            events += 1
             if initial:
                 if event.type == "BOOKMARK":
                     if event.ends_initial_events:
@@ -237,6 +250,7 @@ class Informer:
                     h.on_update(old, obj)
         if initial:
             self._rv = None  # the stream ended before the initial list was complete: start over
+        return events
 
 
 class MultiNamespaceInformer(Informer):

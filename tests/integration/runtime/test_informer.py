@@ -166,6 +166,30 @@ async def test_stalled_stream_is_detected_and_resumed_without_a_relist(
         await inf.stop()
 
 
+async def test_watches_the_server_ends_at_once_are_reopened_with_backoff(
+    client: Client, namespace: str
+) -> None:
+    # The server ends every watch after 1 s with nothing in it; with min_watch_duration above that
+    # each such watch counts as "ended at once", so the informer must wait 2-4 s before the next.
+    settings = InformerSettings(
+        watch_timeout_min=1,
+        watch_timeout_max=1,
+        min_watch_duration=2.0,
+        backoff=lambda: Backoff(initial=2.0, cap=4.0),
+    )
+    inf = Informer(client, kinds.CONFIG_MAP, namespace=namespace, settings=settings)
+    inf.start()
+    try:
+        await asyncio.wait_for(inf.wait_synced(), 30)
+        before = client.metrics.requests(method="GET")
+        await asyncio.sleep(8.0)
+        watches = client.metrics.requests(method="GET") - before
+        # Without a backoff a new watch follows each 1 s one: about 8 in 8 s. With it: at most 3.
+        assert 1 <= watches <= 4, watches
+    finally:
+        await inf.stop()
+
+
 async def test_cache_limited_to_namespaces_watches_only_those(
     client: Client, kube_cluster: Cluster, widget_crd: Kind
 ) -> None:
