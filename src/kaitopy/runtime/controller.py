@@ -2,7 +2,8 @@
 
 Errors requeue through the rate limiter (never sooner than an API error's `Retry-After`);
 `TerminalError` does not; `Result.requeue_after` requeues after a delay. A reconcile that runs past
-`reconcile_timeout` is cancelled and counts as an error. A request is never reconciled by two workers at once (the queue guarantees it).
+`reconcile_timeout` is cancelled and counts as an error. A request is never reconciled by two
+workers at once (the queue guarantees it).
 """
 
 from __future__ import annotations
