@@ -11,12 +11,14 @@ from kaitopy.runtime import (
     Kind,
     NotFound,
     add_finalizer,
+    apply,
     create_or_update,
     is_deleting,
     kinds,
     patch_status,
     remove_finalizer,
 )
+from kaitopy.runtime.apply import APPLIED_HASH
 from tests.support.wait import eventually
 
 from .conftest import widget
@@ -91,3 +93,42 @@ async def test_create_or_update_and_patch_status_write_only_on_change(
     assert not wrote and client.metrics.requests(method="PATCH") == patches
     with pytest.raises(Conflict):  # status computed from a stale object is refused
         await patch_status(client, widget_crd, w, {"phase": "Stale"})
+
+
+async def test_apply_prunes_fields_dropped_from_desired_and_skips_unchanged(
+    client: Client, namespace: str
+) -> None:
+    def cm(data: dict[str, str]) -> dict[str, object]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "pruned", "namespace": namespace},
+            "data": data,
+        }
+
+    first, wrote = await apply(
+        client, kinds.CONFIG_MAP, cm({"keep": "1", "drop": "2"}), current=None, field_manager="t"
+    )
+    assert wrote and first["data"] == {"keep": "1", "drop": "2"}
+    patches = client.metrics.requests(method="PATCH")
+    _, wrote = await apply(
+        client, kinds.CONFIG_MAP, cm({"keep": "1", "drop": "2"}), current=first, field_manager="t"
+    )
+    assert not wrote and client.metrics.requests(method="PATCH") == patches  # unchanged: no request
+    # desired is still a subset of the object, but "drop" was removed from it: it must be pruned.
+    pruned, wrote = await apply(client, kinds.CONFIG_MAP, cm({"keep": "1"}), current=first, field_manager="t")
+    assert wrote
+    live = await client.get(kinds.CONFIG_MAP, "pruned", namespace)
+    assert live["data"] == {"keep": "1"}
+    assert pruned["metadata"]["annotations"][APPLIED_HASH] == live["metadata"]["annotations"][APPLIED_HASH]
+
+
+async def test_patch_status_deletes_keys_dropped_from_status(
+    client: Client, namespace: str, widget_crd: Kind
+) -> None:
+    w = await client.create(widget_crd, widget("st", namespace, size=1))
+    w2, _ = await patch_status(client, widget_crd, w, {"phase": "Failed", "error": {"code": 1, "why": "x"}})
+    w3, wrote = await patch_status(client, widget_crd, w2, {"phase": "Ready", "error": {"code": 1}})
+    assert wrote
+    live = await client.get(widget_crd, "st", namespace)
+    assert live["status"] == {"phase": "Ready", "error": {"code": 1}} == w3["status"]
