@@ -61,7 +61,7 @@ from kaitopy.runtime.errors import (
     TransportError,
     Unauthorized,
 )
-from kaitopy.runtime.events import EventRecorder
+from kaitopy.runtime.events import EventRecorder, EventRecorderSettings
 from kaitopy.runtime.finalizers import add_finalizer, has_finalizer, is_deleting, remove_finalizer
 from kaitopy.runtime.handlers import owner_mapper, request_for
 from kaitopy.runtime.informer import EventHandler, Informer, InformerCache, InformerSettings
@@ -107,6 +107,7 @@ __all__ = [
     "ControllerSettings",
     "EventHandler",
     "EventRecorder",
+    "EventRecorderSettings",
     "FakeClock",
     "FieldCause",
     "Forbidden",
