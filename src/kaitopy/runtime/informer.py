@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from kaitopy.runtime.backoff import Backoff
@@ -308,6 +308,17 @@ class MultiNamespaceInformer(Informer):
             await child.stop()
 
 
+def _compose(first: Transform | None, then: Transform) -> Transform:
+    if first is None:
+        return then
+
+    def both(obj: Obj) -> Obj:
+        return then(first(obj))
+
+    both.__name__ = getattr(then, "__name__", "transform")
+    return both
+
+
 @dataclass(frozen=True)
 class _InformerKey:
     kind: Kind
@@ -330,6 +341,7 @@ class InformerCache:
         self.namespaces = namespaces
         """When set, a namespaced kind asked for in all namespaces is watched in these only."""
         self._informers: dict[_InformerKey, Informer] = {}
+        self._transforms: dict[_InformerKey, Transform] = {}
         self._started = False
 
     def informer(
@@ -339,9 +351,27 @@ class InformerCache:
         namespace: str | None = None,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        transform: Transform | None = None,
     ) -> Informer:
+        """The shared informer for these parameters, created on first use.
+
+        `transform` (e.g. `trim_node`) runs on every object after the cache's own transform, so
+        the store holds the trimmed object only. It is fixed when the informer is created: ask
+        with a transform before anyone asks without one (None means "whatever is set"); asking
+        with a different one later is an error, since consumers would not see what they expect.
+        """
         key = _InformerKey(kind, namespace, label_selector, field_selector)
         inf = self._informers.get(key)
+        if inf is not None and transform is not None and self._transforms.get(key) is not transform:
+            raise ValueError(
+                f"the informer for {kind} already exists with transform "
+                f"{getattr(self._transforms.get(key), '__name__', None)!r}; pass "
+                f"transform={getattr(transform, '__name__', transform)!r} where it is first created"
+            )
+        settings = self.settings
+        if inf is None and transform is not None:
+            self._transforms[key] = transform
+            settings = replace(settings, transform=_compose(settings.transform, transform))
         if inf is None and namespace is None and kind.namespaced and self.namespaces:
             inf = MultiNamespaceInformer(
                 self.client,
@@ -349,7 +379,7 @@ class InformerCache:
                 self.namespaces,
                 label_selector=label_selector,
                 field_selector=field_selector,
-                settings=self.settings,
+                settings=settings,
             )
             self._informers[key] = inf
             if self._started:
@@ -361,7 +391,7 @@ class InformerCache:
                 namespace=namespace,
                 label_selector=label_selector,
                 field_selector=field_selector,
-                settings=self.settings,
+                settings=settings,
             )
             self._informers[key] = inf
             if self._started:

@@ -7,6 +7,7 @@ import json
 import uuid
 
 import aiohttp
+import pytest
 
 from kaitopy.runtime import (
     Backoff,
@@ -17,6 +18,7 @@ from kaitopy.runtime import (
     Kind,
     index_by_label,
     kinds,
+    trim_node,
 )
 from kaitopy.runtime.informer import MultiNamespaceInformer
 from tests.support.cluster import Cluster
@@ -233,3 +235,25 @@ async def test_cache_limited_to_namespaces_watches_only_those(
             await i.stop()
         for ns in (a, b, other):
             kube_cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+async def test_cache_stores_transformed_nodes_and_refuses_a_second_transform(client: Client) -> None:
+    name = f"trim-{uuid.uuid4().hex[:8]}"
+    node = await client.create(kinds.NODE, {"metadata": {"name": name, "labels": {"trim-test": "yes"}}})
+    status = {"images": [{"names": ["big/image:1"], "sizeBytes": 1}], "allocatable": {"cpu": "4"}}
+    await client.patch_status(kinds.NODE, name, {"status": status})
+    cache = InformerCache(client)
+    try:
+        nodes = cache.informer(kinds.NODE, label_selector="trim-test=yes", transform=trim_node)
+        assert cache.informer(kinds.NODE, label_selector="trim-test=yes") is nodes  # None: no opinion
+        with pytest.raises(ValueError, match="transform"):
+            cache.informer(kinds.NODE, label_selector="trim-test=yes", transform=lambda o: o)
+        cache.start()
+        await asyncio.wait_for(cache.wait_synced(), 30)
+        cached = nodes.store.get_by_name(name)
+        assert cached is not None
+        assert "images" not in cached["status"] and cached["status"]["allocatable"] == {"cpu": "4"}
+        assert "managedFields" not in cached["metadata"]  # the cache's own transform still runs first
+    finally:
+        await cache.stop()
+        await client.delete(kinds.NODE, node["metadata"]["name"])
