@@ -46,10 +46,14 @@ APPLIED_HASH = "runtime.kaitopy.io/applied-hash"
 
 def with_applied_hash(desired: Mapping[str, Any]) -> dict[str, Any]:
     """`desired` (status left out) plus the APPLIED_HASH annotation of exactly that configuration."""
-    body = thaw(_without_status(desired))
-    body.get("metadata", {}).get("annotations", {}).pop(APPLIED_HASH, None)
+    body: dict[str, Any] = thaw(_without_status(desired))
+    metadata = body.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    annotations.pop(APPLIED_HASH, None)
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    body.setdefault("metadata", {}).setdefault("annotations", {})[APPLIED_HASH] = digest[:16]
+    annotations[APPLIED_HASH] = digest[:16]
+    metadata["annotations"] = annotations
+    body["metadata"] = metadata
     return body
 
 
