@@ -46,6 +46,11 @@ class Behavior:
     throttle_next: int = 0  # the next N requests get 429 with Retry-After
     throttle_retry_after_s: int = 1
     fail_next_5xx: int = 0
+    # The next N agent-pool PUTs meet a cluster busy with another operation (an upgrade): 409.
+    cluster_busy_next: int = 0
+    # The next N requests get no answer for this long (a hung connection, as an overloaded front end).
+    stall_next: int = 0
+    stall_seconds: float = 0.0
     # While set, no operation finishes (creates and deletes stay InProgress); clearing it lets the
     # ones waiting go on, as a backend that recovers would.
     operations_never_finish: bool = False
@@ -167,6 +172,10 @@ class FakeArm:
                 "Too many requests; retry later.",
                 {"Retry-After": str(self.behavior.throttle_retry_after_s)},
             )
+        if self.behavior.stall_next > 0:
+            self.behavior.stall_next -= 1
+            self.requests[(request.method, "stalled")] += 1
+            await asyncio.sleep(self.behavior.stall_seconds)
         if self.behavior.fail_next_5xx > 0:
             self.behavior.fail_next_5xx -= 1
             self.requests[(request.method, "5xx")] += 1
@@ -231,6 +240,14 @@ class FakeArm:
             )
         if props.get("mode", "User") not in ("User", "System"):
             return arm_error(400, "InvalidParameter", f"Agent pool mode '{props.get('mode')}' is invalid.")
+        if self.behavior.cluster_busy_next > 0:
+            self.behavior.cluster_busy_next -= 1
+            self.requests[("PUT", "busy")] += 1
+            return arm_error(
+                409,
+                "OperationNotAllowed",
+                f"Operation is not allowed because there's an in progress upgrading operation on managed cluster '{self.cluster}'. Please wait for it to finish before starting a new operation.",
+            )
         existing = self.pools.get(name)
         if existing is not None:
             state = existing["properties"]["provisioningState"]

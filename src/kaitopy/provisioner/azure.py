@@ -76,6 +76,13 @@ class AzureSettings:
     # minutes, and the controller's rate-limited requeue takes over after it.
     retry_total: int = 3
     retry_backoff_max_s: int = 10
+    # The SDK's own defaults wait 300 s per try (connect and read) and retry three times: one
+    # hung call could hold a provisioner worker ~20 minutes, and ten such calls stall it,
+    # terminations included. An ARM request answers in seconds; a try silent for longer is cut.
+    connection_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+    # Bound on one call's tries and backoffs together (the SDK's default is a week).
+    retry_timeout_s: float = 120.0
 
     ENV: ClassVar[tuple[str, ...]] = (
         "ARM_SUBSCRIPTION_ID",
@@ -187,6 +194,9 @@ class AzureProvider:
         kwargs: dict[str, Any] = {
             "retry_total": settings.retry_total,
             "retry_backoff_max": settings.retry_backoff_max_s,
+            "connection_timeout": settings.connection_timeout_s,
+            "read_timeout": settings.read_timeout_s,
+            "timeout": settings.retry_timeout_s,  # the retry policy's total budget
             **client_kwargs,
         }
         if settings.arm_endpoint:
@@ -214,8 +224,17 @@ class AzureProvider:
         except HttpResponseError as err:
             classified = classify(err, request.claim_name)
             if err.status_code == 409 and not isinstance(classified, LaunchFailedError):
-                # The pool is already being created (by us, before a restart): follow it.
-                return _ADOPT_TOKEN
+                # Either our pool is already being created (by us, before a restart): follow it;
+                # or the cluster is busy with another operation (an upgrade, another pool): the
+                # pool does not exist and the PUT must be retried. Only a read tells them apart;
+                # ARM words both as OperationNotAllowed.
+                if await self.get(request.claim_name) is not None:
+                    return _ADOPT_TOKEN
+                raise CloudProviderError(
+                    f"agent pool {request.claim_name}: the cluster is busy with another operation, "
+                    f"retrying: {err.message}",
+                    cause=err,
+                ) from err
             raise classified from err
         except AzureError as err:
             # The PUT may have reached ARM: the next try meets the pool (409 or 200) and follows it.

@@ -61,7 +61,7 @@ from kaitopy.runtime.errors import (
     TransportError,
     Unauthorized,
 )
-from kaitopy.runtime.events import EventRecorder
+from kaitopy.runtime.events import EventRecorder, EventRecorderSettings
 from kaitopy.runtime.finalizers import add_finalizer, has_finalizer, is_deleting, remove_finalizer
 from kaitopy.runtime.handlers import owner_mapper, request_for
 from kaitopy.runtime.informer import EventHandler, Informer, InformerCache, InformerSettings
@@ -69,7 +69,7 @@ from kaitopy.runtime.kinds import Kind
 from kaitopy.runtime.leaderelection import LeaderElectionSettings, LeaderElector
 from kaitopy.runtime.manager import Manager, ManagerSettings
 from kaitopy.runtime.metrics import Metrics
-from kaitopy.runtime.objects import Obj, freeze, key_of, name_of, namespace_of, strip_noise, thaw
+from kaitopy.runtime.objects import Obj, freeze, key_of, name_of, namespace_of, strip_noise, thaw, trim_node
 from kaitopy.runtime.ownerrefs import (
     AlreadyOwned,
     controller_of,
@@ -86,12 +86,13 @@ from kaitopy.runtime.ratelimit import (
     default_controller_rate_limiter,
 )
 from kaitopy.runtime.reconcile import Reconciler, Request, Result, current_reconcile, reconcile_logger
-from kaitopy.runtime.store import Store, index_by_label, index_by_owner_uid
+from kaitopy.runtime.store import MATCH_ALL, Store, index_by_label, index_by_match_labels, index_by_owner_uid
 from kaitopy.runtime.watcher import WatchEvent, watch
 from kaitopy.runtime.workqueue import ShutDown, WorkQueue
 from kaitopy.runtime.writes import RecentWrites
 
 __all__ = [
+    "MATCH_ALL",
     "AlreadyExists",
     "AlreadyOwned",
     "ApiError",
@@ -107,6 +108,7 @@ __all__ = [
     "ControllerSettings",
     "EventHandler",
     "EventRecorder",
+    "EventRecorderSettings",
     "FakeClock",
     "FieldCause",
     "Forbidden",
@@ -154,6 +156,7 @@ __all__ = [
     "freeze",
     "has_finalizer",
     "index_by_label",
+    "index_by_match_labels",
     "index_by_owner_uid",
     "is_controlled_by",
     "is_deleting",
@@ -175,5 +178,6 @@ __all__ = [
     "set_controller_reference",
     "strip_noise",
     "thaw",
+    "trim_node",
     "watch",
 ]

@@ -1,13 +1,19 @@
 """Writes that happen only when something changed.
 
 `apply()` compares the desired fields with the cached object first: when every desired field already
-has the desired value it returns without a request. Otherwise it server-side applies them.
+has the desired value, *and* the object records that the last apply sent this very configuration,
+it returns without a request. Otherwise it server-side applies them, and the API server prunes the
+fields this field manager applied before but no longer sends. The record is a hash of the applied
+configuration in the `APPLIED_HASH` annotation (the cache strips managedFields, so it cannot tell
+"field removed from desired" apart from "field set by someone else" without it).
 `create_or_update()` does the same with create/PUT for callers that do not want SSA.
-`patch_status()` writes status only when it differs.
+`patch_status()` writes status only when it differs; keys dropped from status are deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +40,23 @@ def is_subset(desired: Any, actual: Any) -> bool:
     return bool(desired == actual)
 
 
+APPLIED_HASH = "runtime.kaitopy.io/applied-hash"
+"""Annotation holding a hash of the configuration `apply()` last sent for an object."""
+
+
+def with_applied_hash(desired: Mapping[str, Any]) -> dict[str, Any]:
+    """`desired` (status left out) plus the APPLIED_HASH annotation of exactly that configuration."""
+    body: dict[str, Any] = thaw(_without_status(desired))
+    metadata = body.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    annotations.pop(APPLIED_HASH, None)
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    annotations[APPLIED_HASH] = digest[:16]
+    metadata["annotations"] = annotations
+    body["metadata"] = metadata
+    return body
+
+
 async def apply(
     client: Client,
     kind: Kind,
@@ -46,10 +69,15 @@ async def apply(
     """Server-side apply `desired` unless `current` (usually from the cache) already matches.
 
     Returns (object, written). `force` takes over fields another manager set, as controllers should.
+    A field dropped from `desired` changes the applied hash, so the object is re-applied and the
+    server removes that field (if no other manager also owns it).
     """
-    if current is not None and is_subset(_without_status(desired), current):
+    body = with_applied_hash(desired)
+    if current is not None and is_subset(body, current):
         return current, False
-    return await client.apply(kind, desired, field_manager=field_manager, force=force), True
+    if "status" in desired:
+        body["status"] = thaw(desired["status"])
+    return await client.apply(kind, body, field_manager=field_manager, force=force), True
 
 
 def _without_status(desired: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -77,13 +105,30 @@ async def create_or_update(
     return await client.update(kind, merged), True
 
 
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch (RFC 7386) turning `old` into `new`: keys only in `old` become null,
+    which deletes them (a plain merge of `new` would leave them in place for ever)."""
+    patch: dict[str, Any] = {k: None for k in old if k not in new}
+    for k, v in new.items():
+        ov = old.get(k)
+        if isinstance(v, Mapping) and isinstance(ov, Mapping):
+            patch[k] = merge_patch(ov, v)
+        else:
+            patch[k] = thaw(v)
+    return patch
+
+
 async def patch_status(client: Client, kind: Kind, obj: Obj, status: Mapping[str, Any]) -> tuple[Obj, bool]:
     """Write `status` (merge patch on the status subresource) only if it differs from obj's.
 
     The patch carries obj's resourceVersion: if obj was stale the write fails with Conflict and the
     reconcile retries with fresh data instead of overwriting newer status.
     """
-    if is_subset(status, obj.get("status") or {}) and is_subset(obj.get("status") or {}, status):
+    old = obj.get("status") or {}
+    if is_subset(status, old) and is_subset(old, status):
         return obj, False
-    patch = {"metadata": {"resourceVersion": meta(obj).get("resourceVersion")}, "status": thaw(status)}
+    patch = {
+        "metadata": {"resourceVersion": meta(obj).get("resourceVersion")},
+        "status": merge_patch(old, status),
+    }
     return await client.patch_status(kind, name_of(obj), patch, namespace=namespace_of(obj) or None), True

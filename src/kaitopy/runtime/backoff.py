@@ -26,6 +26,10 @@ class Backoff:
     _current: float = 0.0
     _last_failure: float | None = None
 
+    def reset(self) -> None:
+        """Forget past failures (a healthy stretch was just seen): the next delay is `initial` again."""
+        self._last_failure = None
+
     def next_delay(self) -> float:
         """Record a failure and return how long to wait before the next attempt."""
         now = self.clock.now()

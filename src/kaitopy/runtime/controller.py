@@ -1,7 +1,9 @@
 """A controller: cache events -> work queue -> N workers running `reconcile(request)`.
 
-Errors requeue through the rate limiter; `TerminalError` does not; `Result.requeue_after` requeues
-after a delay. A request is never reconciled by two workers at once (the queue guarantees it).
+Errors requeue through the rate limiter (never sooner than an API error's `Retry-After`);
+`TerminalError` does not; `Result.requeue_after` requeues after a delay. A reconcile that runs past
+`reconcile_timeout` is cancelled and counts as an error. A request is never reconciled by two
+workers at once (the queue guarantees it).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class ControllerSettings:
     """Resync waits period x (1 + up to this fraction), so controllers do not resync together."""
     cache_sync_timeout: float = 120.0
     """Give up starting if the caches have not synced by then: a missing RBAC rule, usually."""
+    reconcile_timeout: float | None = 600.0
+    """Cancel a reconcile running longer (an error, retried with backoff), so one hung call cannot
+    hold a worker for ever; generous, since a reconcile may wait on a cloud API. None: no limit."""
 
 
 class Controller:
@@ -126,7 +131,8 @@ class Controller:
         start = time.perf_counter()
         outcome = "success"
         try:
-            result = await self.reconcile(req) or Result()
+            async with asyncio.timeout(self.settings.reconcile_timeout):
+                result = await self.reconcile(req) or Result()
         except TerminalError as exc:
             outcome = "error"
             self.metrics.reconcile_errors_total.labels(self.name).inc()
@@ -135,15 +141,30 @@ class Controller:
             self.queue.forget(req)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except TimeoutError:
             outcome = "error"
             self.metrics.reconcile_errors_total.labels(self.name).inc()
             log.warning(
-                "reconcile failed, retrying",
-                exc_info=not isinstance(exc, ApiError),
-                extra={**extra, "error": str(exc), "retries": self.queue.num_requeues(req)},
+                "reconcile timed out, retrying",
+                extra={**extra, "timeout_s": self.settings.reconcile_timeout},
             )
             self.queue.add_rate_limited(req)
+        except Exception as exc:
+            outcome = "error"
+            self.metrics.reconcile_errors_total.labels(self.name).inc()
+            # 429/503 carry the server's own hint; retrying sooner only adds to its load.
+            retry_after = exc.retry_after if isinstance(exc, ApiError) else None
+            log.warning(
+                "reconcile failed, retrying",
+                exc_info=not isinstance(exc, ApiError),
+                extra={
+                    **extra,
+                    "error": str(exc),
+                    "retries": self.queue.num_requeues(req),
+                    "retry_after_s": retry_after,
+                },
+            )
+            self.queue.add_rate_limited(req, at_least=retry_after or 0.0)
         else:
             if result.requeue_after and result.requeue_after > 0:
                 outcome = "requeue_after"

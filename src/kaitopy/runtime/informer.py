@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from kaitopy.runtime.backoff import Backoff
@@ -53,6 +54,10 @@ class InformerSettings:
     transform: Transform | None = strip_noise
     """Applied to each object at ingest; the default drops managedFields and last-applied."""
     backoff: Callable[[], Backoff] = field(default=Backoff)
+    min_watch_duration: float = 1.0
+    """A watch the server ends sooner than this with no event is a failure and is reopened only
+    after the backoff (client-go's "very short watch"): a server closing watches at once would
+    otherwise get hundreds of requests a second from each informer."""
 
 
 class Informer:
@@ -130,7 +135,12 @@ class Informer:
             try:
                 if self._rv is None and not self._streaming:
                     await self._list()
-                await self._watch()
+                started = time.monotonic()
+                events = await self._watch()
+                if events == 0 and time.monotonic() - started < self.settings.min_watch_duration:
+                    await self._pause(RuntimeLibraryError("the server ended the watch at once"))
+                else:
+                    self._backoff.reset()  # a healthy watch: the next failure starts from `initial`
             except Gone:
                 log.info("watch expired, re-listing", extra={"kind": str(self.kind)})
                 self._rv = None
@@ -195,8 +205,10 @@ class Informer:
                 h.on_delete(obj)
         self._synced.set()
 
-    async def _watch(self) -> None:
+    async def _watch(self) -> int:
+        """Watch until the server ends the stream; returns how many events (bookmarks too) it had."""
         initial = self._rv is None  # streaming the initial list on this watch
+        events = 0
         buffer: list[Obj] = []
         timeout = random.randint(self.settings.watch_timeout_min, self.settings.watch_timeout_max)
         async for event in watch(
@@ -210,6 +222,7 @@ class Informer:
             inactivity_timeout=self.settings.inactivity_timeout,
             send_initial_events=initial,
         ):
+            events += 1
             if initial:
                 if event.type == "BOOKMARK":
                     if event.ends_initial_events:
@@ -237,6 +250,7 @@ class Informer:
                     h.on_update(old, obj)
         if initial:
             self._rv = None  # the stream ended before the initial list was complete: start over
+        return events
 
 
 class MultiNamespaceInformer(Informer):
@@ -294,6 +308,17 @@ class MultiNamespaceInformer(Informer):
             await child.stop()
 
 
+def _compose(first: Transform | None, then: Transform) -> Transform:
+    if first is None:
+        return then
+
+    def both(obj: Obj) -> Obj:
+        return then(first(obj))
+
+    both.__name__ = getattr(then, "__name__", "transform")
+    return both
+
+
 @dataclass(frozen=True)
 class _InformerKey:
     kind: Kind
@@ -316,6 +341,7 @@ class InformerCache:
         self.namespaces = namespaces
         """When set, a namespaced kind asked for in all namespaces is watched in these only."""
         self._informers: dict[_InformerKey, Informer] = {}
+        self._transforms: dict[_InformerKey, Transform] = {}
         self._started = False
 
     def informer(
@@ -325,9 +351,27 @@ class InformerCache:
         namespace: str | None = None,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        transform: Transform | None = None,
     ) -> Informer:
+        """The shared informer for these parameters, created on first use.
+
+        `transform` (e.g. `trim_node`) runs on every object after the cache's own transform, so
+        the store holds the trimmed object only. It is fixed when the informer is created: ask
+        with a transform before anyone asks without one (None means "whatever is set"); asking
+        with a different one later is an error, since consumers would not see what they expect.
+        """
         key = _InformerKey(kind, namespace, label_selector, field_selector)
         inf = self._informers.get(key)
+        if inf is not None and transform is not None and self._transforms.get(key) is not transform:
+            raise ValueError(
+                f"the informer for {kind} already exists with transform "
+                f"{getattr(self._transforms.get(key), '__name__', None)!r}; pass "
+                f"transform={getattr(transform, '__name__', transform)!r} where it is first created"
+            )
+        settings = self.settings
+        if inf is None and transform is not None:
+            self._transforms[key] = transform
+            settings = replace(settings, transform=_compose(settings.transform, transform))
         if inf is None and namespace is None and kind.namespaced and self.namespaces:
             inf = MultiNamespaceInformer(
                 self.client,
@@ -335,7 +379,7 @@ class InformerCache:
                 self.namespaces,
                 label_selector=label_selector,
                 field_selector=field_selector,
-                settings=self.settings,
+                settings=settings,
             )
             self._informers[key] = inf
             if self._started:
@@ -347,7 +391,7 @@ class InformerCache:
                 namespace=namespace,
                 label_selector=label_selector,
                 field_selector=field_selector,
-                settings=self.settings,
+                settings=settings,
             )
             self._informers[key] = inf
             if self._started:

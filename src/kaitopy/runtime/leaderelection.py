@@ -72,19 +72,29 @@ class LeaderElector:
         self._became(True)
 
     async def hold(self) -> None:
-        """Renew every retry_period; raise LeadershipLost if no renewal succeeded within renew_deadline."""
+        """Renew every retry_period; raise LeadershipLost once renew_deadline passed without a renewal.
+
+        The deadline is kept *during* an attempt, not only after it: each attempt is cancelled when
+        the deadline comes, and a renewal counts from when its attempt started (the server may have
+        recorded it at any point after that). So the leader stops by last renewal + renew_deadline
+        (10 s), well before a follower may take over (lease_duration, 15 s after it saw the renewal).
+        """
         s = self.settings
         last_renew = self._clock.now()
         while True:
-            await asyncio.sleep(s.retry_period)
-            try:
-                ok = await asyncio.wait_for(self._try_acquire_or_renew(), s.renew_deadline)
-            except TimeoutError:
-                ok = False
-            now = self._clock.now()
+            remaining = last_renew + s.renew_deadline - self._clock.now()
+            await asyncio.sleep(max(0.0, min(s.retry_period, remaining)))
+            started = self._clock.now()
+            remaining = last_renew + s.renew_deadline - started
+            ok = False
+            if remaining > 0:
+                try:
+                    ok = await asyncio.wait_for(self._try_acquire_or_renew(), remaining)
+                except TimeoutError:
+                    ok = False
             if ok:
-                last_renew = now
-            elif now - last_renew >= s.renew_deadline or self._held_by_other():
+                last_renew = started
+            elif self._clock.now() - last_renew >= s.renew_deadline or self._held_by_other():
                 self._became(False)
                 raise LeadershipLost(f"lease {s.namespace}/{s.lease_name} lost by {s.identity}")
 

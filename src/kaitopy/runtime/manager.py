@@ -131,9 +131,11 @@ class Manager:
             asyncio.create_task(c.run(), name=f"controller {c.name}") for c in self.controllers
         ]
         work += [asyncio.create_task(r()) for r in self._runnables]
-        watchers: list[asyncio.Task[Any]] = [asyncio.create_task(self._stop.wait(), name="stop signal")]
+        stop = asyncio.create_task(self._stop.wait(), name="stop signal")
+        renewal: asyncio.Task[None] | None = None
         if self.elector is not None:
-            watchers.append(asyncio.create_task(self.elector.hold(), name="lease renewal"))
+            renewal = asyncio.create_task(self.elector.hold(), name="lease renewal")
+        watchers: list[asyncio.Task[Any]] = [stop] if renewal is None else [stop, renewal]
         self._running.set()
         lost: LeadershipLost | None = None
         try:
@@ -147,12 +149,30 @@ class Manager:
                     log.error("a controller failed; shutting down", exc_info=exc)
                     raise exc
         finally:
-            for w in watchers:
-                w.cancel()
+            stop.cancel()
             if lost is None:
-                # Graceful: stop handing out work, let reconciles in flight finish (bounded).
-                drains = [c.shutdown(self.settings.graceful_shutdown_timeout) for c in self.controllers]
-                await asyncio.gather(*drains)
+                # Graceful: stop handing out work, let reconciles in flight finish (bounded). The
+                # lease is renewed all through the drain (as controller-runtime does), so no other
+                # replica takes over while our reconciles still write; if it is lost meanwhile,
+                # the drain ends at once.
+                drains = asyncio.ensure_future(
+                    asyncio.gather(
+                        *(c.shutdown(self.settings.graceful_shutdown_timeout) for c in self.controllers)
+                    )
+                )
+                pending: set[asyncio.Future[Any]] = {drains}
+                if renewal is not None and not renewal.done():
+                    pending.add(renewal)
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if renewal is not None and renewal.done() and not renewal.cancelled():
+                    exc = renewal.exception()
+                    if isinstance(exc, LeadershipLost):
+                        lost = exc
+                        log.error("leadership lost while draining: stopping all reconciles now")
+                drains.cancel()
+                await asyncio.gather(drains, return_exceptions=True)
+            if renewal is not None:
+                renewal.cancel()
             for t in work:
                 t.cancel()
             await asyncio.gather(*work, *watchers, return_exceptions=True)

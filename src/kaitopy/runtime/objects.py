@@ -104,3 +104,21 @@ def strip_noise(obj: Obj) -> Obj:
     new_obj = dict(obj)
     new_obj["metadata"] = MappingProxyType(new_meta)
     return MappingProxyType(new_obj)
+
+
+NODE_STATUS_BULK = ("images", "volumesInUse", "volumesAttached", "daemonEndpoints", "config")
+"""Node status fields no controller here reads; `images` alone is often most of a Node's bytes."""
+
+
+def trim_node(obj: Obj) -> Obj:
+    """An ingest transform for Nodes: drop the bulky status fields (NODE_STATUS_BULK).
+
+    Labels, taints, conditions, capacity and allocatable stay: what scheduling-minded
+    controllers read. Use it through `InformerCache.informer(kinds.NODE, transform=trim_node)`.
+    """
+    status = obj.get("status")
+    if not status or not any(k in status for k in NODE_STATUS_BULK):
+        return obj
+    new_obj = dict(obj)
+    new_obj["status"] = MappingProxyType({k: v for k, v in status.items() if k not in NODE_STATUS_BULK})
+    return MappingProxyType(new_obj)

@@ -6,7 +6,7 @@ Reads never copy: they return the stored read-only objects (see `objects.Obj`).
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from kaitopy.runtime.objects import Obj, key_of, meta, namespace_of
@@ -29,6 +29,26 @@ def index_by_label(label: str) -> IndexFunc:
         return [value] if value is not None else []
 
     return by_label
+
+
+MATCH_ALL = "*"
+"""Index value under which `index_by_match_labels` files objects whose selector has no matchLabels."""
+
+
+def index_by_match_labels(match_labels_of: Callable[[Obj], Mapping[str, str] | None]) -> IndexFunc:
+    """An index of *selecting* objects (e.g. ones with a node selector) by what they select.
+
+    Each object is filed under every "key=value" of its matchLabels, or under MATCH_ALL when it has
+    none. An object whose selector matches a label set has all its pairs in that set, so
+    `Store.selecting(index, labels)` finds it without scanning the whole store; the candidates
+    still need the full selector check (matchExpressions, every pair).
+    """
+
+    def by_match_labels(obj: Obj) -> Iterable[str]:
+        pairs = match_labels_of(obj) or {}
+        return [f"{k}={v}" for k, v in pairs.items()] or [MATCH_ALL]
+
+    return by_match_labels
 
 
 @dataclass(frozen=True)
@@ -76,6 +96,14 @@ class Store:
     def by_index(self, index: str, value: str) -> builtins.list[Obj]:
         keys = self._indices[index].get(value, ())
         return [self._items[k] for k in keys]
+
+    def selecting(self, index: str, labels: Mapping[str, str]) -> builtins.list[Obj]:
+        """Objects an `index_by_match_labels` index says may select an object with `labels`."""
+        idx = self._indices[index]
+        keys: set[str] = set(idx.get(MATCH_ALL, ()))
+        for k, v in labels.items():
+            keys.update(idx.get(f"{k}={v}", ()))
+        return [self._items[key] for key in sorted(keys) if key in self._items]
 
     def __len__(self) -> int:
         return len(self._items)

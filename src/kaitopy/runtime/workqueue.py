@@ -5,7 +5,8 @@ The contract (the whole point):
   * an item has at most one pending copy (`dirty` set): adding it again while queued is a no-op;
   * adding it while it is processed marks it dirty, and `done()` puts it back in the queue;
   * a delayed add keeps the earliest ready time when the same item is added again;
-  * shutdown stops accepting adds and wakes getters; drain waits for in-flight items to be done.
+  * shutdown stops accepting adds and hands nothing out any more (queued items are dropped, not
+    started half-way through a shutdown); drain waits for the items already in process to be done.
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ class WorkQueue(Generic[T]):
 
     def get_nowait(self) -> T | None:
         """The next ready item, marked as processing; None if nothing is ready. Raises ShutDown."""
+        if self._shutting_down:
+            # Starting a reconcile now would only get it cancelled by the drain deadline mid-way.
+            raise ShutDown(self.name)
         self._move_ready()
         if self._queue:
             item = self._queue.popleft()
@@ -128,8 +132,6 @@ class WorkQueue(Generic[T]):
             self._processing.add(item)
             self._dirty.discard(item)
             return item
-        if self._shutting_down:
-            raise ShutDown(self.name)
         return None
 
     async def get(self) -> T:
@@ -197,11 +199,12 @@ class WorkQueue(Generic[T]):
         return len(self._waiting)
 
     # -- rate limiting ----------------------------------------------------------------------------
-    def add_rate_limited(self, item: T) -> None:
-        """Add after the rate limiter's delay for this item (a retry)."""
+    def add_rate_limited(self, item: T, *, at_least: float = 0.0) -> None:
+        """Add after the rate limiter's delay for this item (a retry), and not before `at_least` s
+        (a server's Retry-After); the limiter still counts the failure."""
         if self._metrics is not None:
             self._m_retries.inc()
-        self.add_after(item, self._limiter.when(item))
+        self.add_after(item, max(self._limiter.when(item), at_least))
 
     def forget(self, item: T) -> None:
         """Stop tracking the item's failures (it succeeded)."""
@@ -212,10 +215,15 @@ class WorkQueue(Generic[T]):
 
     # -- shutdown ---------------------------------------------------------------------------------
     def shutdown(self) -> None:
-        """Refuse new adds, drop delayed items, wake every getter (they drain what is queued)."""
+        """Refuse new adds, drop queued and delayed items, wake every getter (they get ShutDown)."""
         self._shutting_down = True
         self._waiting.clear()
         self._heap.clear()
+        self._queue.clear()
+        self._dirty.clear()  # an item re-added while in process must not come back on done()
+        self._added_at.clear()
+        if self._metrics is not None:
+            self._m_depth.set(0)
         self._wake_all()
 
     async def shutdown_with_drain(self) -> None:

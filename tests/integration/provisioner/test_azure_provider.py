@@ -3,6 +3,7 @@ test server: launch, poll, resume from the continuation token, failures, deletio
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -108,6 +109,40 @@ async def test_begin_launch_on_a_pool_being_created_adopts_it(arm: FakeArm) -> N
             what="adopted launch done",
         )
         assert arm.created_total[req.claim_name] == 1
+    finally:
+        await provider.close()
+
+
+async def test_a_cluster_busy_409_is_retried_not_adopted(arm: FakeArm) -> None:
+    # ARM answers 409 OperationNotAllowed both for "your pool is being created" and for "the
+    # cluster is busy with another operation": only the first may be followed as our pool.
+    arm.behavior.cluster_busy_next = 1
+    provider = provider_for(arm)
+    try:
+        req = request()
+        with pytest.raises(CloudProviderError) as info:
+            await provider.begin_launch(req)
+        assert not isinstance(info.value, LaunchFailedError)  # retryable, not a permanent failure
+        assert "busy" in str(info.value)
+        token = await provider.begin_launch(req)  # the controller's retry: the PUT goes through
+        assert token.startswith("lro:")
+        await eventually(
+            lambda: provider.poll_launch(req, token), until=lambda p: p.done, timeout=10, what="launch"
+        )
+        assert arm.created_total[req.claim_name] == 1
+    finally:
+        await provider.close()
+
+
+async def test_a_hung_request_is_cut_by_the_per_try_timeout_and_retried(arm: FakeArm) -> None:
+    # With the SDK's defaults (300 s per try) this call would hang for minutes; bounded, the first
+    # try is cut after read_timeout_s and the retry answers.
+    arm.behavior.stall_next = 1
+    arm.behavior.stall_seconds = 6
+    provider = provider_for(arm, read_timeout_s=1.0)
+    try:
+        assert await asyncio.wait_for(provider.get("ws0a1b2c3d4"), 4) is None
+        assert arm.requests[("GET", "stalled")] == 1
     finally:
         await provider.close()
 

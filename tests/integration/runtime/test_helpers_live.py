@@ -8,15 +8,19 @@ from kaitopy.runtime import (
     Client,
     Conflict,
     EventRecorder,
+    EventRecorderSettings,
+    FakeClock,
     Kind,
     NotFound,
     add_finalizer,
+    apply,
     create_or_update,
     is_deleting,
     kinds,
     patch_status,
     remove_finalizer,
 )
+from kaitopy.runtime.apply import APPLIED_HASH
 from tests.support.wait import eventually
 
 from .conftest import widget
@@ -27,9 +31,14 @@ FINALIZER = "runtime-test.example.com/cleanup"
 async def test_event_recorder_folds_repeats_into_one_series(client: Client, namespace: str) -> None:
     cm = await client.create(kinds.CONFIG_MAP, {"metadata": {"name": "subject", "namespace": namespace}})
     rec = EventRecorder(client, "runtime-test")
+    writes = lambda: client.metrics.requests(method="POST") + client.metrics.requests(method="PATCH")  # noqa: E731
+    before = writes()
     for _ in range(3):
         await rec.event(cm, "Warning", "Failing", "the same problem again", action="Reconcile")
     await rec.event(cm, "Normal", "Recovered", "better now", action="Reconcile")
+    assert writes() - before == 2  # repeats are counted in memory, not written one by one
+    await rec.flush()  # ...until the series is due or flushed
+    assert writes() - before == 3
     events = (await client.list(kinds.EVENT, namespace)).items
     by_reason = {e["reason"]: e for e in events}
     assert sorted(by_reason) == ["Failing", "Recovered"]  # three repeats, one Event
@@ -38,6 +47,54 @@ async def test_event_recorder_folds_repeats_into_one_series(client: Client, name
     assert failing["regarding"]["uid"] == cm["metadata"]["uid"]
     assert failing["reportingController"] == "runtime-test"
     assert "series" not in by_reason["Recovered"]
+
+
+async def test_event_recorder_writes_repeats_once_per_interval(client: Client, namespace: str) -> None:
+    cm = await client.create(kinds.CONFIG_MAP, {"metadata": {"name": "noisy", "namespace": namespace}})
+    clock = FakeClock()
+    rec = EventRecorder(
+        client, "runtime-test", settings=EventRecorderSettings(series_write_interval=60), clock=clock
+    )
+    writes = lambda: client.metrics.requests(method="POST") + client.metrics.requests(method="PATCH")  # noqa: E731
+    before = writes()
+    for _ in range(20):  # a PDB blocking a drain: the same warning every few seconds
+        await rec.event(cm, "Warning", "DrainBlocked", "a PodDisruptionBudget blocks eviction")
+        clock.advance(2)
+    assert writes() - before == 1  # one create; 19 repeats within the interval write nothing
+    clock.advance(60)
+    await rec.event(cm, "Warning", "DrainBlocked", "a PodDisruptionBudget blocks eviction")
+    assert writes() - before == 2  # one series update carries all 21
+    events = [e for e in (await client.list(kinds.EVENT, namespace)).items if e["reason"] == "DrainBlocked"]
+    assert len(events) == 1 and events[0]["series"]["count"] == 21
+
+
+async def test_event_recorder_aggregates_similar_events_and_filters_spam(
+    client: Client, namespace: str
+) -> None:
+    cm = await client.create(kinds.CONFIG_MAP, {"metadata": {"name": "spammy", "namespace": namespace}})
+    settings = EventRecorderSettings(aggregate_max_similar=3, spam_burst=8, spam_refill_interval=3600)
+    rec = EventRecorder(client, "runtime-test", settings=settings, clock=FakeClock())
+    for i in range(6):  # the same reason, a different note each time
+        await rec.event(cm, "Warning", "Retrying", f"attempt {i} failed")
+    events = [e for e in (await client.list(kinds.EVENT, namespace)).items if e["reason"] == "Retrying"]
+    notes = sorted(e["note"] for e in events)
+    assert len(events) == 4, notes  # 3 distinct, then one combined Event for the rest
+    assert "(combined from similar events): Retrying" in notes
+    for i in range(10):  # 6 spent of the burst of 8: two more pass, the rest are dropped
+        await rec.event(cm, "Normal", f"Other{i}", "x")
+    assert rec.dropped == 8
+    others = [e for e in (await client.list(kinds.EVENT, namespace)).items if e["reason"].startswith("Other")]
+    assert len(others) == 2
+
+
+async def test_event_recorder_memory_is_bounded(client: Client, namespace: str) -> None:
+    cm = await client.create(kinds.CONFIG_MAP, {"metadata": {"name": "many", "namespace": namespace}})
+    rec = EventRecorder(client, "runtime-test", settings=EventRecorderSettings(max_tracked=4, spam_burst=100))
+    for i in range(20):
+        await rec.event(
+            {**cm, "metadata": {**cm["metadata"], "uid": f"u{i}"}}, "Normal", "Seen", f"object {i}"
+        )
+    assert rec.tracked <= 3 * 4  # before: one entry per distinct event, for ever
 
 
 async def test_finalizer_holds_deletion_until_removed(client: Client, namespace: str) -> None:
@@ -91,3 +148,42 @@ async def test_create_or_update_and_patch_status_write_only_on_change(
     assert not wrote and client.metrics.requests(method="PATCH") == patches
     with pytest.raises(Conflict):  # status computed from a stale object is refused
         await patch_status(client, widget_crd, w, {"phase": "Stale"})
+
+
+async def test_apply_prunes_fields_dropped_from_desired_and_skips_unchanged(
+    client: Client, namespace: str
+) -> None:
+    def cm(data: dict[str, str]) -> dict[str, object]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "pruned", "namespace": namespace},
+            "data": data,
+        }
+
+    first, wrote = await apply(
+        client, kinds.CONFIG_MAP, cm({"keep": "1", "drop": "2"}), current=None, field_manager="t"
+    )
+    assert wrote and first["data"] == {"keep": "1", "drop": "2"}
+    patches = client.metrics.requests(method="PATCH")
+    _, wrote = await apply(
+        client, kinds.CONFIG_MAP, cm({"keep": "1", "drop": "2"}), current=first, field_manager="t"
+    )
+    assert not wrote and client.metrics.requests(method="PATCH") == patches  # unchanged: no request
+    # desired is still a subset of the object, but "drop" was removed from it: it must be pruned.
+    pruned, wrote = await apply(client, kinds.CONFIG_MAP, cm({"keep": "1"}), current=first, field_manager="t")
+    assert wrote
+    live = await client.get(kinds.CONFIG_MAP, "pruned", namespace)
+    assert live["data"] == {"keep": "1"}
+    assert pruned["metadata"]["annotations"][APPLIED_HASH] == live["metadata"]["annotations"][APPLIED_HASH]
+
+
+async def test_patch_status_deletes_keys_dropped_from_status(
+    client: Client, namespace: str, widget_crd: Kind
+) -> None:
+    w = await client.create(widget_crd, widget("st", namespace, size=1))
+    w2, _ = await patch_status(client, widget_crd, w, {"phase": "Failed", "error": {"code": 1, "why": "x"}})
+    w3, wrote = await patch_status(client, widget_crd, w2, {"phase": "Ready", "error": {"code": 1}})
+    assert wrote
+    live = await client.get(widget_crd, "st", namespace)
+    assert live["status"] == {"phase": "Ready", "error": {"code": 1}} == w3["status"]

@@ -7,6 +7,7 @@ import json
 import uuid
 
 import aiohttp
+import pytest
 
 from kaitopy.runtime import (
     Backoff,
@@ -17,6 +18,7 @@ from kaitopy.runtime import (
     Kind,
     index_by_label,
     kinds,
+    trim_node,
 )
 from kaitopy.runtime.informer import MultiNamespaceInformer
 from tests.support.cluster import Cluster
@@ -166,6 +168,30 @@ async def test_stalled_stream_is_detected_and_resumed_without_a_relist(
         await inf.stop()
 
 
+async def test_watches_the_server_ends_at_once_are_reopened_with_backoff(
+    client: Client, namespace: str
+) -> None:
+    # The server ends every watch after 1 s with nothing in it; with min_watch_duration above that
+    # each such watch counts as "ended at once", so the informer must wait 2-4 s before the next.
+    settings = InformerSettings(
+        watch_timeout_min=1,
+        watch_timeout_max=1,
+        min_watch_duration=2.0,
+        backoff=lambda: Backoff(initial=2.0, cap=4.0),
+    )
+    inf = Informer(client, kinds.CONFIG_MAP, namespace=namespace, settings=settings)
+    inf.start()
+    try:
+        await asyncio.wait_for(inf.wait_synced(), 30)
+        before = client.metrics.requests(method="GET")
+        await asyncio.sleep(8.0)
+        watches = client.metrics.requests(method="GET") - before
+        # Without a backoff a new watch follows each 1 s one: about 8 in 8 s. With it: at most 3.
+        assert 1 <= watches <= 4, watches
+    finally:
+        await inf.stop()
+
+
 async def test_cache_limited_to_namespaces_watches_only_those(
     client: Client, kube_cluster: Cluster, widget_crd: Kind
 ) -> None:
@@ -209,3 +235,25 @@ async def test_cache_limited_to_namespaces_watches_only_those(
             await i.stop()
         for ns in (a, b, other):
             kube_cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+async def test_cache_stores_transformed_nodes_and_refuses_a_second_transform(client: Client) -> None:
+    name = f"trim-{uuid.uuid4().hex[:8]}"
+    node = await client.create(kinds.NODE, {"metadata": {"name": name, "labels": {"trim-test": "yes"}}})
+    status = {"images": [{"names": ["big/image:1"], "sizeBytes": 1}], "allocatable": {"cpu": "4"}}
+    await client.patch_status(kinds.NODE, name, {"status": status})
+    cache = InformerCache(client)
+    try:
+        nodes = cache.informer(kinds.NODE, label_selector="trim-test=yes", transform=trim_node)
+        assert cache.informer(kinds.NODE, label_selector="trim-test=yes") is nodes  # None: no opinion
+        with pytest.raises(ValueError, match="transform"):
+            cache.informer(kinds.NODE, label_selector="trim-test=yes", transform=lambda o: o)
+        cache.start()
+        await asyncio.wait_for(cache.wait_synced(), 30)
+        cached = nodes.store.get_by_name(name)
+        assert cached is not None
+        assert "images" not in cached["status"] and cached["status"]["allocatable"] == {"cpu": "4"}
+        assert "managedFields" not in cached["metadata"]  # the cache's own transform still runs first
+    finally:
+        await cache.stop()
+        await client.delete(kinds.NODE, node["metadata"]["name"])

@@ -18,6 +18,7 @@ from kaitopy.runtime import (
     Result,
     kinds,
 )
+from kaitopy.runtime.leaderelection import LeaderElector
 from tests.support.cluster import REPO, Cluster
 from tests.support.wait import eventually
 
@@ -192,3 +193,47 @@ async def test_sigterm_does_not_wait_past_the_drain_timeout(
         return "reconciled-by" not in (cm["metadata"].get("annotations") or {})
 
     assert await eventually(no_stamp, timeout=5)
+
+
+async def test_lease_is_renewed_while_reconciles_drain_after_stop(client: Client, namespace: str) -> None:
+    # A 2 s lease and a reconcile that needs 4 s to finish after stop(): if renewal stopped with the
+    # stop signal, a follower would take the lease while the old leader still writes.
+    started = asyncio.Event()
+    mgr = Manager(
+        client,
+        ManagerSettings(
+            leader_election=LeaderElectionSettings(
+                LEASE, namespace, "drainer", lease_duration=2.0, renew_deadline=1.5, retry_period=0.3
+            ),
+            probe_port=None,
+            handle_signals=False,
+        ),
+    )
+
+    async def reconcile(req: Request) -> Result | None:
+        started.set()
+        await asyncio.sleep(4)
+        return None
+
+    mgr.controller("draining").for_(kinds.CONFIG_MAP, namespace=namespace).build(reconcile)
+    run = asyncio.create_task(mgr.run())
+    try:
+        await asyncio.wait_for(mgr.wait_running(), 30)
+        await client.create(kinds.CONFIG_MAP, {"metadata": {"name": "slow", "namespace": namespace}})
+        await asyncio.wait_for(started.wait(), 30)
+        mgr.stop()
+        follower = LeaderElector(
+            client,
+            LeaderElectionSettings(LEASE, namespace, "follower", lease_duration=2.0, retry_period=0.3),
+        )
+        assert not await follower._try_acquire_or_renew()  # observes the live lease
+        await asyncio.sleep(3.0)  # past the lease: only a renewal during the drain keeps it ours
+        assert not run.done()  # still draining
+        assert not await follower._try_acquire_or_renew()
+        assert await holder(client, namespace) == "drainer"
+        await asyncio.wait_for(run, 30)
+    finally:
+        mgr.stop()
+        if not run.done():
+            await asyncio.wait_for(run, 30)
+    assert await holder(client, namespace) in (None, "")  # released after the drain

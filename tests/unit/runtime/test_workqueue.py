@@ -110,14 +110,25 @@ async def test_get_wakes_on_add() -> None:
     assert await asyncio.wait_for(getter, 1) == "x"
 
 
-async def test_shutdown_drains_queued_items_then_raises() -> None:
+async def test_shutdown_hands_out_nothing_queued() -> None:
     q = make_queue()
     q.add("a")
     q.shutdown()
     q.add("b")  # refused
-    assert await q.get() == "a"
     with pytest.raises(ShutDown):
-        await q.get()
+        await q.get()  # "a" is not started half-way through a shutdown
+
+
+def test_item_readded_while_in_process_does_not_return_after_shutdown() -> None:
+    q = make_queue()
+    q.add("a")
+    assert q.get_nowait() == "a"
+    q.add("a")  # dirty: would be requeued on done()
+    q.shutdown()
+    q.done("a")
+    assert len(q) == 0
+    with pytest.raises(ShutDown):
+        q.get_nowait()
 
 
 async def test_shutdown_wakes_blocked_getters() -> None:

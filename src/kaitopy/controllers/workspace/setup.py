@@ -18,12 +18,22 @@ from kaitopy.controllers.workspace.reconciler import (
     keys_to_requests,
     workspace_key_of_labels,
 )
-from kaitopy.runtime import ControllerSettings, EventRecorder, Kind, Manager, Request, kinds
+from kaitopy.runtime import (
+    ControllerSettings,
+    EventRecorder,
+    Kind,
+    Manager,
+    Request,
+    index_by_match_labels,
+    kinds,
+    trim_node,
+)
 from kaitopy.runtime.client import Client
 from kaitopy.runtime.objects import Obj
 from kaitopy.runtime.store import Store
 
 COMPONENT = "kaitopy-workspace"
+WS_BY_SELECTOR = "by-node-selector"
 
 
 def _selector_of(ws: Obj) -> tuple[dict[str, str], list[dict[str, object]]]:
@@ -39,7 +49,7 @@ def node_mapper(workspaces: Store) -> Callable[[Obj], Iterable[Request]]:
         # A node nobody provisioned for a workspace (bring-your-own): every workspace it could serve.
         labels = (node.get("metadata") or {}).get("labels") or {}
         out = []
-        for ws in workspaces.list():
+        for ws in workspaces.selecting(WS_BY_SELECTOR, labels):  # only those that may match
             match_labels, exprs = _selector_of(ws)
             if nodesel.matches(labels, match_labels, exprs):
                 out.append(Request(ws["metadata"]["namespace"], ws["metadata"]["name"]))
@@ -59,6 +69,7 @@ def wire(
     resync_period: float | None = 36000.0,
 ) -> WorkspaceReconciler:
     ws_store = mgr.cache.informer(workspace_kind).store
+    ws_store.add_indexer(WS_BY_SELECTOR, index_by_match_labels(lambda ws: _selector_of(ws)[0]))
     register_workspace_metrics(mgr.metrics, ws_store)
     # With bring-your-own nodes the operator makes no NodeClaims, and the cluster may not even
     # serve the kind (or serve a real Karpenter's): keep the claims view empty instead of
@@ -78,7 +89,7 @@ def wire(
     }
     stores = Stores(
         workspaces=ws_store,
-        nodes=mgr.cache.informer(kinds.NODE).store,
+        nodes=mgr.cache.informer(kinds.NODE, transform=trim_node).store,
         claims=claims_store,
         deployments=owned[kinds.DEPLOYMENT],
         statefulsets=owned[kinds.STATEFUL_SET],
