@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from kaitopy.api import reasons
 from kaitopy.controllers.workspace import status as st
-from kaitopy.controllers.workspace.timeline import Timeline
+from kaitopy.controllers.workspace.timeline import PHASES, Timeline
 from kaitopy.runtime.metrics import Metrics
 from kaitopy.runtime.objects import Obj
 from kaitopy.runtime.store import Store
@@ -122,6 +122,10 @@ class StartupMetrics:
             buckets=_STARTUP_BUCKETS,
             registry=registry,
         )
+        # Every phase's series from the start, at 0: a series born with its first observation
+        # already counted is invisible to rate()/increase() (there is no earlier 0 to rise from).
+        for name in PHASES:
+            self.phase.labels(phase=name)
 
     def observe(self, preset: str, timeline: Timeline) -> None:
         self.total.labels(preset=preset).observe(timeline.seconds)
