@@ -166,8 +166,8 @@ def observed_operator(
     operator: Operator, kube_cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Observed]:
     """Controller (leader-elected, as shipped) and kwok provisioner on the API server's bridge
-    address, and a Prometheus discovering and scraping both every second. Tests that need alert
-    rules loaded mark themselves `@pytest.mark.prometheus_rules(path, ...)`."""
+    address, and a Prometheus discovering and scraping both every second (alert rules:
+    `.prometheus.load_rules(path)`)."""
     if not prometheus_support.installed():
         pytest.fail("prometheus/promtool missing: hack/ensure-packages.sh installs Debian's prometheus")
     host = prometheus_support.api_host(kube_cluster)
@@ -179,9 +179,7 @@ def observed_operator(
     operator.probe_host = host
     operator.start_provisioner()
     operator.start_controller("--leader-elect", "--leader-election-namespace=kaito-system")
-    marker = request.node.get_closest_marker("prometheus_rules")
-    rules = [Path(p) for p in marker.args] if marker else None
-    prom = observe(kube_cluster, operator, tmp_path / "prometheus", rule_files=rules)
+    prom = observe(kube_cluster, operator, tmp_path / "prometheus")
     try:
         yield Observed(operator, prom)
     finally:

@@ -294,6 +294,20 @@ class Prometheus:
         prom._wait_ready()
         return prom
 
+    def load_rules(self, *paths: Path) -> None:
+        """Replaces the loaded rule files and reloads (POST /-/reload); waits until Prometheus
+        lists the rules."""
+        config_path = self.workdir / "prometheus.yml"
+        config = yaml.safe_load(config_path.read_text())
+        config["rule_files"] = [str(p) for p in paths]
+        config_path.write_text(yaml.safe_dump(config))
+        req = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200, r.status
+        want = {str(p) for p in paths}
+        loaded = {g["file"] for g in self.api("rules")["groups"]}
+        assert want <= loaded, f"rules not loaded: {want - loaded}\n{self.logs()}"
+
     def rediscover(self) -> None:
         """Re-reads the API server for every kubernetes_sd job; Prometheus picks the files up as
         they change (written whole, then renamed: it never reads half a file)."""

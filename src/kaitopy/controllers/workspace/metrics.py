@@ -4,7 +4,7 @@ step on reconcile, and every replica (leader or not) reports the same, true numb
 - `kaitopy_workspace_count{state}`: workspaces by state, every state always present (0 included).
 - `kaitopy_workspace_preset_count{preset}`: workspaces by the preset they run ("template" for a
   workspace with a pod template instead of a preset).
-- `kaitopy_workspace_not_ready_seconds{namespace,workspace,state}`: for each workspace that is
+- `kaitopy_workspace_not_ready_seconds{workspace_namespace,workspace,state}`: for each workspace that is
   pending, provisioning or failed, seconds since it last stopped being Ready (or since its
   creation if it never was); no series for ready, succeeded or deleting ones. What the
   "Workspace not Ready for N minutes" alert reads: it names the workspace.
@@ -115,7 +115,9 @@ def not_ready_since(ws: Obj) -> float | None:
 _NOT_READY_HELP = (
     "Seconds since each pending, provisioning or failed workspace stopped being Ready (or was created)"
 )
-_NOT_READY_LABELS: Final = ["namespace", "workspace", "state"]
+# Not "namespace": the scrape's target labels carry the operator's own namespace under that name
+# (the ServiceMonitor's relabeling), and Prometheus would rename ours to exported_namespace.
+_NOT_READY_LABELS: Final = ["workspace_namespace", "workspace", "state"]
 _COUNT_HELP = "Number of workspaces by state (pending, provisioning, ready, succeeded, failed, deleting)"
 _PRESET_HELP = "Number of workspaces by model preset"
 
