@@ -98,6 +98,39 @@ def servicemonitor_job(monitor: dict[str, Any], kubeconfig: Path, interval: str)
     }
 
 
+def model_server_job(namespaces: list[str], interval: str = "1s") -> dict[str, Any]:
+    """A PodMonitor-style job for workspaces' model servers: pods labelled kaito.sh/workspace,
+    their container port named "http" (the server's 5000, which serves /metrics), target labels
+    namespace/pod/container, job "kaitopy-model-server". For `Prometheus.start(extra_jobs=[...])`
+    where the pods run on real local nodes; never on kwok, whose pod IPs are not this machine's."""
+    return {
+        "job_name": "kaitopy-model-server",
+        "scrape_interval": interval,
+        "scrape_timeout": interval,
+        "metrics_path": "/metrics",
+        "kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": namespaces}}],
+        "relabel_configs": [
+            {
+                "source_labels": ["__meta_kubernetes_pod_labelpresent_kaito_sh_workspace"],
+                "regex": "true",
+                "action": "keep",
+            },
+            {
+                "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                "regex": "http",
+                "action": "keep",
+            },
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+            {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+            {
+                "source_labels": ["__meta_kubernetes_pod_label_kaito_sh_workspace"],
+                "target_label": "workspace",
+            },
+        ],
+    }
+
+
 def _label_name(key: str) -> str:
     # Prometheus's meta label sanitising: every character outside [a-zA-Z0-9_] becomes "_".
     return "".join(c if c.isalnum() or c == "_" else "_" for c in key)
