@@ -120,6 +120,11 @@ def test_every_queried_metric_is_exported() -> None:
         "workqueue_adds_total",
         "workqueue_queue_duration_seconds_bucket",
         "rest_client_requests_total",
+        # Cold start, whole and by phase, and the model servers' queue (autoscaling input).
+        "kaitopy_workspace_startup_seconds_bucket",
+        "kaitopy_workspace_startup_phase_seconds_bucket",
+        "kaitopy_inference_queue_depth",
+        "vllm:num_requests_waiting",
     ):
         assert name in queried, name
 
