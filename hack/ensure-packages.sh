@@ -20,6 +20,8 @@ declare -A want=(
   [skopeo]=skopeo
   [cc]=gcc
   [/usr/lib/x86_64-linux-gnu/libc.a]=libc6-dev
+  # Observability tests: a real Prometheus scraping the operator, promtool for the alert rules.
+  [promtool]=prometheus
 )
 missing=()
 for probe in "${!want[@]}"; do

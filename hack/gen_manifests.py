@@ -1,5 +1,6 @@
 """Write manifests/crds/*.yaml (and the Helm chart's copy, charts/kaitopy/files/crds) from the
-code that defines them, and docs/api-reference.md from those CRDs (`make manifests`).
+code that defines them, docs/api-reference.md from those CRDs, and the alerts' PrometheusRule from
+their plain rules file (hack/alerts.py) (`make manifests`).
 
 `--check` writes nothing and exits 1 when a committed file differs from what would be written.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import alerts
 from api_reference import render as render_reference
 
 from kaitopy.api.crd import inferenceset_crd, render, workspace_crd
@@ -46,6 +48,7 @@ def expected() -> dict[Path, str]:
     rendered = {name: render(build()) for name, build in generators().items()}
     files = {d / name: text for d in (CRDS, CHART_CRDS) for name, text in rendered.items()}
     files[CRDS / "kustomization.yaml"] = render(kustomization())
+    files[alerts.PROMETHEUS_RULE] = alerts.render()
     files[REPO / "docs" / "api-reference.md"] = render_reference([build() for build in generators().values()])
     return files
 

@@ -4,16 +4,20 @@ every e2e test also proves the shipped RBAC is enough."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.e2e.operator import Operator
+from tests.e2e.operator import Operator, free_port
 from tests.support import localnodes
+from tests.support import prometheus as prometheus_support
 from tests.support.cluster import Cluster
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests" / "base"
@@ -138,3 +142,52 @@ def local_model_operator(
         model_images.registry,
     )
     return operator, local_dir
+
+
+@dataclass
+class Observed:
+    """The operator (kwok provider) scraped by a real Prometheus (tests/support/prometheus.py)."""
+
+    operator: Operator
+    prometheus: prometheus_support.Prometheus
+
+
+def observe(kube: Cluster, op: Operator, workdir: Path, **start: Any) -> prometheus_support.Prometheus:
+    """Registers the already started processes' metrics endpoints with the control plane and starts
+    a Prometheus finding them there. `start`: Prometheus.start's keywords (extra_jobs, rule_files):
+    the lead's model-server pod job goes in extra_jobs."""
+    ports = {}
+    if op.controller is not None:
+        ports["kaitopy-controller-metrics"] = op.controller.probe_port
+    if op.provisioner is not None:
+        ports["kaitopy-provisioner-metrics"] = op.provisioner.probe_port
+    prometheus_support.register_endpoints(kube, op.probe_host, ports)
+    return prometheus_support.Prometheus.start(workdir, kube, free_port(), **start)
+
+
+@pytest.fixture
+def observed_operator(
+    operator: Operator, kube_cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Observed]:
+    """Controller (leader-elected, as shipped) and kwok provisioner on the API server's bridge
+    address, and a Prometheus discovering and scraping both every second (alert rules:
+    `.prometheus.load_rules(path)`)."""
+    if not prometheus_support.installed():
+        pytest.fail("prometheus/promtool missing: hack/ensure-packages.sh installs Debian's prometheus")
+    host = prometheus_support.api_host(kube_cluster)
+    if ipaddress.ip_address(host).is_loopback:
+        pytest.skip(
+            "the API server listens on loopback (control plane not run as root): "
+            "EndpointSlices cannot point at loopback, so kubernetes_sd has nothing to find"
+        )
+    operator.probe_host = host
+    operator.start_provisioner()
+    operator.start_controller("--leader-elect", "--leader-election-namespace=kaito-system")
+    prom = observe(kube_cluster, operator, tmp_path / "prometheus")
+    try:
+        yield Observed(operator, prom)
+    finally:
+        prom.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(prom.logs())

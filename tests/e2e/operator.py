@@ -56,11 +56,14 @@ class Process:
     log_path: Path
     probe_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    # Where /readyz and /metrics are served: loopback, or the API server's bridge address when a
+    # real Prometheus must find the process through an EndpointSlice (tests/support/prometheus.py).
+    host: str = "127.0.0.1"
 
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [*self.argv, f"--probe-address=127.0.0.1:{self.probe_port}"],
+            [*self.argv, f"--probe-address={self.host}:{self.probe_port}"],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -76,7 +79,7 @@ class Process:
 
     def _ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.probe_port}/readyz", timeout=1) as r:
+            with urllib.request.urlopen(f"http://{self.host}:{self.probe_port}/readyz", timeout=1) as r:
                 return bool(r.status == 200)
         except OSError:
             return False
@@ -104,7 +107,7 @@ class Process:
     def samples(self, timeout: float = 30.0) -> list[tuple[str, dict[str, str], float]]:
         """Every sample the process exports now: (name, labels, value). The timeout is generous:
         on a machine shared with a loaded control plane a busy process answers late."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.probe_port}/metrics", timeout=timeout) as r:
+        with urllib.request.urlopen(f"http://{self.host}:{self.probe_port}/metrics", timeout=timeout) as r:
             text = r.read().decode()
         return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
 
@@ -132,6 +135,7 @@ class Operator:
     configuration of manifests/base/webhook.yaml is applied with this cluster's (admin) kubeconfig, pointed
     at a loopback URL, as the CRDs are by the fixture."""
     webhook_port: int = field(default_factory=free_port)
+    probe_host: str = "127.0.0.1"
 
     def _env(self, kubeconfig: Path | None = None) -> dict[str, str]:
         env = {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig), "PYTHONUNBUFFERED": "1"}
@@ -152,6 +156,7 @@ class Operator:
             ],
             self._env(self.provisioner_kubeconfig),
             self.log_dir / "provisioner.log",
+            host=self.probe_host,
         )
         self.provisioner.start()
         return self.provisioner
@@ -215,6 +220,7 @@ class Operator:
             [*KAITOPY, "controller", *webhook, *self.controller_args, *extra],
             self._env(),
             self.log_dir / "controller.log",
+            host=self.probe_host,
         )
         self.controller.start()
         return self.controller

@@ -18,7 +18,7 @@ from kaitopy.provisioner.install import ensure_crds, ensure_default_nodeclass
 from kaitopy.provisioner.kwok import KwokProvider, KwokSettings, NodeShape
 from kaitopy.provisioner.lifecycle import NODE_INDEX, NODECLAIM, NodeClaimLifecycle, node_index
 from kaitopy.provisioner.liveness import LivenessChecker
-from kaitopy.provisioner.metrics import NodeClaimMetrics
+from kaitopy.provisioner.metrics import LeakMetrics, NodeClaimMetrics, register_nodeclaim_age
 from kaitopy.provisioner.settings import ProvisionerSettings
 from kaitopy.runtime import (
     Client,
@@ -72,7 +72,9 @@ def wire(mgr: Manager, client: Client, provider: CloudProvider, settings: Provis
         .with_settings(ControllerSettings(max_concurrent_reconciles=settings.max_concurrent_reconciles))
         .build(lifecycle.reconcile)
     )
-    collector = GarbageCollector(provider, claims, settings)
+    register_nodeclaim_age(mgr.metrics, claims.store)
+    leaks = mgr.metrics.extension("kaitopy_provisioner_leaks", LeakMetrics)
+    collector = GarbageCollector(provider, claims, settings, metrics=leaks)
     mgr.add_runnable(collector.run)
     metrics = lifecycle.metrics
     liveness = LivenessChecker(

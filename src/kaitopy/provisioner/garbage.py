@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from kaitopy.provisioner.cloudprovider import CloudProvider, CloudProviderError
+from kaitopy.provisioner.metrics import LeakMetrics
 from kaitopy.provisioner.periodic import every
 from kaitopy.provisioner.settings import ProvisionerSettings
 from kaitopy.runtime.informer import Informer
@@ -23,11 +24,13 @@ class GarbageCollector:
         claims: Informer,
         settings: ProvisionerSettings,
         clock: Callable[[], float] = time.time,
+        metrics: LeakMetrics | None = None,
     ) -> None:
         self.provider = provider
         self.claims = claims
         self.settings = settings
         self.clock = clock
+        self.metrics = metrics
         self.collected: list[str] = []  # what this process deleted, for logs and tests
 
     async def collect_once(self) -> list[str]:
@@ -41,12 +44,14 @@ class GarbageCollector:
         live = {str(c["metadata"]["name"]) for c in self.claims.store.list()}
         now = self.clock()
         deleted = []
+        leaked = 0
         for inst in instances:
             owner = inst.claim_name or inst.name
             if owner in live or inst.state == "deleting":
                 continue
             if inst.created_at is None or now - inst.created_at < self.settings.gc_grace_s:
                 continue
+            leaked += 1
             log.warning(
                 "deleting a leaked instance: its NodeClaim is gone",
                 extra={"instance": inst.name, "nodeclaim": owner, "provider": self.provider.name},
@@ -60,6 +65,8 @@ class GarbageCollector:
                 continue
             deleted.append(inst.name)
         self.collected += deleted
+        if self.metrics is not None:
+            self.metrics.leaked.labels(provider=self.provider.name).set(leaked)
         return deleted
 
     async def run(self) -> None:

@@ -4,12 +4,18 @@ step on reconcile, and every replica (leader or not) reports the same, true numb
 - `kaitopy_workspace_count{state}`: workspaces by state, every state always present (0 included).
 - `kaitopy_workspace_preset_count{preset}`: workspaces by the preset they run ("template" for a
   workspace with a pod template instead of a preset).
+- `kaitopy_workspace_not_ready_seconds{workspace_namespace,workspace,state}`: for each workspace that is
+  pending, provisioning or failed, seconds since it last stopped being Ready (or since its
+  creation if it never was); no series for ready, succeeded or deleting ones. What the
+  "Workspace not Ready for N minutes" alert reads: it names the workspace.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Final
 
 from prometheus_client import Histogram
@@ -18,13 +24,15 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from kaitopy.api import reasons
 from kaitopy.controllers.workspace import status as st
-from kaitopy.controllers.workspace.timeline import Timeline
+from kaitopy.controllers.workspace.timeline import PHASES, Timeline
 from kaitopy.runtime.metrics import Metrics
 from kaitopy.runtime.objects import Obj
 from kaitopy.runtime.store import Store
 
 WORKSPACE_COUNT: Final = "kaitopy_workspace_count"
 WORKSPACE_PRESET_COUNT: Final = "kaitopy_workspace_preset_count"
+WORKSPACE_NOT_READY_SECONDS: Final = "kaitopy_workspace_not_ready_seconds"
+NOT_READY_STATES: Final = ("pending", "provisioning", "failed")
 STATES: Final = ("pending", "provisioning", "ready", "succeeded", "failed", "deleting")
 TEMPLATE_PRESET: Final = "template"
 
@@ -58,13 +66,15 @@ def preset_of(ws: Obj) -> str:
 class WorkspaceCollector(Collector):
     """The workspace gauges over the store of workspaces of the manager it was wired into last."""
 
-    def __init__(self, workspaces: Store | None = None) -> None:
+    def __init__(self, workspaces: Store | None = None, clock: Callable[[], float] = time.time) -> None:
         self.workspaces = workspaces
+        self.clock = clock
 
     def describe(self) -> Iterator[Metric]:
         # Names only: registering must not read a cache that is still empty.
         yield GaugeMetricFamily(WORKSPACE_COUNT, _COUNT_HELP, labels=["state"])
         yield GaugeMetricFamily(WORKSPACE_PRESET_COUNT, _PRESET_HELP, labels=["preset"])
+        yield GaugeMetricFamily(WORKSPACE_NOT_READY_SECONDS, _NOT_READY_HELP, labels=_NOT_READY_LABELS)
 
     def collect(self) -> Iterator[Metric]:
         items = self.workspaces.list() if self.workspaces is not None else []
@@ -77,8 +87,37 @@ class WorkspaceCollector(Collector):
         for preset, n in sorted(Counter(preset_of(ws) for ws in items).items()):
             presets.add_metric([preset], float(n))
         yield presets
+        not_ready = GaugeMetricFamily(WORKSPACE_NOT_READY_SECONDS, _NOT_READY_HELP, labels=_NOT_READY_LABELS)
+        now = self.clock()
+        for ws in items:
+            state = workspace_state(ws)
+            since = not_ready_since(ws) if state in NOT_READY_STATES else None
+            if since is not None:
+                md = ws["metadata"]
+                not_ready.add_metric([md.get("namespace", ""), md["name"], state], max(now - since, 0.0))
+        yield not_ready
 
 
+def not_ready_since(ws: Obj) -> float | None:
+    """When the workspace last stopped being Ready: its WorkspaceSucceeded condition's last
+    transition while that is not True, else its creation."""
+    conds = (ws.get("status") or {}).get("conditions") or ()
+    succeeded = next((c for c in conds if c.get("type") == st.WORKSPACE_SUCCEEDED), None)
+    when = (succeeded or {}).get("lastTransitionTime") or ws["metadata"].get("creationTimestamp")
+    if not isinstance(when, str):
+        return None
+    try:
+        return datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+_NOT_READY_HELP = (
+    "Seconds since each pending, provisioning or failed workspace stopped being Ready (or was created)"
+)
+# Not "namespace": the scrape's target labels carry the operator's own namespace under that name
+# (the ServiceMonitor's relabeling), and Prometheus would rename ours to exported_namespace.
+_NOT_READY_LABELS: Final = ["workspace_namespace", "workspace", "state"]
 _COUNT_HELP = "Number of workspaces by state (pending, provisioning, ready, succeeded, failed, deleting)"
 _PRESET_HELP = "Number of workspaces by model preset"
 
@@ -122,6 +161,10 @@ class StartupMetrics:
             buckets=_STARTUP_BUCKETS,
             registry=registry,
         )
+        # Every phase's series from the start, at 0: a series born with its first observation
+        # already counted is invisible to rate()/increase() (there is no earlier 0 to rise from).
+        for name in PHASES:
+            self.phase.labels(phase=name)
 
     def observe(self, preset: str, timeline: Timeline) -> None:
         self.total.labels(preset=preset).observe(timeline.seconds)
