@@ -10,6 +10,7 @@ the machine."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -22,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from tests.e2e.operator import Operator
-from tests.support import localnodes
+from tests.e2e.operator import Operator, free_port
+from tests.support import dashboards, localnodes, prometheus
 from tests.support.cluster import Cluster
 from tests.support.localnodes import wait
 
@@ -114,6 +115,7 @@ def check_the_workspace(
     )
     assert "paris" in str(chat["Result"]).lower(), chat
 
+    check_model_server_metrics(cluster, name, namespace, ip, question, local_dir.parent / "prometheus")
     check_node_loss(k, cluster.kubectl_argv(), name, namespace, local_dir, node_name, ip, question)
 
     # The replacement's kubelet dies too, and the Workspace is deleted: pods that nothing can stop
@@ -131,6 +133,58 @@ def check_the_workspace(
     assert not pods, [(p["metadata"]["name"], p["spec"].get("nodeName"), p["status"]) for p in pods]
     assert localnodes.leftovers(local_dir / "nodes" / node_name, node_name, f"kpbr{record['index']}") == []
     assert localnodes.netns() - netns_before == set()
+
+
+def check_model_server_metrics(
+    cluster: Cluster, name: str, namespace: str, ip: str, question: list[dict[str, str]], workdir: Path
+) -> None:
+    """A real Prometheus finds the model-server pod as the shipped pod monitoring implies (pods
+    labelled kaito.sh/workspace, port "http"), scrapes it on the real node, and every dashboard
+    panel that only a model server feeds draws data."""
+    prom = prometheus.Prometheus.start(
+        workdir, cluster, free_port(), extra_jobs=[prometheus.model_server_job([namespace])]
+    )
+    try:
+        start = time.time()
+
+        def scraped() -> list[dict[str, Any]]:
+            prom.rediscover()
+            return [
+                t
+                for t in prom.targets()
+                if t["labels"].get("job") == "kaitopy-model-server" and t.get("health") == "up"
+            ]
+
+        targets = wait("the model server scraped", scraped, timeout=60)
+        assert targets[0]["labels"]["workspace"] == name and targets[0]["labels"]["namespace"] == namespace
+        for _ in range(3):  # traffic for the rate panels, a few scrapes apart; streamed for TTFT
+            body = {"model": PRESET, "messages": question, "max_tokens": 4, "stream": True}
+            request = urllib.request.Request(
+                f"http://{ip}/v1/chat/completions",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=120) as r:
+                assert b"data: [DONE]" in r.read()
+            time.sleep(1.5)
+        served = f'kaitopy_inference_requests_total{{workspace="{name}"}}'
+        wait("requests counted", lambda: prom.query(served), timeout=30)
+        end = time.time()
+        empty = []
+        for panel in dashboards.panels():
+            if not panel.needs_model_server:
+                continue
+            # vLLM's own families (vllm:*) come only from the vLLM engine; this CPU preset runs
+            # the transformers engine, so a panel has data when one of its queries does.
+            drawn = [prom.query_range(q, start - 5, end, step=1) for q in panel.queries]
+            if not any(not math.isnan(float(v)) for series in drawn for s in series for _, v in s["values"]):
+                empty.append(f"{panel.title!r}: {panel.queries}")
+        assert not empty, "model-server panels without data:\n" + "\n".join(empty)
+    except BaseException:
+        print(prom.logs()[-3000:])
+        raise
+    finally:
+        prom.stop()
 
 
 def check_node_loss(
