@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from tests.e2e.operator import Operator, free_port
-from tests.support import dashboards, localnodes, prometheus
+from tests.support import dashboards, localnodes, prometheus, render
 from tests.support.cluster import Cluster
 from tests.support.localnodes import wait
 
@@ -180,6 +180,11 @@ def check_model_server_metrics(
             if not any(not math.isnan(float(v)) for series in drawn for s in series for _, v in s["values"]):
                 empty.append(f"{panel.title!r}: {panel.queries}")
         assert not empty, "model-server panels without data:\n" + "\n".join(empty)
+        png = render.requested("dashboard-model-server")
+        if png is not None:
+            panels = [p for p in dashboards.panels() if p.needs_model_server]
+            title = "kaitopy dashboard, model-server panels: SmolLM2-135M on a real local node"
+            print("rendered", render.render(prom, panels, start - 5, end + 2, png, title))
     except BaseException:
         print(prom.logs()[-3000:])
         raise

@@ -22,7 +22,7 @@ from tests.e2e.test_workspace import (
     phi3,
     wait_condition,
 )
-from tests.support import dashboards
+from tests.support import dashboards, render
 from tests.support.cluster import Cluster
 from tests.support.wait import eventually
 
@@ -72,6 +72,11 @@ async def test_operator_targets_are_discovered_and_every_dashboard_panel_has_dat
             if not any(not math.isnan(float(v)) for s in series for _, v in s["values"]):
                 missing.append(f"{panel.title!r}: {expr} -> {series}")
     assert not missing, "panels without data:\n" + "\n".join(missing)
+    png = render.requested("dashboard-operator")
+    if png is not None:
+        drawn = [p for p in dashboards.panels() if not p.needs_model_server]
+        title = "kaitopy dashboard, operator panels: a workspace created, Ready and deleted on kwok"
+        print("rendered", render.render(prom, drawn, start - 5, end, png, title))
 
 
 def shortened(alert: str, threshold: str, short: str, tmp: Path) -> Path:
