@@ -70,7 +70,7 @@ test-integration: install-test binaries helm  ## integration tests against the c
 test-e2e: packages install-test binaries  ## end-to-end tests (operator + control plane)
 	$(PY) -m pytest -m e2e tests
 
-lint: install  ## ruff and mypy --strict on src, import layering
+lint: install-test  ## ruff and mypy --strict on src (against every dependency the code imports), import layering
 	$(VENV)/bin/ruff check src tests hack bench
 	$(VENV)/bin/ruff format --check src tests hack bench
 	$(VENV)/bin/mypy --strict src
