@@ -15,7 +15,7 @@ import yaml
 from kaitopy.runtime import Client
 from tests.e2e.conftest import Observed
 from tests.e2e.test_workspace import (
-    RESOURCE_QUOTA,
+    allow_no_services,
     apply,
     client,
     delete_and_wait,
@@ -97,19 +97,7 @@ async def test_workspace_not_ready_alert_fires_on_the_live_prometheus(
     prom = observed_operator.prometheus
     prom.load_rules(shortened("KaitopyWorkspaceNotReady", "> 1800", "> 3", tmp_path))
     # No Service may be created here: the workspace can never be served.
-    quota = {
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": {"name": "no-services", "namespace": namespace},
-        "spec": {"hard": {"services": "0"}},
-    }
-    apply(kube_cluster, quota)
-    await eventually(
-        lambda: client.get(RESOURCE_QUOTA, "no-services", namespace=namespace),
-        until=lambda q: "services" in ((q.get("status") or {}).get("hard") or {}),
-        timeout=30,
-        what="quota observed by the quota controller",
-    )
+    await allow_no_services(kube_cluster, client, namespace)
     apply(kube_cluster, phi3("stuck", namespace))
 
     def firing() -> list[dict[str, Any]]:

@@ -363,11 +363,9 @@ async def test_quota_failure_surfaces_on_the_workspace(
     await delete_and_wait(client, kube_cluster, name, namespace)
 
 
-async def test_a_refused_workload_is_explained_then_recovers(
-    operator: Operator, kube_cluster: Cluster, client: Client, namespace: str
-) -> None:
-    """The API server refuses the model's Service (a quota allows none): the workspace says so in
-    the server's words instead of only logging retries, and recovers once the quota is lifted."""
+async def allow_no_services(kube_cluster: Cluster, client: Client, namespace: str) -> None:
+    """A quota of no Services in `namespace`, once the quota controller has observed it: a
+    workspace there can never be served."""
     quota = {
         "apiVersion": "v1",
         "kind": "ResourceQuota",
@@ -381,6 +379,14 @@ async def test_a_refused_workload_is_explained_then_recovers(
         timeout=30,
         what="quota observed by the quota controller",
     )
+
+
+async def test_a_refused_workload_is_explained_then_recovers(
+    operator: Operator, kube_cluster: Cluster, client: Client, namespace: str
+) -> None:
+    """The API server refuses the model's Service (a quota allows none): the workspace says so in
+    the server's words instead of only logging retries, and recovers once the quota is lifted."""
+    await allow_no_services(kube_cluster, client, namespace)
     operator.start_provisioner()
     operator.start_controller()
     name = "phi-refused"
