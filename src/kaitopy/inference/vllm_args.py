@@ -62,6 +62,9 @@ _RESERVED_KEYS = {
 OBSOLETE_KEYS = {
     "swap-space": "vLLM no longer has a CPU swap space",
     "max-probe-steps": "Kaito's memory probe; kaitopy sizes the context from measured memory",
+    # Offered (commented out) by Kaito's default inference ConfigMap; gone from vLLM's V1 engine.
+    "max-seq-len-to-capture": "vLLM no longer has it (CUDA graph sizes are chosen by vLLM)",
+    "num-scheduler-steps": "vLLM no longer has multi-step scheduling",
 }
 # vLLM's OpenAI-server options (0.32), used to check the config file when vLLM itself is not importable
 # (the CPU CI image, the controller). tests/integration/inference checks it against vLLM's own parser.
