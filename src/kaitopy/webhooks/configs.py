@@ -1,5 +1,7 @@
 """Checks that need the API server: a ConfigMap named by inference.config or tuning.config must
-exist in the workspace's namespace and hold the key the runtime reads.
+exist in the workspace's namespace and hold the key the runtime reads. Kaito's default template
+names (qlora-params-template ...) may instead exist in the operator's namespace: the controller
+copies them (only them) into the workspace's namespace.
 
 Errors name the ConfigMap and say what is wrong, never what it holds: an admission error goes back
 to whoever sent the request (and into audit logs), and a ConfigMap may carry credentials, so
@@ -12,31 +14,58 @@ from typing import Any
 import yaml
 
 from kaitopy.api import INFERENCE_CONFIG_KEY, TUNING_CONFIG_KEY, Workspace
+from kaitopy.api.defaultconfigs import is_default_config
 from kaitopy.api.inferenceconfig import InferenceConfigError, max_model_len
 from kaitopy.runtime import Client, kinds
 from kaitopy.webhooks.validation import FieldError
 
 
-async def check_configs(ws: Workspace, namespace: str, client: Client) -> tuple[list[FieldError], int | None]:
+async def check_configs(
+    ws: Workspace, namespace: str, client: Client, operator_namespace: str | None = None
+) -> tuple[list[FieldError], int | None]:
     """Errors for missing or malformed config ConfigMaps, and the max-model-len the inference
-    config sets (vllm.max-model-len), if any."""
+    config sets (vllm.max-model-len), if any. `operator_namespace`: where Kaito's default
+    templates are shipped (None: not looked up)."""
     errors: list[FieldError] = []
     max_model_len: int | None = None
     if ws.inference is not None and ws.inference.config:
         found = await _read(
-            client, namespace, ws.inference.config, "inference.config", INFERENCE_CONFIG_KEY, errors
+            client,
+            namespace,
+            ws.inference.config,
+            "inference.config",
+            INFERENCE_CONFIG_KEY,
+            errors,
+            operator_namespace,
         )
         if found is not None:
             max_model_len = _max_model_len(found, errors)
     if ws.tuning is not None and ws.tuning.config:
-        await _read(client, namespace, ws.tuning.config, "tuning.config", TUNING_CONFIG_KEY, errors)
+        await _read(
+            client,
+            namespace,
+            ws.tuning.config,
+            "tuning.config",
+            TUNING_CONFIG_KEY,
+            errors,
+            operator_namespace,
+        )
     return errors, max_model_len
 
 
 async def _read(
-    client: Client, namespace: str, name: str, field: str, key: str, errors: list[FieldError]
+    client: Client,
+    namespace: str,
+    name: str,
+    field: str,
+    key: str,
+    errors: list[FieldError],
+    operator_namespace: str | None,
 ) -> dict[str, Any] | None:
     cm = await client.get_or_none(kinds.CONFIG_MAP, name, namespace)
+    if cm is None and operator_namespace and is_default_config(name):
+        # The controller copies this public default in; no other name is read across namespaces.
+        cm = await client.get_or_none(kinds.CONFIG_MAP, name, operator_namespace)
     return judge_config(cm, namespace, name, field, key, errors)
 
 
