@@ -7,22 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from kubernetes_asyncio.client.api_client import ApiClient
 
-from kaitopy.runtime import Client, kinds
-from kaitopy.webhooks.server import VALIDATING_WEBHOOK_CONFIGURATION, WebhookServer, WebhookSettings
+from kaitopy.webhooks.server import WebhookServer
 from tests.integration.api.conftest import kubectl_apply
 from tests.integration.api.test_kaito_examples import KAITO_EXAMPLES
 from tests.support.cluster import Cluster
 
-SHIPPED = Path(__file__).resolve().parents[3] / "manifests" / "base" / "default-configs.yaml"
 FALCON = KAITO_EXAMPLES / "fine-tuning" / "kaito_workspace_tuning_falcon_7b_mental.yaml"
 
 TUNING: dict[str, Any] = {
@@ -37,41 +31,6 @@ TUNING: dict[str, Any] = {
         "output": {"image": "registry.local/a:1", "imagePushSecret": "push"},
     },
 }
-
-
-@pytest.fixture
-async def operator_webhook(
-    workspace_crd: Cluster, api_client: ApiClient, namespace: str
-) -> AsyncIterator[WebhookServer]:
-    """A webhook whose own (operator) namespace is not the workspaces' and holds the shipped
-    templates, as kaito-system does in an install."""
-    client = Client(api_client)
-    ops = f"ops-{uuid.uuid4().hex[:8]}"
-    workspace_crd.kubectl("create", "namespace", ops)
-    for doc in yaml.safe_load_all(SHIPPED.read_text()):
-        doc["metadata"]["namespace"] = ops
-        await client.create(kinds.CONFIG_MAP, doc)
-    await client.create(
-        kinds.CONFIG_MAP,
-        {"metadata": {"name": "my-qlora-params", "namespace": ops}, "data": {"training_config.yaml": ""}},
-    )
-    settings = WebhookSettings(
-        host="127.0.0.1",
-        port=0,
-        namespace=ops,
-        url="https://127.0.0.1:{port}/validate",
-        service_name=None,
-        configuration_name=f"kaitopy-test-{uuid.uuid4().hex[:8]}",
-        namespace_selector={"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-    )
-    server = WebhookServer(client, settings)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-        await client.delete(VALIDATING_WEBHOOK_CONFIGURATION, settings.configuration_name)
-        workspace_crd.kubectl("delete", "namespace", ops, "--wait=false")
 
 
 async def apply(cluster: Cluster, namespace: str, doc: dict[str, Any]) -> str:
