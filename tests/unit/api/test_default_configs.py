@@ -3,6 +3,7 @@ through the trainer's and the model server's own parsers, every key accepted."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,12 @@ from kaitopy.inference.settings import parse_config_text
 from kaitopy.inference.vllm_args import FALLBACK_VLLM_OPTIONS, check_extra
 from kaitopy.tuning.config import build_config, ignored_settings
 
+# Kaito's examples, read where tests/integration/api/test_kaito_examples.py reads them.
+KAITO_EXAMPLES = Path(
+    os.environ.get(
+        "KAITOPY_KAITO_EXAMPLES", Path(__file__).resolve().parents[4] / "shared" / "kaito-examples"
+    )
+)
 SHIPPED = Path(__file__).resolve().parents[3] / "manifests" / "base" / "default-configs.yaml"
 
 
@@ -60,3 +67,20 @@ def test_options_kaito_suggests_but_vllm_removed_are_noted_not_fatal() -> None:
     checked, notes = check_extra(extra, FALLBACK_VLLM_OPTIONS)
     assert checked == {"enable-chunked-prefill": False}
     assert [n.split(" ")[0] for n in notes] == ["vllm.max-seq-len-to-capture", "vllm.num-scheduler-steps"]
+
+
+def test_kaitos_custom_config_example_starts_with_notes_not_an_error() -> None:
+    path = KAITO_EXAMPLES / "inference" / "kaito_workspace_custom_config.yaml"
+    if not path.is_file():
+        pytest.skip(f"Kaito's examples are not at {KAITO_EXAMPLES}")
+    [cm] = [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "ConfigMap"]
+    config = parse_config_text(cm["data"]["inference_config.yaml"])
+    checked, notes = check_extra(config.vllm, FALLBACK_VLLM_OPTIONS)
+    assert "tensor-parallel-size" not in checked and checked["max-model-len"] == 131072
+    ignored = {n.split(" ")[0] for n in notes}
+    assert ignored == {
+        "vllm.swap-space",
+        "vllm.tensor-parallel-size",
+        "vllm.max-seq-len-to-capture",
+        "vllm.num-scheduler-steps",
+    }
