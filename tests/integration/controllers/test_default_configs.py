@@ -15,6 +15,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 
 from kaitopy.api.defaultconfigs import COPY_LABEL
 from kaitopy.controllers.workspace.defaultconfigs import resolve_config
+from kaitopy.controllers.workspace.inferenceconfig import configured_max_model_len
 from kaitopy.runtime import Client, Kind, kinds
 from tests.support.cluster import Cluster
 
@@ -113,3 +114,23 @@ async def test_no_other_configmap_crosses_namespaces(
     await client.delete(kinds.CONFIG_MAP, "lora-params-template", operator_ns)
     assert await resolve_config(client, ws, None, "lora-params-template", operator_ns) is None
     assert await client.get_or_none(kinds.CONFIG_MAP, "lora-params-template", namespace) is None
+
+
+async def test_the_first_plan_reads_an_uncopied_inference_template_where_the_webhook_did(
+    api_client: ApiClient, namespace: str, operator_ns: str
+) -> None:
+    client = Client(api_client)
+    default = await client.get(kinds.CONFIG_MAP, "inference-params-template", operator_ns)
+    data = {"inference_config.yaml": "vllm:\n  max-model-len: 4096\n"}
+    await client.patch(kinds.CONFIG_MAP, default["metadata"]["name"], {"data": data}, namespace=operator_ns)
+    ws = {
+        "metadata": {"name": "w", "namespace": namespace},
+        "inference": {"config": "inference-params-template"},
+    }
+    assert await configured_max_model_len(client, ws, operator_ns) == 4096
+    # Any other name is read in the workspace's namespace only.
+    await client.create(
+        kinds.CONFIG_MAP, {"metadata": {"name": "other", "namespace": operator_ns}, "data": data}
+    )
+    ws["inference"]["config"] = "other"
+    assert await configured_max_model_len(client, ws, operator_ns) is None

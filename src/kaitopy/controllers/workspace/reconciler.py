@@ -162,7 +162,8 @@ class WorkspaceReconciler:
 
         try:
             # Sized for the context the webhook admitted: the inference config's, if it sets one.
-            plan = self.planner(ws, max_model_len=await configured_max_model_len(self.client, ws))
+            context = await configured_max_model_len(self.client, ws, self.settings.operator_namespace)
+            plan = self.planner(ws, max_model_len=context)
         except PlanError as err:
             failed = unplannable_outcome(err.reason, str(err), tuning="tuning" in ws)
             for ctype, v in failed.conditions:
