@@ -13,13 +13,16 @@ import pytest
 import yaml
 from kubernetes_asyncio.client.api_client import ApiClient
 
-from kaitopy.runtime import Client
+from kaitopy.api.defaultconfigs import COPY_LABEL
+from kaitopy.runtime import Client, kinds
 from tests.e2e.operator import Operator
 from tests.e2e.test_workspace import WORKSPACE, delete_and_wait, wait_condition
 from tests.integration.api.test_kaito_examples import KAITO_EXAMPLES, REFUSED, workspace_files
 from tests.support.cluster import Cluster
 from tests.support.wait import eventually
 
+DEFAULT_CONFIGS = Path(__file__).resolve().parents[2] / "manifests" / "base" / "default-configs.yaml"
+FALCON = "fine-tuning/kaito_workspace_tuning_falcon_7b_mental.yaml"  # names qlora-params-template
 NOT_READY_ON_KWOK: dict[str, str] = {
     # The test cluster has no storage provisioner: the example's PVC never binds (it does on AKS).
     "fine-tuning/kaito_workspace_tuning_phi_3_with_pvc_volume.yaml": (
@@ -61,6 +64,8 @@ async def test_admitted_kaito_examples_succeed_on_kwok(
     operator: Operator, kube_cluster: Cluster, api_client: ApiClient, namespace: str
 ) -> None:
     client = Client(api_client)
+    # As installed: Kaito's default ConfigMaps in the operator's namespace.
+    kube_cluster.kubectl("apply", "--server-side", "-f", str(DEFAULT_CONFIGS))
     operator.start_provisioner()
     operator.start_controller()
     placed: list[tuple[str, str, str]] = []  # (file, namespace, workspace)
@@ -87,6 +92,14 @@ async def test_admitted_kaito_examples_succeed_on_kwok(
                 assert outcome == "ready", f"{rel}: {outcome}"
             else:
                 assert expected in outcome, f"{rel}: {outcome}"
+        # The falcon example's Job mounts the copy of the default made in its namespace, owned by it.
+        [(ns, name)] = [(ns, name) for rel, ns, name in placed if rel == FALCON]
+        job = await client.get(kinds.JOB, name, namespace=ns)
+        volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["config"]["configMap"]["name"] == "qlora-params-template"
+        copy = await client.get(kinds.CONFIG_MAP, "qlora-params-template", namespace=ns)
+        assert copy["metadata"]["labels"][COPY_LABEL] == "true"
+        assert [r["name"] for r in copy["metadata"]["ownerReferences"]] == [name]
     finally:
         await asyncio.gather(*(delete_and_wait(client, kube_cluster, name, ns) for _, ns, name in placed))
         for ns in sorted({ns for _, ns, _ in placed}):

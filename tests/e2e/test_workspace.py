@@ -21,6 +21,7 @@ NODECLAIM = Kind("karpenter.sh", "v1", "NodeClaim", "nodeclaims", namespaced=Fal
 RESOURCE_QUOTA = Kind("", "v1", "ResourceQuota", "resourcequotas")
 CORE_EVENT = Kind("", "v1", "Event", "events")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+DEFAULT_CONFIGS = Path(__file__).resolve().parents[2] / "manifests" / "base" / "default-configs.yaml"
 
 
 def phi3(name: str, namespace: str, **inference: Any) -> dict[str, Any]:
@@ -312,6 +313,8 @@ async def test_template_workspace(
 async def test_tuning_job_completes_and_the_workspace_succeeds(
     operator: Operator, kube_cluster: Cluster, client: Client, namespace: str
 ) -> None:
+    # As installed: Kaito's default ConfigMaps in the operator's namespace.
+    kube_cluster.kubectl("apply", "--server-side", "-f", str(DEFAULT_CONFIGS))
     operator.start_provisioner()
     operator.start_controller()
     name = "tune-phi"
@@ -334,6 +337,10 @@ async def test_tuning_job_completes_and_the_workspace_succeeds(
     assert done["status"]["state"] == "Succeeded"
     job = await client.get(kinds.JOB, name, namespace=namespace)
     assert [c["name"] for c in job["spec"]["template"]["spec"]["initContainers"]] == ["fetch-data", "train"]
+    # No tuning.config: the method's template, as in Kaito, copied into the workspace's namespace.
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == "qlora-params-template"
+    assert await client.get_or_none(kinds.CONFIG_MAP, "qlora-params-template", namespace=namespace)
     # The egress fence went up with the Job, owned by the workspace (docs/security.md).
     policy = await client.get(kinds.NETWORK_POLICY, name, namespace=namespace)
     assert policy["spec"]["podSelector"]["matchLabels"] == {"kaito.sh/workspace": name}

@@ -120,6 +120,8 @@ def test_same_rbac_crds_and_objects_as_the_kustomize_base(kube_cluster: Cluster)
             assert chart[key]["spec"] == obj["spec"], key
         if key[0] == "ValidatingWebhookConfiguration":
             assert chart[key]["webhooks"] == obj["webhooks"], key
+        if key[0] == "ConfigMap":  # Kaito's default tuning/inference templates
+            assert chart[key]["data"] == obj["data"], key
     for name in ("kaitopy-controller", "kaitopy-provisioner"):
         ours, theirs = container(list(chart.values()), name), container(list(base.values()), name)
         assert set(theirs["args"]) <= set(ours["args"]), name

@@ -14,8 +14,12 @@ ENGINES = ("transformers", "vllm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Kaito's default inference ConfigMap carries max_probe_steps (its vLLM memory probe); accepted so a
 # config written for Kaito keeps working, and ignored.
-_IGNORED_CONFIG_KEYS = frozenset({"max_probe_steps"})
+# Its kv_cache_cpu_memory_utilization sizes KV cache offload in Kaito's own vLLM image; no effect here.
+_IGNORED_CONFIG_KEYS = frozenset({"max_probe_steps", "kv_cache_cpu_memory_utilization"})
 _CONFIG_KEYS = frozenset({"max_model_len", "vllm", "transformers"}) | _IGNORED_CONFIG_KEYS
+# For the admission webhook, which refuses at apply time what would stop the pod at start.
+CONFIG_KEYS = _CONFIG_KEYS
+KNOWN_CONFIG_KEYS = _CONFIG_KEYS - _IGNORED_CONFIG_KEYS
 
 
 class SettingsError(ValueError):

@@ -50,18 +50,26 @@ _RESERVED_KEYS = {
     "host": "the engine binds vLLM to 127.0.0.1 behind kaitopy's server",
     "port": "the engine picks vLLM's internal port",
     "lora-modules": "adapters are discovered in --adapter-dir",
-    "tensor-parallel-size": "use --tensor-parallel-size",
-    "pipeline-parallel-size": "use --pipeline-parallel-size",
     "dtype": "use --dtype",
     # A ConfigMap is readable by anyone who may read the namespace's config and is logged by vLLM.
     "api-key": "the model server's API key comes from a Secret (kaitopy serve --api-key-file or "
     "$KAITOPY_API_KEY)",
     "hf-token": "a token does not belong in a ConfigMap; put it in a Secret and pass it as $HF_TOKEN",
 }
+RESERVED_KEYS = _RESERVED_KEYS  # also refused at admission (webhooks/configs.py)
+# Set by the operator from the workspace's GPUs and nodes; Kaito's examples still put them in the
+# ConfigMap (kaito_workspace_custom_config.yaml: tensor-parallel-size 2), so noted, not fatal.
+OPERATOR_SET_KEYS = {
+    "tensor-parallel-size": "the operator sets it from the workspace's GPUs (--tensor-parallel-size)",
+    "pipeline-parallel-size": "the operator sets it from the workspace's nodes (--pipeline-parallel-size)",
+}
 # Keys Kaito's default inference ConfigMap carries that current vLLM no longer accepts: kept working.
 OBSOLETE_KEYS = {
     "swap-space": "vLLM no longer has a CPU swap space",
     "max-probe-steps": "Kaito's memory probe; kaitopy sizes the context from measured memory",
+    # Offered (commented out) by Kaito's default inference ConfigMap; gone from vLLM's V1 engine.
+    "max-seq-len-to-capture": "vLLM no longer has it (CUDA graph sizes are chosen by vLLM)",
+    "num-scheduler-steps": "vLLM no longer has multi-step scheduling",
 }
 # vLLM's OpenAI-server options (0.32), used to check the config file when vLLM itself is not importable
 # (the CPU CI image, the controller). tests/integration/inference checks it against vLLM's own parser.
@@ -302,6 +310,11 @@ def discover_adapters(adapter_dir: Path | None) -> AdapterScan:
     return AdapterScan(adapters, problems)
 
 
+def normalize_key(key: str) -> str:
+    """`--Max_Model_Len` and `max_model_len` -> `max-model-len`, as the `vllm:` section is read."""
+    return _normalize_key(key)
+
+
 def _normalize_key(key: str) -> str:
     return key.strip().lstrip("-").replace("_", "-")
 
@@ -315,6 +328,9 @@ def check_extra(extra: Mapping[str, Any], known: Collection[str]) -> tuple[dict[
         key = _normalize_key(str(raw_key))
         if key in OBSOLETE_KEYS:
             notes.append(f"vllm.{raw_key} ignored: {OBSOLETE_KEYS[key]}")
+            continue
+        if key in OPERATOR_SET_KEYS:
+            notes.append(f"vllm.{raw_key} ignored: {OPERATOR_SET_KEYS[key]}")
             continue
         if key in _RESERVED_KEYS:
             raise PlanError(f"vllm.{raw_key} cannot be set in the config file: {_RESERVED_KEYS[key]}")

@@ -367,7 +367,9 @@ class WebhookServer:
         access_errors = await check_access(self.client, req.get("userInfo") or {}, namespace, old, new)
         if access_errors:
             return access_errors
-        config_errors, max_model_len = await check_configs(new, namespace, self.client)
+        config_errors, max_model_len = await check_configs(
+            new, namespace, self.client, self.settings.namespace
+        )
         allowed = tuple(ip_network(n) for n in self.settings.url_allowed_networks)
         if old is None:
             errors = validate_create(new, self.catalog, max_model_len=max_model_len, url_allowed=allowed)

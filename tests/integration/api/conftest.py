@@ -14,13 +14,14 @@ import pytest
 import yaml
 from kubernetes_asyncio.client.api_client import ApiClient
 
-from kaitopy.runtime import Client
+from kaitopy.runtime import Client, kinds
 from kaitopy.webhooks.server import VALIDATING_WEBHOOK_CONFIGURATION, WebhookServer, WebhookSettings
 from tests.support.cluster import Cluster
 
 REPO = Path(__file__).resolve().parents[3]
 CRD = REPO / "manifests" / "crds" / "kaito.sh_workspaces.yaml"
 EXAMPLES = REPO / "examples"
+DEFAULT_CONFIGS = REPO / "manifests" / "base" / "default-configs.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +53,41 @@ async def webhook(
     finally:
         await server.stop()
         await client.delete(VALIDATING_WEBHOOK_CONFIGURATION, settings.configuration_name)
+
+
+@pytest.fixture
+async def operator_webhook(
+    workspace_crd: Cluster, api_client: ApiClient, namespace: str
+) -> AsyncIterator[WebhookServer]:
+    """A webhook whose own (operator) namespace is not the workspaces' and holds the shipped
+    templates, as kaito-system does in an install."""
+    client = Client(api_client)
+    ops = f"ops-{uuid.uuid4().hex[:8]}"
+    workspace_crd.kubectl("create", "namespace", ops)
+    for doc in yaml.safe_load_all(DEFAULT_CONFIGS.read_text()):
+        doc["metadata"]["namespace"] = ops
+        await client.create(kinds.CONFIG_MAP, doc)
+    await client.create(
+        kinds.CONFIG_MAP,
+        {"metadata": {"name": "my-qlora-params", "namespace": ops}, "data": {"training_config.yaml": ""}},
+    )
+    settings = WebhookSettings(
+        host="127.0.0.1",
+        port=0,
+        namespace=ops,
+        url="https://127.0.0.1:{port}/validate",
+        service_name=None,
+        configuration_name=f"kaitopy-test-{uuid.uuid4().hex[:8]}",
+        namespace_selector={"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+    )
+    server = WebhookServer(client, settings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+        await client.delete(VALIDATING_WEBHOOK_CONFIGURATION, settings.configuration_name)
+        workspace_crd.kubectl("delete", "namespace", ops, "--wait=false")
 
 
 def kubectl_apply(

@@ -316,6 +316,15 @@ def test_unknown_key_checked_against_given_options() -> None:
 def test_reserved_and_obsolete_keys() -> None:
     with pytest.raises(PlanError, match=r"vllm\.port cannot be set"):
         plan_vllm(options(extra={"port": 1}), shape8b(), Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS)
+    # Kaito's custom-config example sets tensor-parallel-size: the operator's value wins, noted.
+    tp = plan_vllm(
+        options(extra={"tensor-parallel-size": 2}),
+        shape8b(),
+        Memory("cuda", H100, H100),
+        FALLBACK_VLLM_OPTIONS,
+    )
+    assert any(n.startswith("vllm.tensor-parallel-size ignored") for n in tp.notes)
+    assert flag(tp.argv, "--tensor-parallel-size") != "2"
     # Kaito's default ConfigMap still carries swap-space: accepted, dropped, noted.
     plan = plan_vllm(
         options(extra={"swap-space": 4, "cpu-offload-gb": 0}),

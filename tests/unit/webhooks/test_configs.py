@@ -55,3 +55,33 @@ def test_good_config_is_read() -> None:
         "vllm": {"max-model-len": 2048}
     }
     assert errors == []
+
+
+def test_what_would_stop_the_model_server_is_refused_at_apply_time() -> None:
+    from kaitopy.webhooks.configs import inference_config_problems
+
+    config = {
+        "vllm": {"api_key": "sk-123", "cpu-offload-gb": 0, "max-seq-len-to-capture": 8192},
+        "transformers": "oops",
+        "max_model_lenn": 4,
+        "sk-abc def ghi": 1,
+    }
+    messages = [e.message for e in inference_config_problems(config, "cfg")]
+    assert any("unknown top-level key(s) 'max_model_lenn', (a key not shown)" in m for m in messages)
+    assert any(
+        "transformers in inference_config.yaml in ConfigMap 'cfg' must be a mapping" in m for m in messages
+    )
+    assert any("vllm.api-key" in m and "Secret" in m for m in messages)
+    assert len(messages) == 3
+    assert not any("sk-" in m for m in messages)  # values and odd keys are never echoed
+
+
+def test_kaitos_own_keys_pass_admission() -> None:
+    from kaitopy.webhooks.configs import inference_config_problems
+
+    config = {
+        "kv_cache_cpu_memory_utilization": 0.5,
+        "max_probe_steps": 6,
+        "vllm": {"cpu-offload-gb": 0, "swap-space": 4, "num-scheduler-steps": 1},
+    }
+    assert inference_config_problems(config, "cfg") == []

@@ -252,6 +252,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         url_allowed_networks=url_allowed_networks(
             args.url_allow_network, os.environ.get("KAITOPY_URL_ALLOW_NETWORKS")
         ),
+        # The operator's own namespace (its pod's, $POD_NAMESPACE): where the default ConfigMaps are.
+        operator_namespace=args.leader_election_namespace,
     )
 
 

@@ -74,6 +74,8 @@ class Settings:
     """Networks (CIDRs) that user-given URLs (tuning.input.urls) may reach although they are
     private: in-cluster data servers the operator's admin trusts. Empty: only public addresses.
     An admin setting, never a Workspace field, so an author cannot widen it."""
+    operator_namespace: str = "kaito-system"
+    """Where Kaito's default ConfigMaps (qlora-params-template ...) are shipped and copied from."""
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,13 @@ skipped when nothing changed). Level-triggered: every pass recomputes everything
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from kaitopy.api.defaultconfigs import tuning_template
 from kaitopy.api.nodeclaim import NODECLAIM
 from kaitopy.controllers.workspace import egress, ingress, rollout, workload
 from kaitopy.controllers.workspace import job as jobs
@@ -16,6 +18,7 @@ from kaitopy.controllers.workspace import nodes as nodesel
 from kaitopy.controllers.workspace import status as st
 from kaitopy.controllers.workspace import timeline as tl
 from kaitopy.controllers.workspace.claims import decide_claims
+from kaitopy.controllers.workspace.defaultconfigs import resolve_config
 from kaitopy.controllers.workspace.inferenceconfig import configured_max_model_len
 from kaitopy.controllers.workspace.metrics import StartupMetrics
 from kaitopy.controllers.workspace.outcome import (
@@ -159,7 +162,8 @@ class WorkspaceReconciler:
 
         try:
             # Sized for the context the webhook admitted: the inference config's, if it sets one.
-            plan = self.planner(ws, max_model_len=await configured_max_model_len(self.client, ws))
+            context = await configured_max_model_len(self.client, ws, self.settings.operator_namespace)
+            plan = self.planner(ws, max_model_len=context)
         except PlanError as err:
             failed = unplannable_outcome(err.reason, str(err), tuning="tuning" in ws)
             for ctype, v in failed.conditions:
@@ -168,6 +172,7 @@ class WorkspaceReconciler:
             self.latest.remember((await patch_status(self.client, self.kind, ws, status))[0])
             await self.recorder.event(ws, "Warning", err.reason, str(err))
             return None
+        plan = await self._with_default_configs(ws, plan)
 
         requeue: float | None = None
         # -- nodes ----------------------------------------------------------------------------
@@ -246,6 +251,23 @@ class WorkspaceReconciler:
         if refused is not None:
             raise refused
         return Result(requeue_after=requeue) if requeue else None
+
+    async def _with_default_configs(self, ws: Obj, plan: WorkspacePlan) -> WorkspacePlan:
+        """The plan with the ConfigMap each workload mounts settled: Kaito's default template for
+        a tuning method when tuning.config is empty, and a template name copied into the
+        workspace's namespace from the operator's where it is missing there."""
+        ns = self.settings.operator_namespace
+        if plan.tuning is not None:
+            t = plan.tuning
+            name = await resolve_config(self.client, ws, t.config_map, tuning_template(t.method), ns)
+            if name != t.config_map:
+                plan = dataclasses.replace(plan, tuning=dataclasses.replace(t, config_map=name))
+        if plan.inference is not None and plan.inference.config_map:
+            i = plan.inference
+            name = await resolve_config(self.client, ws, i.config_map, None, ns)
+            if name != i.config_map:
+                plan = dataclasses.replace(plan, inference=dataclasses.replace(i, config_map=name))
+        return plan
 
     # -- nodes --------------------------------------------------------------------------------
 
