@@ -280,9 +280,14 @@ def check_tuning_fits(
     model: ModelPreset, sku: GpuSku, method: TuningMethod, *, catalog: Catalog | None = None
 ) -> None:
     """Raise `DoesNotFit` unless fine-tuning `model` with `method` fits one node of `sku` (tuning
-    jobs do not span nodes). A model that trains on CPU needs no GPU memory: the scheduler finds
-    the host memory its Job requests."""
+    jobs do not span nodes). A model that trains on CPU needs no GPU memory (the scheduler finds
+    the host memory its Job requests), and cannot use qlora (EstimateError)."""
     if model.on_cpu:
+        if method == "qlora":
+            raise EstimateError(
+                f"{model.name} trains on CPU, and qlora's 4-bit kernels (bitsandbytes) need a CUDA GPU; "
+                "use lora"
+            )
         return
     need = tuning_required_gib(model, method)
     have = usable_gib_per_gpu(sku) * sku.gpu_count

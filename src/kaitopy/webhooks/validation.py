@@ -286,7 +286,7 @@ def _tuning(
                     f"tuning.method: {found.name} trains on CPU, and qlora's 4-bit kernels "
                     "(bitsandbytes) need a CUDA GPU; use method: lora",
                 )
-            if sku is not None:
+            elif sku is not None:
                 try:
                     check_tuning_fits(found, sku, tun.method or "lora", catalog=catalog)
                 except DoesNotFit as exc:

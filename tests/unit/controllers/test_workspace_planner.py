@@ -313,3 +313,21 @@ def test_cpu_qlora_and_private_urls_at_admission() -> None:
     raw["tuning"]["method"] = "qlora"
     errors = validate_create(Workspace.model_validate(raw), catalog, url_allowed=allowed)
     assert [e.field for e in errors] == ["tuning.method"] and "use method: lora" in errors[0].message
+
+
+def test_qlora_on_a_cpu_model_is_refused_by_the_fit_rule_itself() -> None:
+    # One rule for the planner, admission and the property tests' generators (tuning_triples):
+    # a model that trains on CPU fits every node for lora, none for qlora.
+    from kaitopy.presets import check_tuning_fits
+    from kaitopy.presets.estimator import EstimateError
+
+    catalog = Catalog.load()
+    model, sku = catalog.model("smollm2-135m-instruct"), catalog.sku("Standard_NC6s_v3")
+    check_tuning_fits(model, sku, "lora", catalog=catalog)
+    with pytest.raises(EstimateError, match="use lora"):
+        check_tuning_fits(model, sku, "qlora", catalog=catalog)
+    raw = cpu_tuning(["https://example.com/chat.jsonl"])
+    raw["tuning"]["method"] = "qlora"
+    with pytest.raises(PlanError) as err:
+        make_planner(catalog, Settings())(raw)
+    assert err.value.reason == "InvalidWorkspace" and "tuning.method" in str(err.value)

@@ -162,6 +162,8 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
             check_tuning_fits(model, sku, method, catalog=catalog)
         except DoesNotFit as err:
             raise PlanError("InsufficientGPUMemory", str(err)) from err
+        except EstimateError as err:  # e.g. qlora for a model that trains on CPU
+            raise PlanError("InvalidWorkspace", f"tuning.method: {err}") from err
         # The cache hands out read-only mappings; the plan keeps plain copies (its revision deep-copies).
         data_in = tuning.get("input") or {}
         data_out = tuning.get("output") or {}
