@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import subprocess
@@ -31,20 +32,19 @@ def workspace_crd(kube_cluster: Cluster) -> Cluster:
     return kube_cluster
 
 
-@pytest.fixture
-async def webhook(
-    workspace_crd: Cluster, api_client: ApiClient, namespace: str
-) -> AsyncIterator[WebhookServer]:
-    client = Client(api_client)
+@contextlib.asynccontextmanager
+async def serving_webhook(client: Client, own_namespace: str, watched: str) -> AsyncIterator[WebhookServer]:
+    """A webhook whose own namespace (certificate, operator-namespace ConfigMaps) is
+    `own_namespace`, limited to the workspaces in `watched`: other tests sharing the cluster never
+    meet it. Its configuration is removed afterwards."""
     settings = WebhookSettings(
         host="127.0.0.1",
         port=0,
-        namespace=namespace,
+        namespace=own_namespace,
         url="https://127.0.0.1:{port}/validate",
         service_name=None,
         configuration_name=f"kaitopy-test-{uuid.uuid4().hex[:8]}",
-        # Only this test's namespace: other tests sharing the cluster never meet this webhook.
-        namespace_selector={"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        namespace_selector={"matchLabels": {"kubernetes.io/metadata.name": watched}},
     )
     server = WebhookServer(client, settings)
     await server.start()
@@ -53,6 +53,14 @@ async def webhook(
     finally:
         await server.stop()
         await client.delete(VALIDATING_WEBHOOK_CONFIGURATION, settings.configuration_name)
+
+
+@pytest.fixture
+async def webhook(
+    workspace_crd: Cluster, api_client: ApiClient, namespace: str
+) -> AsyncIterator[WebhookServer]:
+    async with serving_webhook(Client(api_client), namespace, namespace) as server:
+        yield server
 
 
 @pytest.fixture
@@ -64,29 +72,17 @@ async def operator_webhook(
     client = Client(api_client)
     ops = f"ops-{uuid.uuid4().hex[:8]}"
     workspace_crd.kubectl("create", "namespace", ops)
-    for doc in yaml.safe_load_all(DEFAULT_CONFIGS.read_text()):
-        doc["metadata"]["namespace"] = ops
-        await client.create(kinds.CONFIG_MAP, doc)
-    await client.create(
-        kinds.CONFIG_MAP,
-        {"metadata": {"name": "my-qlora-params", "namespace": ops}, "data": {"training_config.yaml": ""}},
-    )
-    settings = WebhookSettings(
-        host="127.0.0.1",
-        port=0,
-        namespace=ops,
-        url="https://127.0.0.1:{port}/validate",
-        service_name=None,
-        configuration_name=f"kaitopy-test-{uuid.uuid4().hex[:8]}",
-        namespace_selector={"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-    )
-    server = WebhookServer(client, settings)
-    await server.start()
     try:
-        yield server
+        for doc in yaml.safe_load_all(DEFAULT_CONFIGS.read_text()):
+            doc["metadata"]["namespace"] = ops
+            await client.create(kinds.CONFIG_MAP, doc)
+        await client.create(
+            kinds.CONFIG_MAP,
+            {"metadata": {"name": "my-qlora-params", "namespace": ops}, "data": {"training_config.yaml": ""}},
+        )
+        async with serving_webhook(client, ops, namespace) as server:
+            yield server
     finally:
-        await server.stop()
-        await client.delete(VALIDATING_WEBHOOK_CONFIGURATION, settings.configuration_name)
         workspace_crd.kubectl("delete", "namespace", ops, "--wait=false")
 
 
