@@ -5,7 +5,10 @@ leaves no process, mount, network namespace, cgroup, bridge or file behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import urllib.request
 import uuid
@@ -192,3 +195,82 @@ def check_the_node(
     wait("the Node object to be gone", lambda: "NotFound" in k("get", "node", name, check=False), timeout=60)
     assert localnodes.leftovers(node_root, name, bridge) == []
     assert localnodes.netns() - netns_before == set()
+
+
+def test_a_node_that_stays_not_ready_while_its_instance_runs_is_replaced(
+    operator: Operator, kube_cluster: Cluster, images: localnodes.LocalImages, tmp_path: Path
+) -> None:
+    """Node repair: the kubelet hangs (SIGSTOP: the process, and so the provider's instance, is
+    still there), the node goes NotReady, and after the repair toleration the provisioner gives
+    the claim up (Ready=False NodeUnhealthy, a Warning event), skips the drain and tears the node
+    down completely, even with its kubelet stopped."""
+    assert kube_cluster.bin_dir is not None
+    local_dir = tmp_path / "nodes"
+    operator.start_local_provisioner(
+        local_dir,
+        kube_cluster.kubeconfig.parent,
+        kube_cluster.bin_dir,
+        images.refs["pause"],
+        images.registry,
+        "--node-repair-after=5",
+    )
+    k = kube_cluster.kubectl
+    name = f"nc{uuid.uuid4().hex[:9]}"
+    k("apply", "-f", "-", input=json.dumps(nodeclaim(name)))
+    node_root = local_dir / "nodes" / name
+    kubelet = 0
+    try:
+        wait(
+            "the NodeClaim to be Initialized",
+            lambda: any(
+                c["type"] == "Initialized" and c["status"] == "True"
+                for c in (json.loads(k("get", "nodeclaim", name, "-o", "json")).get("status") or {}).get(
+                    "conditions", []
+                )
+            ),
+            timeout=300,
+        )
+        record = json.loads((node_root / "node.json").read_text())
+        bridge = f"kpbr{record['index']}"
+        kubelet = int(record["pids"]["kubelet"])
+        os.kill(kubelet, signal.SIGSTOP)
+        # What the node lifecycle controller writes once the kubelet's heartbeats stop: this
+        # control plane gives nodes 360 s of grace (kwok at scale), too long for a test, so the
+        # test writes it; the stopped kubelet cannot overwrite it.
+        k(
+            "patch", "node", name, "--subresource=status", "--type=strategic", "-p",
+            json.dumps({"status": {"conditions": [{
+                "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                "message": "Kubelet stopped posting node status.",
+            }]}}),
+        )  # fmt: skip
+
+        def given_up() -> dict[str, object] | None:
+            out = k("get", "nodeclaim", name, "-o", "json", check=False)
+            if not out.startswith("{"):
+                return {"reason": "gone before we looked"}
+            ready = next(
+                (c for c in json.loads(out)["status"].get("conditions", []) if c["type"] == "Ready"), {}
+            )
+            return ready if ready.get("reason") == "NodeUnhealthy" else None
+
+        ready = wait("the claim to be given up as unhealthy", given_up, timeout=60, interval=0.5)
+        assert ready is not None
+        if ready.get("reason") == "NodeUnhealthy":
+            assert ready["status"] == "False"
+            assert "Ready=Unknown: Kubelet stopped posting node status." in str(ready["message"]), ready
+            assert "while its instance still runs" in str(ready["message"]), ready
+        events = k(
+            "get", "events", "-A", "--field-selector", f"involvedObject.name={name},reason=NodeUnhealthy",
+            "-o", "jsonpath={.items[*].message}",
+        )  # fmt: skip
+        assert "NotReady" in events, events
+        wait("the NodeClaim to be gone", lambda: "NotFound" in k("get", "nodeclaim", name, check=False), 120)
+        wait("the Node object to be gone", lambda: "NotFound" in k("get", "node", name, check=False), 60)
+        assert localnodes.leftovers(node_root, name, bridge) == []
+    finally:
+        if kubelet:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(kubelet, signal.SIGCONT)
+        k("delete", "nodeclaim", name, "--ignore-not-found", "--wait=false", check=False)
+        wait("the NodeClaim to be gone", lambda: "NotFound" in k("get", "nodeclaim", name, check=False), 180)
