@@ -169,6 +169,25 @@ def check_the_node(
 
     assert wait("the Service to answer", lambda: "hello-from-a-real-pod" in fetch(), timeout=60)
 
+    # Cluster DNS: the Service by its full name and by the search path, from inside the pod; a
+    # name outside the cluster is refused (nothing is forwarded off the machine).
+    def lookup(name: str) -> str:
+        return k("exec", "-n", namespace, "web", "--", "/bin/busybox", "nslookup", name, check=False)
+
+    full = f"web.{namespace}.svc.cluster.local"
+    assert cluster_ip in wait(
+        "the cluster DNS to know the Service", lambda: cluster_ip in lookup(full) and lookup(full)
+    )
+    resolv = k("exec", "-n", namespace, "web", "--", "/bin/busybox", "cat", "/etc/resolv.conf")
+    assert "nameserver 10.229.253.1" in resolv and f"search {namespace}.svc.cluster.local" in resolv, resolv
+    # `web.<namespace>` through the search path (plain `web` is the pod's own name, in its /etc/hosts).
+    page = k(
+        "exec", "-n", namespace, "web", "--", "/bin/busybox", "wget", "-qO-", f"http://web.{namespace}/index.html"
+    )  # fmt: skip
+    assert "hello-from-a-real-pod" in page
+    outside = lookup("pypi.org.")
+    assert "REFUSED" in outside or "can't find" in outside, outside
+
     # The pod has routes to the pod network and the Service range only: no way off the machine.
     routes = k("exec", "-n", namespace, "web", "--", "/bin/busybox", "ip", "route")
     assert "default" not in routes, routes
@@ -195,6 +214,9 @@ def check_the_node(
     wait("the Node object to be gone", lambda: "NotFound" in k("get", "node", name, check=False), timeout=60)
     assert localnodes.leftovers(node_root, name, bridge) == []
     assert localnodes.netns() - netns_before == set()
+    # The last node took the machine-wide parts with it: kube-proxy's and the cluster DNS's state.
+    assert not Path("/sys/class/net/kpdns0").exists()
+    assert not Path("/run/kaitopy/cluster-dns").exists() and not Path("/run/kaitopy/kube-proxy").exists()
 
 
 def test_a_node_that_stays_not_ready_while_its_instance_runs_is_replaced(
