@@ -44,6 +44,9 @@ def ensure_weights(settings: ServeSettings) -> Path:
         token=os.environ.get("HF_TOKEN") or None,
         # Only what transformers and vLLM load; repositories often carry several weight formats.
         allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.py"],
+        # Mistral's own format (consolidated.safetensors beside params.json) repeats the weights the
+        # Hugging Face shards hold; we load the shards.
+        ignore_patterns=["consolidated*.safetensors"],
     )
     if not has_weights(model_dir):
         raise SettingsError(
