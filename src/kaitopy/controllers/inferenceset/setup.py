@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from kaitopy.api.constants import INFERENCESET, WORKSPACE
 from kaitopy.controllers.inferenceset.metrics import InferenceSetLoadCollector
 from kaitopy.controllers.inferenceset.reconciler import (
+    AUTOSCALE_INTERVAL_S,
     MEMBERS_BY_SET,
     InferenceSetReconciler,
     set_key_of_member,
@@ -25,11 +26,23 @@ def member_requests(ws: Obj) -> Iterable[Request]:
         yield Request(namespace, name)
 
 
-def wire(mgr: Manager, client: Client, *, max_concurrent_reconciles: int = 4) -> InferenceSetReconciler:
+def wire(
+    mgr: Manager,
+    client: Client,
+    *,
+    max_concurrent_reconciles: int = 4,
+    operator_namespace: str | None = None,
+    autoscale_interval_s: float = AUTOSCALE_INTERVAL_S,
+) -> InferenceSetReconciler:
     workspaces = mgr.cache.informer(WORKSPACE)
     workspaces.add_indexer(MEMBERS_BY_SET, set_key_of_member)
     reconciler = InferenceSetReconciler(
-        client, mgr.cache.informer(INFERENCESET).store, workspaces.store, EventRecorder(client, COMPONENT)
+        client,
+        mgr.cache.informer(INFERENCESET).store,
+        workspaces.store,
+        EventRecorder(client, COMPONENT),
+        operator_namespace=operator_namespace,
+        autoscale_interval_s=autoscale_interval_s,
     )
     mgr.metrics.registry.register(InferenceSetLoadCollector(reconciler.load))
     (
