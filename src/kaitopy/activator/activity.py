@@ -1,13 +1,15 @@
 """Writing the idle clock: the set's activity Lease (controllers/inferenceset/activity.py) moved
-forward on a request's arrival and end, at most once per interval per set (a busy set costs one
-write per interval, not one per request)."""
+forward on a request's arrival and end, and every interval while requests for the set are held or
+in flight (a request held ten minutes for a node is not idleness); at most once per interval per set,
+so a busy set costs one write per interval, not one per request."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from kaitopy.controllers.inferenceset import activity
 from kaitopy.runtime import AlreadyExists, ApiError, Client, NotFound, kinds
@@ -32,6 +34,21 @@ class ActivityRecorder:
         self.monotonic = monotonic
         self._written: dict[tuple[str, str], float] = {}
         self._pending: set[tuple[str, str]] = set()
+        self._busy: dict[tuple[str, str], int] = {}
+
+    @contextlib.asynccontextmanager
+    async def request(self, namespace: str, name: str) -> AsyncIterator[None]:
+        """Around one request: touched at arrival and end, and kept fresh while it lasts."""
+        key = (namespace, name)
+        self._busy[key] = self._busy.get(key, 0) + 1
+        try:
+            await self.touch(namespace, name)
+            yield
+        finally:
+            self._busy[key] -= 1
+            if not self._busy[key]:
+                del self._busy[key]
+            await self.touch(namespace, name)
 
     async def touch(self, namespace: str, name: str, *, now: bool = False) -> None:
         """Record activity for the set: written at once when the last write is older than the
@@ -47,7 +64,7 @@ class ActivityRecorder:
         """Flush the touches the interval held back, until cancelled."""
         while True:
             await asyncio.sleep(self.interval_s)
-            pending, self._pending = self._pending, set()
+            pending, self._pending = self._pending | set(self._busy), set()
             for key in pending:
                 await self._write(key)
 

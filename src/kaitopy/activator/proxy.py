@@ -2,8 +2,8 @@
 or hold the request while the set has none, waking it from zero, within the bounds of HoldSettings.
 
 It only ever forwards to the Services of Workspaces the set controls (ownerReference with the
-set's uid), in the set's namespace, and only ever scales a set from exactly 0 to 1 (a JSON patch
-that tests for 0), so sending it requests gains nobody more than the set's own Service would.
+set's uid), in the set's namespace, and only ever scales a set from exactly 0 to 1 (a patch
+conditional on the resourceVersion of the set seen at 0), so sending it requests gains nobody more than the set's own Service would.
 """
 
 from __future__ import annotations
@@ -159,11 +159,8 @@ class Activator:
         set_obj = self.sets.get(key)
         if set_obj is None:
             return error(404, f"InferenceSet {key} not found", "NotFoundError")
-        await self.activity.touch(r.namespace, r.name)
-        try:
+        async with self.activity.request(r.namespace, r.name):
             return await self._serve(request, r, key, set_obj)
-        finally:
-            await self.activity.touch(r.namespace, r.name)
 
     async def _serve(self, request: web.Request, r: Route, key: str, set_obj: Obj) -> web.StreamResponse:
         labels = (r.namespace, r.name)
@@ -196,7 +193,7 @@ class Activator:
                 {"Retry-After": retry_after(self.settings)},
             )
         if verdict is Verdict.HOLD:
-            ready = await self._hold(key, labels, replicas)
+            ready = await self._hold(key, labels)
             if not ready:
                 return error(
                     503,
@@ -210,7 +207,7 @@ class Activator:
         member = ready[n % len(ready)]
         return await self._forward(request, r, labels, self.endpoint_of(r.namespace, member))
 
-    async def _hold(self, key: str, labels: tuple[str, str], replicas: int) -> list[str]:
+    async def _hold(self, key: str, labels: tuple[str, str]) -> list[str]:
         """Hold until the set has a ready member (its names) or the wait is over ([])."""
         self._held[key] = self._held.get(key, 0) + 1
         self.metrics.held.labels(*labels).inc()
@@ -218,8 +215,6 @@ class Activator:
         outcome = "wait_exceeded"
         log.info("holding request", extra={"inferenceset": key, "held": self._held[key]})
         try:
-            if replicas == 0:
-                await self._wake(key, labels)
             deadline = start + self.settings.max_wait_s
             while True:
                 set_obj = self.sets.get(key)
@@ -234,28 +229,29 @@ class Activator:
                 if left <= 0:
                     self.metrics.rejected.labels(*labels, "wait_exceeded").inc()
                     return []
-                if (set_obj.get("spec") or {}).get("replicas") == 0 and wakes_from_zero(
-                    set_obj["metadata"].get("annotations")
-                ):
-                    await self._wake(key, labels)  # scaled back to zero while we held: ask again
+                if wakes_from_zero(set_obj["metadata"].get("annotations")):
+                    # At zero (also: scaled back to zero while we held): ask for one.
+                    await self._wake(key, labels, set_obj)
                 await self.changes.wait(min(left, RECHECK_S))
         finally:
             self._held[key] -= 1
             self.metrics.held.labels(*labels).dec()
             self.metrics.hold_seconds.labels(*labels, outcome).observe(self.monotonic() - start)
 
-    async def _wake(self, key: str, labels: tuple[str, str]) -> None:
-        """spec.replicas 0 -> 1 through the scale subresource; the JSON patch tests for 0 first, so
-        it never changes a set someone else scaled meanwhile (that attempt fails and is fine)."""
+    async def _wake(self, key: str, labels: tuple[str, str], set_obj: Obj) -> None:
+        """spec.replicas 0 -> 1 through the scale subresource, only from the set as the cache shows
+        it at zero: the patch carries that resourceVersion, so it never changes a set someone
+        scaled meanwhile (that attempt fails with a conflict, and the next look decides again). A
+        JSON patch cannot test for 0 here: the Scale object omits a zero spec.replicas."""
         namespace, name = labels
-        patch = [
-            {"op": "test", "path": "/spec/replicas", "value": 0},
-            {"op": "replace", "path": "/spec/replicas", "value": 1},
-        ]
+        if (set_obj.get("spec") or {}).get("replicas") != 0:
+            return
+        patch = {
+            "metadata": {"resourceVersion": set_obj["metadata"]["resourceVersion"]},
+            "spec": {"replicas": 1},
+        }
         try:
-            await self.client.patch(
-                INFERENCESET, name, patch, namespace=namespace, type="json", subresource="scale"
-            )
+            await self.client.patch(INFERENCESET, name, patch, namespace=namespace, subresource="scale")
         except ApiError as exc:
             log.info("wake not applied", extra={"inferenceset": key, "error": str(exc)})
             return
