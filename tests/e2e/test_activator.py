@@ -1,0 +1,122 @@
+"""Scale from zero through node provisioning, with the operator as its users run it (kwok nodes):
+the controller and provisioner processes under their shipped RBAC, and the activator (in the test's
+process, on loopback) under its own shipped ServiceAccount. A request to a set at zero wakes it; the
+set makes a member Workspace, the Workspace a NodeClaim, the provisioner a node, the pod becomes
+ready, and the held request is answered. Idle, the set goes back to zero and its Workspace,
+NodeClaim and node are deleted. (kwok pods run nothing, so the member's model server is a loopback
+server the activator is pointed at: discovery and readiness are the real ones.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from kubernetes_asyncio.client.api_client import ApiClient
+
+from kaitopy.activator.admission import HoldSettings
+from kaitopy.controllers.inferenceset.autoscale import PREFIX
+from kaitopy.runtime import Client, Kind, kinds
+from tests.e2e.operator import OPERATOR_NAMESPACE, Operator
+from tests.e2e.test_inferenceset import INFERENCESET, NODECLAIM, WORKSPACE, phi3_set
+from tests.support.activator import model_server, running_activator
+from tests.support.cluster import Cluster
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.e2e
+EVENT = Kind("events.k8s.io", "v1", "Event", "events")
+
+
+@pytest.fixture
+def client(api_client: ApiClient) -> Client:
+    return Client(api_client)
+
+
+async def test_a_request_at_zero_provisions_a_node_is_answered_and_idle_returns_to_zero(
+    operator: Operator,
+    operator_identities: dict[str, Path],
+    kube_cluster: Cluster,
+    client: Client,
+    namespace: str,
+) -> None:
+    operator.start_provisioner()
+    operator.start_controller("--inferenceset-autoscale-interval=1")
+    body: dict[str, Any] = phi3_set("phi", namespace, 0)
+    body["metadata"]["annotations"] = {
+        PREFIX + "enabled": "true",
+        PREFIX + "min-replicas": "0",
+        PREFIX + "max-replicas": "1",
+        PREFIX + "idle-seconds": "4",
+    }
+    kube_cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+    await asyncio.sleep(3)  # the autoscaler has seen the set at zero and leaves it there
+    assert (await client.get(INFERENCESET, "phi", namespace=namespace))["spec"]["replicas"] == 0
+
+    as_activator = await Client.from_kubeconfig(str(operator_identities["activator"]))
+    async with (
+        as_activator,
+        model_server() as model,
+        running_activator(
+            as_activator,
+            OPERATOR_NAMESPACE,
+            lambda ns, member: model.url(),
+            HoldSettings(max_queue=4, max_wait_s=240, retry_after_s=5),
+        ) as act,
+    ):
+        t0 = time.monotonic()
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"{act.url}/inferencesets/{namespace}/phi/v1/chat/completions",
+                json={"model": "phi", "messages": [{"role": "user", "content": "hi"}]},
+                timeout=aiohttp.ClientTimeout(total=300),
+            ) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["choices"][0]["message"]["content"] == "hello"
+        waited = time.monotonic() - t0
+        members = (await client.list(WORKSPACE, namespace)).items
+        assert [w["metadata"]["name"] for w in members] == ["phi-0"]
+        (node,) = members[0]["status"]["workerNodes"]
+        claims = (
+            await client.list(NODECLAIM, label_selector=f"kaito.sh/workspacenamespace={namespace}")
+        ).items
+        assert len(claims) == 1
+        labels = {"namespace": namespace, "inferenceset": "phi"}
+        assert act.sample("kaitopy_activator_wakes_total", **labels) == 1
+        assert act.sample("kaitopy_activator_hold_seconds_count", **labels, outcome="forwarded") == 1
+        print(f"first request at zero answered after {waited:.1f}s (kwok node)")
+
+        # No more requests: after idle-seconds the set goes to zero, and its member, claim and node go.
+        await eventually(
+            lambda: client.get(INFERENCESET, "phi", namespace=namespace),
+            until=lambda s: s["spec"]["replicas"] == 0,
+            timeout=60,
+            what="the idle set scaled to zero",
+        )
+        notes = [
+            e["note"] for e in (await client.list(EVENT, namespace)).items if e["reason"] == "AutoscaleDown"
+        ]
+        assert len(notes) == 1 and notes[0].startswith("scale down 1 -> 0: no request for ")
+        await eventually(
+            lambda: client.list(WORKSPACE, namespace),
+            until=lambda ws: not ws.items,
+            timeout=120,
+            what="the member workspace deleted",
+        )
+        await eventually(
+            lambda: client.list(NODECLAIM, label_selector=f"kaito.sh/workspacenamespace={namespace}"),
+            until=lambda c: not c.items,
+            timeout=120,
+            what="the member's node claim deleted",
+        )
+        await eventually(
+            lambda: client.get_or_none(kinds.NODE, node),
+            until=lambda n: n is None,
+            timeout=60,
+            what=f"node {node} deleted",
+        )
