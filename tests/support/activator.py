@@ -88,6 +88,7 @@ async def running_activator(
     endpoint_of: Callable[[str, str], str],
     settings: HoldSettings,
     activity_interval_s: float = 0.5,
+    max_body_bytes: int = 1024 * 1024,
 ) -> AsyncIterator[RunningActivator]:
     """The activator as `kaitopy activator` wires it (its caches, event handlers, activity Leases),
     serving on 127.0.0.1."""
@@ -114,7 +115,7 @@ async def running_activator(
             metrics=metrics,
             endpoint_of=endpoint_of,
         ) as activator:
-            runner, port = await _site(activator.app())
+            runner, port = await _site(activator.app(max_body_bytes))
             try:
                 yield RunningActivator(f"http://127.0.0.1:{port}", activator, metrics)
             finally:

@@ -65,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a set's activity Lease is written at most this often (default 5; keep it well under "
         "the sets' idle-seconds)",
     )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest request body accepted (read whole before a set is woken; beyond: 413; default 64 MiB)",
+    )
     process.add_process_arguments(
         parser, component="kaitopy-activator", default_probe_port=DEFAULT_PROBE_PORT
     )
@@ -76,6 +83,8 @@ def hold_settings(args: argparse.Namespace) -> HoldSettings:
     for flag, value in (("--max-wait", args.max_wait), ("--retry-after", args.retry_after)):
         if not value > 0:
             raise SystemExit(f"{flag} {value}: must be a positive number of seconds")
+    if args.max_body_bytes < 1:
+        raise SystemExit(f"--max-body-bytes {args.max_body_bytes}: must be a positive number of bytes")
     if not args.activity_interval > 0:
         raise SystemExit(
             f"--activity-interval {args.activity_interval}: must be a positive number of seconds"
@@ -114,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                     metrics=metrics,
                 )
             )
-            runner = web.AppRunner(activator.app(), access_log=None)
+            runner = web.AppRunner(activator.app(args.max_body_bytes), access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             await web.TCPSite(runner, args.host, args.port).start()

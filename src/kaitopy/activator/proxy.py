@@ -3,7 +3,8 @@ or hold the request while the set has none, waking it from zero, within the boun
 
 It only ever forwards to the Services of Workspaces the set controls (ownerReference with the
 set's uid), in the set's namespace, and only ever scales a set from exactly 0 to 1 (a patch
-conditional on the resourceVersion of the set seen at 0), so sending it requests gains nobody more than the set's own Service would.
+conditional on the resourceVersion of the set seen at 0), so sending it requests gains nobody more
+than the set's own Service would.
 """
 
 from __future__ import annotations
@@ -159,10 +160,15 @@ class Activator:
         set_obj = self.sets.get(key)
         if set_obj is None:
             return error(404, f"InferenceSet {key} not found", "NotFoundError")
+        # The whole body first (bounded by the app's client_max_size: 413 beyond it), so a request
+        # that could never be forwarded wakes nothing.
+        body = await request.read()
         async with self.activity.request(r.namespace, r.name):
-            return await self._serve(request, r, key, set_obj)
+            return await self._serve(request, r, key, set_obj, body)
 
-    async def _serve(self, request: web.Request, r: Route, key: str, set_obj: Obj) -> web.StreamResponse:
+    async def _serve(
+        self, request: web.Request, r: Route, key: str, set_obj: Obj, body: bytes
+    ) -> web.StreamResponse:
         labels = (r.namespace, r.name)
         replicas = (set_obj.get("spec") or {}).get("replicas")
         replicas = 1 if replicas is None else int(replicas)
@@ -205,7 +211,7 @@ class Activator:
         n = self._next.get(key, 0)
         self._next[key] = n + 1
         member = ready[n % len(ready)]
-        return await self._forward(request, r, labels, self.endpoint_of(r.namespace, member))
+        return await self._forward(request, body, r, labels, self.endpoint_of(r.namespace, member))
 
     async def _hold(self, key: str, labels: tuple[str, str]) -> list[str]:
         """Hold until the set has a ready member (its names) or the wait is over ([])."""
@@ -259,10 +265,9 @@ class Activator:
         log.info("woke inferenceset from zero", extra={"inferenceset": key})
 
     async def _forward(
-        self, request: web.Request, r: Route, labels: tuple[str, str], base: str
+        self, request: web.Request, body: bytes, r: Route, labels: tuple[str, str], base: str
     ) -> web.StreamResponse:
         assert self._session is not None, "use the Activator as an async context manager"
-        body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         resp: web.StreamResponse | None = None
         try:

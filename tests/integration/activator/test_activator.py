@@ -125,7 +125,9 @@ async def test_a_request_at_zero_wakes_the_set_is_held_and_answered(client: Clie
         assert at is not None and time.time() - at < 10
 
 
-async def test_a_wait_past_its_bound_and_a_sleeping_set_are_503s(client: Client, namespace: str) -> None:
+async def test_a_wait_past_its_bound_a_sleeping_set_and_a_huge_body_are_refused(
+    client: Client, namespace: str
+) -> None:
     await client.create(INFERENCESET, inference_set("starting", namespace, 1))  # a member never ready
     await client.create(INFERENCESET, inference_set("asleep", namespace, 0))  # zero, no scale from zero
     async with (
@@ -157,6 +159,20 @@ async def test_a_wait_past_its_bound_and_a_sleeping_set_are_503s(client: Client,
 
         status, _, body = await post(f"{act.url}/inferencesets/{namespace}/nope/v1/chat/completions", CHAT)
         assert status == 404 and b"not found" in body
+
+    # A body over --max-body-bytes is refused before anything is woken.
+    await client.create(INFERENCESET, scale_to_zero_set("big", namespace, 0))
+    async with (
+        model_server() as model,
+        running_activator(
+            client, namespace, lambda ns, m: model.url(), HoldSettings(), max_body_bytes=1000
+        ) as act,
+    ):
+        huge = {**CHAT, "messages": [{"role": "user", "content": "x" * 2000}]}
+        status, _, _ = await post(f"{act.url}/inferencesets/{namespace}/big/v1/chat/completions", huge)
+        assert status == 413
+        assert (await client.get(INFERENCESET, "big", namespace=namespace))["spec"]["replicas"] == 0
+        assert act.sample("kaitopy_activator_wakes_total", namespace=namespace, inferenceset="big") == 0
         assert model.seen == []
 
 
