@@ -67,17 +67,24 @@ async def test_a_request_at_zero_provisions_a_node_is_answered_and_idle_returns_
             HoldSettings(max_queue=4, max_wait_s=240, retry_after_s=5),
         ) as act,
     ):
+        # Six clients at once at zero: four are held (the queue bound) and answered once the member is
+        # ready; two are refused at once with Retry-After. Nothing else: no request lost, no other 5xx.
+        url = f"{act.url}/inferencesets/{namespace}/phi/v1/chat/completions"
+        chat = {"model": "phi", "messages": [{"role": "user", "content": "hi"}]}
+
+        async def ask(s: aiohttp.ClientSession) -> tuple[int, str | None, Any]:
+            async with s.post(url, json=chat, timeout=aiohttp.ClientTimeout(total=300)) as resp:
+                return resp.status, resp.headers.get("Retry-After"), await resp.json()
+
         t0 = time.monotonic()
-        async with (
-            aiohttp.ClientSession() as s,
-            s.post(
-                f"{act.url}/inferencesets/{namespace}/phi/v1/chat/completions",
-                json={"model": "phi", "messages": [{"role": "user", "content": "hi"}]},
-                timeout=aiohttp.ClientTimeout(total=300),
-            ) as resp,
-        ):
-            assert resp.status == 200, await resp.text()
-            assert (await resp.json())["choices"][0]["message"]["content"] == "hello"
+        async with aiohttp.ClientSession() as s:
+            answers = await asyncio.gather(*(ask(s) for _ in range(6)))
+        ok = [a for a in answers if a[0] == 200]
+        refused = [a for a in answers if a[0] != 200]
+        assert len(ok) == 4 and all(a[2]["choices"][0]["message"]["content"] == "hello" for a in ok), answers
+        assert [(a[0], a[1], a[2]["error"]["type"]) for a in refused] == [
+            (503, "5", "ServiceUnavailableError")
+        ] * 2
         waited = time.monotonic() - t0
         members = (await client.list(WORKSPACE, namespace)).items
         assert [w["metadata"]["name"] for w in members] == ["phi-0"]
@@ -88,8 +95,9 @@ async def test_a_request_at_zero_provisions_a_node_is_answered_and_idle_returns_
         assert len(claims) == 1
         labels = {"namespace": namespace, "inferenceset": "phi"}
         assert act.sample("kaitopy_activator_wakes_total", **labels) == 1
-        assert act.sample("kaitopy_activator_hold_seconds_count", **labels, outcome="forwarded") == 1
-        print(f"first request at zero answered after {waited:.1f}s (kwok node)")
+        assert act.sample("kaitopy_activator_hold_seconds_count", **labels, outcome="forwarded") == 4
+        assert act.sample("kaitopy_activator_rejected_requests_total", **labels, reason="queue_full") == 2
+        print(f"requests at zero answered after {waited:.1f}s (kwok node)")
 
         # No more requests: after idle-seconds the set goes to zero, and its member, claim and node go.
         await eventually(
