@@ -56,6 +56,14 @@ async def test_a_request_at_zero_provisions_a_node_is_answered_and_idle_returns_
     await asyncio.sleep(3)  # the autoscaler has seen the set at zero and leaves it there
     assert (await client.get(INFERENCESET, "phi", namespace=namespace))["spec"]["replicas"] == 0
 
+    # The controller made the set's front Service, pointing at the activator.
+    front = await eventually(
+        lambda: client.get(kinds.SERVICE, "phi", namespace=namespace),
+        timeout=30,
+        what="the set's front Service",
+    )
+    assert front["spec"]["externalName"] == f"kaitopy-activator.{OPERATOR_NAMESPACE}.svc.cluster.local"
+
     as_activator = await Client.from_kubeconfig(str(operator_identities["activator"]))
     async with (
         as_activator,

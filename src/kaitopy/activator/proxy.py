@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -23,7 +22,7 @@ from kaitopy.activator.admission import HoldSettings, Verdict, admit, openai_err
 from kaitopy.activator.metrics import ActivatorMetrics
 from kaitopy.activator.route import Route, route
 from kaitopy.api.constants import INFERENCESET, InferenceReady
-from kaitopy.controllers.inferenceset.autoscale import SettingsError, settings_of
+from kaitopy.controllers.inferenceset.autoscale import scales_to_zero
 from kaitopy.controllers.inferenceset.reconciler import MEMBERS_BY_SET
 from kaitopy.runtime import ApiError, Client, Store, controller_of, is_true
 from kaitopy.runtime.objects import Obj
@@ -78,15 +77,6 @@ class Changes:
 
     def on_delete(self, obj: Obj) -> None:
         self.notify()
-
-
-def wakes_from_zero(annotations: Mapping[str, Any] | None) -> bool:
-    """The set opted into scale to zero (the autoscaler with min-replicas "0")."""
-    try:
-        s = settings_of(annotations)
-    except SettingsError:
-        return False
-    return s is not None and s.min_replicas == 0
 
 
 def ready_members(set_obj: Obj, workspaces: Store) -> list[str]:
@@ -172,7 +162,7 @@ class Activator:
         labels = (r.namespace, r.name)
         replicas = (set_obj.get("spec") or {}).get("replicas")
         replicas = 1 if replicas is None else int(replicas)
-        wakes = wakes_from_zero(set_obj["metadata"].get("annotations"))
+        wakes = scales_to_zero(set_obj["metadata"].get("annotations"))
         ready = ready_members(set_obj, self.workspaces)
         verdict = admit(
             ready=len(ready),
@@ -235,7 +225,7 @@ class Activator:
                 if left <= 0:
                     self.metrics.rejected.labels(*labels, "wait_exceeded").inc()
                     return []
-                if wakes_from_zero(set_obj["metadata"].get("annotations")):
+                if scales_to_zero(set_obj["metadata"].get("annotations")):
                     # At zero (also: scaled back to zero while we held): ask for one.
                     await self._wake(key, labels, set_obj)
                 await self.changes.wait(min(left, RECHECK_S))

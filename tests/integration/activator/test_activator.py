@@ -18,9 +18,10 @@ from kaitopy.activator.admission import HoldSettings
 from kaitopy.api.constants import INFERENCESET
 from kaitopy.controllers.inferenceset import activity
 from kaitopy.controllers.inferenceset.autoscale import PREFIX
+from kaitopy.controllers.inferenceset.front import FRONT_LABEL
 from kaitopy.controllers.inferenceset.reconciler import InferenceSetReconciler
 from kaitopy.controllers.workspace.crds import ensure_workspace_crd
-from kaitopy.runtime import Client, EventRecorder, Kind, Request, kinds
+from kaitopy.runtime import Client, EventRecorder, Kind, Request, Store, freeze, kinds
 from tests.integration.controllers.test_inferenceset_reconcile import (
     inference_set,
     live_members,
@@ -213,3 +214,47 @@ async def test_the_autoscaler_scales_an_idle_set_to_zero_by_the_activity_lease(
     assert await live_members(client, namespace) == []
     clock[0] += 10_000
     assert (await run())["spec"]["replicas"] == 0  # the autoscaler never leaves zero by itself
+
+
+async def test_a_set_that_scales_to_zero_gets_a_front_service_and_never_takes_over_one(
+    client: Client, namespace: str
+) -> None:
+    host = "kaitopy-activator.kaito-system.svc.cluster.local"
+    await client.create(INFERENCESET, scale_to_zero_set("s", namespace, 0))
+    await client.create(INFERENCESET, scale_to_zero_set("taken", namespace, 0))
+    await client.create(INFERENCESET, inference_set("plain", namespace, 0))  # no scale to zero: no front
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "taken", "namespace": namespace},
+        "spec": {"ports": [{"port": 80}]},
+    }
+    await client.create(kinds.SERVICE, theirs)
+
+    async def run(name: str) -> None:
+        sets, workspaces = await snapshot(client, namespace)
+        services = Store()
+        for svc in (await client.list(kinds.SERVICE, namespace, label_selector=FRONT_LABEL)).items:
+            services.upsert(freeze(svc))
+        rec = InferenceSetReconciler(
+            client, sets, workspaces, EventRecorder(client, "test"), services=services, activator_host=host
+        )
+        await rec.reconcile(Request(namespace, name))
+
+    for name in ("s", "taken", "plain"):
+        await run(name)
+    await run("s")  # the second pass finds it as wanted and writes nothing
+    got = await client.get(kinds.SERVICE, "s", namespace=namespace)
+    assert got["spec"]["type"] == "ExternalName" and got["spec"]["externalName"] == host
+    owner = await client.get(INFERENCESET, "s", namespace=namespace)
+    assert [r["uid"] for r in got["metadata"]["ownerReferences"]] == [owner["metadata"]["uid"]]
+    untouched = await client.get(kinds.SERVICE, "taken", namespace=namespace)
+    assert untouched["spec"]["type"] == "ClusterIP" and not untouched["metadata"].get("ownerReferences")
+    assert await client.get_or_none(kinds.SERVICE, "plain", namespace) is None
+    events = (await client.list(EVENT, namespace)).items
+    conflicts = [e["note"] for e in events if e["reason"] == "FrontServiceConflict"]
+    assert conflicts == [
+        "service taken exists and is not this set's: clients of the set call the activator at "
+        f"/inferencesets/{namespace}/taken/ until it is renamed or deleted"
+    ]
+    assert [e["regarding"]["name"] for e in events if e["reason"] == "FrontServiceCreated"] == ["s"]

@@ -7,6 +7,7 @@ import pytest
 from kaitopy.activator.admission import HoldSettings, Verdict, admit, openai_error, retry_after
 from kaitopy.activator.route import Route, route
 from kaitopy.controllers.inferenceset.activity import last_request_at, lease_body, lease_name
+from kaitopy.controllers.inferenceset.front import activator_host, front_problem
 
 pytestmark = pytest.mark.unit
 
@@ -81,3 +82,20 @@ def test_the_lease_carries_the_request_time_back() -> None:
     assert last_request_at(body) == pytest.approx(1_700_000_000.25)
     assert last_request_at(None) is None
     assert last_request_at({"spec": {"renewTime": "not a time"}}) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [("phi", True), ("phi-3-mini", True), ("3phi", False), ("phi.v2", False), ("p" * 64, False)],
+)
+def test_only_a_dns_label_names_a_front_service(name: str, ok: bool) -> None:
+    problem = front_problem(name)
+    assert (problem is None) == ok
+    if problem:
+        assert problem.startswith(f"metadata.name: {name!r} cannot name a Service")
+
+
+def test_the_front_points_at_the_activators_full_name() -> None:
+    assert (
+        activator_host("kaito-system", "cluster.local") == "kaitopy-activator.kaito-system.svc.cluster.local"
+    )

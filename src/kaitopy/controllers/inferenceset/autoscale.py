@@ -134,6 +134,15 @@ def settings_of(annotations: Mapping[str, Any] | None) -> AutoscaleSettings | No
     return s
 
 
+def scales_to_zero(annotations: Mapping[str, Any] | None) -> bool:
+    """The set opted into scale to zero (the autoscaler with min-replicas "0", valid settings)."""
+    try:
+        s = settings_of(annotations)
+    except SettingsError:
+        return False
+    return s is not None and s.min_replicas == 0
+
+
 def exports_load(annotations: Mapping[str, Any]) -> bool:
     """Scrape the members and export their load on the controller's /metrics (the autoscaler always
     does; this asks for it without the autoscaler, for KEDA or an HPA on external metrics)."""

@@ -17,13 +17,14 @@ from pydantic import ValidationError
 
 from kaitopy.api.constants import INFERENCESET, WORKSPACE, InferenceSetReady, NodeCountLimitReached
 from kaitopy.api.inferenceset import InferenceSet
-from kaitopy.controllers.inferenceset import activity, scrape
+from kaitopy.controllers.inferenceset import activity, front, scrape
 from kaitopy.controllers.inferenceset import members as mb
 from kaitopy.controllers.inferenceset.autoscale import (
     SetLoad,
     SettingsError,
     exports_load,
     recommend,
+    scales_to_zero,
     settings_of,
 )
 from kaitopy.controllers.inferenceset.decide import Decision, Inputs, decide, max_unavailable_of
@@ -38,6 +39,7 @@ from kaitopy.runtime import (
     Result,
     Store,
     controller_of,
+    is_controlled_by,
     kinds,
     owner_reference,
     patch_status,
@@ -101,6 +103,8 @@ class InferenceSetReconciler:
         autoscale_interval_s: float = AUTOSCALE_INTERVAL_S,
         operator_namespace: str | None = None,
         wall: Callable[[], float] = time.time,
+        services: Store | None = None,
+        activator_host: str | None = None,
     ) -> None:
         self.client = client
         self.sets = sets
@@ -114,6 +118,10 @@ class InferenceSetReconciler:
         """Where the activator's activity Leases are (None: no activator; the idle clock is then the
         members' own load only)."""
         self.wall = wall
+        self.services = services
+        """Services labelled as fronts (FRONT_LABEL), for the sets that scale to zero."""
+        self.activator_host = activator_host
+        """Where a front Service points (None: no fronts are made)."""
         # Per set that may scale to zero: when it was last seen active (wall clock), and its replicas
         # at the last pass (a move from 0 restarts the idle clock, whoever made it).
         self._active: dict[str, float] = {}
@@ -165,6 +173,7 @@ class InferenceSetReconciler:
         )
         await self._act(obj, req, decision)
         await self._write_status(obj, decision, owned, None)
+        await self._ensure_front(obj, req)
         return await self._autoscale(obj, req, replicas, observed)
 
     def _invalid(self, obj: Obj) -> str | None:
@@ -287,6 +296,53 @@ class InferenceSetReconciler:
             log.info("autoscaled", extra={"decision": rec.note})
             await self.recorder.event(obj, "Normal", reason, rec.note, action="Scale")
         return Result(requeue_after=self.autoscale_interval_s)
+
+    async def _ensure_front(self, obj: Obj, req: Request) -> None:
+        """A set that scales to zero gets the Service `<set>` pointing at the activator. Made only
+        with create (never apply): a Service of that name the set does not control is left alone
+        and reported, so a set can never take over someone else's Service."""
+        if self.activator_host is None or self.services is None:
+            return
+        if not scales_to_zero((obj.get("metadata") or {}).get("annotations")):
+            # An existing front stays (it still routes through the activator); the set's deletion
+            # removes it with the garbage collector.
+            return
+        problem = front.front_problem(req.name)
+        if problem is not None:
+            await self.recorder.event(obj, "Warning", "FrontServiceInvalid", problem)
+            return
+        desired = front.desired_front(obj, self.activator_host)
+        current = self.services.get(req.key)
+        if current is not None and front.is_current(current, desired) and is_controlled_by(current, obj):
+            return
+        try:
+            if current is None:
+                await self.client.create(kinds.SERVICE, desired, field_manager=FIELD_MANAGER)
+                await self.recorder.event(
+                    obj,
+                    "Normal",
+                    "FrontServiceCreated",
+                    f"created service {req.name} -> activator",
+                    action="Create",
+                )
+                return
+        except AlreadyExists:
+            current = await self.client.get_or_none(kinds.SERVICE, req.name, req.namespace)
+            if current is None:
+                return  # gone meanwhile: the next pass creates it
+        if current is not None and not is_controlled_by(current, obj):
+            await self.recorder.event(
+                obj,
+                "Warning",
+                "FrontServiceConflict",
+                f"service {req.name} exists and is not this set's: clients of the set call the activator at "
+                f"/inferencesets/{req.namespace}/{req.name}/ until it is renamed or deleted",
+            )
+            return
+        if current is not None and not front.is_current(current, desired):
+            await self.client.patch(
+                kinds.SERVICE, req.name, {"spec": desired["spec"]}, namespace=req.namespace
+            )
 
     def _forget(self, key: str) -> None:
         for memory in (self._history, self.load, self._active, self._last_replicas):

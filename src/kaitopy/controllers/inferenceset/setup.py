@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from kaitopy.api.constants import INFERENCESET, WORKSPACE
+from kaitopy.controllers.inferenceset.front import FRONT_LABEL
 from kaitopy.controllers.inferenceset.metrics import InferenceSetLoadCollector
 from kaitopy.controllers.inferenceset.reconciler import (
     AUTOSCALE_INTERVAL_S,
@@ -13,7 +14,7 @@ from kaitopy.controllers.inferenceset.reconciler import (
     InferenceSetReconciler,
     set_key_of_member,
 )
-from kaitopy.runtime import ControllerSettings, EventRecorder, Manager, Request
+from kaitopy.runtime import ControllerSettings, EventRecorder, Manager, Request, kinds
 from kaitopy.runtime.client import Client
 from kaitopy.runtime.objects import Obj
 
@@ -33,6 +34,7 @@ def wire(
     max_concurrent_reconciles: int = 4,
     operator_namespace: str | None = None,
     autoscale_interval_s: float = AUTOSCALE_INTERVAL_S,
+    activator_host: str | None = None,
 ) -> InferenceSetReconciler:
     workspaces = mgr.cache.informer(WORKSPACE)
     workspaces.add_indexer(MEMBERS_BY_SET, set_key_of_member)
@@ -43,12 +45,15 @@ def wire(
         EventRecorder(client, COMPONENT),
         operator_namespace=operator_namespace,
         autoscale_interval_s=autoscale_interval_s,
+        services=mgr.cache.informer(kinds.SERVICE, label_selector=FRONT_LABEL).store,
+        activator_host=activator_host,
     )
     mgr.metrics.registry.register(InferenceSetLoadCollector(reconciler.load))
     (
         mgr.controller("inferenceset")
         .for_(INFERENCESET)
         .watches(WORKSPACE, member_requests)
+        .watches(kinds.SERVICE, member_requests, label_selector=FRONT_LABEL)
         .with_settings(ControllerSettings(max_concurrent_reconciles=max_concurrent_reconciles))
         .build(reconciler.reconcile)
     )
