@@ -153,6 +153,8 @@ class Activator:
         # The whole body first (bounded by the app's client_max_size: 413 beyond it), so a request
         # that could never be forwarded wakes nothing.
         body = await request.read()
+        if not scales_to_zero(set_obj["metadata"].get("annotations")):
+            return await self._serve(request, r, key, set_obj, body)  # no idle clock to keep
         async with self.activity.request(r.namespace, r.name):
             return await self._serve(request, r, key, set_obj, body)
 

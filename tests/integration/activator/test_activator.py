@@ -175,6 +175,11 @@ async def test_a_wait_past_its_bound_a_sleeping_set_and_a_huge_body_are_refused(
         assert (await client.get(INFERENCESET, "big", namespace=namespace))["spec"]["replicas"] == 0
         assert act.sample("kaitopy_activator_wakes_total", namespace=namespace, inferenceset="big") == 0
         assert model.seen == []
+        # Only sets that scale to zero have an idle clock: no Lease for the others.
+        for name in ("starting", "asleep"):
+            assert (
+                await client.get_or_none(kinds.LEASE, activity.lease_name(namespace, name), namespace) is None
+            )
 
 
 async def test_the_autoscaler_scales_an_idle_set_to_zero_by_the_activity_lease(
