@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from kaitopy.activator.admission import HoldSettings
 from kaitopy.controllers.inferenceset.autoscale import PREFIX
 from kaitopy.runtime import Client, Kind, kinds
-from tests.e2e.operator import OPERATOR_NAMESPACE, Operator
+from tests.e2e.operator import KAITOPY, OPERATOR_NAMESPACE, Operator, Process, free_port
 from tests.e2e.test_inferenceset import INFERENCESET, NODECLAIM, WORKSPACE, phi3_set
 from tests.support.activator import model_server, running_activator
 from tests.support.cluster import Cluster
@@ -136,3 +137,42 @@ async def test_a_request_at_zero_provisions_a_node_is_answered_and_idle_returns_
             timeout=60,
             what=f"node {node} deleted",
         )
+
+
+async def test_the_activator_process_serves_as_shipped(
+    operator_identities: dict[str, Path], tmp_path: Path, client: Client, namespace: str
+) -> None:
+    """`kaitopy activator` itself, as the shipped ServiceAccount: ready once its caches sync, the
+    proxy answers (an unknown set: 404, OpenAI-shaped), its metrics are on the probe port, and a
+    request for a sleeping set that does not scale from zero is refused."""
+    port = free_port()
+    env = {**os.environ, "KUBECONFIG": str(operator_identities["activator"]), "PYTHONUNBUFFERED": "1"}
+    proc = Process(
+        "activator",
+        [*KAITOPY, "activator", f"--port={port}", "--host=127.0.0.1", "--max-queue=3"],
+        env,
+        tmp_path / "activator.log",
+    )
+    proc.start()
+    try:
+        await client.create(INFERENCESET, phi3_set("asleep", namespace, 0))
+        async with aiohttp.ClientSession() as s:
+            base = f"http://127.0.0.1:{port}/inferencesets/{namespace}"
+            async with s.post(f"{base}/nope/v1/chat/completions", json={}) as resp:
+                assert resp.status == 404
+                assert (await resp.json())["error"]["message"] == f"InferenceSet {namespace}/nope not found"
+
+            async def asleep() -> int:
+                async with s.post(f"{base}/asleep/v1/chat/completions", json={}) as resp:
+                    return resp.status
+
+            assert (
+                await eventually(asleep, until=lambda st: st == 503, timeout=30, what="the set in the cache")
+                == 503
+            )
+        assert (
+            proc.metric("kaitopy_activator_rejected_requests_total", namespace=namespace, reason="asleep")
+            == 1
+        )
+    finally:
+        assert proc.stop() == 0, proc.logs()
