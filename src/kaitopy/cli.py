@@ -18,6 +18,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "version": ("kaitopy.cli", "print the version"),
     "provisioner": ("kaitopy.provisioner.app", "run the GPU node provisioner (NodeClaim controller)"),
     "controller": ("kaitopy.controllers.workspace.app", "run the Workspace controller"),
+    "activator": (
+        "kaitopy.activator.app",
+        "run the activator: holds requests for InferenceSets at zero while it wakes them",
+    ),
     "local-nodes": (
         "kaitopy.provisioner.local.command",
         "list or reset the local provider's nodes on this machine",

@@ -21,7 +21,12 @@ from tests.support import prometheus as prometheus_support
 from tests.support.cluster import Cluster
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests" / "base"
-IDENTITY_MANIFESTS = ("namespace.yaml", "rbac-controller.yaml", "rbac-provisioner.yaml")
+IDENTITY_MANIFESTS = (
+    "namespace.yaml",
+    "rbac-controller.yaml",
+    "rbac-provisioner.yaml",
+    "rbac-activator.yaml",
+)
 SMOLLM2 = "smollm2-135m-instruct"
 KAITOPY = str(Path(sys.executable).parent / "kaitopy")
 
@@ -74,7 +79,7 @@ def operator_identities(kube_cluster: Cluster, tmp_path_factory: pytest.TempPath
     d = tmp_path_factory.mktemp("identities")
     return {
         who: service_account_kubeconfig(kube_cluster, f"kaitopy-{who}", d / f"{who}.kubeconfig")
-        for who in ("controller", "provisioner")
+        for who in ("controller", "provisioner", "activator")
     }
 
 

@@ -67,7 +67,7 @@ def test_deploy_local_brings_phi3_to_ready_as_the_manifests_run_it(
         assert f"workspace {name} succeeded" in up.stdout
         pods = json.loads(kube_cluster.kubectl("get", "pods", "-n", "kaito-system", "-o", "json"))["items"]
         by_app = {p["metadata"]["labels"]["app.kubernetes.io/name"] for p in pods}
-        assert by_app == {"kaitopy-controller", "kaitopy-provisioner"}
+        assert by_app == {"kaitopy-controller", "kaitopy-provisioner", "kaitopy-activator"}
         node = json.loads(kube_cluster.kubectl("get", "node", "kaitopy-system", "-o", "json"))
         assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
         for pod in pods:
@@ -78,7 +78,9 @@ def test_deploy_local_brings_phi3_to_ready_as_the_manifests_run_it(
             image = pod["spec"]["containers"][0]["image"]
             assert "/kaitopy/controller@sha256:" in image
             args = pod["spec"]["containers"][0]["args"]
-            assert "--leader-elect" in args and "--log-format=json" in args
+            assert "--log-format=json" in args
+            # The activator serves from every replica: no election.
+            assert ("--leader-elect" in args) == (args[0] != "activator"), args
             # The container's security context as shipped: non-root, read-only root, /tmp writable.
             probe = (
                 "id -u; touch /probe 2>/dev/null && echo root-writable; touch /tmp/probe && echo tmp-writable"

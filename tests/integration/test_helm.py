@@ -86,13 +86,14 @@ def test_rendered_chart_is_accepted_by_the_api_server(kube_cluster: Cluster, val
     rendered = template(values)
     kinds = [d["kind"] for d in docs(rendered)]
     # Six CRDs: RAGEngine and MultiRoleInference ship so that their creates meet our refusal.
-    assert kinds.count("CustomResourceDefinition") == 6 and kinds.count("Deployment") == 2
+    assert kinds.count("CustomResourceDefinition") == 6 and kinds.count("Deployment") == 3
     kube_cluster.kubectl("apply", "--server-side", "-f", str(REPO / "manifests" / "base" / "namespace.yaml"))
     out = kube_cluster.kubectl(
         "apply", "--dry-run=server", "--server-side", "--force-conflicts", "-f", "-", input=rendered
     )
     assert "deployment.apps/kaitopy-controller serverside-applied (server dry run)" in out
     assert "deployment.apps/kaitopy-provisioner serverside-applied (server dry run)" in out
+    assert "deployment.apps/kaitopy-activator serverside-applied (server dry run)" in out
     assert "customresourcedefinition.apiextensions.k8s.io/workspaces.kaito.sh serverside-applied" in out
 
 
@@ -123,7 +124,7 @@ def test_same_rbac_crds_and_objects_as_the_kustomize_base(kube_cluster: Cluster)
             assert chart[key]["webhooks"] == obj["webhooks"], key
         if key[0] == "ConfigMap":  # Kaito's default tuning/inference templates
             assert chart[key]["data"] == obj["data"], key
-    for name in ("kaitopy-controller", "kaitopy-provisioner"):
+    for name in ("kaitopy-controller", "kaitopy-provisioner", "kaitopy-activator"):
         ours, theirs = container(list(chart.values()), name), container(list(base.values()), name)
         assert set(theirs["args"]) <= set(ours["args"]), name
         assert ours["securityContext"] == theirs["securityContext"]

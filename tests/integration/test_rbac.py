@@ -45,7 +45,10 @@ FORBIDDEN_EVERYWHERE = [
 
 
 def can_i(cluster: Cluster, sa: str, verb: str, resource: str, namespace: str | None = None) -> bool:
+    """`resource` as kubectl names it (`kind.group[/name]`), with `:subresource` appended for one."""
+    resource, _, subresource = resource.partition(":")
     args = ["auth", "can-i", verb, resource, f"--as=system:serviceaccount:{NAMESPACE}:{sa}"]
+    args += [f"--subresource={subresource}"] if subresource else []
     args += [f"--namespace={namespace}"] if namespace else ["--all-namespaces"]
     out = cluster.kubectl(*args, check=False).strip().splitlines()
     assert out and out[0] in ("yes", "no"), f"kubectl auth can-i {verb} {resource}: {out}"
@@ -63,9 +66,10 @@ def applied(kube_cluster: Cluster) -> Iterator[Any]:
     created: list[str] = []
     namespaces: list[str] = []
     # can-i resolves resource names through discovery: the Workspace kind must be served.
-    crd = MANIFESTS / "crds" / "kaito.sh_workspaces.yaml"
-    kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/workspaces.kaito.sh")
+    for kind in ("workspaces", "inferencesets"):
+        crd = MANIFESTS / "crds" / f"kaito.sh_{kind}.yaml"
+        kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+        kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{kind}.kaito.sh")
 
     def apply(rendered: str) -> list[str]:
         docs = rbac_docs(rendered)
@@ -111,8 +115,33 @@ def assert_answers(cluster: Cluster, checks: list[Check]) -> None:
     assert not wrong, "\n".join(wrong)
 
 
+# The activator: reads sets and Workspaces, moves a set's replicas (the scale subresource) and writes
+# Leases in the operator's namespace; nothing that changes what a set or Workspace runs.
+ACTIVATOR = "kaitopy-activator"
+ACTIVATOR_CHECKS: list[Check] = [
+    (True, ACTIVATOR, "list", "inferencesets.kaito.sh", None),
+    (True, ACTIVATOR, "watch", "workspaces.kaito.sh", None),
+    (True, ACTIVATOR, "patch", "inferencesets.kaito.sh:scale", None),
+    (False, ACTIVATOR, "update", "inferencesets.kaito.sh:scale", None),
+    (False, ACTIVATOR, "patch", "inferencesets.kaito.sh", None),
+    (False, ACTIVATOR, "update", "inferencesets.kaito.sh", None),
+    (False, ACTIVATOR, "patch", "inferencesets.kaito.sh:status", None),
+    (False, ACTIVATOR, "create", "workspaces.kaito.sh", None),
+    (False, ACTIVATOR, "patch", "workspaces.kaito.sh", None),
+    (False, ACTIVATOR, "delete", "workspaces.kaito.sh", None),
+    (False, ACTIVATOR, "create", "pods", None),
+    (False, ACTIVATOR, "get", "secrets", None),
+    (False, ACTIVATOR, "get", "pods", None),
+    (False, ACTIVATOR, "create", "services", None),
+    (True, ACTIVATOR, "create", "leases.coordination.k8s.io", NAMESPACE),
+    (True, ACTIVATOR, "patch", "leases.coordination.k8s.io", NAMESPACE),
+    (False, ACTIVATOR, "delete", "leases.coordination.k8s.io", NAMESPACE),
+    (False, ACTIVATOR, "create", "leases.coordination.k8s.io", "default"),
+]
+
+
 def _cluster_wide(sas: list[str]) -> list[Check]:
-    assert {"kaitopy-controller", "kaitopy-provisioner"} <= set(sas)
+    assert {"kaitopy-controller", "kaitopy-provisioner", ACTIVATOR} <= set(sas)
     checks: list[Check] = [
         (False, sa, verb, resource, None) for sa in sas for verb, resource in FORBIDDEN_EVERYWHERE
     ]
@@ -126,6 +155,7 @@ def _cluster_wide(sas: list[str]) -> list[Check]:
         # The certificate Secret by name; no other Secret of the operator's namespace.
         (True, "kaitopy-controller", "update", "secrets/kaitopy-webhook-cert", NAMESPACE),
         (False, "kaitopy-controller", "get", "secrets/some-other-secret", NAMESPACE),
+        *ACTIVATOR_CHECKS,
     ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from kaitopy.controllers.inferenceset.autoscale import (
@@ -85,6 +87,53 @@ def test_recommend(
     assert recommend(s, current, samples, missing, history, now).desired == desired
 
 
+Z = AutoscaleSettings(min_replicas=0, max_replicas=4, target_queue_depth=2, idle_s=60)
+
+# (case, current, samples, missing, history, idle seconds, desired) for a set that may rest at zero.
+ZERO_CASES = [
+    ("at zero stays at zero: the activator wakes it", 0, [], 0, [], 10_000.0, 0),
+    ("idle for idle-seconds goes to zero", 1, q(0), 0, [], 60.0, 0),
+    ("idle goes straight to zero from several members", 3, q(0, 0, 0), 0, [], 61.0, 0),
+    ("idle with silent members still goes to zero", 2, q(0), 1, [], 61.0, 0),
+    ("a request within idle-seconds keeps the member", 1, q(0), 0, [], 59.0, 1),
+    ("a queue on an idle-looking set keeps it", 1, q(1), 0, [], 600.0, 1),
+    ("requests running keep it", 1, [Sample(queue_depth=0, running=1)], 0, [], 600.0, 1),
+    ("not idle: the load rules, and never below one", 2, q(0, 0), 0, [(0.0, 0)], 5.0, 1),
+    ("not idle: a queue scales up as usual", 1, q(6), 0, [], 0.0, 3),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "current", "samples", "missing", "history", "idle", "desired"),
+    ZERO_CASES,
+    ids=[c[0] for c in ZERO_CASES],
+)
+def test_recommend_with_scale_to_zero(
+    case: str,
+    current: int,
+    samples: list[Sample],
+    missing: int,
+    history: list[tuple[float, int]],
+    idle: float,
+    desired: int,
+) -> None:
+    z = replace(Z, scale_down_stabilization_s=60)
+    assert recommend(z, current, samples, missing, history, 100.0, idle_s=idle).desired == desired
+
+
+def test_the_scale_to_zero_note_says_why() -> None:
+    rec = recommend(Z, 2, q(0, 0), 0, [], 100.0, idle_s=75)
+    assert rec.note == "scale down 2 -> 0: no request for 75s (idle-seconds 60)"
+
+
+def test_scale_to_zero_settings() -> None:
+    on = {PREFIX + "enabled": "true", PREFIX + "max-replicas": "2", PREFIX + "min-replicas": "0"}
+    assert settings_of(on) == AutoscaleSettings(min_replicas=0, max_replicas=2)
+    assert settings_of({**on, PREFIX + "idle-seconds": "30"}) == AutoscaleSettings(
+        min_replicas=0, max_replicas=2, idle_s=30
+    )
+
+
 def test_the_note_carries_the_numbers() -> None:
     rec = recommend(S, 2, q(3, 4), 0, [], 0.0)
     assert rec.note == "scale up 2 -> 4: queue 7 and running 0 on 2 members; load asks for 4, bounds 1-6"
@@ -108,7 +157,8 @@ def test_settings_read_with_defaults() -> None:
         ({}, "max-replicas] is required"),
         ({"max-replicas": "x"}, "max-replicas]: 'x' is not a number"),
         ({"max-replicas": "2.5"}, "max-replicas]: '2.5' must be a whole number"),
-        ({"max-replicas": "2", "min-replicas": "0"}, "min-replicas]: must be at least 1"),
+        ({"max-replicas": "2", "min-replicas": "0", "idle-seconds": "0"}, "idle-seconds]: must be above 0"),
+        ({"max-replicas": "0", "min-replicas": "0"}, "max-replicas]: must be at least 1"),
         ({"max-replicas": "2", "min-replicas": "3"}, "max-replicas]: 2 is below min-replicas 3"),
         ({"max-replicas": "2", "target-queue-depth": "0"}, "target-queue-depth] or target-running"),
     ],

@@ -14,6 +14,12 @@ YAML for Kaito and keeps its schema):
     autoscaling.kaitopy.io/scale-up-step: "4"             # members added per decision at most
     autoscaling.kaitopy.io/scale-down-step: "1"
     autoscaling.kaitopy.io/export-metrics: "true"         # scrape and export the load, scale or not
+    autoscaling.kaitopy.io/idle-seconds: "900"            # with min-replicas "0": idle time to zero
+
+With min-replicas "0" the set scales to zero once no request has arrived for idle-seconds (the
+activator's Lease and the members' own load are the clock, see activity.py), and back to one when
+a request reaches the activator (kaitopy.activator), which is the only thing that wakes it: the
+autoscaler alone never leaves zero, having no load to read there.
 
 Like the HPA's behaviour: a scale-up takes the lowest recommendation of its window (the load must
 hold for the whole window), a scale-down the highest of its window (it must have stayed low).
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 PREFIX = "autoscaling.kaitopy.io/"
@@ -38,7 +44,7 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class AutoscaleSettings:
     min_replicas: int = 1
-    """Never fewer members (scale from zero is not supported: at least 1)."""
+    """Never fewer members. 0: scale to zero when idle (the activator wakes the set again)."""
     max_replicas: int = 1
     """Never more members."""
     target_queue_depth: float | None = 2.0
@@ -53,6 +59,9 @@ class AutoscaleSettings:
     """Members added per decision at most (each one provisions nodes)."""
     scale_down_step: int = 1
     """Members removed per decision at most."""
+    idle_s: float = 900.0
+    """With min_replicas 0: no request for this long scales the set to zero (its nodes go). A GPU
+    node and a model load take minutes to come back, so a quarter of an hour by default."""
 
 
 def _number(annotations: Mapping[str, Any], key: str, default: float | None, *, whole: bool) -> float | None:
@@ -100,12 +109,15 @@ def settings_of(annotations: Mapping[str, Any] | None) -> AutoscaleSettings | No
         or 0.0,
         scale_up_step=whole("scale-up-step", d.scale_up_step),
         scale_down_step=whole("scale-down-step", d.scale_down_step),
+        idle_s=_number(annotations, "idle-seconds", d.idle_s, whole=False) or 0.0,
     )
-    if s.min_replicas < 1:
+    if s.min_replicas == 0 and s.idle_s <= 0:
         raise SettingsError(
-            f"metadata.annotations[{PREFIX}min-replicas]: must be at least 1 "
-            "(scale from zero is not supported)"
+            f'metadata.annotations[{PREFIX}idle-seconds]: must be above 0 with min-replicas "0"; '
+            'write e.g. "900"'
         )
+    if s.max_replicas < 1:
+        raise SettingsError(f"metadata.annotations[{PREFIX}max-replicas]: must be at least 1")
     if s.max_replicas < s.min_replicas:
         raise SettingsError(
             f"metadata.annotations[{PREFIX}max-replicas]: {s.max_replicas} is below "
@@ -120,6 +132,15 @@ def settings_of(annotations: Mapping[str, Any] | None) -> AutoscaleSettings | No
             f"metadata.annotations[{PREFIX}scale-up-step/scale-down-step]: must be at least 1"
         )
     return s
+
+
+def scales_to_zero(annotations: Mapping[str, Any] | None) -> bool:
+    """The set opted into scale to zero (the autoscaler with min-replicas "0", valid settings)."""
+    try:
+        s = settings_of(annotations)
+    except SettingsError:
+        return False
+    return s is not None and s.min_replicas == 0
 
 
 def exports_load(annotations: Mapping[str, Any]) -> bool:
@@ -173,10 +194,18 @@ def recommend(
     missing: int,
     history: Sequence[tuple[float, int]],
     now: float,
+    idle_s: float = 0.0,
 ) -> Recommendation:
     """The replicas to set. `samples` are the members that answered, `missing` how many did not;
-    `history` the earlier (time, raw) recommendations (this one is added by the caller)."""
+    `history` the earlier (time, raw) recommendations (this one is added by the caller); `idle_s`
+    how long since the set last saw a request (only read with min_replicas 0)."""
     raw, queue, running = raw_recommendation(s, samples)
+    if s.min_replicas == 0:
+        zero = _scale_to_zero(s, current, raw, queue, running, idle_s)
+        if zero is not None:
+            return zero
+        # Above zero the load decides as usual, but never down to zero: only idleness does that.
+        s = replace(s, min_replicas=1)
     # Load on members that answered is spread over the ones that will exist: with the whole set busy
     # and nothing answering yet, keep what there is.
     bounded = min(max(raw, s.min_replicas), s.max_replicas)
@@ -213,3 +242,19 @@ def recommend(
         desired = min(max(current, s.min_replicas), s.max_replicas)  # out of bounds: straight back in
     verb = "scale up" if desired > current else "scale down" if desired < current else "hold"
     return Recommendation(desired, raw, f"{verb} {current} -> {desired}: {numbers}")
+
+
+def _scale_to_zero(
+    s: AutoscaleSettings, current: int, raw: int, queue: float, running: float, idle_s: float
+) -> Recommendation | None:
+    """The decisions only a set that may rest at zero has: stay at zero (the activator, not the
+    autoscaler, wakes it: at zero there is no load to read), or go to zero when idle. None: decide
+    on the load as usual."""
+    if current == 0:
+        return Recommendation(0, raw, "hold 0 -> 0: at zero until a request reaches the activator")
+    if idle_s >= s.idle_s and queue == 0 and running == 0:
+        # Straight to zero, not step by step: nothing has asked for any member for the whole idle time.
+        return Recommendation(
+            0, raw, f"scale down {current} -> 0: no request for {idle_s:.0f}s (idle-seconds {s.idle_s:g})"
+        )
+    return None

@@ -17,19 +17,21 @@ from pydantic import ValidationError
 
 from kaitopy.api.constants import INFERENCESET, WORKSPACE, InferenceSetReady, NodeCountLimitReached
 from kaitopy.api.inferenceset import InferenceSet
+from kaitopy.controllers.inferenceset import activity, front, scrape
 from kaitopy.controllers.inferenceset import members as mb
-from kaitopy.controllers.inferenceset import scrape
 from kaitopy.controllers.inferenceset.autoscale import (
     SetLoad,
     SettingsError,
     exports_load,
     recommend,
+    scales_to_zero,
     settings_of,
 )
 from kaitopy.controllers.inferenceset.decide import Decision, Inputs, decide, max_unavailable_of
 from kaitopy.controllers.inferenceset.expectations import Expectations
 from kaitopy.runtime import (
     AlreadyExists,
+    ApiError,
     Client,
     EventRecorder,
     NotFound,
@@ -37,6 +39,8 @@ from kaitopy.runtime import (
     Result,
     Store,
     controller_of,
+    is_controlled_by,
+    kinds,
     owner_reference,
     patch_status,
     reconcile_logger,
@@ -97,6 +101,10 @@ class InferenceSetReconciler:
         monotonic: Callable[[], float] = time.monotonic,
         metrics_url: Callable[[str, str], str] = scrape.service_url,
         autoscale_interval_s: float = AUTOSCALE_INTERVAL_S,
+        operator_namespace: str | None = None,
+        wall: Callable[[], float] = time.time,
+        services: Store | None = None,
+        activator_host: str | None = None,
     ) -> None:
         self.client = client
         self.sets = sets
@@ -106,6 +114,18 @@ class InferenceSetReconciler:
         self.monotonic = monotonic
         self.metrics_url = metrics_url
         self.autoscale_interval_s = autoscale_interval_s
+        self.operator_namespace = operator_namespace
+        """Where the activator's activity Leases are (None: no activator; the idle clock is then the
+        members' own load only)."""
+        self.wall = wall
+        self.services = services
+        """Services labelled as fronts (FRONT_LABEL), for the sets that scale to zero."""
+        self.activator_host = activator_host
+        """Where a front Service points (None: no fronts are made)."""
+        # Per set that may scale to zero: when it was last seen active (wall clock), and its replicas
+        # at the last pass (a move from 0 restarts the idle clock, whoever made it).
+        self._active: dict[str, float] = {}
+        self._last_replicas: dict[str, int] = {}
         # Per set: the autoscaler's earlier (time, raw recommendation), for its stabilization windows.
         self._history: dict[str, list[tuple[float, int]]] = {}
         # Per set: the members' summed load at the last scrape, exported on the controller's /metrics.
@@ -115,8 +135,7 @@ class InferenceSetReconciler:
         obj = self.sets.get(req.key)
         if obj is None:
             self.expectations.forget(req.key)
-            self._history.pop(req.key, None)
-            self.load.pop(req.key, None)
+            self._forget(req.key)
             return None
         if (obj.get("metadata") or {}).get("deletionTimestamp"):
             return None  # the garbage collector deletes the members
@@ -154,6 +173,7 @@ class InferenceSetReconciler:
         )
         await self._act(obj, req, decision)
         await self._write_status(obj, decision, owned, None)
+        await self._ensure_front(obj, req)
         return await self._autoscale(obj, req, replicas, observed)
 
     def _invalid(self, obj: Obj) -> str | None:
@@ -237,8 +257,7 @@ class InferenceSetReconciler:
             await self.recorder.event(obj, "Warning", "AutoscalerInvalid", str(exc))
             return None
         if settings is None and not exports_load(annotations):
-            self._history.pop(req.key, None)
-            self.load.pop(req.key, None)
+            self._forget(req.key)
             return None
         ready = [m.name for m in observed if m.ready and not m.deleting]
         async with aiohttp.ClientSession() as session:
@@ -258,7 +277,10 @@ class InferenceSetReconciler:
         missing = max(0, replicas - len(samples))
         now = self.monotonic()
         history = self._history.setdefault(req.key, [])
-        rec = recommend(settings, replicas, samples, missing, history, now)
+        idle_s = 0.0
+        if settings.min_replicas == 0:
+            idle_s = await self._idle_seconds(req, replicas, self.load[req.key])
+        rec = recommend(settings, replicas, samples, missing, history, now, idle_s=idle_s)
         history.append((now, rec.raw))
         horizon = max(settings.scale_up_stabilization_s, settings.scale_down_stabilization_s)
         history[:] = [(t, r) for t, r in history if now - t < horizon]
@@ -274,6 +296,82 @@ class InferenceSetReconciler:
             log.info("autoscaled", extra={"decision": rec.note})
             await self.recorder.event(obj, "Normal", reason, rec.note, action="Scale")
         return Result(requeue_after=self.autoscale_interval_s)
+
+    async def _ensure_front(self, obj: Obj, req: Request) -> None:
+        """A set that scales to zero gets the Service `<set>` pointing at the activator. Made only
+        with create (never apply): a Service of that name the set does not control is left alone
+        and reported, so a set can never take over someone else's Service."""
+        if self.activator_host is None or self.services is None:
+            return
+        if not scales_to_zero((obj.get("metadata") or {}).get("annotations")):
+            # An existing front stays (it still routes through the activator); the set's deletion
+            # removes it with the garbage collector.
+            return
+        problem = front.front_problem(req.name)
+        if problem is not None:
+            await self.recorder.event(obj, "Warning", "FrontServiceInvalid", problem)
+            return
+        desired = front.desired_front(obj, self.activator_host)
+        current = self.services.get(req.key)
+        if current is not None and front.is_current(current, desired) and is_controlled_by(current, obj):
+            return
+        try:
+            if current is None:
+                await self.client.create(kinds.SERVICE, desired, field_manager=FIELD_MANAGER)
+                await self.recorder.event(
+                    obj,
+                    "Normal",
+                    "FrontServiceCreated",
+                    f"created service {req.name} -> activator",
+                    action="Create",
+                )
+                return
+        except AlreadyExists:
+            current = await self.client.get_or_none(kinds.SERVICE, req.name, req.namespace)
+            if current is None:
+                return  # gone meanwhile: the next pass creates it
+        if current is not None and not is_controlled_by(current, obj):
+            await self.recorder.event(
+                obj,
+                "Warning",
+                "FrontServiceConflict",
+                f"service {req.name} exists and is not this set's: clients of the set call the activator at "
+                f"/inferencesets/{req.namespace}/{req.name}/ until it is renamed or deleted",
+            )
+            return
+        if current is not None and not front.is_current(current, desired):
+            await self.client.patch(
+                kinds.SERVICE, req.name, {"spec": desired["spec"]}, namespace=req.namespace
+            )
+
+    def _forget(self, key: str) -> None:
+        for memory in (self._history, self.load, self._active, self._last_replicas):
+            memory.pop(key, None)
+
+    async def _idle_seconds(self, req: Request, replicas: int, load: SetLoad) -> float:
+        """Seconds since the set was last active: a request at the activator (its Lease), load on
+        a member, or a move up from zero. A set first seen now counts as active now, so a restarted
+        controller never scales a set to zero on a clock it did not watch."""
+        wall = self.wall()
+        active = self._active.get(req.key)
+        if active is None or load.queue_depth > 0 or load.running > 0:
+            active = wall
+        if self._last_replicas.get(req.key) == 0 and replicas > 0:
+            active = wall
+        if self.operator_namespace:
+            try:
+                lease = await self.client.get_or_none(
+                    kinds.LEASE, activity.lease_name(req.namespace, req.name), self.operator_namespace
+                )
+            except ApiError as exc:
+                log.warning("cannot read the activity lease", extra={"error": str(exc)})
+                lease = None
+            at = activity.last_request_at(lease)
+            if at is not None:
+                active = max(active, at)
+        self._active[req.key] = active
+        self._last_replicas[req.key] = replicas
+        return max(0.0, wall - active)
 
     async def _write_status(
         self, obj: Obj, decision: Decision | None, owned: list[Obj], problem: str | None

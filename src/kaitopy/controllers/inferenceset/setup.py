@@ -6,13 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from kaitopy.api.constants import INFERENCESET, WORKSPACE
+from kaitopy.controllers.inferenceset.front import FRONT_LABEL
 from kaitopy.controllers.inferenceset.metrics import InferenceSetLoadCollector
 from kaitopy.controllers.inferenceset.reconciler import (
+    AUTOSCALE_INTERVAL_S,
     MEMBERS_BY_SET,
     InferenceSetReconciler,
     set_key_of_member,
 )
-from kaitopy.runtime import ControllerSettings, EventRecorder, Manager, Request
+from kaitopy.runtime import ControllerSettings, EventRecorder, Manager, Request, kinds
 from kaitopy.runtime.client import Client
 from kaitopy.runtime.objects import Obj
 
@@ -25,19 +27,35 @@ def member_requests(ws: Obj) -> Iterable[Request]:
         yield Request(namespace, name)
 
 
-def wire(mgr: Manager, client: Client, *, max_concurrent_reconciles: int = 4) -> InferenceSetReconciler:
+def wire(
+    mgr: Manager,
+    client: Client,
+    *,
+    max_concurrent_reconciles: int = 4,
+    operator_namespace: str | None = None,
+    autoscale_interval_s: float = AUTOSCALE_INTERVAL_S,
+    activator_host: str | None = None,
+) -> InferenceSetReconciler:
     workspaces = mgr.cache.informer(WORKSPACE)
     workspaces.add_indexer(MEMBERS_BY_SET, set_key_of_member)
     recorder = EventRecorder(client, COMPONENT)
     mgr.add_shutdown_hook(recorder.flush)
     reconciler = InferenceSetReconciler(
-        client, mgr.cache.informer(INFERENCESET).store, workspaces.store, recorder
+        client,
+        mgr.cache.informer(INFERENCESET).store,
+        workspaces.store,
+        recorder,
+        operator_namespace=operator_namespace,
+        autoscale_interval_s=autoscale_interval_s,
+        services=mgr.cache.informer(kinds.SERVICE, label_selector=FRONT_LABEL).store,
+        activator_host=activator_host,
     )
     mgr.metrics.registry.register(InferenceSetLoadCollector(reconciler.load))
     (
         mgr.controller("inferenceset")
         .for_(INFERENCESET)
         .watches(WORKSPACE, member_requests)
+        .watches(kinds.SERVICE, member_requests, label_selector=FRONT_LABEL)
         .with_settings(ControllerSettings(max_concurrent_reconciles=max_concurrent_reconciles))
         .build(reconciler.reconcile)
     )

@@ -137,6 +137,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "webhook, when this process registers it, is limited to them too (env "
         "KAITOPY_WATCH_NAMESPACES; default: all namespaces)",
     )
+    parser.add_argument(
+        "--inferenceset-autoscale-interval",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how often the built-in autoscaler reads each autoscaled InferenceSet's members and "
+        "its idle clock (default 15, as the HPA)",
+    )
+    parser.add_argument(
+        "--activator-host",
+        default=os.environ.get("KAITOPY_ACTIVATOR_HOST", ""),
+        metavar="HOST",
+        help="what the Service <set> of an InferenceSet that scales to zero points at (ExternalName); "
+        "default kaitopy-activator.<operator namespace>.svc.<cluster domain>; 'none': make no such Services",
+    )
+    parser.add_argument(
+        "--cluster-domain",
+        default=os.environ.get("KAITOPY_CLUSTER_DOMAIN", "cluster.local"),
+        help="the cluster's DNS domain, for the activator's full name (default cluster.local)",
+    )
     hook = parser.add_argument_group("admission webhook (served by every replica)")
     hook.add_argument(
         "--webhook",
@@ -257,13 +277,34 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
+def activator_host_of(args: argparse.Namespace) -> str | None:
+    """Where the front Services of sets that scale to zero point; None: make none."""
+    from kaitopy.controllers.inferenceset.front import activator_host
+
+    if args.activator_host == "none":
+        return None
+    return args.activator_host or activator_host(args.leader_election_namespace, args.cluster_domain)
+
+
+def _positive_seconds(flag: str, value: float) -> float:
+    if not value > 0:
+        raise SystemExit(f"{flag} {value}: must be a positive number of seconds")
+    return value
+
+
 def _positive(flag: str, value: int) -> int:
     if value < 1:
         raise SystemExit(f"{flag} {value}: must be a positive whole number")
     return value
 
 
-async def wire_inferencesets(mgr: Manager, client: Client) -> None:
+async def wire_inferencesets(
+    mgr: Manager,
+    client: Client,
+    operator_namespace: str,
+    autoscale_interval_s: float,
+    activator_host: str | None,
+) -> None:
     """The InferenceSet controller, where the API server serves the kind (its CRD is optional: an
     installation from before it existed keeps working without it)."""
     from kaitopy.api.constants import INFERENCESET
@@ -275,7 +316,13 @@ async def wire_inferencesets(mgr: Manager, client: Client) -> None:
     except NotFound:
         log.warning("InferenceSet CRD not installed: the InferenceSet controller is off")
         return
-    wire_sets(mgr, client)
+    wire_sets(
+        mgr,
+        client,
+        operator_namespace=operator_namespace,
+        autoscale_interval_s=autoscale_interval_s,
+        activator_host=activator_host,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -326,7 +373,13 @@ def run(args: argparse.Namespace) -> int:
                 max_concurrent_reconciles=args.max_concurrent_reconciles,
                 resync_period=args.resync_period,
             )
-            await wire_inferencesets(mgr, client)
+            await wire_inferencesets(
+                mgr,
+                client,
+                args.leader_election_namespace,
+                _positive_seconds("--inferenceset-autoscale-interval", args.inferenceset_autoscale_interval),
+                activator_host_of(args),
+            )
             log.info(
                 "workspace controller starting",
                 extra={"node_provisioner": settings.node_provisioner, "watch_namespaces": watch or "all"},

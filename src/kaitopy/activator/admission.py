@@ -1,0 +1,54 @@
+"""What the activator does with one request, decided from numbers alone (pure, table-tested), and the
+OpenAI-shaped error bodies of its refusals."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class HoldSettings:
+    max_queue: int = 100
+    """Requests held per set at most while it wakes; more are refused at once (a client retries
+    later instead of piling up sockets and memory here)."""
+    max_wait_s: float = 600.0
+    """How long a request is held at most: a GPU node, its image and the model's weights can take
+    several minutes from zero, so ten."""
+    retry_after_s: float = 30.0
+    """The Retry-After of a refusal while the set wakes: about how often a client should ask again."""
+
+
+class Verdict(enum.Enum):
+    FORWARD = "forward"
+    """A member is ready: forward now."""
+    HOLD = "hold"
+    """No member is ready but one is coming (or is asked for): hold the request."""
+    QUEUE_FULL = "queue_full"
+    """No member is ready and max_queue requests are already held."""
+    ASLEEP = "asleep"
+    """The set is at zero and does not scale from zero: nothing would ever answer."""
+
+
+def admit(*, ready: int, replicas: int, wakes: bool, held: int, settings: HoldSettings) -> Verdict:
+    """`ready`: the set's ready members; `replicas`: its spec.replicas; `wakes`: it may scale from
+    zero (min-replicas "0"); `held`: requests for it held now."""
+    if ready > 0:
+        return Verdict.FORWARD
+    if replicas == 0 and not wakes:
+        return Verdict.ASLEEP
+    if held >= settings.max_queue:
+        return Verdict.QUEUE_FULL
+    return Verdict.HOLD
+
+
+def retry_after(settings: HoldSettings) -> str:
+    """The Retry-After header value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(settings.retry_after_s)))
+
+
+def openai_error(message: str, type_: str, code: int, param: str | None = None) -> dict[str, Any]:
+    """The body OpenAI's API (and vLLM) answers errors with, so clients show the message."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
