@@ -126,6 +126,18 @@ def local_model_operator(
 ) -> tuple[Operator, Path]:
     """The operator with the `local` provider and the small CPU preset's images and weights (and
     the tools image for adapters): (operator, the provider's node directory)."""
+    return start_local_model_operator(operator, kube_cluster, model_images, smollm2_weights, tmp_path)
+
+
+def start_local_model_operator(
+    operator: Operator,
+    kube_cluster: Cluster,
+    model_images: localnodes.LocalImages,
+    smollm2_weights: localnodes.Weights,
+    tmp_path: Path,
+    *controller_extra: str,
+) -> tuple[Operator, Path]:
+    """What `local_model_operator` starts, with extra controller flags."""
     assert kube_cluster.bin_dir is not None, "the local provider needs the local control plane's binaries"
     local_dir = tmp_path / "nodes"
     operator.start_controller(
@@ -138,6 +150,7 @@ def local_model_operator(
         # test's server on the registry's address (a link the project made).
         f"--plain-http-registry={model_images.registry}",
         f"--url-allow-network={model_images.registry.rsplit(':', 1)[0]}/32",
+        *controller_extra,
     )
     operator.start_local_provisioner(
         local_dir,

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("KAITOPY_ACTIVATOR_PORT", DEFAULT_PORT)),
+        default=int(os.environ.get("KAITOPY_ACTIVATOR_LISTEN_PORT", DEFAULT_PORT)),
         help=f"port of the proxy (default {DEFAULT_PORT}; 0 picks a free one)",
     )
     parser.add_argument("--host", default="0.0.0.0", help="address the proxy listens on")

@@ -197,3 +197,23 @@ def test_parse_matches_the_names_the_model_server_exports() -> None:
 def test_a_zero_window_ignores_earlier_recommendations() -> None:
     # The same instant's earlier "0" must not veto a scale-up when the window is 0 s.
     assert recommend(S, 2, q(4, 3), 0, [(100.0, 0)], 100.0).desired == 4
+
+
+def test_members_are_scraped_at_their_service_cluster_ip_without_dns() -> None:
+    from kaitopy.controllers.inferenceset.scrape import cluster_ip_url
+    from kaitopy.runtime.store import Store
+
+    services = Store()
+    services.replace(
+        [
+            {"metadata": {"name": "phi-0", "namespace": "ns", "resourceVersion": "1"},
+             "spec": {"clusterIP": "10.96.0.42"}},
+            {"metadata": {"name": "phi-1", "namespace": "ns", "resourceVersion": "1"},
+             "spec": {"clusterIP": "None"}},
+        ]
+    )  # fmt: skip
+    url = cluster_ip_url(services)
+    assert url("ns", "phi-0") == "http://10.96.0.42/metrics"
+    # headless or not cached yet: by name, as before
+    assert url("ns", "phi-1") == "http://phi-1.ns.svc/metrics"
+    assert url("ns", "phi-2") == "http://phi-2.ns.svc/metrics"

@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from kaitopy.controllers.inferenceset.autoscale import QUEUE_METRIC, RUNNING_METRIC, Sample
+from kaitopy.runtime.store import Store
 
 SCRAPE_TIMEOUT_S = 2.0  # a member slower than this to answer its /metrics is counted as not answering
 
 
 def service_url(namespace: str, member: str) -> str:
-    """The member Workspace's Service (port 80 serves the model server, /metrics included)."""
+    """The member Workspace's Service by name (port 80 serves the model server, /metrics included)."""
     return f"http://{member}.{namespace}.svc/metrics"
+
+
+def cluster_ip_url(services: Store) -> Callable[[str, str], str]:
+    """The member's Service by its cluster IP, read from the cache (the Services the workspace
+    controller already watches), so the scrape needs no cluster DNS: the controller may run
+    outside the cluster, or on nodes without DNS. By name while the cache lacks it."""
+
+    def url(namespace: str, member: str) -> str:
+        svc = services.get(f"{namespace}/{member}") or {}
+        ip = (svc.get("spec") or {}).get("clusterIP")
+        if ip and ip != "None":
+            host = f"[{ip}]" if ":" in str(ip) else str(ip)
+            return f"http://{host}/metrics"
+        return service_url(namespace, member)
+
+    return url
 
 
 def parse(text: str) -> Sample:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from kaitopy.api.constants import INFERENCESET, WORKSPACE
+from kaitopy.controllers.inferenceset import scrape
 from kaitopy.controllers.inferenceset.front import FRONT_LABEL
 from kaitopy.controllers.inferenceset.metrics import InferenceSetLoadCollector
 from kaitopy.controllers.inferenceset.reconciler import (
@@ -14,6 +15,7 @@ from kaitopy.controllers.inferenceset.reconciler import (
     InferenceSetReconciler,
     set_key_of_member,
 )
+from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL
 from kaitopy.runtime import ControllerSettings, EventRecorder, Manager, Request, kinds
 from kaitopy.runtime.client import Client
 from kaitopy.runtime.objects import Obj
@@ -49,6 +51,10 @@ def wire(
         autoscale_interval_s=autoscale_interval_s,
         services=mgr.cache.informer(kinds.SERVICE, label_selector=FRONT_LABEL).store,
         activator_host=activator_host,
+        # The members' Services: the same informer the workspace controller owns them through.
+        metrics_url=scrape.cluster_ip_url(
+            mgr.cache.informer(kinds.SERVICE, label_selector=WORKSPACE_LABEL).store
+        ),
     )
     mgr.metrics.registry.register(InferenceSetLoadCollector(reconciler.load))
     (
