@@ -47,6 +47,8 @@ def autoscaled_set(namespace: str) -> dict[str, Any]:
                 PREFIX + "min-replicas": "1",
                 PREFIX + "max-replicas": "2",
                 PREFIX + "target-queue-depth": "1",
+                # Running requests count too: with two members the queue empties while both are busy.
+                PREFIX + "target-running": "1",
                 PREFIX + "scale-up-stabilization": "0",
                 PREFIX + "scale-down-stabilization": "10",
             },
@@ -128,6 +130,9 @@ async def test_load_scales_a_set_from_one_to_two_real_nodes_and_back(
                 lambda: asyncio.sleep(0.5), until=lambda _: load.result.by_target[url] >= 3, timeout=240,
                 what="the new member to answer some of the load",
             )  # fmt: skip
+            # Still under load: the set holds both members.
+            held = await client.get(INFERENCESET, SET, namespace=namespace)
+            assert held["spec"]["replicas"] == 2, held["spec"]
         finally:
             load.stop.set()
             result = await running
@@ -144,6 +149,7 @@ async def test_load_scales_a_set_from_one_to_two_real_nodes_and_back(
         second_ws = await client.get(WORKSPACE, second, namespace=namespace)
         (node_name,) = second_ws["status"]["workerNodes"]
         record = json.loads((local_dir / "nodes" / node_name / "node.json").read_text())
+        print(f"the second member {second} runs on node {node_name} (index {record['index']})")
         await eventually(
             lambda: client.get(INFERENCESET, SET, namespace=namespace),
             until=lambda s: s["spec"]["replicas"] == 1,

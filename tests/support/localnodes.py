@@ -80,9 +80,11 @@ def leftovers(node_root: Path, node_name: str, bridge: str) -> list[str]:
         # (Temporary directories are named pytest-of-*: only this process itself is exempt.)
         if marker in cmd and int(entry.name) != os.getpid():
             found.append(f"process {entry.name}: {cmd[:160]}")
+    # This node's data only: another node may still run on the machine.
+    data_dir = f"/var/lib/kaitopy/nodes/{bridge.removeprefix('kpbr')}/"
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         point = line.split()[4]
-        if point.startswith((marker, "/var/lib/kaitopy/nodes/")):
+        if point.startswith((marker, data_dir)) or point == data_dir.rstrip("/"):
             found.append(f"mount {point}")
     if Path(f"/sys/class/net/{bridge}").exists():
         found.append(f"bridge {bridge}")
