@@ -36,7 +36,7 @@ is retried with per-object exponential backoff.
 """
 
 from kaitopy.runtime import kinds, predicates
-from kaitopy.runtime.apply import apply, create_or_update, is_subset, patch_status
+from kaitopy.runtime.apply import apply, create_or_update, is_subset, needs_apply, patch_status
 from kaitopy.runtime.backoff import Backoff
 from kaitopy.runtime.builder import ControllerBuilder
 from kaitopy.runtime.client import Client, ClientSettings, ObjectList
@@ -166,6 +166,7 @@ __all__ = [
     "kinds",
     "name_of",
     "namespace_of",
+    "needs_apply",
     "owner_mapper",
     "owner_reference",
     "patch_status",

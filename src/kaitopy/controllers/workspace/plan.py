@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT_KEY = "sku"
@@ -225,3 +225,9 @@ class PlanError(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class Planner(Protocol):
+    """Workspace (and the context its inference config asks for) to plan; raises PlanError."""
+
+    def __call__(self, ws: Mapping[str, Any], *, max_model_len: int | None = None) -> WorkspacePlan: ...

@@ -14,11 +14,11 @@ from kaitopy.controllers.workspace.plan import (
     CpuPlan,
     InferencePlan,
     PlanError,
+    Planner,
     Settings,
     TuningPlan,
     WorkspacePlan,
 )
-from kaitopy.controllers.workspace.reconciler import Planner
 from kaitopy.presets import (
     Catalog,
     DoesNotFit,
