@@ -29,7 +29,7 @@ from kaitopy.controllers.workspace.decide import (
 from kaitopy.controllers.workspace.nodes import nodeclaim_name
 from kaitopy.controllers.workspace.observe import Dying, Observed
 from kaitopy.controllers.workspace.plan import REVISION_ANNOTATION, PlanError, Settings, WorkspacePlan
-from kaitopy.controllers.workspace.planner import make_planner
+from kaitopy.controllers.workspace.planner import make_planner, parse_workspace
 from kaitopy.presets import Catalog
 from kaitopy.runtime import kinds
 from kaitopy.runtime.apply import with_applied_hash
@@ -78,7 +78,7 @@ def tuning_ws() -> dict[str, Any]:
 
 
 def plan_of(ws: Obj) -> WorkspacePlan:
-    return make_planner(CATALOG, SETTINGS)(ws)
+    return make_planner(CATALOG, SETTINGS)(parse_workspace(ws))
 
 
 def gpu_node(name: str, *, ready: bool = True, claim: str | None = None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from kaitopy.controllers.workspace.plan import (
     Settings,
     WorkspacePlan,
 )
+from kaitopy.controllers.workspace.planner import parse_workspace
 from kaitopy.runtime import Client, Forbidden, Kind, kinds
 from kaitopy.runtime.objects import Obj
 from kaitopy.runtime.reconcile import reconcile_logger
@@ -112,7 +113,7 @@ class Observer:
         try:
             # Sized for the context the webhook admitted: the inference config's, if it sets one.
             context = await configured_max_model_len(self.client, ws, self.settings.operator_namespace)
-            plan = self.planner(ws, max_model_len=context)
+            plan = self.planner(parse_workspace(ws), max_model_len=context)
         except PlanError as err:
             return Observed(plan=None, plan_error=err)
         plan = await self._with_default_configs(ws, plan)

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from kaitopy.api import Workspace
+
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT_KEY = "sku"
 GPU_TAINT_VALUE = "gpu"
@@ -228,6 +230,7 @@ class PlanError(ValueError):
 
 
 class Planner(Protocol):
-    """Workspace (and the context its inference config asks for) to plan; raises PlanError."""
+    """The typed Workspace (read once per pass, `planner.parse_workspace`) and the context its
+    inference config asks for, to plan; raises PlanError."""
 
-    def __call__(self, ws: Mapping[str, Any], *, max_model_len: int | None = None) -> WorkspacePlan: ...
+    def __call__(self, ws: Workspace, *, max_model_len: int | None = None) -> WorkspacePlan: ...
