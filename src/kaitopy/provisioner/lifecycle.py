@@ -80,6 +80,22 @@ def _parse_time(value: str | None) -> float | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
+def elapsed(since: float | None, now: float) -> float:
+    """Seconds from `since` to `now`, both read from this controller's clock (never the API
+    server's: a skew between the two would time a claim out at once, or never). A time ahead of
+    `now` (written by a replica whose clock ran ahead) counts as no time at all."""
+    return 0.0 if since is None else max(0.0, now - since)
+
+
+def launch_age(conditions: list[dict[str, Any]], now: float) -> float:
+    """How long the claim has been launching, by this controller's clock: from the Launched
+    condition's last transition, which the controller wrote when it first saw the claim (Unknown,
+    kept through every Launching pass). Not from creationTimestamp: that is the API server's
+    clock, and compared with the local one a skew of an hour would be an hour of launch."""
+    cond = find_condition(conditions, LAUNCHED)
+    return elapsed(_parse_time(cond.get("lastTransitionTime")) if cond else None, now)
+
+
 @dataclass
 class _Status:
     """The status being computed in one reconcile; written once at the end if it changed."""
@@ -205,7 +221,7 @@ class NodeClaimLifecycle:
             st.set(LAUNCHED, "False", "InvalidRequest", str(err))
             await self.recorder.event(claim, "Warning", "InvalidRequest", str(err), action="Launch")
             return claim
-        age = self.clock() - (_parse_time(claim["metadata"].get("creationTimestamp")) or self.clock())
+        age = launch_age(st.conditions, self.clock())
         annotations = claim["metadata"].get("annotations") or {}
         token = annotations.get(LAUNCH_TOKEN_ANNOTATION)
         try:
@@ -259,8 +275,7 @@ class NodeClaimLifecycle:
     async def _register(self, claim: Obj, st: _Status) -> Obj | None:
         node = self._node_of(claim)
         if node is None:
-            launched_at = st.transition_time(LAUNCHED) or self.clock()
-            waited = self.clock() - launched_at
+            waited = elapsed(st.transition_time(LAUNCHED), self.clock())
             if waited > self.settings.registration_timeout_s:
                 message = f"no node joined within {self.settings.registration_timeout_s:.0f}s of the launch"
                 st.set(REGISTERED, "False", "RegistrationTimeout", message)
