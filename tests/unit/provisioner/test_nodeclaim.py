@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from kaitopy.provisioner.claimdecision import elapsed, launch_age
 from kaitopy.provisioner.cloudprovider import Taint
-from kaitopy.provisioner.lifecycle import elapsed, launch_age
 from kaitopy.provisioner.nodeclaim import (
     ClaimSpecError,
     gib,
