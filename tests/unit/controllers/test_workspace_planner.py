@@ -354,3 +354,10 @@ def test_the_planner_reads_the_typed_workspace() -> None:
     plan = make_planner(Catalog.load(), Settings())(typed)
     assert plan.tuning is not None and plan.tuning.method == "qlora"
     assert plan.tuning.output_push_secret == "push" and plan.match_labels == {"a": "t"}
+
+
+def test_a_status_the_model_cannot_read_does_not_make_the_spec_unplannable() -> None:
+    raw = tuning("phi-3-mini-4k-instruct", "Standard_NC12s_v3", "lora")
+    raw["status"] = {"conditions": [{"type": "Ready", "status": "Maybe"}], "workerNodes": "n0"}
+    typed = parse_workspace(freeze(raw))
+    assert typed.status is None and typed.tuning is not None

@@ -45,7 +45,9 @@ def parse_workspace(ws: Mapping[str, Any]) -> Workspace:
     model cannot read (stored before a stricter rule, or with the webhook off) is a PlanError
     naming the field, as the webhook would have refused it."""
     try:
-        return Workspace.model_validate(ws)
+        # The spec only: the status is the controller's own record, and a shape it wrote once
+        # (or another operator did) must never make the spec unplannable.
+        return Workspace.model_validate({k: v for k, v in ws.items() if k != "status"})
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
