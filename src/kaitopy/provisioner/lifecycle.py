@@ -58,12 +58,12 @@ from kaitopy.runtime import (
     set_condition,
     thaw,
 )
+from kaitopy.runtime.cache.store import Store
+from kaitopy.runtime.cache.writes import RecentWrites
 from kaitopy.runtime.conditions import Status
+from kaitopy.runtime.controller.reconcile import reconcile_logger
 from kaitopy.runtime.kinds import Kind
 from kaitopy.runtime.objects import Obj
-from kaitopy.runtime.reconcile import reconcile_logger
-from kaitopy.runtime.store import Store
-from kaitopy.runtime.writes import RecentWrites
 
 NODECLASS = Kind("kaito.sh", "v1", "KaitoNodeClass", "kaitonodeclasses", namespaced=False)
 NODE_INDEX = "by-nodeclaim"

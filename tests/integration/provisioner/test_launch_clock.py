@@ -15,7 +15,7 @@ from kaitopy.provisioner.lifecycle import NODE_INDEX, NodeClaimLifecycle, node_i
 from kaitopy.provisioner.nodeclaim import TERMINATION_FINALIZER
 from kaitopy.provisioner.settings import ProvisionerSettings
 from kaitopy.runtime import Client, EventRecorder, Request
-from kaitopy.runtime.store import Store
+from kaitopy.runtime.cache.store import Store
 from tests.integration.provisioner.harness import NODECLAIM, claim_name, condition, nodeclaim, shapes
 
 SKEW_S = 2 * 3600.0

@@ -16,8 +16,8 @@ from kaitopy.runtime import (
     NotFound,
     apply,
 )
+from kaitopy.runtime.controller.reconcile import reconcile_logger
 from kaitopy.runtime.objects import Obj
-from kaitopy.runtime.reconcile import reconcile_logger
 
 FIELD_MANAGER = "kaitopy-workspace"
 log = reconcile_logger(__name__)

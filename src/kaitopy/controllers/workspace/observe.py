@@ -27,9 +27,9 @@ from kaitopy.controllers.workspace.plan import (
 )
 from kaitopy.controllers.workspace.planner import parse_workspace
 from kaitopy.runtime import Client, Forbidden, Kind, kinds
+from kaitopy.runtime.cache.store import Store
+from kaitopy.runtime.controller.reconcile import reconcile_logger
 from kaitopy.runtime.objects import Obj
-from kaitopy.runtime.reconcile import reconcile_logger
-from kaitopy.runtime.store import Store
 
 CLAIMS_BY_WORKSPACE = "by-workspace"
 PODS_BY_WORKSPACE = "by-workspace"

@@ -45,9 +45,9 @@ from kaitopy.runtime import (
     patch_status,
     remove_finalizer,
 )
+from kaitopy.runtime.cache.writes import RecentWrites
+from kaitopy.runtime.controller.reconcile import reconcile_logger
 from kaitopy.runtime.objects import Obj
-from kaitopy.runtime.reconcile import reconcile_logger
-from kaitopy.runtime.writes import RecentWrites
 
 FINALIZER = "workspace.finalizer.kaito.sh"
 log = reconcile_logger(__name__)
