@@ -100,6 +100,9 @@ def crd_section(crd: Mapping[str, Any]) -> str:
     schema = stored["schema"]["openAPIV3Schema"]
     for rule in schema.get("x-kubernetes-validations") or ():
         lines.append(f"- object rule: {_cell(rule.get('message') or rule['rule'])}")
+    if not schema.get("properties"):
+        # A kind whose body is not described (one kaitopy does not serve yet): say so, no table.
+        return "\n".join([*lines, "", _cell(str(schema.get("description") or ""))]) + "\n"
     lines += ["", "| field | type | required | description | validation |", "| --- | --- | --- | --- | --- |"]
     for path, sub, required in fields(schema):
         if path.split(".")[0] in ("apiVersion", "kind", "metadata"):

@@ -8,6 +8,7 @@ their plain rules file (hack/alerts.py) (`make manifests`).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import alerts
 from api_reference import render as render_reference
 
-from kaitopy.api.crd import inferenceset_crd, render, workspace_crd
+from kaitopy.api.constants import UNSERVED_KINDS
+from kaitopy.api.crd import inferenceset_crd, render, unserved_crd, workspace_crd
 from kaitopy.provisioner.crds import nodeclaim_crd, nodeclass_crd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +35,10 @@ def generators() -> dict[str, Callable[[], dict[str, Any]]]:
         "kaito.sh_inferencesets.yaml": inferenceset_crd,
         "karpenter.sh_nodeclaims.yaml": nodeclaim_crd,
         "kaito.sh_kaitonodeclasses.yaml": nodeclass_crd,
+        **{
+            f"kaito.sh_{spec.plural}.yaml": functools.partial(unserved_crd, kind)
+            for kind, spec in UNSERVED_KINDS.items()
+        },
     }
 
 

@@ -162,7 +162,7 @@ class Operator:
         return self.provisioner
 
     def start_local_provisioner(
-        self, local_dir: Path, cluster_dir: Path, bin_dir: Path, pause_image: str, registry: str
+        self, local_dir: Path, cluster_dir: Path, bin_dir: Path, pause_image: str, registry: str, *extra: str
     ) -> Process:
         """The provisioner with the `local` provider: real kubelet + containerd nodes here, their
         identities signed by the local control plane's CA (in `cluster_dir`)."""
@@ -176,6 +176,7 @@ class Operator:
             f"--local-insecure-registry={registry}",
             # Node loss (tests/e2e/test_local_model.py): noticed within seconds, not the default 30.
             "--liveness-interval=2",
+            *extra,
         )
 
     def start_azure_provisioner(self, arm_url: str, ca: Path, *extra: str) -> Process:

@@ -5,7 +5,10 @@ leaves no process, mount, network namespace, cgroup, bridge or file behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import urllib.request
 import uuid
@@ -166,6 +169,25 @@ def check_the_node(
 
     assert wait("the Service to answer", lambda: "hello-from-a-real-pod" in fetch(), timeout=60)
 
+    # Cluster DNS: the Service by its full name and by the search path, from inside the pod; a
+    # name outside the cluster is refused (nothing is forwarded off the machine).
+    def lookup(name: str) -> str:
+        return k("exec", "-n", namespace, "web", "--", "/bin/busybox", "nslookup", name, check=False)
+
+    full = f"web.{namespace}.svc.cluster.local"
+    assert cluster_ip in wait(
+        "the cluster DNS to know the Service", lambda: cluster_ip in lookup(full) and lookup(full)
+    )
+    resolv = k("exec", "-n", namespace, "web", "--", "/bin/busybox", "cat", "/etc/resolv.conf")
+    assert "nameserver 10.229.253.1" in resolv and f"search {namespace}.svc.cluster.local" in resolv, resolv
+    # `web.<namespace>` through the search path (plain `web` is the pod's own name, in its /etc/hosts).
+    page = k(
+        "exec", "-n", namespace, "web", "--", "/bin/busybox", "wget", "-qO-", f"http://web.{namespace}/index.html"
+    )  # fmt: skip
+    assert "hello-from-a-real-pod" in page
+    outside = lookup("pypi.org.")
+    assert "REFUSED" in outside or "can't find" in outside, outside
+
     # The pod has routes to the pod network and the Service range only: no way off the machine.
     routes = k("exec", "-n", namespace, "web", "--", "/bin/busybox", "ip", "route")
     assert "default" not in routes, routes
@@ -192,3 +214,85 @@ def check_the_node(
     wait("the Node object to be gone", lambda: "NotFound" in k("get", "node", name, check=False), timeout=60)
     assert localnodes.leftovers(node_root, name, bridge) == []
     assert localnodes.netns() - netns_before == set()
+    # The last node took the machine-wide parts with it: kube-proxy's and the cluster DNS's state.
+    assert not Path("/sys/class/net/kpdns0").exists()
+    assert not Path("/run/kaitopy/cluster-dns").exists() and not Path("/run/kaitopy/kube-proxy").exists()
+
+
+def test_a_node_that_stays_not_ready_while_its_instance_runs_is_replaced(
+    operator: Operator, kube_cluster: Cluster, images: localnodes.LocalImages, tmp_path: Path
+) -> None:
+    """Node repair: the kubelet hangs (SIGSTOP: the process, and so the provider's instance, is
+    still there), the node goes NotReady, and after the repair toleration the provisioner gives
+    the claim up (Ready=False NodeUnhealthy, a Warning event), skips the drain and tears the node
+    down completely, even with its kubelet stopped."""
+    assert kube_cluster.bin_dir is not None
+    local_dir = tmp_path / "nodes"
+    operator.start_local_provisioner(
+        local_dir,
+        kube_cluster.kubeconfig.parent,
+        kube_cluster.bin_dir,
+        images.refs["pause"],
+        images.registry,
+        "--node-repair-after=5",
+    )
+    k = kube_cluster.kubectl
+    name = f"nc{uuid.uuid4().hex[:9]}"
+    k("apply", "-f", "-", input=json.dumps(nodeclaim(name)))
+    node_root = local_dir / "nodes" / name
+    kubelet = 0
+    try:
+        wait(
+            "the NodeClaim to be Initialized",
+            lambda: any(
+                c["type"] == "Initialized" and c["status"] == "True"
+                for c in (json.loads(k("get", "nodeclaim", name, "-o", "json")).get("status") or {}).get(
+                    "conditions", []
+                )
+            ),
+            timeout=300,
+        )
+        record = json.loads((node_root / "node.json").read_text())
+        bridge = f"kpbr{record['index']}"
+        kubelet = int(record["pids"]["kubelet"])
+        os.kill(kubelet, signal.SIGSTOP)
+        # What the node lifecycle controller writes once the kubelet's heartbeats stop: this
+        # control plane gives nodes 360 s of grace (kwok at scale), too long for a test, so the
+        # test writes it; the stopped kubelet cannot overwrite it.
+        k(
+            "patch", "node", name, "--subresource=status", "--type=strategic", "-p",
+            json.dumps({"status": {"conditions": [{
+                "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                "message": "Kubelet stopped posting node status.",
+            }]}}),
+        )  # fmt: skip
+
+        def given_up() -> dict[str, object] | None:
+            out = k("get", "nodeclaim", name, "-o", "json", check=False)
+            if not out.startswith("{"):
+                return {"reason": "gone before we looked"}
+            ready = next(
+                (c for c in json.loads(out)["status"].get("conditions", []) if c["type"] == "Ready"), {}
+            )
+            return ready if ready.get("reason") == "NodeUnhealthy" else None
+
+        ready = wait("the claim to be given up as unhealthy", given_up, timeout=60, interval=0.5)
+        assert ready is not None
+        if ready.get("reason") == "NodeUnhealthy":
+            assert ready["status"] == "False"
+            assert "Ready=Unknown: Kubelet stopped posting node status." in str(ready["message"]), ready
+            assert "while its instance still runs" in str(ready["message"]), ready
+        events = k(
+            "get", "events", "-A", "--field-selector", f"involvedObject.name={name},reason=NodeUnhealthy",
+            "-o", "jsonpath={.items[*].message}",
+        )  # fmt: skip
+        assert "NotReady" in events, events
+        wait("the NodeClaim to be gone", lambda: "NotFound" in k("get", "nodeclaim", name, check=False), 120)
+        wait("the Node object to be gone", lambda: "NotFound" in k("get", "node", name, check=False), 60)
+        assert localnodes.leftovers(node_root, name, bridge) == []
+    finally:
+        if kubelet:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(kubelet, signal.SIGCONT)
+        k("delete", "nodeclaim", name, "--ignore-not-found", "--wait=false", check=False)
+        wait("the NodeClaim to be gone", lambda: "NotFound" in k("get", "nodeclaim", name, check=False), 180)

@@ -15,7 +15,8 @@ MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 def test_overlay_renders_and_validates(kube_cluster: Cluster, overlay: str) -> None:
     rendered = kube_cluster.kubectl("kustomize", str(MANIFESTS / "overlays" / overlay))
     kinds = [line.split(":", 1)[1].strip() for line in rendered.splitlines() if line.startswith("kind:")]
-    assert kinds.count("CustomResourceDefinition") == 4  # workspaces, inferencesets, nodeclaims, nodeclasses
+    # workspaces, inferencesets, nodeclaims, nodeclasses, and ragengines, multiroleinferences (refused)
+    assert kinds.count("CustomResourceDefinition") == 6
     assert {"Deployment", "ClusterRole", "ServiceAccount", "Service"} <= set(kinds)
     # A dry run creates nothing, so the namespaced objects need their namespace to exist already.
     kube_cluster.kubectl("apply", "--server-side", "-f", str(MANIFESTS / "base" / "namespace.yaml"))

@@ -21,6 +21,7 @@ from kaitopy.api.constants import (
     INFERENCESET_SINGULAR,
     SERVED_VERSIONS,
     STORAGE_VERSION,
+    UNSERVED_KINDS,
     WORKSPACE_KIND,
     WORKSPACE_PLURAL,
     WORKSPACE_SHORT_NAMES,
@@ -223,6 +224,44 @@ def inferenceset_crd() -> dict[str, Any]:
                     "additionalPrinterColumns": inferenceset_printer_columns(),
                     "schema": {"openAPIV3Schema": object_schema(InferenceSet)},
                 }
+            ],
+        },
+    }
+
+
+def unserved_crd(kind: str) -> dict[str, Any]:
+    """A CRD for a Kaito kind kaitopy does not serve yet: Kaito's names and versions, any body
+    (the webhook refuses every create with the reason, so no object is ever stored)."""
+    spec = UNSERVED_KINDS[kind]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{spec.plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": spec.plural,
+                "singular": spec.singular,
+                "shortNames": list(spec.short_names),
+                "categories": ["kaito"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": version,
+                    "served": True,
+                    "storage": version == spec.storage,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": f"Not served by kaitopy yet: {spec.why}. Creates are refused.",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+                for version in spec.versions
             ],
         },
     }

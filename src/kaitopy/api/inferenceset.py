@@ -20,6 +20,7 @@ from kaitopy.api.workspace import (
     InferenceSpec,
     LabelSelector,
     Schemaless,
+    cel,
 )
 
 
@@ -58,9 +59,7 @@ class InferenceSetSpec(ApiModel):
     created (condition NodeCountLimitReached). Unset or 0: no limit."""
     label_selector: LabelSelector = Field(
         json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": "self == oldSelf", "message": messages.IMMUTABLE_SET_SELECTOR}
-            ]
+            "x-kubernetes-validations": [cel("self == oldSelf", messages.IMMUTABLE_SET_SELECTOR)]
         }
     )
     """The labels each member uses as its resource.labelSelector (its nodes carry them). Immutable."""

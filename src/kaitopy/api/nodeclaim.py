@@ -30,3 +30,9 @@ READY: Final = "Ready"
 # Ready's reason on a claim whose instance the provisioner found gone or failed (node loss,
 # kaitopy.provisioner.liveness); the workspace controller shows it as NodeLost.
 INSTANCE_LOST: Final = "InstanceLost"
+# Ready's reason on a claim whose node stayed NotReady past the repair toleration while its
+# instance still ran (a dead kubelet on a live VM, a partition): the provisioner replaces it too.
+NODE_UNHEALTHY: Final = "NodeUnhealthy"
+REPAIRED_REASONS: Final = frozenset({INSTANCE_LOST, NODE_UNHEALTHY})
+"""Ready reasons that mean the provisioner gave the node up: its owner sees NodeLost, and
+termination skips the drain (no kubelet there stops the pods)."""

@@ -39,8 +39,20 @@ def _plain(value: Any) -> Any:
 Schemaless = Annotated[dict[str, Any], BeforeValidator(_plain)]
 
 
+def cel(
+    rule: str, message: str, *, reason: str = "FieldValueForbidden", field_path: str | None = None
+) -> dict[str, Any]:
+    """A CEL rule of the schema. The reason and field path make the API server say
+    `<field>: Forbidden: <message>` (or `Required value:`), not `<nil>: Invalid value: "object":
+    <message>`, which names neither the field nor the value."""
+    out = {"rule": rule, "message": message, "reason": reason}
+    if field_path is not None:
+        out["fieldPath"] = field_path
+    return out
+
+
 def _immutable(message: str) -> dict[str, Any]:
-    return {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": message}]}
+    return {"x-kubernetes-validations": [cel("self == oldSelf", message)]}
 
 
 class ApiModel(BaseModel):
@@ -88,10 +100,11 @@ class ResourceSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                {
-                    "rule": "!has(oldSelf.count) || (has(self.count) && self.count == oldSelf.count)",
-                    "message": messages.IMMUTABLE_COUNT,
-                }
+                cel(
+                    "!has(oldSelf.count) || (has(self.count) && self.count == oldSelf.count)",
+                    messages.IMMUTABLE_COUNT,
+                    field_path=".count",
+                )
             ]
         }
     )
@@ -177,7 +190,11 @@ class AdapterSpec(ApiModel):
         max_length=32,
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": f"self.matches('{STRENGTH_PATTERN}')", "message": messages.ADAPTER_STRENGTH}
+                {
+                    **cel(f"self.matches('{STRENGTH_PATTERN}')", messages.ADAPTER_STRENGTH),
+                    # The value itself, which the API server does not echo for a CEL refusal.
+                    "messageExpression": f"'{messages.ADAPTER_STRENGTH}; got \"' + self + '\"'",
+                }
             ]
         },
     )
@@ -198,15 +215,22 @@ class InferenceSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                {
-                    "rule": "!(has(self.preset) && has(self.template))",
-                    "message": messages.PRESET_AND_TEMPLATE,
-                },
-                {"rule": "has(self.preset) || has(self.template)", "message": messages.PRESET_OR_TEMPLATE},
-                {
-                    "rule": "!has(self.preset) || !has(oldSelf.preset) || self.preset.name == oldSelf.preset.name",
-                    "message": messages.IMMUTABLE_INFERENCE_PRESET,
-                },
+                cel(
+                    "!(has(self.preset) && has(self.template))",
+                    messages.PRESET_AND_TEMPLATE,
+                    field_path=".template",
+                ),
+                cel(
+                    "has(self.preset) || has(self.template)",
+                    messages.PRESET_OR_TEMPLATE,
+                    reason="FieldValueRequired",
+                    field_path=".preset",
+                ),
+                cel(
+                    "!has(self.preset) || !has(oldSelf.preset) || self.preset.name == oldSelf.preset.name",
+                    messages.IMMUTABLE_INFERENCE_PRESET,
+                    field_path=".preset.name",
+                ),
             ]
         }
     )
@@ -224,12 +248,12 @@ class InferenceSpec(ApiModel):
         max_length=MAX_ADAPTERS,
         json_schema_extra={
             "x-kubernetes-validations": [
-                {
-                    "rule": "self.all(a, !has(a.source) || !has(a.source.name) || "
+                cel(
+                    "self.all(a, !has(a.source) || !has(a.source.name) || "
                     "self.filter(b, has(b.source) && has(b.source.name) && b.source.name == a.source.name)"
                     ".size() == 1)",
-                    "message": messages.ADAPTER_NAMES_UNIQUE,
-                }
+                    messages.ADAPTER_NAMES_UNIQUE,
+                )
             ]
         },
     )
@@ -269,14 +293,16 @@ class TuningSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.preset) || !has(oldSelf.preset) || self.preset.name == oldSelf.preset.name",
-                    "message": messages.IMMUTABLE_TUNING_PRESET,
-                },
-                {
-                    "rule": "!has(self.method) || !has(oldSelf.method) || self.method == oldSelf.method",
-                    "message": messages.IMMUTABLE_TUNING_METHOD,
-                },
+                cel(
+                    "!has(self.preset) || !has(oldSelf.preset) || self.preset.name == oldSelf.preset.name",
+                    messages.IMMUTABLE_TUNING_PRESET,
+                    field_path=".preset.name",
+                ),
+                cel(
+                    "!has(self.method) || !has(oldSelf.method) || self.method == oldSelf.method",
+                    messages.IMMUTABLE_TUNING_METHOD,
+                    field_path=".method",
+                ),
             ]
         }
     )
@@ -371,11 +397,22 @@ class Workspace(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "has(self.inference) != has(self.tuning)", "message": messages.EXACTLY_ONE_OF},
-                {
-                    "rule": "has(self.inference) == has(oldSelf.inference) && has(self.tuning) == has(oldSelf.tuning)",
-                    "message": messages.NO_TOGGLE,
-                },
+                cel(
+                    "has(self.inference) || has(self.tuning)",
+                    messages.EXACTLY_ONE_OF,
+                    reason="FieldValueRequired",
+                    field_path=".inference",
+                ),
+                cel(
+                    "!(has(self.inference) && has(self.tuning))",
+                    messages.EXACTLY_ONE_OF,
+                    field_path=".tuning",
+                ),
+                cel(
+                    "has(self.inference) == has(oldSelf.inference) && has(self.tuning) == has(oldSelf.tuning)",
+                    messages.NO_TOGGLE,
+                    field_path=".inference",
+                ),
             ]
         }
     )

@@ -202,7 +202,13 @@ def model_shape(config: Mapping[str, Any], dtype: str, weight_bytes: int) -> Mod
         head_dim = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)
     except (KeyError, TypeError, ValueError) as exc:
         raise PlanError(f"config.json lacks what sizing the KV cache needs: {exc}") from None
-    per_token = 2 * layers * kv_heads * head_dim * dtype_bytes(dtype, cfg)
+    rank, rope = cfg.get("kv_lora_rank"), cfg.get("qk_rope_head_dim")
+    if isinstance(rank, int) and isinstance(rope, int):
+        # Multi-head latent attention (DeepSeek-V3, Mistral Large 3): one compressed vector and the
+        # rotary key part per layer, whatever the head count.
+        per_token = layers * (rank + rope) * dtype_bytes(dtype, cfg)
+    else:
+        per_token = 2 * layers * kv_heads * head_dim * dtype_bytes(dtype, cfg)
     max_pos = cfg.get("max_position_embeddings")
     return ModelShape(
         kv_bytes_per_token=per_token,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 from collections.abc import Mapping
 from importlib import resources
 from types import MappingProxyType
@@ -13,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 GIB = 1024**3
+HF_MODEL_ID = re.compile(r"[^/\s]+/[^/\s]+")
+"""What Kaito takes for a Hugging Face model id in preset.name: "<org>/<model>"."""
 
 
 class CatalogError(LookupError):
@@ -66,8 +69,17 @@ class ModelPreset(BaseModel):
     head_dim: int = Field(gt=0)
     kv_bytes_per_token: int = Field(gt=0)
     """KV-cache bytes one token takes with a 16-bit cache, over all layers."""
+    kv_lora_rank: int | None = Field(default=None, gt=0)
+    """Multi-head latent attention (DeepSeek-V3 style): the rank of the compressed KV vector, which
+    the cache holds once per layer instead of K and V per head."""
+    qk_rope_head_dim: int | None = Field(default=None, gt=0)
+    """Multi-head latent attention: the rotary part of the key, cached beside the latent vector."""
     dtype: Literal["bfloat16", "float16", "float32"]
-    """The dtype the weights were released in."""
+    """The dtype the weights were released in (for a quantized checkpoint, of its unquantized
+    tensors and activations)."""
+    quantization: Literal["fp8", "mxfp4"] | None = None
+    """How a quantized checkpoint stores its weights (vLLM reads the details from config.json);
+    None for a 16-bit one. weights_bytes is the quantized size."""
     min_compute_capability: float = 7.0
     """The oldest CUDA compute capability the model's kernels run on."""
     supports_lora: bool
@@ -102,11 +114,18 @@ class ModelPreset(BaseModel):
 
     @model_validator(mode="after")
     def _kv_matches_architecture(self) -> ModelPreset:
-        computed = 2 * self.layers * self.kv_heads * self.head_dim * 2
+        if (self.kv_lora_rank is None) != (self.qk_rope_head_dim is None):
+            raise ValueError(f"{self.name}: kv_lora_rank and qk_rope_head_dim go together (latent attention)")
+        if self.kv_lora_rank is not None and self.qk_rope_head_dim is not None:
+            computed = self.layers * (self.kv_lora_rank + self.qk_rope_head_dim) * 2
+            formula = "layers * (kv_lora_rank + qk_rope_head_dim) * 2"
+        else:
+            computed = 2 * self.layers * self.kv_heads * self.head_dim * 2
+            formula = "2 * layers * kv_heads * head_dim * 2"
         if computed != self.kv_bytes_per_token:
             raise ValueError(
                 f"{self.name}: kv_bytes_per_token {self.kv_bytes_per_token} does not match "
-                f"2 * layers * kv_heads * head_dim * 2 = {computed}"
+                f"{formula} = {computed}"
             )
         return self
 
@@ -116,6 +135,11 @@ class ModelPreset(BaseModel):
             raise ValueError(f"{self.name}: engine transformers-cpu needs cpu_resources (cpu, memory)")
         if self.engine != "transformers-cpu" and self.cpu_resources is not None:
             raise ValueError(f"{self.name}: cpu_resources apply to engine transformers-cpu only")
+        if self.quantization is not None and self.min_compute_capability < 8.0:
+            raise ValueError(
+                f"{self.name}: {self.quantization} weights need vLLM's kernels: "
+                "min_compute_capability 8.0 or more"
+            )
         if self.weights_source == "oci" and not self.weights_version:
             raise ValueError(f"{self.name}: weights_source oci needs weights_version (the artifact's tag)")
         return self
@@ -156,10 +180,7 @@ class GpuSku(BaseModel):
 class Catalog:
     """Immutable lookup over the models and SKUs. `Catalog.load()` reads the packaged data once."""
 
-    def __init__(
-        self, models: list[ModelPreset], skus: list[GpuSku], *, not_served: tuple[str, ...] = ()
-    ) -> None:
-        self._not_served = frozenset(n.lower() for n in not_served)
+    def __init__(self, models: list[ModelPreset], skus: list[GpuSku]) -> None:
         self._models = MappingProxyType({m.name: m for m in models})
         self._skus = MappingProxyType({s.instance_type: s for s in skus})
         aliases: dict[str, ModelPreset] = {}
@@ -182,7 +203,6 @@ class Catalog:
         return cls(
             [ModelPreset.model_validate(m) for m in models["models"]],
             [GpuSku.model_validate(s) for s in skus["skus"]],
-            not_served=tuple(str(n) for n in models.get("kaito_presets_not_served") or ()),
         )
 
     @property
@@ -198,10 +218,18 @@ class Catalog:
         found = self._aliases.get(name.strip().lower())
         if found is not None:
             return found
-        if name.strip().lower() in self._not_served:
+        if HF_MODEL_ID.fullmatch(name.strip()):
+            # Kaito admits any "<org>/<model>" and sizes it from the hub's config.json at run time;
+            # kaitopy sizes at admission from its own catalog, so an id outside it is refused here.
+            ids = {m.hf_id.lower(): m.hf_id for m in self._models.values()}
+            near = difflib.get_close_matches(name.strip().lower(), list(ids), n=2, cutoff=0.8)
             raise UnknownPreset(
-                f"preset {name!r} is a Kaito preset kaitopy does not serve yet (not supported); "
-                f"presets it serves: {', '.join(sorted(self._models))}"
+                f"preset {name!r} is a Hugging Face model id outside kaitopy's catalog"
+                + (f" (did you mean {' or '.join(ids[n] for n in near)}?)" if near else "")
+                + ": serving any "
+                "Hugging Face model with a vLLM-supported architecture (Kaito's <org>/<model> presets) "
+                "is not supported by kaitopy yet; use a catalog preset "
+                f"({', '.join(sorted(self._models))}) or inference.template with your own image"
             )
         close = difflib.get_close_matches(name.lower(), list(self._models), n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""

@@ -56,6 +56,7 @@ def wire(mgr: Manager, client: Client, provider: CloudProvider, settings: Provis
     nodes = mgr.cache.informer(kinds.NODE, label_selector=NODECLAIM_LABEL)
     nodes.add_indexer(NODE_INDEX, node_index)
     recorder = EventRecorder(client, COMPONENT)
+    mgr.add_shutdown_hook(recorder.flush)
     lifecycle = NodeClaimLifecycle(
         client,
         claims.store,
@@ -84,6 +85,7 @@ def wire(mgr: Manager, client: Client, provider: CloudProvider, settings: Provis
         recorder,
         settings,
         on_lost=metrics.observe_lost if metrics is not None else None,
+        nodes=nodes,
     )
     mgr.add_runnable(liveness.run)
     return Provisioner(lifecycle, collector)
@@ -113,6 +115,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how often launched claims are checked for a lost instance, which is then replaced "
         f"(default {d.liveness_interval_s:.0f})",
+    )
+    parser.add_argument(
+        "--node-repair-after",
+        type=float,
+        default=d.node_repair_after_s,
+        metavar="SECONDS",
+        help="a launched node NotReady this long while its instance runs is replaced; 0 turns node "
+        f"repair off (default {d.node_repair_after_s:.0f})",
     )
     parser.add_argument(
         "--stuck-pod-grace",
@@ -190,6 +200,7 @@ def settings_from(args: argparse.Namespace) -> ProvisionerSettings:
         gc_grace_s=args.gc_grace,
         liveness_interval_s=args.liveness_interval,
         stuck_pod_grace_s=args.stuck_pod_grace,
+        node_repair_after_s=args.node_repair_after,
         max_concurrent_reconciles=args.max_concurrent_reconciles,
     )
 

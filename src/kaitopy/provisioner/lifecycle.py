@@ -25,6 +25,7 @@ from kaitopy.provisioner.cloudprovider import (
     LaunchFailedError,
     LaunchRequest,
 )
+from kaitopy.provisioner.liveness import is_repaired
 from kaitopy.provisioner.metrics import NodeClaimMetrics
 from kaitopy.provisioner.nodeclaim import (
     INITIALIZED_LABEL,
@@ -300,9 +301,9 @@ class NodeClaimLifecycle:
         st = _Status(thaw(claim.get("status") or {}), now, claim["metadata"].get("generation"))
         node = self._node_of(claim)
         instance = await self.provider.get(name)
-        # A lost instance (gone, or failed) cannot run or stop its pods: draining it would wait
-        # for nothing, forever where the kubelet is dead.
-        lost = instance is None or instance.state == "failed"
+        # A lost instance (gone, or failed) or a node given up as unhealthy cannot run or stop its
+        # pods: draining it would wait for nothing, forever where the kubelet is dead.
+        lost = instance is None or instance.state == "failed" or is_repaired(claim)
         if node is not None and not lost and not await self._drained(claim, node):
             st.set(TERMINATING, "Unknown", "Draining", f"evicting pods from node {node['metadata']['name']}")
             self.latest.remember((await patch_status(self.client, NODECLAIM, claim, st.body))[0])

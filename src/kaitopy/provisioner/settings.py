@@ -20,6 +20,16 @@ class ProvisionerSettings:
     liveness_interval_s: float = 30.0
     """How often launched claims are matched against the provider's instances to find lost nodes
     (an instance deleted or failed under a live claim): one list call per pass."""
+    node_repair_after_s: float = 600.0
+    """A launched node that stays NotReady (Ready False or Unknown) this long while its instance
+    still runs is replaced, as Karpenter's node repair does (its tolerations are 10-30 minutes):
+    the node lifecycle controller only evicts its pods, and without a node they stay Pending.
+    Counted from when this process first saw it unhealthy, so clock skew cannot shorten it. 0
+    turns repair off."""
+    repair_max_fraction: float = 0.2
+    """Repair stops while more than this share of the launched nodes is unhealthy (at least one
+    may always be repaired): many nodes failing at once is the control plane's or the network's
+    trouble, and replacing them all would only add to it (Karpenter's 20% rule)."""
     stuck_pod_grace_s: float = 60.0
     """A drain stops waiting for a pod this long after its deletion time (its grace period
     included): a pod that has not gone by then sits on a node that cannot stop it (Karpenter

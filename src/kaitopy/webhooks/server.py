@@ -28,6 +28,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from kaitopy.api import GROUP, SERVED_VERSIONS, Workspace
+from kaitopy.api.constants import UNSERVED_KINDS, unserved_message
 from kaitopy.presets import Catalog
 from kaitopy.runtime import Client, Conflict, Kind, NotFound, TransportError
 from kaitopy.runtime.errors import ApiError
@@ -200,7 +201,10 @@ class WebhookServer:
                         "apiGroups": [GROUP],
                         "apiVersions": list(SERVED_VERSIONS),
                         "operations": [operation],
-                        "resources": ["workspaces", "inferencesets"],
+                        # Creates of the kinds not served yet come here to be refused with the
+                        # reason; none exists to update.
+                        "resources": ["workspaces", "inferencesets"]
+                        + ([k.plural for k in UNSERVED_KINDS.values()] if operation == "CREATE" else []),
                         "scope": "Namespaced",
                     }
                 ],
@@ -348,7 +352,10 @@ class WebhookServer:
         operation = req.get("operation")
         if operation not in ("CREATE", "UPDATE") or req.get("subResource"):
             return []
-        if (req.get("kind") or {}).get("kind") == "InferenceSet":
+        kind = (req.get("kind") or {}).get("kind")
+        if kind in UNSERVED_KINDS:
+            return [FieldError("", unserved_message(str(kind)))]
+        if kind == "InferenceSet":
             return await review_inferenceset(self.client, self.catalog, req)
         try:
             new = Workspace.model_validate(req.get("object") or {})

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from kaitopy.api import MAX_ADAPTERS, Workspace, messages
+from kaitopy.api.constants import RUNTIME_ANNOTATION, RUNTIMES
 from kaitopy.api.workspace import STRENGTH_PATTERN, DataSource, PresetSpec
 from kaitopy.presets import (
     Catalog,
@@ -45,7 +46,9 @@ def pydantic_errors(exc: ValidationError) -> list[FieldError]:
     out = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"])
-        out.append(FieldError(field, f"{field}: {err['msg']}"))
+        # The value as written, so the author sees what was read (a missing field has none).
+        got = f" (got {err['input']!r})" if err["type"] != "missing" and "input" in err else ""
+        out.append(FieldError(field, f"{field}: {err['msg']}{got}"))
     return out
 
 
@@ -76,6 +79,37 @@ def validate_update(
     if new.metadata.get("deletionTimestamp") or not spec_changed(old, new):
         return []
     return [*_immutable(old, new), *_create(new, catalog, max_model_len, url_allowed)]
+
+
+def _runtime_of(ws: Workspace) -> object:
+    return (ws.metadata.get("annotations") or {}).get(RUNTIME_ANNOTATION)
+
+
+def runtime_problem(value: object, model: ModelPreset | None) -> str | None:
+    """Why the kaito.sh/runtime annotation's value cannot run this model; None when it can (or is
+    unset). Kaito falls back to vLLM on a value it does not know; kaitopy refuses it, so a typo
+    does not silently pick another engine."""
+    if value is None:
+        return None
+    field = f"metadata.annotations[{RUNTIME_ANNOTATION}]"
+    if value not in RUNTIMES:
+        return f"{field}: {value!r} is not a runtime; use one of {', '.join(RUNTIMES)} (or leave it unset)"
+    if model is not None and model.on_cpu and value != "transformers":
+        return (
+            f"{field}: {value!r} cannot run {model.name}, which runs on CPU with the transformers engine only"
+        )
+    return None
+
+
+def _runtime(ws: Workspace, catalog: Catalog) -> Iterator[FieldError]:
+    model: ModelPreset | None = None
+    spec = ws.inference
+    if spec is not None and spec.preset is not None:
+        found = _model(catalog, "inference.preset.name", spec.preset.name)
+        model = found if isinstance(found, ModelPreset) else None
+    problem = runtime_problem(_runtime_of(ws), model)
+    if problem is not None:
+        yield FieldError(f"metadata.annotations[{RUNTIME_ANNOTATION}]", problem)
 
 
 def spec_changed(old: Workspace, new: Workspace) -> bool:
@@ -149,6 +183,7 @@ def _create(
         yield FieldError("inference", messages.EXACTLY_ONE_OF)
     if ws.resource.partition is not None:
         yield FieldError("resource.partition", messages.PARTITION_UNSUPPORTED)
+    yield from _runtime(ws, catalog)
     sku: GpuSku | None = None
     try:
         sku = catalog.sku(ws.resource.instance_type)
@@ -230,7 +265,9 @@ def _inference(
                 )
             yield from _urls(f"{field}.source.urls", source.urls)
         if adapter.strength is not None and not _strength_ok(adapter.strength):
-            yield FieldError(f"{field}.strength", f"{field}.{messages.ADAPTER_STRENGTH}")
+            yield FieldError(
+                f"{field}.strength", f"{field}.{messages.ADAPTER_STRENGTH}; got {adapter.strength!r}"
+            )
 
 
 def _strength_ok(value: str) -> bool:

@@ -106,6 +106,16 @@ BAD = [
         _with(phi3(), "inference.preset.name", "phi-3-medium-4k-instruct"),
         "instance types that fit: ",
     ),
+    (
+        "runtime-annotation",
+        _with(phi3(), "metadata.annotations", {"kaito.sh/runtime": "vllm2"}),
+        "metadata.annotations[kaito.sh/runtime]: 'vllm2' is not a runtime; use one of vllm, transformers",
+    ),
+    (
+        "hugging-face-id-outside-the-catalog",
+        _with(phi3(), "inference.preset.name", "Qwen/Qwen3-8B"),
+        "is a Hugging Face model id outside kaitopy's catalog",
+    ),
     ("both", edit(phi3(), tuning=tuning()["tuning"]), messages.EXACTLY_ONE_OF),
     ("neither", edit(phi3(), inference=None), messages.EXACTLY_ONE_OF),
     ("preset-and-template", _with(phi3(), "inference.template", {"spec": {}}), messages.PRESET_AND_TEMPLATE),

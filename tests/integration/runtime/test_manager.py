@@ -237,3 +237,44 @@ async def test_lease_is_renewed_while_reconciles_drain_after_stop(client: Client
         if not run.done():
             await asyncio.wait_for(run, 30)
     assert await holder(client, namespace) in (None, "")  # released after the drain
+
+
+async def test_a_graceful_stop_writes_the_event_counts_still_held(client: Client, namespace: str) -> None:
+    # Repeats of an event are counted in memory and written at most once a minute: without the
+    # shutdown hook, the repeats of the last minute before a stop were never written.
+    from kaitopy.runtime import EventRecorder
+    from kaitopy.runtime.events import EventRecorderSettings
+
+    mgr = Manager(client, ManagerSettings(probe_port=None, handle_signals=False))
+    recorder = EventRecorder(
+        client, "runtime-test", settings=EventRecorderSettings(series_write_interval=600)
+    )
+    mgr.add_shutdown_hook(recorder.flush)
+
+    async def reconcile(req: Request) -> Result | None:
+        if req.name != "noisy":
+            return None  # the namespace's kube-root-ca.crt
+        obj = await client.get(kinds.CONFIG_MAP, req.name, req.namespace)
+        for _ in range(3):
+            await recorder.event(obj, "Warning", "StillBroken", "the same thing, again")
+        return None
+
+    mgr.controller("recording").for_(kinds.CONFIG_MAP, namespace=namespace).build(reconcile)
+    run = asyncio.create_task(mgr.run())
+    try:
+        await asyncio.wait_for(mgr.wait_running(), 30)
+        await client.create(kinds.CONFIG_MAP, {"metadata": {"name": "noisy", "namespace": namespace}})
+
+        async def recorded() -> list[dict[str, object]]:
+            found = await client.list(kinds.EVENT, namespace=namespace)
+            events = [e for e in found.items if e.get("reason") == "StillBroken"]
+            assert events
+            return events
+
+        first = await eventually(recorded)
+        assert "series" not in first[0]  # the repeats are only counted so far
+    finally:
+        mgr.stop()
+        await asyncio.wait_for(run, 30)
+    events = await recorded()
+    assert len(events) == 1 and events[0]["series"]["count"] == 3  # type: ignore[index]

@@ -173,14 +173,26 @@ def test_nodeclaim_failure_reason_reaches_resource_ready() -> None:
     assert status.resource_verdict(1, 1, claims, byo=False).ok
 
 
-def test_a_lost_node_is_named_until_its_claim_is_replaced() -> None:
-    message = "node ws1 is lost: kubelet (killed by SIGKILL) of local node ws1 stopped; deleting the claim"
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        (
+            "InstanceLost",
+            "node ws1 is lost: kubelet (killed by SIGKILL) of local node ws1 stopped; deleting the claim",
+        ),
+        (
+            "NodeUnhealthy",
+            "node ws1 has been NotReady (Ready=Unknown) for 601 s while its instance still runs",
+        ),
+    ],
+)
+def test_a_lost_node_is_named_until_its_claim_is_replaced(reason: str, message: str) -> None:
     lost = {
         "metadata": {"name": "ws1", "deletionTimestamp": "2026-12-04T12:00:00Z"},
         "status": {
             "conditions": [
                 {"type": "Launched", "status": "True", "reason": "Launched"},
-                {"type": "Ready", "status": "False", "reason": "InstanceLost", "message": message},
+                {"type": "Ready", "status": "False", "reason": reason, "message": message},
             ]
         },
     }

@@ -63,6 +63,21 @@ def test_kv_bytes_per_token_from_config() -> None:
     assert model_shape(wrapped, "bfloat16", 0).kv_bytes_per_token == 2 * 32 * 8 * 64 * 2
 
 
+def test_latent_attention_caches_one_vector_per_layer() -> None:
+    # DeepSeek-V3's config.json (the fields sizing reads): 128 heads, but MLA caches
+    # kv_lora_rank + qk_rope_head_dim values a layer, 70 KiB a token rather than 1.7 MiB.
+    deepseek = {
+        "num_hidden_layers": 61,
+        "num_attention_heads": 128,
+        "num_key_value_heads": 128,
+        "hidden_size": 7168,
+        "kv_lora_rank": 512,
+        "qk_rope_head_dim": 64,
+        "torch_dtype": "bfloat16",
+    }
+    assert model_shape(deepseek, "auto", 0).kv_bytes_per_token == 61 * (512 + 64) * 2
+
+
 def test_config_without_layers_is_a_clear_error() -> None:
     with pytest.raises(PlanError, match="num_hidden_layers"):
         model_shape({"hidden_size": 8}, "auto", 0)

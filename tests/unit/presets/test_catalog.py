@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kaitopy.presets import Catalog, UnknownInstanceType, UnknownPreset
+from kaitopy.presets import Catalog, ModelPreset, UnknownInstanceType, UnknownPreset
 
 REQUIRED_MODELS = [
     "phi-3-mini-4k-instruct",
@@ -28,6 +28,13 @@ REQUIRED_MODELS = [
     "gemma-3-27b-instruct",
     "gpt-oss-20b",
     "gpt-oss-120b",
+    # Kaito v0.12's curated presets added for issue 19.8.
+    "deepseek-r1-0528",
+    "deepseek-v3-0324",
+    "ministral-3-3b-instruct",
+    "ministral-3-8b-instruct",
+    "ministral-3-14b-instruct",
+    "mistral-large-3-675b-instruct",
 ]
 
 
@@ -41,9 +48,11 @@ def test_every_required_model_is_there(catalog: Catalog, name: str) -> None:
     m = catalog.model(name)
     assert m.name == name
     assert "/" in m.hf_id
-    # Weights of a 16-bit checkpoint are about 2 bytes a parameter; gpt-oss ships MXFP4 (smaller).
+    # Weights of a 16-bit checkpoint are about 2 bytes a parameter; fp8 about 1 (a 16-bit vision
+    # encoder adds some for Ministral 3); gpt-oss ships MXFP4 (smaller).
     ratio = m.weights_bytes / (m.params_b * 1e9)
-    assert (0.5 if m.name.startswith("gpt-oss") else 1.9) < ratio < 2.1
+    low, high = {None: (1.9, 2.1), "fp8": (1.0, 1.3), "mxfp4": (0.5, 1.0)}[m.quantization]
+    assert low < ratio < high
 
 
 def test_load_is_cached_and_read_only(catalog: Catalog) -> None:
@@ -136,11 +145,42 @@ def test_skus(catalog: Catalog) -> None:
         assert any(s.instance_type.startswith(prefix) for s in catalog.skus.values()), prefix
 
 
-def test_kaito_presets_not_served_are_refused_as_such() -> None:
+def test_kaito_v012_presets_resolve_by_kaito_name_and_hub_id() -> None:
+    catalog = Catalog.load()
+    # Kaito's LegacyBuiltinToCatalog maps each short name to this hub id (any case).
+    for name, hf_id in [
+        ("deepseek-r1-0528", "deepseek-ai/deepseek-r1-0528"),
+        ("deepseek-v3-0324", "deepseek-ai/deepseek-v3-0324"),
+        ("ministral-3-3b-instruct", "mistralai/ministral-3-3b-instruct-2512"),
+        ("ministral-3-8b-instruct", "mistralai/ministral-3-8b-instruct-2512"),
+        ("ministral-3-14b-instruct", "mistralai/ministral-3-14b-instruct-2512"),
+        ("mistral-large-3-675b-instruct", "mistralai/mistral-large-3-675b-instruct-2512"),
+    ]:
+        assert catalog.model(hf_id).name == name
+
+
+def test_latent_attention_cache_is_the_latent_vector_per_layer() -> None:
+    # DeepSeek-V3's cache holds kv_lora_rank + qk_rope_head_dim values per layer (61 layers), not
+    # K and V for each of its 128 heads: 70,272 bytes a token, not 5,996,544.
+    model = Catalog.load().model("deepseek-r1-0528")
+    assert (model.kv_lora_rank, model.qk_rope_head_dim, model.layers) == (512, 64, 61)
+    assert model.kv_bytes_per_token == 61 * (512 + 64) * 2
+    with pytest.raises(ValueError, match=r"layers \* \(kv_lora_rank \+ qk_rope_head_dim\) \* 2 = 70272"):
+        ModelPreset.model_validate({**model.model_dump(), "kv_bytes_per_token": 2 * 61 * 128 * 192 * 2})
+    with pytest.raises(ValueError, match="kv_lora_rank and qk_rope_head_dim go together"):
+        ModelPreset.model_validate({**model.model_dump(), "qk_rope_head_dim": None})
+
+
+def test_hugging_face_ids_outside_the_catalog_are_refused_as_not_supported_yet() -> None:
     with pytest.raises(
-        UnknownPreset, match=r"'deepseek-v3-0324' is a Kaito preset kaitopy does not serve yet"
+        UnknownPreset,
+        match=r"'Qwen/Qwen3-8B' is a Hugging Face model id outside kaitopy's catalog: serving any Hugging "
+        r"Face model with a vLLM-supported architecture .* is not supported by kaitopy yet",
     ):
-        Catalog.load().model("deepseek-v3-0324")
+        Catalog.load().model("Qwen/Qwen3-8B")
+    # A near miss of a catalog id gets the id it probably meant.
+    with pytest.raises(UnknownPreset, match=r"did you mean microsoft/Phi-4-mini-instruct"):
+        Catalog.load().model("microsoft/Phi-4-mini-instruc")
 
 
 def test_unknown_instance_type_suggests_close_ones() -> None:

@@ -141,3 +141,28 @@ def test_what_can_never_load_is_still_refused(catalog: Catalog) -> None:
 def test_full_context_is_kept_when_it_fits_as_few_nodes(catalog: Catalog) -> None:
     plan = estimate(catalog.model("phi-3-mini-128k-instruct"), catalog.sku("Standard_NC24ads_A100_v4"))
     assert (plan.max_model_len, plan.context_fixed, plan.node_count) == (131072, False, 1)
+
+
+def test_kaito_v012_large_presets_span_the_examples_h100_nodes(catalog: Catalog) -> None:
+    # Kaito's examples put DeepSeek-R1/V3 and Mistral-Large-3 (about 640 GiB of fp8 weights) on
+    # Standard_NC80adis_H100_v5 (2x H100 94 GB): four nodes, tensor parallel over each node's two
+    # GPUs and one pipeline stage per node. The latent-attention cache (70 KiB a token) lets the
+    # full context fit in those same four nodes.
+    for name in ("deepseek-r1-0528", "deepseek-v3-0324", "mistral-large-3-675b-instruct"):
+        model = catalog.model(name)
+        plan = estimate(model, catalog.sku("Standard_NC80adis_H100_v5"))
+        assert (plan.node_count, plan.tensor_parallel_size, plan.pipeline_parallel_size) == (4, 2, 4), name
+        assert (plan.runtime, plan.max_model_len) == ("vllm", model.max_context), name
+        # fp8 weights need vLLM's kernels: never the transformers runtime of a V100 node.
+        with pytest.raises(DoesNotFit, match=r"compute capability 7\.0"):
+            estimate(model, catalog.sku("Standard_ND40rs_v2"))
+
+
+def test_ministral_3_fits_the_examples_single_gpu_nodes(catalog: Catalog) -> None:
+    for name, sku in [
+        ("ministral-3-3b-instruct", "Standard_NV36ads_A10_v5"),
+        ("ministral-3-8b-instruct", "Standard_NC24ads_A100_v4"),
+        ("ministral-3-14b-instruct", "Standard_NC24ads_A100_v4"),
+    ]:
+        plan = estimate(catalog.model(name), catalog.sku(sku))
+        assert (plan.node_count, plan.gpus_per_node, plan.runtime) == (1, 1, "vllm"), name

@@ -103,3 +103,118 @@ async def test_a_failing_pass_does_not_end_the_loop() -> None:
     await asyncio.wait_for(fourth.wait(), 10)
     task.cancel()
     assert len(calls) >= 4
+
+
+# -- node repair: NotReady while the instance runs --------------------------------------------
+
+
+def initialized(name: str, deleting: bool = False) -> dict[str, Any]:
+    # The claim's own Initialized condition follows the node's readiness (it is Unknown on an
+    # unhealthy node); what stays is the node's karpenter.sh/initialized label.
+    c = claim(name, deleting=deleting)
+    c["status"]["conditions"].append({"type": "Initialized", "status": "Unknown"})
+    return c
+
+
+def node(claim_name: str, ready: str | None, message: str = "", initialized: bool = True) -> dict[str, Any]:
+    conditions = [] if ready is None else [{"type": "Ready", "status": ready, "message": message}]
+    labels = {"kaito.sh/nodeclaim": claim_name}
+    if initialized:
+        labels["karpenter.sh/initialized"] = "true"
+    return {
+        "metadata": {"name": f"node-{claim_name}", "labels": labels},
+        "status": {"conditions": conditions},
+    }
+
+
+def test_node_unready_says_why() -> None:
+    from kaitopy.provisioner.liveness import node_unready
+
+    assert node_unready(node("a", "True")) is None
+    assert node_unready(node("a", None)) is None  # has not reported yet: not unhealthy
+    assert node_unready(node("a", "Unknown", "Kubelet stopped posting node status.")) == (
+        "Ready=Unknown: Kubelet stopped posting node status."
+    )
+    assert node_unready(node("a", "False")) == "Ready=False"
+
+
+def test_the_unhealthy_clock_starts_at_first_sight_and_forgets_healthy_nodes() -> None:
+    from kaitopy.provisioner.liveness import track_unhealthy
+
+    assert track_unhealthy({}, ["a"], 100.0) == {"a": 100.0}
+    assert track_unhealthy({"a": 100.0}, ["a", "b"], 130.0) == {"a": 100.0, "b": 130.0}
+    # b recovered: its next bad spell starts from zero
+    assert track_unhealthy({"a": 100.0, "b": 130.0}, ["a"], 160.0) == {"a": 100.0}
+
+
+@pytest.mark.parametrize(("launched", "budget"), [(1, 1), (4, 1), (5, 1), (6, 2), (10, 2), (11, 3)])
+def test_repair_budget_is_a_fifth_rounded_up_and_at_least_one(launched: int, budget: int) -> None:
+    from kaitopy.provisioner.liveness import repair_budget
+
+    assert repair_budget(launched, 0.2) == budget
+
+
+@pytest.mark.parametrize(
+    ("claims", "nodes", "since", "due", "held"),
+    [
+        # NotReady for longer than the toleration: replaced, with the node's own words
+        ([initialized("a")], [node("a", "Unknown", "Kubelet stopped posting node status.")], {"a": 0.0},
+         {"a": "node node-a has been NotReady (Ready=Unknown: Kubelet stopped posting node status.) "
+               "for 700 s while its instance still runs"}, False),
+        # not long enough yet, or first seen just now
+        ([initialized("a")], [node("a", "False")], {"a": 200.0}, {}, False),
+        ([initialized("a")], [node("a", "False")], {}, {}, False),
+        # Ready again: nothing, whatever the clock said
+        ([initialized("a")], [node("a", "True")], {"a": 0.0}, {}, False),
+        # never initialized (still joining: the lifecycle's registration timeout), deleting, no node
+        ([claim("a")], [node("a", "False", initialized=False)], {"a": 0.0}, {}, False),
+        ([initialized("a", deleting=True)], [node("a", "False")], {"a": 0.0}, {}, False),
+        ([initialized("a")], [], {"a": 0.0}, {}, False),
+        # 2 of 6 unhealthy: the budget (2) allows both
+        ([initialized(n) for n in "abcdef"], [node("a", "False"), node("b", "False")]
+         + [node(n, "True") for n in "cdef"], {"a": 0.0, "b": 0.0}, {"a": ..., "b": ...}, False),
+        # 2 of 5 unhealthy: over the budget (1), so none is repaired and the hold is reported
+        ([initialized(n) for n in "abcde"], [node("a", "False"), node("b", "False")]
+         + [node(n, "True") for n in "cde"], {"a": 0.0, "b": 0.0}, {}, True),
+    ],
+)  # fmt: skip
+def test_decide_repairs(
+    claims: list[dict[str, Any]],
+    nodes: list[dict[str, Any]],
+    since: dict[str, float],
+    due: dict[str, Any],
+    held: bool,
+) -> None:
+    from kaitopy.api.nodeclaim import NODE_UNHEALTHY
+    from kaitopy.provisioner.liveness import decide_repairs, nodes_by_claim
+
+    plan = decide_repairs(claims, nodes_by_claim(nodes), since, 700.0, 600.0, 0.2)
+    got = {str(x.claim["metadata"]["name"]): x.why for x in plan.due}
+    assert set(got) == set(due)
+    for name, why in due.items():
+        if why is not ...:
+            assert got[name] == why
+    assert all(x.reason == NODE_UNHEALTHY for x in plan.due)
+    assert plan.held is held
+    unhealthy = {
+        str(n["metadata"]["labels"]["kaito.sh/nodeclaim"])
+        for n in nodes
+        if n["status"]["conditions"]
+        and n["status"]["conditions"][0]["status"] != "True"
+        and "karpenter.sh/initialized" in n["metadata"]["labels"]
+    }
+    live = {str(c["metadata"]["name"]) for c in claims if "deletionTimestamp" not in c["metadata"]}
+    assert set(plan.since) == unhealthy & live
+
+
+def test_a_given_up_claim_skips_the_drain() -> None:
+    from kaitopy.provisioner.liveness import is_repaired
+
+    c = initialized("a")
+    assert not is_repaired(c)
+    c["status"]["conditions"].append({"type": "Ready", "status": "False", "reason": "NodeUnhealthy"})
+    assert is_repaired(c)
+    c["status"]["conditions"][-1]["reason"] = "InstanceLost"
+    assert is_repaired(c)
+    c["status"]["conditions"][-1]["reason"] = "NotInitialized"
+    assert not is_repaired(c)

@@ -206,7 +206,8 @@ def test_tuning_memory(catalog: Catalog) -> None:
 def test_bad_method_is_a_model_error() -> None:
     with pytest.raises(ValidationError) as info:
         Workspace.model_validate(tuning(method="full"))
-    assert only(pydantic_errors(info.value)).field == "tuning.method"
+    e = only(pydantic_errors(info.value))
+    assert e.field == "tuning.method" and "(got 'full')" in e.message  # the value as written
 
 
 @pytest.mark.parametrize(
@@ -311,3 +312,27 @@ def test_partition_is_refused_as_not_supported_yet(catalog: Catalog) -> None:
     raw["resource"]["partition"] = {"mode": "accelerator", "count": 2}
     e = only(errors(raw, catalog))
     assert e.field == "resource.partition" and "not supported by kaitopy yet" in e.message
+
+
+@pytest.mark.parametrize("value", ["vllm", "transformers"])
+def test_kaito_runtime_annotation_values_are_admitted(catalog: Catalog, value: str) -> None:
+    raw = phi3()
+    raw["metadata"]["annotations"] = {"kaito.sh/runtime": value}
+    assert errors(raw, catalog) == []
+
+
+def test_unknown_runtime_annotation_is_refused_at_apply_time(catalog: Catalog) -> None:
+    # Kaito silently falls back to vLLM; a typo here would pick an engine the author did not ask for.
+    raw = phi3()
+    raw["metadata"]["annotations"] = {"kaito.sh/runtime": "vLLM-v1"}
+    e = only(errors(raw, catalog))
+    assert e.field == "metadata.annotations[kaito.sh/runtime]"
+    assert "'vLLM-v1' is not a runtime; use one of vllm, transformers" in e.message
+
+
+def test_vllm_runtime_annotation_on_a_cpu_model_is_refused(catalog: Catalog) -> None:
+    raw = phi3()
+    raw["inference"]["preset"]["name"] = "smollm2-135m-instruct"
+    raw["metadata"]["annotations"] = {"kaito.sh/runtime": "vllm"}
+    e = only(errors(raw, catalog))
+    assert e.field == "metadata.annotations[kaito.sh/runtime]" and "transformers engine only" in e.message

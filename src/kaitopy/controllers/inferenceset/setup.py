@@ -28,8 +28,10 @@ def member_requests(ws: Obj) -> Iterable[Request]:
 def wire(mgr: Manager, client: Client, *, max_concurrent_reconciles: int = 4) -> InferenceSetReconciler:
     workspaces = mgr.cache.informer(WORKSPACE)
     workspaces.add_indexer(MEMBERS_BY_SET, set_key_of_member)
+    recorder = EventRecorder(client, COMPONENT)
+    mgr.add_shutdown_hook(recorder.flush)
     reconciler = InferenceSetReconciler(
-        client, mgr.cache.informer(INFERENCESET).store, workspaces.store, EventRecorder(client, COMPONENT)
+        client, mgr.cache.informer(INFERENCESET).store, workspaces.store, recorder
     )
     mgr.metrics.registry.register(InferenceSetLoadCollector(reconciler.load))
     (

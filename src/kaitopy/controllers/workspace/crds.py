@@ -1,6 +1,6 @@
-"""Installing the Workspace and InferenceSet CRDs: each created when absent, updated when the
-running version of kaitopy defines it differently (the CRD is ours), then waited on until the API
-server serves it."""
+"""Installing the Workspace and InferenceSet CRDs (and those of the Kaito kinds not served yet):
+each created when absent, updated when the running version of kaitopy defines it differently (the
+CRD is ours), then waited on until the API server serves it."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ import asyncio
 import logging
 from typing import Any
 
-from kaitopy.api.crd import inferenceset_crd, workspace_crd
+from kaitopy.api.constants import UNSERVED_KINDS
+from kaitopy.api.crd import inferenceset_crd, unserved_crd, workspace_crd
 from kaitopy.runtime import AlreadyExists, Client, Conflict, is_subset, kinds, thaw
 
 log = logging.getLogger(__name__)
 
 
 async def ensure_workspace_crd(client: Client, timeout_s: float = 60.0) -> None:
-    for desired in (workspace_crd(), inferenceset_crd()):
+    # The kinds not served yet get their CRD too, so their creates reach the webhook's refusal.
+    unserved = [unserved_crd(kind) for kind in UNSERVED_KINDS]
+    for desired in (workspace_crd(), inferenceset_crd(), *unserved):
         await ensure_crd(client, desired, timeout_s)
 
 

@@ -18,7 +18,6 @@ WORKSPACE_LABEL = "kaito.sh/workspace"
 WORKSPACE_NAMESPACE_LABEL = "kaito.sh/workspacenamespace"
 REVISION_ANNOTATION = "kaito.sh/revision"
 ENABLE_LB_ANNOTATION = "kaito.sh/enablelb"
-RUNTIME_ANNOTATION = "kaito.sh/runtime"
 SERVER_PORT = 5000
 ADAPTER_MOUNT = "/mnt/adapter"
 WEIGHTS_MOUNT = "/workspace/weights"

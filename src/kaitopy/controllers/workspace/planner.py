@@ -10,10 +10,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from kaitopy.api import Workspace
+from kaitopy.api.constants import RUNTIME_ANNOTATION
 from kaitopy.api.workspace import DataDestination, DataSource, PresetOptions
 from kaitopy.controllers.workspace.plan import (
     ENABLE_LB_ANNOTATION,
-    RUNTIME_ANNOTATION,
     AdapterPlan,
     CpuPlan,
     InferencePlan,
@@ -36,8 +36,7 @@ from kaitopy.presets import (
 )
 from kaitopy.presets.estimator import storage_gib
 from kaitopy.runtime.objects import thaw
-
-RUNTIMES = ("vllm", "transformers")
+from kaitopy.webhooks.validation import runtime_problem
 
 
 def parse_workspace(ws: Mapping[str, Any]) -> Workspace:
@@ -101,18 +100,11 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                 match_labels=match_labels,
                 match_expressions=expressions,
             )
-            runtime = str(annotations.get(RUNTIME_ANNOTATION) or est.runtime)
-            if runtime not in RUNTIMES:
-                raise PlanError(
-                    "InvalidRuntime",
-                    f"annotation {RUNTIME_ANNOTATION}={runtime!r}: expected one of {', '.join(RUNTIMES)}",
-                )
-            if model.on_cpu and runtime != "transformers":
-                raise PlanError(
-                    "InvalidRuntime",
-                    f"annotation {RUNTIME_ANNOTATION}={runtime!r}: {model.name} runs on CPU with the "
-                    "transformers engine only",
-                )
+            asked = annotations.get(RUNTIME_ANNOTATION)
+            problem = runtime_problem(asked, model)
+            if problem is not None:
+                raise PlanError("InvalidRuntime", problem)
+            runtime = str(asked or est.runtime)
             weights = _weights_source(model, settings)
             adapters = tuple(
                 AdapterPlan(

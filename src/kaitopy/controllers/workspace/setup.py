@@ -97,11 +97,13 @@ def wire(
         jobs=owned[kinds.JOB],
         pods=pods.store,
     )
+    recorder = EventRecorder(client, COMPONENT)
+    mgr.add_shutdown_hook(recorder.flush)
     reconciler = WorkspaceReconciler(
         client,
         stores,
         planner,
-        EventRecorder(client, COMPONENT),
+        recorder,
         settings,
         workspace_kind,
         startup=startup_metrics(mgr.metrics),

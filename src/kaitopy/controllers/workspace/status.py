@@ -45,10 +45,10 @@ def condition_true(obj: Obj, type_: str) -> bool:
 def nodeclaims_verdict(claims: Sequence[Obj], wanted: int) -> Verdict:
     """NodeClaimReady: every claim the workspace needs exists and is Ready; a failed claim's
     reason (quota, capacity, an unavailable SKU) is passed through as is, and so is a lost node
-    (the provisioner marks its claim Ready=False InstanceLost before deleting it)."""
+    (the provisioner marks its claim Ready=False InstanceLost, or NodeUnhealthy, before deleting it)."""
     for claim in claims:
         lost = _cond(claim, nc.READY) or {}
-        if lost.get("reason") == nc.INSTANCE_LOST:
+        if lost.get("reason") in nc.REPAIRED_REASONS:
             return Verdict("False", "NodeLost", str(lost.get("message") or "").strip())
         launched = _cond(claim, nc.LAUNCHED)
         if launched is not None and launched.get("status") == "False":

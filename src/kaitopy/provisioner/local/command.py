@@ -42,12 +42,15 @@ def network_address(index: int) -> str:
 
 
 async def reset(bin_dir: Path | None) -> list[str]:
+    from kaitopy.provisioner.local import localdns
     from kaitopy.provisioner.local.provider import MACHINE_DIR
     from kaitopy.provisioner.local.proxy import stop_recorded
 
     removed = await node.reset_machine()
     if await stop_recorded(MACHINE_DIR, bin_dir / "kube-proxy" if bin_dir else None):
         removed.append("kube-proxy")
+    if await localdns.stop_recorded(MACHINE_DIR):
+        removed.append("cluster DNS")
     await network.remove_kube_chains()
     await network.remove_guard()
     return removed

@@ -8,7 +8,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from kaitopy.provisioner.local.layout import INFRA_NETWORK, POD_NETWORK, SERVICE_NETWORK, NodeLayout
+from kaitopy.provisioner.local.layout import (
+    CLUSTER_DNS_ADDRESS,
+    CLUSTER_DOMAIN,
+    INFRA_NETWORK,
+    POD_NETWORK,
+    SERVICE_NETWORK,
+    NodeLayout,
+)
 
 CNI_BIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 RUNC = "/usr/sbin/runc"
@@ -128,6 +135,10 @@ def kubelet_config(node: NodeLayout, client_ca_file: str) -> str:
         "failCgroupV1": False,
         "failSwapOn": False,
         "resolvConf": str(node.resolv_conf),
+        # Pods (dnsPolicy ClusterFirst) ask the project's cluster DNS, which answers for the
+        # cluster's names only (clusterdns.py).
+        "clusterDNS": [CLUSTER_DNS_ADDRESS],
+        "clusterDomain": CLUSTER_DOMAIN,
         "authentication": {
             "anonymous": {"enabled": False},
             "webhook": {"enabled": True},
@@ -168,8 +179,10 @@ def kubeconfig(server: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, user
     return json.dumps(conf, indent=2)
 
 
-# Pods get no name server: the only one this machine knows is off it. A resolver with no
-# `nameserver` line asks the pod's own loopback, where nothing answers.
+# The node's own resolver configuration, which pods with dnsPolicy Default (and the kubelet's
+# search list) get: no name server, since the only one this machine knows is off it (a resolver
+# with no `nameserver` line asks the pod's own loopback, where nothing answers). Pods with the
+# default ClusterFirst policy get the cluster DNS instead (kubelet_config's clusterDNS).
 RESOLV_CONF = "options ndots:1\n"
 
 

@@ -23,6 +23,10 @@ SERVICE_NETWORK = ipaddress.IPv4Network("10.96.0.0/16")  # hack/localcluster.py'
 # (10.229.255.1, hack/localcluster.py) and the image registry (10.229.254.1, hack/images.py).
 # Pods reach them directly (the weights init container pulls from the registry).
 INFRA_NETWORK = ipaddress.IPv4Network("10.229.0.0/16")
+# The local nodes' cluster DNS (clusterdns.py) listens here, on the project's link `kpdns0`; each
+# kubelet gives it to its pods as their name server, for names under CLUSTER_DOMAIN.
+CLUSTER_DNS_ADDRESS = "10.229.253.1"
+CLUSTER_DOMAIN = "cluster.local"
 # kwok's simulated pods get made-up addresses here (hack/localcluster.py's POD_CIDR); kube-proxy
 # programs Services that point at them too.
 SIMULATED_POD_NETWORK = ipaddress.IPv4Network("10.244.0.0/16")

@@ -28,6 +28,7 @@ from kaitopy.provisioner.cloudprovider import (
 from kaitopy.provisioner.kwok import NodeShape
 from kaitopy.provisioner.local import configs, network, node, system
 from kaitopy.provisioner.local.layout import NodeLayout, free_index
+from kaitopy.provisioner.local.localdns import LocalDns
 from kaitopy.provisioner.local.pki import CertificateAuthority
 from kaitopy.provisioner.local.proxy import KubeProxy
 from kaitopy.runtime import ApiError, Client, NotFound, kinds
@@ -78,6 +79,7 @@ class LocalProvider:
         self._proxy = KubeProxy(
             MACHINE_DIR, settings.bin_dir / "kube-proxy", self._node_settings.apiserver_url, self._ca
         )
+        self._dns = LocalDns(MACHINE_DIR, self._node_settings.apiserver_url, self._ca)
 
     async def close(self) -> None:
         return None
@@ -122,6 +124,7 @@ class LocalProvider:
             try:
                 await network.prepare_host()
                 await self._proxy.ensure()
+                await self._dns.ensure()
                 taints = [(t.key, t.value, t.effect) for t in (*request.taints, *request.startup_taints)]
                 await node.start(layout, record, self._bins, record.labels, taints)
             except (system.CommandError, OSError) as err:
@@ -191,6 +194,7 @@ class LocalProvider:
                 await node.teardown(layout, record, self._bins)
                 if not network.bridges():  # the last local node on this machine
                     await self._proxy.stop()
+                    await self._dns.stop()
                     await network.remove_kube_chains()
                     await network.remove_guard()
                     system.remove_empty_cgroup("kaitopy")

@@ -39,6 +39,8 @@ class ManagerSettings:
     """Port of /healthz, /readyz and /metrics; None disables the server, 0 picks a free port."""
     graceful_shutdown_timeout: float = 30.0
     """How long reconciles in flight may take to finish after SIGTERM (pods get 30 s by default)."""
+    shutdown_hook_timeout: float = 5.0
+    """Each shutdown hook's bound, after the drain (add_shutdown_hook)."""
     handle_signals: bool = True
     """Install SIGTERM/SIGINT handlers that call stop()."""
     informer: InformerSettings | None = None
@@ -56,6 +58,7 @@ class Manager:
         self.cache = InformerCache(client, self.settings.informer, self.settings.namespaces)
         self.controllers: list[Controller] = []
         self._runnables: list[Runnable] = []
+        self._shutdown_hooks: list[Runnable] = []
         self._stop = asyncio.Event()
         self.health: HealthServer | None = None
         self.elector: LeaderElector | None = None
@@ -68,6 +71,11 @@ class Manager:
     def add_runnable(self, runnable: Runnable) -> None:
         """Extra work that runs (as the controllers) only while leader, cancelled on shutdown."""
         self._runnables.append(runnable)
+
+    def add_shutdown_hook(self, hook: Runnable) -> None:
+        """Work for the end of a graceful stop: after the reconciles in flight drained, before
+        leadership is released (an event recorder writes the repeat counts it still holds)."""
+        self._shutdown_hooks.append(hook)
 
     def stop(self) -> None:
         """Ask for a graceful shutdown (what SIGTERM does)."""
@@ -106,6 +114,8 @@ class Manager:
                     return
                 acquired.result()
             lost = await self._run_leading()
+            if lost is None:
+                await self._run_shutdown_hooks()
         finally:
             if (
                 self.elector is not None
@@ -125,6 +135,17 @@ class Manager:
                     loop.remove_signal_handler(sig)
         if lost is not None:
             raise lost
+
+    async def _run_shutdown_hooks(self) -> None:
+        """Each hook gets a bounded time (an API server that went away must not hold the exit)."""
+        for hook in self._shutdown_hooks:
+            try:
+                await asyncio.wait_for(hook(), self.settings.shutdown_hook_timeout)
+            except Exception as exc:  # best effort: the process is exiting anyway
+                log.warning(
+                    "shutdown hook failed",
+                    extra={"hook": getattr(hook, "__qualname__", repr(hook)), "error": repr(exc)},
+                )
 
     async def _run_leading(self) -> LeadershipLost | None:
         work: list[asyncio.Task[Any]] = [
