@@ -18,7 +18,7 @@ from kaitopy.controllers.workspace.reconciler import (
 )
 from kaitopy.presets import Catalog
 from kaitopy.runtime import Client, EventRecorder, Kind, Request, Result
-from kaitopy.runtime.store import Store
+from kaitopy.runtime.cache.store import Store
 
 
 @dataclass

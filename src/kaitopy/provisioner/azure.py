@@ -255,7 +255,11 @@ class AzureProvider:
                     await method.update_status()  # type: ignore[attr-defined]
                 if not method.finished():
                     return LaunchProgress(None, f"agent pool {request.claim_name} is being created")
-                await poller.result()  # raises the operation's error when it failed
+                # Only a failed operation needs its result (it raises the operation's error). A
+                # token that was terminal from the start (a PUT answered 200 with the finished
+                # pool, after a restart) has no result the SDK can read; the pool is read below.
+                if str(method.status()).lower() != "succeeded":
+                    await poller.result()
             except HttpResponseError as err:
                 raise classify(err, request.claim_name) from err
             except AzureError as err:

@@ -12,7 +12,7 @@ from kaitopy.provisioner.cloudprovider import CloudProvider, CloudProviderError
 from kaitopy.provisioner.metrics import LeakMetrics
 from kaitopy.provisioner.periodic import every
 from kaitopy.provisioner.settings import ProvisionerSettings
-from kaitopy.runtime.informer import Informer
+from kaitopy.runtime.cache.informer import Informer
 
 log = logging.getLogger(__name__)
 

@@ -5,39 +5,40 @@ minutes a cloud operation takes."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from kaitopy.api.nodeclaim import CAPACITY_TYPE_LABEL as CAPACITY_TYPE_LABEL
 from kaitopy.api.nodeclaim import NODECLAIM as NODECLAIM
+from kaitopy.provisioner.claimdecision import (
+    ClaimObserved,
+    became_true,
+    decide_claim,
+)
 from kaitopy.provisioner.cloudprovider import (
     NODECLAIM_LABEL,
     CloudProvider,
     LaunchFailedError,
+    LaunchRequest,
 )
 from kaitopy.provisioner.liveness import is_repaired
 from kaitopy.provisioner.metrics import NodeClaimMetrics
 from kaitopy.provisioner.nodeclaim import (
-    INITIALIZED,
     INITIALIZED_LABEL,
     INSTANCE_TYPE_LABEL,
     LAUNCH_TOKEN_ANNOTATION,
     LAUNCHED,
-    READY,
-    REGISTERED,
     TERMINATING,
     TERMINATION_FINALIZER,
     ClaimSpecError,
-    initial_conditions,
-    initialization,
     is_ours,
     launch_request_for,
     registration_update,
     single_value_requirements,
-    with_ready,
 )
 from kaitopy.provisioner.settings import ProvisionerSettings
 from kaitopy.runtime import (
@@ -58,12 +59,12 @@ from kaitopy.runtime import (
     set_condition,
     thaw,
 )
+from kaitopy.runtime.cache.store import Store
+from kaitopy.runtime.cache.writes import RecentWrites
 from kaitopy.runtime.conditions import Status
+from kaitopy.runtime.controller.reconcile import reconcile_logger
 from kaitopy.runtime.kinds import Kind
 from kaitopy.runtime.objects import Obj
-from kaitopy.runtime.reconcile import reconcile_logger
-from kaitopy.runtime.store import Store
-from kaitopy.runtime.writes import RecentWrites
 
 NODECLASS = Kind("kaito.sh", "v1", "KaitoNodeClass", "kaitonodeclasses", namespaced=False)
 NODE_INDEX = "by-nodeclaim"
@@ -111,10 +112,6 @@ class _Status:
         cond = find_condition(self.conditions, type_)
         return cond is not None and cond.get("status") == "True"
 
-    def transition_time(self, type_: str) -> float | None:
-        cond = find_condition(self.conditions, type_)
-        return _parse_time(cond.get("lastTransitionTime")) if cond else None
-
 
 class NodeClaimLifecycle:
     def __init__(
@@ -159,132 +156,104 @@ class NodeClaimLifecycle:
                 return None
             claim = fresh
             self.latest.remember(claim)
-        now = datetime.fromtimestamp(self.clock(), UTC)
-        generation = (claim.get("metadata") or {}).get("generation")
-        body = thaw(claim.get("status") or {})
-        if not body.get("conditions"):
-            body["conditions"] = initial_conditions(now, generation)
-        st = _Status(body, now, generation)
-        was_true = {t for t in (LAUNCHED, READY) if st.is_true(t)}
-
-        if not st.is_true(LAUNCHED):
-            claim = await self._launch(claim, st)
-            self.latest.remember(claim)
-        if st.is_true(LAUNCHED):
-            node = await self._register(claim, st)
-            if node is not None:
-                await self._initialize(claim, node, st)
-        st.body["conditions"] = with_ready(st.conditions, now, generation)
-        self.latest.remember((await patch_status(self.client, NODECLAIM, claim, st.body))[0])
-        self._observe_transitions(claim, st, was_true)
-        if st.delete_claim_reason is not None:
-            await self.recorder.event(claim, "Warning", st.delete_claim_reason, "; ".join(st.notes))
+        observed = await self._observe(claim)  # observe
+        decision = decide_claim(observed, self.clock(), self.settings)  # decide
+        for _ in range(2):  # act on what the rest of the pass needs, observe it, decide again
+            if decision.begin_launch:
+                observed = await self._begin_launch(observed)
+            elif decision.adopt is not None and observed.node is not None:
+                node = await self._adopt_node(claim, observed.node)
+                observed = dataclasses.replace(observed, node=node, adopted=True)
+            else:
+                break
+            claim = observed.claim
+            decision = decide_claim(observed, self.clock(), self.settings)
+        if decision.label_initialized and observed.node is not None:
+            await self.client.patch(
+                kinds.NODE,
+                str(observed.node["metadata"]["name"]),
+                {"metadata": {"labels": {INITIALIZED_LABEL: "true"}}},
+            )
+        for e in decision.events:
+            await self.recorder.event(claim, e.type, e.reason, e.message, action=e.action)
+        self.latest.remember((await patch_status(self.client, NODECLAIM, claim, decision.status))[0])
+        self._observe_transitions(claim, decision.status)
+        if decision.delete_reason is not None:
+            await self.recorder.event(claim, "Warning", decision.delete_reason, "; ".join(decision.notes))
             await self._delete_claim(claim)
             return None
-        return Result(requeue_after=st.requeue_after) if st.requeue_after else None
+        return Result(requeue_after=decision.requeue_after) if decision.requeue_after else None
 
-    def _observe_transitions(self, claim: Obj, st: _Status, was_true: set[str]) -> None:
+    async def _observe(self, claim: Obj) -> ClaimObserved:
+        try:
+            request: LaunchRequest | None = launch_request_for(claim, self.settings.default_os_sku)
+            request_error = None
+        except ClaimSpecError as err:
+            request, request_error = None, str(err)
+        token = (claim["metadata"].get("annotations") or {}).get(LAUNCH_TOKEN_ANNOTATION)
+        observed = ClaimObserved(claim, request, request_error, token, node=self._node_of(claim))
+        return await self._poll(observed)
+
+    async def _poll(self, observed: ClaimObserved) -> ClaimObserved:
+        """The launch's progress, when one is under way (begun, neither done nor failed)."""
+        conditions = (observed.claim.get("status") or {}).get("conditions")
+        launched = (find_condition(conditions, LAUNCHED) or {}).get("status")
+        if launched in ("True", "False") or observed.token is None or observed.request is None:
+            return observed
+        try:
+            progress = await self.provider.poll_launch(observed.request, observed.token)
+        except LaunchFailedError as err:
+            return self._failed(observed, err)
+        return dataclasses.replace(observed, progress=progress)
+
+    def _failed(self, observed: ClaimObserved, err: LaunchFailedError) -> ClaimObserved:
+        name = observed.claim["metadata"]["name"]
+        log.warning("launch failed for good", extra={"nodeclaim": name, "reason": err.reason})
+        return dataclasses.replace(observed, launch_failed=(err.reason, str(err)))
+
+    async def _begin_launch(self, observed: ClaimObserved) -> ClaimObserved:
+        """Begin the launch and record its token on the claim, then poll it once."""
+        request = observed.request
+        assert request is not None
+        try:
+            token = await self.provider.begin_launch(request)
+        except LaunchFailedError as err:
+            return self._failed(observed, err)
+        claim = observed.claim
+        # The token first: from here on a restart resumes this launch. The pinned
+        # requirements become labels, as Karpenter's do (`kubectl get nodeclaims` shows them).
+        labels = {**single_value_requirements(claim), CAPACITY_TYPE_LABEL: "on-demand"}
+        claim = await self.client.patch(
+            NODECLAIM,
+            str(claim["metadata"]["name"]),
+            {"metadata": {"annotations": {LAUNCH_TOKEN_ANNOTATION: token}, "labels": labels}},
+        )
+        self.latest.remember(claim)
+        await self.recorder.event(
+            claim,
+            "Normal",
+            "Launching",
+            f"launching a {request.instance_type} through {self.provider.name}",
+            action="Launch",
+        )
+        return await self._poll(dataclasses.replace(observed, claim=claim, token=token))
+
+    def _observe_transitions(self, claim: Obj, status: Mapping[str, Any]) -> None:
         created = _parse_time((claim.get("metadata") or {}).get("creationTimestamp"))
         if self.metrics is None or created is None:
             return
         labels = {**((claim.get("metadata") or {}).get("labels") or {}), **single_value_requirements(claim)}
         instance_type = str(labels.get(INSTANCE_TYPE_LABEL) or "")
-        for type_ in (LAUNCHED, READY):
-            if type_ not in was_true and st.is_true(type_):
-                self.metrics.observe_launch(type_, instance_type, st.now.timestamp() - created)
-
-    # -- launch --------------------------------------------------------------------------------
-
-    async def _launch(self, claim: Obj, st: _Status) -> Obj:
-        launched = find_condition(st.conditions, LAUNCHED)
-        if launched is not None and launched.get("status") == "False":
-            return claim  # terminal: retrying would hammer the cloud; the owner replaces the claim
-        name = str(claim["metadata"]["name"])
-        try:
-            request = launch_request_for(claim, self.settings.default_os_sku)
-        except ClaimSpecError as err:
-            st.set(LAUNCHED, "False", "InvalidRequest", str(err))
-            await self.recorder.event(claim, "Warning", "InvalidRequest", str(err), action="Launch")
-            return claim
-        age = self.clock() - (_parse_time(claim["metadata"].get("creationTimestamp")) or self.clock())
-        annotations = claim["metadata"].get("annotations") or {}
-        token = annotations.get(LAUNCH_TOKEN_ANNOTATION)
-        try:
-            if token is None:
-                token = await self.provider.begin_launch(request)
-                # The token first: from here on a restart resumes this launch. The pinned
-                # requirements become labels, as Karpenter's do (`kubectl get nodeclaims` shows them).
-                labels = {**single_value_requirements(claim), CAPACITY_TYPE_LABEL: "on-demand"}
-                claim = await self.client.patch(
-                    NODECLAIM,
-                    name,
-                    {"metadata": {"annotations": {LAUNCH_TOKEN_ANNOTATION: token}, "labels": labels}},
-                )
-                await self.recorder.event(
-                    claim,
-                    "Normal",
-                    "Launching",
-                    f"launching a {request.instance_type} through {self.provider.name}",
-                    action="Launch",
-                )
-            progress = await self.provider.poll_launch(request, token)
-        except LaunchFailedError as err:
-            st.set(LAUNCHED, "False", err.reason, str(err))
-            await self.recorder.event(claim, "Warning", err.reason, str(err), action="Launch")
-            log.warning("launch failed for good", extra={"nodeclaim": name, "reason": err.reason})
-            return claim
-        if progress.instance is None:
-            if age > self.settings.launch_timeout_s:
-                message = f"not launched after {self.settings.launch_timeout_s:.0f}s: {progress.message}"
-                st.set(LAUNCHED, "False", "LaunchTimeout", message)
-                st.delete_claim_reason, st.notes = "LaunchTimeout", [message]
-                return claim
-            st.set(LAUNCHED, "Unknown", "Launching", progress.message)
-            st.requeue_after = self.settings.poll_interval_s
-            return claim
-        instance = progress.instance
-        if instance.provider_id:
-            st.body["providerID"] = instance.provider_id
-        st.set(LAUNCHED, "True", "Launched")
-        await self.recorder.event(
-            claim, "Normal", "Launched", f"instance {instance.name} launched", action="Launch"
-        )
-        return claim
+        for type_ in became_true(claim.get("status") or {}, status):
+            # From the claim's creation (the API server's clock) to now (ours): a metric, which a
+            # skew shifts but cannot turn into a decision.
+            self.metrics.observe_launch(type_, instance_type, max(0.0, self.clock() - created))
 
     # -- registration --------------------------------------------------------------------------
 
     def _node_of(self, claim: Obj) -> Obj | None:
         nodes = self.nodes.by_index(NODE_INDEX, str(claim["metadata"]["name"]))
         return nodes[0] if nodes else None
-
-    async def _register(self, claim: Obj, st: _Status) -> Obj | None:
-        node = self._node_of(claim)
-        if node is None:
-            launched_at = st.transition_time(LAUNCHED) or self.clock()
-            waited = self.clock() - launched_at
-            if waited > self.settings.registration_timeout_s:
-                message = f"no node joined within {self.settings.registration_timeout_s:.0f}s of the launch"
-                st.set(REGISTERED, "False", "RegistrationTimeout", message)
-                st.delete_claim_reason, st.notes = "RegistrationTimeout", [message]
-                return None
-            st.set(REGISTERED, "Unknown", "NodeNotFound", "waiting for the node to join the cluster")
-            st.requeue_after = self.settings.poll_interval_s
-            return None
-        node = await self._adopt_node(claim, node)
-        if not st.is_true(REGISTERED):
-            await self.recorder.event(
-                claim,
-                "Normal",
-                "Registered",
-                f"node {node['metadata']['name']} registered",
-                action="Register",
-            )
-        st.set(REGISTERED, "True", "Registered")
-        st.body["nodeName"] = node["metadata"]["name"]
-        provider_id = (node.get("spec") or {}).get("providerID")
-        if provider_id:
-            st.body["providerID"] = provider_id
-        return node
 
     async def _adopt_node(self, claim: Obj, node: Obj) -> Obj:
         """Label, taint and own the node for its claim. The patch replaces whole lists (taints,
@@ -317,30 +286,6 @@ class NodeClaimLifecycle:
                 if conflicts == 3:
                     raise  # a node that keeps changing: back off and retry the reconcile
                 node = await self.client.get(kinds.NODE, name)
-
-    async def _initialize(self, claim: Obj, node: Obj, st: _Status) -> None:
-        ok, reason, message = initialization(claim, node)
-        if not ok:
-            st.set(INITIALIZED, "Unknown", reason, message)
-            return  # a Node event brings the claim back
-        status = node.get("status") or {}
-        st.body["capacity"] = thaw(status.get("capacity") or {})
-        st.body["allocatable"] = thaw(status.get("allocatable") or {})
-        if (node["metadata"].get("labels") or {}).get(INITIALIZED_LABEL) != "true":
-            await self.client.patch(
-                kinds.NODE,
-                str(node["metadata"]["name"]),
-                {"metadata": {"labels": {INITIALIZED_LABEL: "true"}}},
-            )
-        if not st.is_true(INITIALIZED):
-            await self.recorder.event(
-                claim,
-                "Normal",
-                "Initialized",
-                f"node {node['metadata']['name']} is ready",
-                action="Initialize",
-            )
-        st.set(INITIALIZED, "True", "Initialized")
 
     async def _delete_claim(self, claim: Obj) -> None:
         with contextlib.suppress(NotFound):

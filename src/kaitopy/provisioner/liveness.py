@@ -47,7 +47,7 @@ from kaitopy.runtime import (
     set_condition,
     thaw,
 )
-from kaitopy.runtime.informer import Informer
+from kaitopy.runtime.cache.informer import Informer
 from kaitopy.runtime.objects import Obj
 
 log = logging.getLogger(__name__)

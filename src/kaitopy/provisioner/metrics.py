@@ -16,8 +16,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from kaitopy.provisioner.nodeclaim import INSTANCE_TYPE_LABEL, single_value_requirements
+from kaitopy.runtime.cache.store import Store
 from kaitopy.runtime.metrics import Metrics
-from kaitopy.runtime.store import Store
 
 NODECLAIM_LAUNCH_SECONDS: Final = "kaitopy_nodeclaim_launch_seconds"
 NODECLAIM_LOST: Final = "kaitopy_nodeclaim_lost"  # a counter: _total on the wire

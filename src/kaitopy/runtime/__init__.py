@@ -35,14 +35,41 @@ Gone, TooManyRequests, ...); a reconcile raising `TerminalError` is not retried,
 is retried with per-object exponential backoff.
 """
 
-from kaitopy.runtime import kinds, predicates
-from kaitopy.runtime.apply import apply, create_or_update, is_subset, patch_status
+from kaitopy.runtime import kinds
+from kaitopy.runtime.apply import apply, create_or_update, is_subset, needs_apply, patch_status
 from kaitopy.runtime.backoff import Backoff
-from kaitopy.runtime.builder import ControllerBuilder
+from kaitopy.runtime.cache.informer import EventHandler, Informer, InformerCache, InformerSettings
+from kaitopy.runtime.cache.store import (
+    MATCH_ALL,
+    Store,
+    index_by_label,
+    index_by_match_labels,
+    index_by_owner_uid,
+)
+from kaitopy.runtime.cache.watcher import WatchEvent, watch
+from kaitopy.runtime.cache.writes import RecentWrites
 from kaitopy.runtime.client import Client, ClientSettings, ObjectList
 from kaitopy.runtime.clock import Clock, FakeClock, RealClock
 from kaitopy.runtime.conditions import find_condition, is_true, remove_condition, set_condition
-from kaitopy.runtime.controller import Controller, ControllerSettings
+from kaitopy.runtime.controller import Controller, ControllerSettings, predicates
+from kaitopy.runtime.controller.builder import ControllerBuilder
+from kaitopy.runtime.controller.handlers import owner_mapper, request_for
+from kaitopy.runtime.controller.predicates import Predicate
+from kaitopy.runtime.controller.ratelimit import (
+    BucketRateLimiter,
+    ItemExponentialFailureRateLimiter,
+    MaxOfRateLimiter,
+    RateLimiter,
+    default_controller_rate_limiter,
+)
+from kaitopy.runtime.controller.reconcile import (
+    Reconciler,
+    Request,
+    Result,
+    current_reconcile,
+    reconcile_logger,
+)
+from kaitopy.runtime.controller.workqueue import ShutDown, WorkQueue
 from kaitopy.runtime.errors import (
     AlreadyExists,
     ApiError,
@@ -63,11 +90,9 @@ from kaitopy.runtime.errors import (
 )
 from kaitopy.runtime.events import EventRecorder, EventRecorderSettings
 from kaitopy.runtime.finalizers import add_finalizer, has_finalizer, is_deleting, remove_finalizer
-from kaitopy.runtime.handlers import owner_mapper, request_for
-from kaitopy.runtime.informer import EventHandler, Informer, InformerCache, InformerSettings
 from kaitopy.runtime.kinds import Kind
-from kaitopy.runtime.leaderelection import LeaderElectionSettings, LeaderElector
 from kaitopy.runtime.manager import Manager, ManagerSettings
+from kaitopy.runtime.manager.leaderelection import LeaderElectionSettings, LeaderElector
 from kaitopy.runtime.metrics import Metrics
 from kaitopy.runtime.objects import Obj, freeze, key_of, name_of, namespace_of, strip_noise, thaw, trim_node
 from kaitopy.runtime.ownerrefs import (
@@ -77,19 +102,6 @@ from kaitopy.runtime.ownerrefs import (
     owner_reference,
     set_controller_reference,
 )
-from kaitopy.runtime.predicates import Predicate
-from kaitopy.runtime.ratelimit import (
-    BucketRateLimiter,
-    ItemExponentialFailureRateLimiter,
-    MaxOfRateLimiter,
-    RateLimiter,
-    default_controller_rate_limiter,
-)
-from kaitopy.runtime.reconcile import Reconciler, Request, Result, current_reconcile, reconcile_logger
-from kaitopy.runtime.store import MATCH_ALL, Store, index_by_label, index_by_match_labels, index_by_owner_uid
-from kaitopy.runtime.watcher import WatchEvent, watch
-from kaitopy.runtime.workqueue import ShutDown, WorkQueue
-from kaitopy.runtime.writes import RecentWrites
 
 __all__ = [
     "MATCH_ALL",
@@ -166,6 +178,7 @@ __all__ = [
     "kinds",
     "name_of",
     "namespace_of",
+    "needs_apply",
     "owner_mapper",
     "owner_reference",
     "patch_status",

@@ -57,6 +57,12 @@ def with_applied_hash(desired: Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
+def needs_apply(desired: Mapping[str, Any], current: Obj | None) -> bool:
+    """Whether `apply(desired, current=current)` writes: the rule, for a caller that decides
+    before it acts (and so must know what a write will change)."""
+    return current is None or not is_subset(with_applied_hash(desired), current)
+
+
 async def apply(
     client: Client,
     kind: Kind,
@@ -72,9 +78,10 @@ async def apply(
     A field dropped from `desired` changes the applied hash, so the object is re-applied and the
     server removes that field (if no other manager also owns it).
     """
-    body = with_applied_hash(desired)
-    if current is not None and is_subset(body, current):
+    if not needs_apply(desired, current):
+        assert current is not None
         return current, False
+    body = with_applied_hash(desired)
     if "status" in desired:
         body["status"] = thaw(desired["status"])
     return await client.apply(kind, body, field_manager=field_manager, force=force), True

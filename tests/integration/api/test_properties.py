@@ -21,7 +21,7 @@ from kaitopy.api import Workspace
 from kaitopy.controllers.workspace import job as jobs
 from kaitopy.controllers.workspace import nodes, workload
 from kaitopy.controllers.workspace.plan import PlanError, Settings, WorkspacePlan
-from kaitopy.controllers.workspace.planner import make_planner
+from kaitopy.controllers.workspace.planner import make_planner, parse_workspace
 from kaitopy.presets import Catalog
 from kaitopy.runtime import AlreadyExists, Client, kinds
 from kaitopy.runtime.objects import freeze
@@ -118,7 +118,7 @@ def plan(catalog: Catalog, body: dict[str, Any]) -> WorkspacePlan:
     # frozen as the informer cache hands it out.
     stored = Workspace.model_validate(named(body)).to_dict()
     stored["metadata"]["uid"] = "0f5e1d4c-0000-4000-8000-000000000001"
-    planned = make_planner(catalog, Settings())(freeze(stored))
+    planned = make_planner(catalog, Settings())(parse_workspace(freeze(stored)))
     for slot in range(planned.node_count):
         nodes.nodeclaim(
             workspace="ws",

@@ -303,3 +303,26 @@ async def test_an_unreachable_arm_is_a_retryable_error_and_garbage_collection_su
         assert await collector.collect_once() == []
     finally:
         await provider.close()
+
+
+async def test_a_second_put_on_a_pool_that_already_succeeded_is_followed_to_the_pool(arm: FakeArm) -> None:
+    # A provisioner killed after its PUT and restarted once the pool is done: its PUT is answered
+    # 200 with the finished pool, so the operation's token is already terminal. Polling it must
+    # find the pool (the SDK cannot read a result from such a token: it raised AttributeError, and
+    # the claim never got past Launched, on every retry).
+    provider = provider_for(arm)
+    try:
+        req = request()
+        first = await provider.begin_launch(req)
+        await eventually(
+            lambda: provider.poll_launch(req, first),
+            until=lambda p: p.done,
+            timeout=10,
+            what="pool succeeded",
+        )
+        again = await provider.begin_launch(req)
+        progress = await provider.poll_launch(req, again)
+        assert progress.done and progress.instance is not None and progress.instance.state == "running"
+        assert arm.created_total[req.claim_name] == 1
+    finally:
+        await provider.close()

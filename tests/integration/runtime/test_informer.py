@@ -20,7 +20,7 @@ from kaitopy.runtime import (
     kinds,
     trim_node,
 )
-from kaitopy.runtime.informer import MultiNamespaceInformer
+from kaitopy.runtime.cache.informer import MultiNamespaceInformer
 from tests.support.cluster import Cluster
 from tests.support.wait import eventually
 

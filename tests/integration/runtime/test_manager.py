@@ -18,7 +18,7 @@ from kaitopy.runtime import (
     Result,
     kinds,
 )
-from kaitopy.runtime.leaderelection import LeaderElector
+from kaitopy.runtime.manager.leaderelection import LeaderElector
 from tests.support.cluster import REPO, Cluster
 from tests.support.wait import eventually
 

@@ -25,7 +25,7 @@ import pytest
 from kaitopy.api import Workspace
 from kaitopy.controllers.workspace import weightspull, workload
 from kaitopy.controllers.workspace.plan import ADAPTER_MOUNT, WEIGHTS_MOUNT, InferencePlan, Settings
-from kaitopy.controllers.workspace.planner import make_planner
+from kaitopy.controllers.workspace.planner import make_planner, parse_workspace
 from kaitopy.presets import Catalog
 from kaitopy.tuning.oci import OciError
 from kaitopy.weights import artifact
@@ -91,7 +91,7 @@ def published(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 "inference": {"preset": {"name": PRESET}},
             }
         )
-        plan = make_planner(Catalog.load(), settings)(ws.to_dict()).inference
+        plan = make_planner(Catalog.load(), settings)(parse_workspace(ws.to_dict())).inference
         assert plan is not None
         yield Published(registry, config, digest, plan)
 

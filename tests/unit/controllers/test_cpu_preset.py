@@ -12,7 +12,7 @@ from kaitopy.api import Workspace
 from kaitopy.controllers.workspace import workload
 from kaitopy.controllers.workspace.app import add_arguments, settings_from, weights_digests
 from kaitopy.controllers.workspace.plan import GPU_RESOURCE, WEIGHTS_MOUNT, PlanError, Settings
-from kaitopy.controllers.workspace.planner import make_planner
+from kaitopy.controllers.workspace.planner import make_planner, parse_workspace
 from kaitopy.presets import Catalog
 from kaitopy.webhooks import validate_create
 
@@ -37,7 +37,7 @@ def workspace(preset: str = PRESET, instance_type: str = "Standard_NC6s_v3", **a
 
 
 def plan_of(ws: Any, settings: Settings = SETTINGS) -> Any:
-    plan = make_planner(Catalog.load(), settings)(ws.to_dict())
+    plan = make_planner(Catalog.load(), settings)(parse_workspace(ws.to_dict()))
     assert plan.inference is not None
     return plan
 
@@ -151,7 +151,7 @@ def test_vllm_runtime_annotation_is_refused_for_a_cpu_preset() -> None:
 def test_a_preset_image_option_still_wins() -> None:
     raw = workspace().to_dict()
     raw["inference"]["preset"]["presetOptions"] = {"image": "mine:1"}
-    plan = make_planner(Catalog.load(), SETTINGS)(raw)
+    plan = make_planner(Catalog.load(), SETTINGS)(parse_workspace(raw))
     spec = workload.deployment(plan.inference)["spec"]["template"]["spec"]
     assert spec["containers"][0]["image"] == spec["initContainers"][0]["image"] == "mine:1"
 

@@ -201,7 +201,7 @@ def test_a_zero_window_ignores_earlier_recommendations() -> None:
 
 def test_members_are_scraped_at_their_service_cluster_ip_without_dns() -> None:
     from kaitopy.controllers.inferenceset.scrape import cluster_ip_url
-    from kaitopy.runtime.store import Store
+    from kaitopy.runtime.cache.store import Store
 
     services = Store()
     services.replace(

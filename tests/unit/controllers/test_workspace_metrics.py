@@ -13,9 +13,9 @@ from kaitopy.controllers.workspace.metrics import (
     register_workspace_metrics,
     workspace_state,
 )
+from kaitopy.runtime.cache.store import Store
 from kaitopy.runtime.metrics import Metrics
 from kaitopy.runtime.objects import freeze
-from kaitopy.runtime.store import Store
 
 
 def _ws(

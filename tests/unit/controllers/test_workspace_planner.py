@@ -12,7 +12,7 @@ from kaitopy.api.crd import workspace_schema
 from kaitopy.controllers.workspace import job as jobs
 from kaitopy.controllers.workspace import workload
 from kaitopy.controllers.workspace.plan import PlanError, Settings
-from kaitopy.controllers.workspace.planner import make_planner
+from kaitopy.controllers.workspace.planner import make_planner, parse_workspace
 from kaitopy.presets import Catalog
 from kaitopy.runtime.objects import freeze
 from kaitopy.webhooks import validate_create
@@ -39,7 +39,7 @@ def test_admitted_qlora_job_is_planned_even_when_inference_would_not_fit() -> No
     catalog = Catalog.load()
     raw = tuning("phi-3-medium-128k-instruct", "Standard_NC12s_v3", "qlora")
     assert validate_create(Workspace.model_validate(raw), catalog) == []
-    plan = make_planner(catalog, Settings())(Workspace.model_validate(raw).to_dict())
+    plan = make_planner(catalog, Settings())(parse_workspace(raw))
     assert plan.tuning is not None
     assert (plan.node_count, plan.gpus_per_node, plan.tuning.gpus_per_node) == (1, 2, 2)
     assert plan.tuning.method == "qlora"
@@ -52,7 +52,7 @@ def test_tuning_that_does_not_fit_is_refused_with_the_admission_reason() -> None
     refusal = validate_create(Workspace.model_validate(raw), catalog)
     assert [e.field for e in refusal] == ["resource.instanceType"]
     with pytest.raises(PlanError) as err:
-        make_planner(catalog, Settings())(Workspace.model_validate(raw).to_dict())
+        make_planner(catalog, Settings())(parse_workspace(raw))
     assert err.value.reason == "InsufficientGPUMemory"
     assert "or use qlora" in str(err.value)
 
@@ -62,7 +62,9 @@ def test_tuning_volumes_from_the_cache_plan_and_hash() -> None:
     # volumeSource as one, so revision() (dataclasses.asdict deep-copies) raised on every reconcile.
     raw = tuning("phi-3-mini-4k-instruct", "Standard_NC24ads_A100_v4", "qlora")
     raw["tuning"]["output"] = {"volumeSource": {"persistentVolumeClaim": {"claimName": "out"}}}
-    plan = make_planner(Catalog.load(), Settings())(freeze(Workspace.model_validate(raw).to_dict()))
+    plan = make_planner(Catalog.load(), Settings())(
+        parse_workspace(freeze(Workspace.model_validate(raw).to_dict()))
+    )
     assert plan.tuning is not None
     assert plan.tuning.output_volume == {"persistentVolumeClaim": {"claimName": "out"}}
     assert len(plan.tuning.revision()) == 16
@@ -79,7 +81,9 @@ def test_a_template_port_of_any_shape_gets_a_service(ports: Any) -> None:
         "inference": {"template": {"spec": {"containers": [{"name": "c", "image": "i", "ports": ports}]}}},
     }
     assert validate_create(Workspace.model_validate(raw), Catalog.load()) == []
-    plan = make_planner(Catalog.load(), Settings())(freeze(Workspace.model_validate(raw).to_dict()))
+    plan = make_planner(Catalog.load(), Settings())(
+        parse_workspace(freeze(Workspace.model_validate(raw).to_dict()))
+    )
     assert plan.inference is not None
     assert workload.service(plan.inference)["spec"]["ports"][0]["targetPort"] == 80
 
@@ -99,11 +103,11 @@ def test_too_many_input_urls_are_refused_naming_the_field_and_the_limit() -> Non
     raw["tuning"]["input"]["urls"] = [f"https://example.com/d{i}.jsonl" for i in range(4)]
     settings = Settings(tuning_max_urls=3, tuning_max_input_bytes=10**9, tuning_deadline_s=3600)
     with pytest.raises(PlanError) as err:
-        make_planner(Catalog.load(), settings)(Workspace.model_validate(raw).to_dict())
+        make_planner(Catalog.load(), settings)(parse_workspace(raw))
     assert err.value.reason == "InvalidWorkspace"
     assert str(err.value).startswith("tuning.input.urls: 4 URLs is over the limit of 3 (the controller's")
     raw["tuning"]["input"]["urls"] = raw["tuning"]["input"]["urls"][:3]
-    plan = make_planner(Catalog.load(), settings)(Workspace.model_validate(raw).to_dict())
+    plan = make_planner(Catalog.load(), settings)(parse_workspace(raw))
     assert plan.tuning is not None
     assert (plan.tuning.max_input_urls, plan.tuning.max_input_bytes, plan.tuning.deadline_s) == (
         3,
@@ -149,13 +153,13 @@ def test_planner_sizes_for_the_context_the_webhook_admitted() -> None:
     catalog = Catalog.load()
     raw = inference("phi-3-mini-128k-instruct", "Standard_NC6s_v3")
     assert validate_create(Workspace.model_validate(raw), catalog, max_model_len=16384) == []
-    plan = make_planner(catalog, Settings())(freeze(raw), max_model_len=16384)
+    plan = make_planner(catalog, Settings())(parse_workspace(freeze(raw)), max_model_len=16384)
     assert plan.inference is not None and plan.inference.max_model_len == 16384
     assert "--max-model-len=16384" in workload.server_args(plan.inference)
     # What admission refuses for that context, the planner refuses with the same reason.
     refusal = validate_create(Workspace.model_validate(raw), catalog, max_model_len=131072)
     with pytest.raises(PlanError) as err:
-        make_planner(catalog, Settings())(freeze(raw), max_model_len=131072)
+        make_planner(catalog, Settings())(parse_workspace(freeze(raw)), max_model_len=131072)
     assert err.value.reason == "InsufficientGPUMemory"
     assert str(err.value) in refusal[0].message
 
@@ -163,7 +167,7 @@ def test_planner_sizes_for_the_context_the_webhook_admitted() -> None:
 def test_unset_context_is_left_to_the_engine() -> None:
     catalog = Catalog.load()
     plan = make_planner(catalog, Settings())(
-        freeze(inference("gemma-3-4b-instruct", "Standard_NV36ads_A10_v5"))
+        parse_workspace(freeze(inference("gemma-3-4b-instruct", "Standard_NV36ads_A10_v5")))
     )
     assert plan.inference is not None and plan.inference.max_model_len is None
     assert not any(a.startswith("--max-model-len") for a in workload.server_args(plan.inference))
@@ -180,7 +184,7 @@ def test_private_access_takes_the_weights_from_the_users_image() -> None:
     )
     assert validate_create(Workspace.model_validate(raw), Catalog.load()) == []
     settings = Settings()
-    plan = make_planner(Catalog.load(), settings)(freeze(raw))
+    plan = make_planner(Catalog.load(), settings)(parse_workspace(freeze(raw)))
     assert plan.inference is not None
     args = workload.server_args(plan.inference)
     assert not any(a.startswith(("--hf-model-id", "--allow-download")) for a in args)
@@ -200,7 +204,7 @@ def test_resource_count_does_what_its_schema_description_says() -> None:
     raw = inference("phi-3-mini-4k-instruct", "Standard_NC6s_v3")
     del raw["inference"]["config"]
     raw["resource"]["count"] = 3
-    plan = make_planner(Catalog.load(), Settings())(freeze(raw))
+    plan = make_planner(Catalog.load(), Settings())(parse_workspace(freeze(raw)))
     assert plan.node_count == 1
 
 
@@ -220,7 +224,7 @@ def test_a_cpu_preset_trains_on_cpu_with_its_weights_artifact() -> None:
         url_allowed_networks=("10.229.254.1/32",),
     )
     raw = cpu_tuning(["http://10.229.254.1:8080/chat.jsonl"])
-    plan = make_planner(Catalog.load(), settings)(raw)
+    plan = make_planner(Catalog.load(), settings)(parse_workspace(raw))
     t = plan.tuning
     assert t is not None and t.cpu is not None
     assert t.image == settings.cpu_runtime_image  # the CPU image: torch's CPU build, no CUDA
@@ -246,10 +250,10 @@ def test_the_admins_lists_are_not_widened_by_the_workspace() -> None:
         plain_http_registries=("10.229.254.1:5000",), url_allowed_networks=("10.229.254.1/32",)
     )
     raw = cpu_tuning(["https://example.com/chat.jsonl"], output="10.229.254.1:5001/adapters/kiwi:1")
-    t = make_planner(Catalog.load(), settings)(raw).tuning
+    t = make_planner(Catalog.load(), settings)(parse_workspace(raw)).tuning
     assert t is not None and not t.push_plain_http
     raw["tuning"]["input"] = {"image": "example.com/data:1"}
-    t = make_planner(Catalog.load(), settings)(raw).tuning
+    t = make_planner(Catalog.load(), settings)(parse_workspace(raw)).tuning
     assert t is not None and t.allowed_networks == ()
 
 
@@ -274,7 +278,7 @@ def test_gpu_tuning_keeps_its_revision_when_the_new_fields_are_unset() -> None:
     from dataclasses import asdict, replace
 
     plan = make_planner(Catalog.load(), Settings())(
-        tuning("phi-3-mini-128k-instruct", "Standard_NC12s_v3", "lora")
+        parse_workspace(tuning("phi-3-mini-128k-instruct", "Standard_NC12s_v3", "lora"))
     )
     t = plan.tuning
     assert t is not None and t.cpu is None and t.weights_image is None
@@ -329,5 +333,31 @@ def test_qlora_on_a_cpu_model_is_refused_by_the_fit_rule_itself() -> None:
     raw = cpu_tuning(["https://example.com/chat.jsonl"])
     raw["tuning"]["method"] = "qlora"
     with pytest.raises(PlanError) as err:
-        make_planner(catalog, Settings())(raw)
+        make_planner(catalog, Settings())(parse_workspace(raw))
     assert err.value.reason == "InvalidWorkspace" and "tuning.method" in str(err.value)
+
+
+def test_a_stored_workspace_the_model_cannot_read_is_a_plan_error_naming_the_field() -> None:
+    # Stored with the webhook off (or before a stricter rule): the controller reads it with the
+    # webhook's model, once, and says which field is wrong instead of failing further down.
+    raw = tuning("phi-3-mini-4k-instruct", "Standard_NC12s_v3", "lora")
+    raw["tuning"]["method"] = "full"
+    with pytest.raises(PlanError) as err:
+        parse_workspace(freeze(raw))
+    assert err.value.reason == "InvalidWorkspace"
+    assert str(err.value).startswith("tuning.method: ")
+
+
+def test_the_planner_reads_the_typed_workspace() -> None:
+    typed = parse_workspace(freeze(tuning("phi-3-mini-4k-instruct", "Standard_NC12s_v3", "qlora")))
+    assert isinstance(typed, Workspace)
+    plan = make_planner(Catalog.load(), Settings())(typed)
+    assert plan.tuning is not None and plan.tuning.method == "qlora"
+    assert plan.tuning.output_push_secret == "push" and plan.match_labels == {"a": "t"}
+
+
+def test_a_status_the_model_cannot_read_does_not_make_the_spec_unplannable() -> None:
+    raw = tuning("phi-3-mini-4k-instruct", "Standard_NC12s_v3", "lora")
+    raw["status"] = {"conditions": [{"type": "Ready", "status": "Maybe"}], "workerNodes": "n0"}
+    typed = parse_workspace(freeze(raw))
+    assert typed.status is None and typed.tuning is not None

@@ -13,7 +13,7 @@ from kaitopy.provisioner.cloudprovider import Instance
 from kaitopy.provisioner.garbage import GarbageCollector
 from kaitopy.provisioner.metrics import LeakMetrics, NodeClaimAgeCollector
 from kaitopy.provisioner.settings import ProvisionerSettings
-from kaitopy.runtime.store import Store
+from kaitopy.runtime.cache.store import Store
 
 pytestmark = pytest.mark.unit
 

@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry
 from kaitopy.controllers.workspace.metrics import register_workspace_metrics, startup_metrics
 from kaitopy.inference.metrics import ServerMetrics
 from kaitopy.provisioner.metrics import NodeClaimMetrics
+from kaitopy.runtime.cache.store import Store
 from kaitopy.runtime.metrics import Metrics
-from kaitopy.runtime.store import Store
 
 DASHBOARD = Path(__file__).resolve().parents[3] / "manifests" / "observability" / "grafana-dashboard.json"
 KEYWORDS = {

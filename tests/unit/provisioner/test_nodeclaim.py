@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from kaitopy.provisioner.claimdecision import elapsed, launch_age
 from kaitopy.provisioner.cloudprovider import Taint
 from kaitopy.provisioner.nodeclaim import (
     ClaimSpecError,
@@ -146,3 +147,12 @@ def test_bad_failure_injection_is_refused_with_the_expected_form() -> None:
     proc = run_cli("provisioner", "--kwok-fail", "Standard_NC6s_v3")
     assert proc.returncode == 2
     assert "INSTANCE_TYPE=REASON" in proc.stderr and "QuotaExceeded" in proc.stderr
+
+
+def test_launch_age_is_timed_on_the_controllers_clock_only() -> None:
+    seen = [{"type": "Launched", "status": "Unknown", "lastTransitionTime": "2026-01-01T00:00:00Z"}]
+    first_seen = 1767225600.0  # 2026-01-01T00:00:00Z, written by this controller's clock
+    assert launch_age(seen, first_seen + 90) == 90
+    assert launch_age(seen, first_seen - 30) == 0  # written by a replica whose clock ran ahead
+    assert launch_age([], first_seen) == 0  # not recorded yet: the launch starts now
+    assert elapsed(None, 5.0) == 0

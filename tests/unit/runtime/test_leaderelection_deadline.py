@@ -9,7 +9,7 @@ import time
 import pytest
 
 from kaitopy.runtime import LeaderElectionSettings, LeadershipLost, Metrics
-from kaitopy.runtime.leaderelection import LeaderElector
+from kaitopy.runtime.manager.leaderelection import LeaderElector
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from kaitopy.runtime import Metrics
-from kaitopy.runtime.looplag import LoopLagMonitor
+from kaitopy.runtime.manager.looplag import LoopLagMonitor
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from kaitopy.runtime import FakeClock, Metrics, ShutDown, WorkQueue
-from kaitopy.runtime.ratelimit import ItemExponentialFailureRateLimiter
+from kaitopy.runtime.controller.ratelimit import ItemExponentialFailureRateLimiter
 
 
 def make_queue(clock: FakeClock | None = None, metrics: Metrics | None = None) -> WorkQueue[str]:

@@ -8,7 +8,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from kaitopy.controllers.inferenceset.autoscale import QUEUE_METRIC, RUNNING_METRIC, Sample
-from kaitopy.runtime.store import Store
+from kaitopy.runtime.cache.store import Store
 
 SCRAPE_TIMEOUT_S = 2.0  # a member slower than this to answer its /metrics is counted as not answering
 

@@ -25,9 +25,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from kaitopy.api import reasons
 from kaitopy.controllers.workspace import status as st
 from kaitopy.controllers.workspace.timeline import PHASES, Timeline
+from kaitopy.runtime.cache.store import Store
 from kaitopy.runtime.metrics import Metrics
 from kaitopy.runtime.objects import Obj
-from kaitopy.runtime.store import Store
 
 WORKSPACE_COUNT: Final = "kaitopy_workspace_count"
 WORKSPACE_PRESET_COUNT: Final = "kaitopy_workspace_preset_count"

@@ -7,7 +7,9 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+from kaitopy.api import Workspace
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT_KEY = "sku"
@@ -224,3 +226,10 @@ class PlanError(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class Planner(Protocol):
+    """The typed Workspace (read once per pass, `planner.parse_workspace`) and the context its
+    inference config asks for, to plan; raises PlanError."""
+
+    def __call__(self, ws: Workspace, *, max_model_len: int | None = None) -> WorkspacePlan: ...

@@ -7,18 +7,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pydantic import ValidationError
+
+from kaitopy.api import Workspace
 from kaitopy.api.constants import RUNTIME_ANNOTATION
+from kaitopy.api.workspace import DataDestination, DataSource, PresetOptions
 from kaitopy.controllers.workspace.plan import (
     ENABLE_LB_ANNOTATION,
     AdapterPlan,
     CpuPlan,
     InferencePlan,
     PlanError,
+    Planner,
     Settings,
     TuningPlan,
     WorkspacePlan,
 )
-from kaitopy.controllers.workspace.reconciler import Planner
 from kaitopy.presets import (
     Catalog,
     DoesNotFit,
@@ -31,51 +35,56 @@ from kaitopy.presets import (
     estimate,
 )
 from kaitopy.presets.estimator import storage_gib
-from kaitopy.runtime.objects import Obj, thaw
+from kaitopy.runtime.objects import thaw
 from kaitopy.webhooks.validation import runtime_problem
 
 
-def _secrets(refs: Any) -> tuple[str, ...]:
-    out = []
-    for r in refs or ():
-        out.append(str(r["name"]) if isinstance(r, Mapping) else str(r))
-    return tuple(out)
+def parse_workspace(ws: Mapping[str, Any]) -> Workspace:
+    """The stored Workspace read into the API model the webhook validates, once per pass. One the
+    model cannot read (stored before a stricter rule, or with the webhook off) is a PlanError
+    naming the field, as the webhook would have refused it."""
+    try:
+        # The spec only: the status is the controller's own record, and a shape it wrote once
+        # (or another operator did) must never make the spec unplannable.
+        return Workspace.model_validate({k: v for k, v in ws.items() if k != "status"})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            problems.append(f"{where}: {err['msg']}" if where else str(err["msg"]))
+        raise PlanError("InvalidWorkspace", "; ".join(problems)) from exc
 
 
 def make_planner(catalog: Catalog, settings: Settings) -> Planner:
-    def plan(ws: Obj, *, max_model_len: int | None = None) -> WorkspacePlan:
-        meta = ws["metadata"]
-        name, namespace = str(meta["name"]), str(meta["namespace"])
-        annotations = meta.get("annotations") or {}
-        resource = ws.get("resource") or {}
-        instance_type = str(resource.get("instanceType") or "")
-        selector = resource.get("labelSelector") or {}
-        match_labels = {str(k): str(v) for k, v in (selector.get("matchLabels") or {}).items()}
-        expressions = tuple(dict(e) for e in selector.get("matchExpressions") or ())
-        inference = ws.get("inference")
-        tuning = ws.get("tuning")
+    def plan(ws: Workspace, *, max_model_len: int | None = None) -> WorkspacePlan:
+        name, namespace = ws.name, ws.namespace
+        annotations = ws.metadata.get("annotations") or {}
+        instance_type = ws.resource.instance_type
+        selector = ws.resource.label_selector
+        match_labels = dict(selector.match_labels or {})
+        expressions = tuple(e.to_dict() for e in selector.match_expressions or ())
+        inference, tuning = ws.inference, ws.tuning
         try:
             sku = catalog.sku(instance_type)
         except UnknownInstanceType as err:
             raise PlanError("InvalidInstanceType", str(err)) from err
         spec = inference if inference is not None else tuning
-        preset = ((spec or {}).get("preset") or {}) if spec is not None else {}
-        preset_name = preset.get("name")
-        if inference is not None and inference.get("template") is not None and not preset_name:
-            return _template_plan(ws, inference, sku, match_labels, expressions, instance_type)
-        if not preset_name:
+        preset = spec.preset if spec is not None else None
+        if inference is not None and inference.template is not None and preset is None:
+            return _template_plan(ws, inference.template, sku, match_labels, expressions, instance_type)
+        if preset is None:
             raise PlanError("InvalidWorkspace", "set inference.preset.name or tuning.preset.name")
         try:
-            model = catalog.model(str(preset_name))
+            model = catalog.model(preset.name)
         except UnknownPreset as err:
             raise PlanError("InvalidPreset", str(err)) from err
-        options = preset.get("presetOptions") or {}
+        options = preset.preset_options or PresetOptions()
         default_image = settings.cpu_runtime_image if model.on_cpu else settings.runtime_image
-        image = str(options.get("image") or default_image)
+        image = options.image or default_image
         # accessMode private: as in Kaito, the image holds the weights; our server still runs them.
-        private = str(options.get("image") or "") if preset.get("accessMode") == "private" else ""
-        pull = _secrets(options.get("imagePullSecrets"))
-        access = options.get("modelAccessSecret")
+        private = (options.image or "") if preset.access_mode == "private" else ""
+        pull = tuple(options.image_pull_secrets or ())
+        access = options.model_access_secret
         if inference is not None:
             try:
                 est = estimate(model, sku, max_model_len=max_model_len, catalog=catalog)
@@ -99,13 +108,13 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
             weights = _weights_source(model, settings)
             adapters = tuple(
                 AdapterPlan(
-                    name=str(a["source"]["name"]),
-                    image=str(a["source"].get("image") or ""),
-                    strength=str(a.get("strength") or "1.0"),
-                    image_pull_secrets=_secrets(a["source"].get("imagePullSecrets")),
+                    name=str(a.source.name or ""),
+                    image=a.source.image,
+                    strength=a.strength or "1.0",
+                    image_pull_secrets=tuple(a.source.image_pull_secrets or ()),
                 )
-                for a in inference.get("adapters") or ()
-                if (a.get("source") or {}).get("image")
+                for a in inference.adapters or ()
+                if a.source is not None and a.source.image
             )
             return replace(
                 base,
@@ -129,8 +138,8 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                     match_labels=match_labels,
                     match_expressions=expressions,
                     image_pull_secrets=pull,
-                    model_access_secret=str(access) if access else None,
-                    config_map=inference.get("config") or None,
+                    model_access_secret=access or None,
+                    config_map=inference.config or None,
                     adapters=adapters,
                     tool_call_parser=model.tool_call_parser,
                     reasoning_parser=model.reasoning_parser,
@@ -144,10 +153,7 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                 ),
             )
         assert tuning is not None
-        given = str(tuning.get("method") or "lora")
-        if given not in ("lora", "qlora"):
-            raise PlanError("InvalidWorkspace", f"tuning.method must be lora or qlora, not {given!r}")
-        method: TuningMethod = "qlora" if given == "qlora" else "lora"
+        method: TuningMethod = "qlora" if tuning.method == "qlora" else "lora"
         # Tuning has its own memory rule (the one admission checks), on one whole node: the
         # inference estimate would refuse a QLoRA job the webhook admitted, e.g. on a long context.
         try:
@@ -156,10 +162,9 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
             raise PlanError("InsufficientGPUMemory", str(err)) from err
         except EstimateError as err:  # e.g. qlora for a model that trains on CPU
             raise PlanError("InvalidWorkspace", f"tuning.method: {err}") from err
-        # The cache hands out read-only mappings; the plan keeps plain copies (its revision deep-copies).
-        data_in = tuning.get("input") or {}
-        data_out = tuning.get("output") or {}
-        urls = tuple(str(u) for u in data_in.get("urls") or ())
+        data_in = tuning.input or DataSource()
+        data_out = tuning.output or DataDestination()
+        urls = tuple(data_in.urls or ())
         if len(urls) > settings.tuning_max_urls:
             raise PlanError(
                 "InvalidWorkspace",
@@ -167,7 +172,7 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                 "(the controller's --tuning-max-urls); merge the data into fewer files, or ask the "
                 "operator's admin to raise the limit",
             )
-        output_image = data_out.get("image") or None
+        output_image = data_out.image or None
         weights = _weights_source(model, settings)
         return WorkspacePlan(
             instance_type=instance_type,
@@ -181,22 +186,20 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                 namespace=namespace,
                 preset=model.name,
                 method=method,
-                image=str(
-                    options.get("image")
-                    or (settings.cpu_runtime_image if model.on_cpu else settings.tuning_image)
-                ),
+                image=options.image
+                or (settings.cpu_runtime_image if model.on_cpu else settings.tuning_image),
                 hf_model_id=model.hf_id,
                 gpus_per_node=int(sku.gpu_count),
                 match_labels=match_labels,
                 input_urls=urls,
-                input_image=data_in.get("image") or None,
-                input_volume=thaw(data_in.get("volumeSource")) or None,
+                input_image=data_in.image or None,
+                input_volume=data_in.volume_source or None,
                 output_image=output_image,
-                output_push_secret=data_out.get("imagePushSecret") or None,
-                output_volume=thaw(data_out.get("volumeSource")) or None,
-                config_map=tuning.get("config") or None,
+                output_push_secret=data_out.image_push_secret or None,
+                output_volume=data_out.volume_source or None,
+                config_map=tuning.config or None,
                 image_pull_secrets=pull,
-                model_access_secret=str(access) if access else None,
+                model_access_secret=access or None,
                 tools_image=settings.tools_image,
                 weights_gib=_weights_gib(model),
                 deadline_s=settings.tuning_deadline_s,
@@ -267,16 +270,14 @@ def _weights_gib(model: Any) -> float:
 
 
 def _template_plan(
-    ws: Obj,
-    inference: Mapping[str, Any],
+    ws: Workspace,
+    template: Mapping[str, Any],
     sku: Any,
     match_labels: dict[str, str],
     expressions: tuple[dict[str, object], ...],
     instance_type: str,
 ) -> WorkspacePlan:
-    meta = ws["metadata"]
-    count = int((ws.get("resource") or {}).get("count") or 1)
-    template = thaw(inference["template"])
+    count = ws.resource.count or 1
     return WorkspacePlan(
         instance_type=instance_type,
         node_count=count,
@@ -285,8 +286,8 @@ def _template_plan(
         match_labels=match_labels,
         match_expressions=expressions,
         inference=InferencePlan(
-            name=str(meta["name"]),
-            namespace=str(meta["namespace"]),
+            name=ws.name,
+            namespace=ws.namespace,
             preset="",
             runtime="template",
             image="",
@@ -300,6 +301,6 @@ def _template_plan(
             weights_gib=0.0,
             match_labels=match_labels,
             match_expressions=expressions,
-            template=template,
+            template=thaw(template),
         ),
     )

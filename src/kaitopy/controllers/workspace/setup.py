@@ -28,9 +28,9 @@ from kaitopy.runtime import (
     kinds,
     trim_node,
 )
+from kaitopy.runtime.cache.store import Store
 from kaitopy.runtime.client import Client
 from kaitopy.runtime.objects import Obj
-from kaitopy.runtime.store import Store
 
 COMPONENT = "kaitopy-workspace"
 WS_BY_SELECTOR = "by-node-selector"

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from kaitopy.runtime.backoff import Backoff
+from kaitopy.runtime.cache.store import IndexFunc, Store
+from kaitopy.runtime.cache.watcher import watch
 from kaitopy.runtime.client import Client
 from kaitopy.runtime.errors import ApiError, BadRequest, Forbidden, Gone, Invalid, RuntimeLibraryError
 from kaitopy.runtime.kinds import Kind
 from kaitopy.runtime.objects import Obj, loads_frozen, strip_noise
-from kaitopy.runtime.store import IndexFunc, Store
-from kaitopy.runtime.watcher import watch
 
 log = logging.getLogger(__name__)
 

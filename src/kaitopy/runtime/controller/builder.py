@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from kaitopy.runtime.controller import Controller, ControllerSettings
-from kaitopy.runtime.handlers import EnqueueHandler, MapFunc, owner_mapper, request_for
-from kaitopy.runtime.informer import Informer, InformerCache
+from kaitopy.runtime.cache.informer import Informer, InformerCache
+from kaitopy.runtime.controller.controller import Controller, ControllerSettings
+from kaitopy.runtime.controller.handlers import EnqueueHandler, MapFunc, owner_mapper, request_for
+from kaitopy.runtime.controller.predicates import Predicate
+from kaitopy.runtime.controller.reconcile import Reconciler, Request
+from kaitopy.runtime.controller.workqueue import WorkQueue
 from kaitopy.runtime.kinds import Kind
 from kaitopy.runtime.metrics import Metrics
-from kaitopy.runtime.predicates import Predicate
-from kaitopy.runtime.reconcile import Reconciler, Request
-from kaitopy.runtime.workqueue import WorkQueue
 
 if TYPE_CHECKING:
     from kaitopy.runtime.clock import Clock

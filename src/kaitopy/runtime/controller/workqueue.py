@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from kaitopy.runtime.clock import Clock, RealClock, Timer
+from kaitopy.runtime.controller.ratelimit import RateLimiter, default_controller_rate_limiter
 from kaitopy.runtime.metrics import Metrics
-from kaitopy.runtime.ratelimit import RateLimiter, default_controller_rate_limiter
 
 T = TypeVar("T", bound=Hashable)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from kaitopy.runtime.controller.predicates import Predicate
+from kaitopy.runtime.controller.reconcile import Request
+from kaitopy.runtime.controller.workqueue import WorkQueue
 from kaitopy.runtime.kinds import Kind
 from kaitopy.runtime.objects import Obj, meta, name_of, namespace_of
-from kaitopy.runtime.predicates import Predicate
-from kaitopy.runtime.reconcile import Request
-from kaitopy.runtime.workqueue import WorkQueue
 
 MapFunc = Callable[[Obj], Iterable[Request]]
 

@@ -14,14 +14,14 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from kaitopy.runtime.builder import ControllerBuilder
+from kaitopy.runtime.cache.informer import InformerCache, InformerSettings
 from kaitopy.runtime.client import Client
-from kaitopy.runtime.controller import Controller
+from kaitopy.runtime.controller.builder import ControllerBuilder
+from kaitopy.runtime.controller.controller import Controller
 from kaitopy.runtime.errors import LeadershipLost
-from kaitopy.runtime.health import HealthServer
-from kaitopy.runtime.informer import InformerCache, InformerSettings
-from kaitopy.runtime.leaderelection import LeaderElectionSettings, LeaderElector
-from kaitopy.runtime.looplag import LoopLagMonitor
+from kaitopy.runtime.manager.health import HealthServer
+from kaitopy.runtime.manager.leaderelection import LeaderElectionSettings, LeaderElector
+from kaitopy.runtime.manager.looplag import LoopLagMonitor
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from kaitopy.runtime.cache.informer import Informer
+from kaitopy.runtime.controller.reconcile import ReconcileContext, Reconciler, Request, Result, _current
+from kaitopy.runtime.controller.workqueue import ShutDown, WorkQueue
 from kaitopy.runtime.errors import ApiError, TerminalError
-from kaitopy.runtime.informer import Informer
 from kaitopy.runtime.metrics import Metrics
-from kaitopy.runtime.reconcile import ReconcileContext, Reconciler, Request, Result, _current
-from kaitopy.runtime.workqueue import ShutDown, WorkQueue
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ or the entry expires.
 
 from __future__ import annotations
 
+from kaitopy.runtime.cache.store import Store
 from kaitopy.runtime.clock import Clock, RealClock
 from kaitopy.runtime.objects import Obj, key_of, meta
-from kaitopy.runtime.store import Store
 
 
 def _version(obj: Obj) -> int | None:

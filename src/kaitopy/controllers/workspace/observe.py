@@ -1,0 +1,198 @@
+"""Observe: what one pass of the Workspace reconciler looks at, gathered into plain data.
+
+The caches give the nodes, claims, workloads and pods; the few things no cache holds are read
+here too, so that `decide` stays pure: the inference ConfigMap's context (the plan is sized for
+it), the ConfigMap each workload mounts (Kaito's default template, copied into the workspace's
+namespace where missing: the one write of this step, idempotent), the events of a pod that
+`decide` asked about, and, for a deleting workspace, its NodeClaims as the API server has them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from kaitopy.api.defaultconfigs import tuning_template
+from kaitopy.api.nodeclaim import NODECLAIM
+from kaitopy.controllers.workspace import workload
+from kaitopy.controllers.workspace.defaultconfigs import resolve_config
+from kaitopy.controllers.workspace.inferenceconfig import configured_max_model_len
+from kaitopy.controllers.workspace.plan import (
+    WORKSPACE_LABEL,
+    WORKSPACE_NAMESPACE_LABEL,
+    PlanError,
+    Planner,
+    Settings,
+    WorkspacePlan,
+)
+from kaitopy.controllers.workspace.planner import parse_workspace
+from kaitopy.runtime import Client, Forbidden, Kind, kinds
+from kaitopy.runtime.cache.store import Store
+from kaitopy.runtime.controller.reconcile import reconcile_logger
+from kaitopy.runtime.objects import Obj
+
+CLAIMS_BY_WORKSPACE = "by-workspace"
+PODS_BY_WORKSPACE = "by-workspace"
+POD_EVENT = Kind("", "v1", "Event", "events")
+"""The kubelet's events about pods: core/v1, which can be field-selected by the pod's uid."""
+log = reconcile_logger(__name__)
+
+
+@dataclass
+class Stores:
+    workspaces: Store
+    nodes: Store
+    claims: Store
+    deployments: Store
+    statefulsets: Store
+    services: Store
+    jobs: Store
+    pods: Store
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything `decide` needs about one (live) workspace, as plain data."""
+
+    plan: WorkspacePlan | None
+    """The workspace planned for the context its config asks for, with the ConfigMaps settled;
+    None when it cannot be planned (`plan_error` says why)."""
+    plan_error: PlanError | None = None
+    nodes: tuple[Obj, ...] = ()
+    """The cache's nodes (trimmed); `decide` picks those the workspace may use."""
+    claims: tuple[Obj, ...] = ()
+    """The workspace's NodeClaims in the cache, by name."""
+    deployment: Obj | None = None
+    statefulset: Obj | None = None
+    services: Mapping[str, Obj] = field(default_factory=dict)
+    """The model's Services in the cache (the Service and, multi-node, the headless one), by name."""
+    job: Obj | None = None
+    pods: tuple[Obj, ...] = ()
+    """The workload's pods (all revisions)."""
+    pod_events: Mapping[str, tuple[Obj, ...]] = field(default_factory=dict)
+    """Events by pod uid, read only for the pods `decide` asked about (`Decision.wants_events`)."""
+
+
+@dataclass(frozen=True)
+class Dying:
+    """What the finalizer of a deleting workspace looks at."""
+
+    claims: tuple[Obj, ...]
+    """Read live, not from the cache: a claim created by the pass just before the deletion may
+    not have reached the informer yet, and removing the finalizer then leaks it (and its GPU
+    node) for good."""
+    workloads: tuple[tuple[Kind, Obj], ...]
+    """The cached Deployment, StatefulSet and Job named after the workspace."""
+
+
+def workspace_key_of_labels(obj: Obj, default_namespace: str | None = None) -> list[str]:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    name = labels.get(WORKSPACE_LABEL)
+    ns = (
+        labels.get(WORKSPACE_NAMESPACE_LABEL)
+        or default_namespace
+        or (obj.get("metadata") or {}).get("namespace")
+    )
+    return [f"{ns}/{name}"] if name and ns else []
+
+
+class Observer:
+    def __init__(self, client: Client, stores: Stores, planner: Planner, settings: Settings) -> None:
+        self.client = client
+        self.s = stores
+        self.planner = planner
+        self.settings = settings
+
+    def claims_of(self, ws: Obj) -> tuple[Obj, ...]:
+        key = f"{ws['metadata']['namespace']}/{ws['metadata']['name']}"
+        return tuple(
+            sorted(self.s.claims.by_index(CLAIMS_BY_WORKSPACE, key), key=lambda c: c["metadata"]["name"])
+        )
+
+    async def observe(self, ws: Obj) -> Observed:
+        try:
+            # Sized for the context the webhook admitted: the inference config's, if it sets one.
+            context = await configured_max_model_len(self.client, ws, self.settings.operator_namespace)
+            plan = self.planner(parse_workspace(ws), max_model_len=context)
+        except PlanError as err:
+            return Observed(plan=None, plan_error=err)
+        plan = await self._with_default_configs(ws, plan)
+        namespace, name = str(ws["metadata"]["namespace"]), str(ws["metadata"]["name"])
+        key = f"{namespace}/{name}"  # the workloads are named after their workspace
+        services = {}
+        if plan.inference is not None:
+            for svc in (plan.inference.name, workload.headless_name(plan.inference)):
+                found = self.s.services.get(f"{namespace}/{svc}")
+                if found is not None:
+                    services[svc] = found
+        return Observed(
+            plan=plan,
+            nodes=tuple(self.s.nodes.list()),
+            claims=self.claims_of(ws),
+            deployment=self.s.deployments.get(key),
+            statefulset=self.s.statefulsets.get(key),
+            services=services,
+            job=self.s.jobs.get(key),
+            pods=tuple(self.s.pods.by_index(PODS_BY_WORKSPACE, key)),
+        )
+
+    async def with_events(self, observed: Observed, pods: Iterable[Obj]) -> Observed:
+        """`observed` plus the events of `pods` (those not read yet)."""
+        events = dict(observed.pod_events)
+        for pod in pods:
+            uid = str(pod["metadata"]["uid"])
+            if uid not in events:
+                events[uid] = tuple(await self._pod_events(pod))
+        return dataclasses.replace(observed, pod_events=events)
+
+    async def dying(self, ws: Obj, *, byo: bool) -> Dying:
+        meta = ws["metadata"]
+        claims: tuple[Obj, ...] = ()
+        if not byo:
+            found = await self.client.list(
+                NODECLAIM,
+                label_selector=f"{WORKSPACE_LABEL}={meta['name']},{WORKSPACE_NAMESPACE_LABEL}={meta['namespace']}",
+            )
+            claims = tuple(sorted(found.items, key=lambda c: str(c["metadata"]["name"])))
+        key = f"{meta['namespace']}/{meta['name']}"
+        workloads = tuple(
+            (kind, obj)
+            for kind, store in (
+                (kinds.DEPLOYMENT, self.s.deployments),
+                (kinds.STATEFUL_SET, self.s.statefulsets),
+                (kinds.JOB, self.s.jobs),
+            )
+            if (obj := store.get(key)) is not None
+        )
+        return Dying(claims, workloads)
+
+    async def _with_default_configs(self, ws: Obj, plan: WorkspacePlan) -> WorkspacePlan:
+        """The plan with the ConfigMap each workload mounts settled: Kaito's default template for
+        a tuning method when tuning.config is empty, and a template name copied into the
+        workspace's namespace from the operator's where it is missing there."""
+        ns = self.settings.operator_namespace
+        if plan.tuning is not None:
+            t = plan.tuning
+            name = await resolve_config(self.client, ws, t.config_map, tuning_template(t.method), ns)
+            if name != t.config_map:
+                plan = dataclasses.replace(plan, tuning=dataclasses.replace(t, config_map=name))
+        if plan.inference is not None and plan.inference.config_map:
+            i = plan.inference
+            name = await resolve_config(self.client, ws, i.config_map, None, ns)
+            if name != i.config_map:
+                plan = dataclasses.replace(plan, inference=dataclasses.replace(i, config_map=name))
+        return plan
+
+    async def _pod_events(self, pod: Obj) -> list[Obj]:
+        """The events about one pod (the kubelet's pulls, mounts, probes), read on demand: only
+        for a pod that is stuck or has just become Ready, so no cluster-wide event watch."""
+        meta = pod["metadata"]
+        try:
+            found = await self.client.list(
+                POD_EVENT, meta["namespace"], field_selector=f"involvedObject.uid={meta['uid']}"
+            )
+        except Forbidden as err:
+            # RBAC older than this code: the workspace says less, but still works.
+            log.warning("cannot read pod events", extra={"pod": meta["name"], "error": str(err)})
+            return []
+        return list(found.items)
