@@ -85,7 +85,9 @@ async def check_registry(host: str, allow_loopback: bool) -> None:
         address = str(info[4][0])
         why = _refusal(address, allow_loopback)
         if why is not None:
-            raise PullRefused(f"registry {host} resolves to {address}, {why}: adapters are not pulled from there")
+            raise PullRefused(
+                f"registry {host} resolves to {address}, {why}: adapters are not pulled from there"
+            )
 
 
 def docker_config_for(registry: str, secrets: Iterable[str], secrets_dir: Path | None) -> Path | None:

@@ -18,8 +18,8 @@ from kaitopy.inference import adapters as adapter_files
 from kaitopy.inference.adapterpull import PullSettings
 from kaitopy.inference.admission import Admission
 from kaitopy.inference.engine import Engine
-from kaitopy.inference.hotload import AdapterEngine, AdapterManager
 from kaitopy.inference.factory import build_engine
+from kaitopy.inference.hotload import AdapterEngine, AdapterManager
 from kaitopy.inference.metrics import ServerMetrics
 from kaitopy.inference.server import InferenceServer
 from kaitopy.inference.settings import ServeSettings, SettingsError

@@ -148,11 +148,11 @@ class AdapterManager:
         self.work_dir = work_dir
         self.pull = pull
         self.poll_s = poll_s
-        self.loaded: dict[str, _Loaded] = {
-            name: _Loaded(image, strength, path, owned=False) for name, (image, strength, path) in initial.items()
+        self.loaded = {
+            name: _Loaded(image, f, path, owned=False) for name, (image, f, path) in initial.items()
         }
-        self.status: dict[str, _Status] = {
-            name: _Status(image, strength, READY, since=time.time()) for name, (image, strength, _) in initial.items()
+        self.status = {
+            name: _Status(image, f, READY, since=time.time()) for name, (image, f, _) in initial.items()
         }
         self.desired: list[Wanted] | None = None
         self.observed = ""  # digest of the list acted on ("" before one was delivered)

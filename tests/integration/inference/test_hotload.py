@@ -76,7 +76,8 @@ class Hot:
             if seen.get("state") == state:
                 return seen
             time.sleep(0.1)
-        raise AssertionError(f"adapter {name} not {state} within {timeout} s: {seen}\n{self.server.log_text()}")
+        log = self.server.log_text()
+        raise AssertionError(f"adapter {name} not {state} within {timeout} s: {seen}\n{log}")
 
     def wait_gone(self, name: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -150,7 +151,8 @@ def test_added_adapter_is_pulled_loaded_and_answers_then_removed_is_404(hot: Hot
     adapted = hot.chat(ADAPTER)
     assert adapted != base
     # The same answer as transformers and peft outside the server.
-    assert adapted.strip() == reference_generate(str(hot.files.model), str(hot.files.adapters / ADAPTER), 12).strip()
+    reference = reference_generate(str(hot.files.model), str(hot.files.adapters / ADAPTER), 12)
+    assert adapted.strip() == reference.strip()
 
     hot.deliver()
     hot.wait_gone(ADAPTER)
@@ -228,4 +230,3 @@ def _wait_strength(hot: Hot, name: str, strength: float, timeout: float = 60.0) 
             return
         time.sleep(0.1)
     raise AssertionError(f"{name} not Ready at strength {strength}: {hot.states()}")
-
