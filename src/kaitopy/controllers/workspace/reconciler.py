@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from kaitopy.api.defaultconfigs import tuning_template
 from kaitopy.api.nodeclaim import NODECLAIM
-from kaitopy.controllers.workspace import egress, ingress, rollout, workload
+from kaitopy.controllers.workspace import adapterdelivery, egress, ingress, rollout, workload
 from kaitopy.controllers.workspace import job as jobs
 from kaitopy.controllers.workspace import nodes as nodesel
 from kaitopy.controllers.workspace import status as st
@@ -118,8 +118,12 @@ class WorkspaceReconciler:
         workspace_kind: Kind,
         *,
         startup: StartupMetrics | None = None,
+        adapter_reader: adapterdelivery.AdapterReader | None = None,
     ) -> None:
         self.client = client
+        self.adapters = adapterdelivery.AdapterDelivery(
+            client, adapter_reader or adapterdelivery.HttpAdapterReader()
+        )
         self.startup = startup
         self.s = stores
         self.planner = planner
@@ -173,6 +177,11 @@ class WorkspaceReconciler:
             await self.recorder.event(ws, "Warning", err.reason, str(err))
             return None
         plan = await self._with_default_configs(ws, plan)
+        # Hot-load: an adapter edit alone keeps the running template (no rollout); the list goes to the pods.
+        desired_adapters = plan.inference.adapters if plan.inference is not None else ()
+        if plan.inference is not None:
+            inference = adapterdelivery.pinned(plan.inference, self._workload_of(plan.inference))
+            plan = dataclasses.replace(plan, inference=inference)
 
         requeue: float | None = None
         # -- nodes ----------------------------------------------------------------------------
@@ -216,6 +225,12 @@ class WorkspaceReconciler:
                 )
                 requeue = min(requeue or EXPLAIN_REQUEUE_S, EXPLAIN_REQUEUE_S)
             outcome = inference_outcome(resource, verdict)
+            if plan.inference.hot_load:
+                status["adapters"], adapters_pending = await self.adapters.sync(
+                    plan.inference, desired_adapters, pods
+                )
+                if adapters_pending:
+                    requeue = min(requeue or adapterdelivery.REQUEUE_S, adapterdelivery.REQUEUE_S)
             if st.rollout_complete(workload_obj, plan.inference.node_count):
                 recorded = await self._startup_timeline(ws, plan.inference, pods, was_ready)
                 if recorded is not None:
