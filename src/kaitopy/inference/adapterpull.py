@@ -75,8 +75,12 @@ def _refusal(address: str, allow_loopback: bool) -> str | None:
 async def check_registry(host: str, allow_loopback: bool) -> None:
     """PullRefused when `host` (host[:port]) is or resolves to an address the pod must not reach.
     (Addresses are checked once, before the pull; the client connects by name again.)"""
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.endswith("]") else host
-    name = name.strip("[]")
+    if host.startswith("[") and "]" in host:
+        name = host[1 : host.index("]")]  # [v6]:port
+    elif host.count(":") == 1:
+        name = host.rsplit(":", 1)[0]
+    else:
+        name = host
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(name, None, type=socket.SOCK_STREAM)
     except OSError as exc:

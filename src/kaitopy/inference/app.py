@@ -67,7 +67,6 @@ def adapter_manager(settings: ServeSettings, engine: Engine) -> AdapterManager |
     work = settings.adapter_work_dir or (
         settings.adapter_dir / ".hot" if settings.adapter_dir is not None else Path(tempfile.mkdtemp())
     )
-    work.mkdir(parents=True, exist_ok=True)
     pull = PullSettings(
         secrets_dir=settings.adapter_pull_secrets_dir,
         plain_http_registries=frozenset(settings.plain_http_registries),

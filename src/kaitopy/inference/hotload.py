@@ -184,6 +184,9 @@ class AdapterManager:
     # --- the loop
 
     async def run(self) -> None:
+        # What an earlier run of this container pulled (the volume outlives a container restart) is
+        # pulled again if still wanted: nothing of it is loaded now.
+        await asyncio.to_thread(_clear_pulled, self.work_dir)
         try:
             while True:
                 await self._read()
@@ -372,6 +375,13 @@ class AdapterManager:
         log.info("adapter %s unloaded", name)
         if have.owned:
             await _remove_tree(have.path.parent)
+
+
+def _clear_pulled(work_dir: Path) -> None:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    for child in work_dir.iterdir():
+        if child.name.isdigit() and child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
 
 
 async def _remove_tree(path: Path) -> None:
