@@ -161,6 +161,8 @@ class AdapterManager:
         self._tasks: dict[str, _Task] = {}
         self._wake = asyncio.Event()
         self._seq = 0
+        # One engine call at a time: a call that outlives its cancelled task ends before the next.
+        self._engine_lock = asyncio.Lock()
 
     # --- what GET /adapters answers
 
@@ -243,10 +245,10 @@ class AdapterManager:
             if current is not None and current.want == want:
                 continue
             if current is not None:
-                current.task.cancel()
-                # The cancelled task finishes its engine call first; it wakes the loop when done.
                 if current.want is None:
-                    continue
+                    continue  # an unload finishes first (the loop wakes when it is done)
+                # A pull stops at once; an engine call in flight completes and records itself.
+                current.task.cancel()
             if name in base:
                 self._set(name, want, FAILED, f"the name {name!r} is the base model's")
                 continue
@@ -346,31 +348,36 @@ class AdapterManager:
     async def _load(self, want: Wanted, path: Path) -> None:
         """The engine call and its bookkeeping; shielded, so a cancelled task still records what the
         engine did."""
-        old = self.loaded.get(want.name)
-        try:
-            await self.engine.load_adapter(want.name, path, want.strength)
-        except BaseException:
-            if want.name not in self.engine.model_ids():
-                self.loaded.pop(want.name, None)  # the engine dropped the old one too
-            if old is None or old.path != path:
-                await _remove_tree(path.parent)
-            raise
-        self.loaded[want.name] = _Loaded(want.image, want.strength, path, owned=True)
+        async with self._engine_lock:
+            old = self.loaded.get(want.name)
+            try:
+                await self.engine.load_adapter(want.name, path, want.strength)
+            except BaseException:
+                if want.name not in self.engine.model_ids():
+                    self.loaded.pop(want.name, None)  # the engine dropped the old one too
+                if old is None or old.path != path:
+                    await _remove_tree(path.parent)
+                raise
+            self.loaded[want.name] = _Loaded(want.image, want.strength, path, owned=True)
         if old is not None and old.path != path and old.owned:
             await _remove_tree(old.path.parent)
 
     async def _remove(self, name: str) -> None:
-        have = self.loaded[name]
         status = self.status.get(name)
         if status is not None:
             status.state, status.reason, status.since = UNLOADING, "", time.time()
-        try:
-            await asyncio.shield(self.engine.unload_adapter(name))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("unloading adapter %s failed", name)
-        self.loaded.pop(name, None)
+        await asyncio.shield(self._unload(name))
+
+    async def _unload(self, name: str) -> None:
+        async with self._engine_lock:
+            have = self.loaded.get(name)
+            if have is None:
+                return
+            try:
+                await self.engine.unload_adapter(name)
+            except Exception:
+                log.exception("unloading adapter %s failed", name)
+            self.loaded.pop(name, None)
         self.status.pop(name, None)
         log.info("adapter %s unloaded", name)
         if have.owned:
