@@ -86,3 +86,28 @@ def test_a_pod_behind_the_list_is_pending() -> None:
     old = {"observed": "something-else", "adapters": [{"name": "ada", "state": "Ready"}]}
     assert adapter_status((ADA,), text, {"p": old})[0]["state"] == "Pending"
     assert adapter_status((ADA,), text, {"p": None})[0]["state"] == "Pending"
+
+
+class Silent:
+    """A model server that does not answer (yet)."""
+
+    async def read(self, pod: object, port: int) -> None:
+        return None
+
+
+async def test_polled_again_only_while_a_server_runs() -> None:
+    from kaitopy.controllers.workspace.adapterdelivery import AdapterDelivery
+
+    plan = dataclasses.replace(PLAN, adapters=(ADA,))
+    text = workload.adapter_list((ADA,))
+    delivery = AdapterDelivery(client=None, reader=Silent())  # type: ignore[arg-type]
+    status, again = await delivery.sync(plan, (ADA,), [])
+    assert status[0]["state"] == "Pending" and not again  # waiting for nodes: events wake the controller
+    pod = {
+        "metadata": {"name": "p", "namespace": "n", "annotations": {workload.ADAPTER_LIST_ANNOTATION: text}}
+    }
+    _, again = await delivery.sync(plan, (ADA,), [pod])
+    assert not again  # no address yet: its start is an event too
+    pod["status"] = {"podIP": "10.0.0.7"}
+    _, again = await delivery.sync(plan, (ADA,), [pod])
+    assert again  # a running server changes state without any event

@@ -162,4 +162,6 @@ class AdapterDelivery:
         port = workload.server_port(plan)
         answers = {p["metadata"]["name"]: await self.reader.read(p, port) for p in live}
         status = adapter_status(desired, text, answers)
-        return status, any(a["state"] != "Ready" for a in status)
+        # Polled only while a server runs: a pod that gets its address or turns Ready wakes us anyway.
+        running = any((p.get("status") or {}).get("podIP") for p in live)
+        return status, running and any(a["state"] != "Ready" for a in status)
