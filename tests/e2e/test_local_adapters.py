@@ -7,8 +7,9 @@ its data from a URL (a server on this machine, at an address the admin allowed w
 pushes it with `kaitopy tune push` to the loopback registry with its push secret. A third, whose
 URL does not exist, fails and says which step failed and why. An inference Workspace then pulls
 both adapters by init container and serves them under their names: each answers its own secret
-word, the base model neither. Removing one and turning the other's strength to 0 rolls out a pod
-that serves what the Workspace now says, and the adapter swap's start-up timeline is recorded."""
+word, the base model neither. Removing one and turning the other's strength to 0 is hot-loaded: the
+same pod serves what the Workspace now says, no request fails, and status.adapters says Ready. Adding
+the removed one back measures Workspace edit -> adapter answering (printed, not asserted)."""
 
 from __future__ import annotations
 
@@ -253,7 +254,7 @@ def adapters_spec(images: dict[str, str], strengths: dict[str, str]) -> list[dic
     return [{"source": {"name": n, "image": images[n]}, "strength": s} for n, s in strengths.items()]
 
 
-def test_adapters_from_the_registry_are_served_by_name_and_changes_roll_out(
+def test_adapters_from_the_registry_are_served_by_name_and_changes_hot_load(
     local_model_operator: tuple[Operator, Path],
     kube_cluster: Cluster,
     adapter_images: dict[str, str],
@@ -318,29 +319,50 @@ def check_the_adapters(k: Callable[..., str], namespace: str, images: dict[str, 
     assert [p["name"] for p in first["phases"]][-2:] == ["AdaptersDownload", "EngineStart"]
     print("first start timeline:", json.dumps(first, indent=1))
 
-    # One adapter removed, the other turned off: a new revision, with only what the spec says.
-    # The node has room for a second copy (2 cores, 1 requested): the old pod serves meanwhile.
+    # One adapter removed, the other turned off: hot-loaded into the running pod (no new revision).
+    pods_before = model_pod_uids(k, namespace)
     answers = Answers(ip)
     answers.start()
     patch = {"inference": {"adapters": adapters_spec(images, {"pineapple": "0.0"})}}
     k("patch", "workspace", "secrets", "-n", namespace, "--type=merge", "-p", json.dumps(patch))
-
-    def swapped() -> dict[str, Any] | None:
-        record = startup(k, namespace)
-        return record if record and record["revision"] != first["revision"] else None
-
     try:
-        second = wait("the new revision Ready", swapped, timeout=600)
-        assert second is not None
-        # Until the old pod is gone and out of the Service.
-        wait("only the new pod", lambda: served_models(ip) == sorted([PRESET, "pineapple"]), timeout=120)
+        wait(
+            "mango unloaded, pineapple Ready at strength 0",
+            lambda: (
+                served_models(ip) == sorted([PRESET, "pineapple"])
+                and adapter_states(k, namespace) == {"pineapple": ("Ready", "0.0")}
+            ),
+            timeout=120,
+            interval=0.2,
+        )
         time.sleep(3)
     finally:
         answers.stop()
-    print(f"during the swap: {answers.ok} answers, {len(answers.failed)} failures {answers.failed[:3]}")
-    print("adapter swap timeline:", json.dumps(second, indent=1))
-    # Answers are slow while the new copy loads on the same two cores; none may fail.
+    print(f"during the hot swap: {answers.ok} answers, {len(answers.failed)} failures {answers.failed[:3]}")
     assert answers.ok >= 2 and not answers.failed
     assert ask(ip, "pineapple") == ask(ip, PRESET)  # strength 0: the base model's own answer
-    phases = [p["name"] for p in second["phases"]]
-    assert "NodeProvisioning" not in phases and "AdaptersDownload" in phases, second
+    assert model_pod_uids(k, namespace) == pods_before  # nothing restarted
+    after = startup(k, namespace)
+    assert after is not None and after["revision"] == first["revision"]
+
+    # Workspace edited -> the adapter answering (its image is in the registry): issue 20 item 10's figure.
+    patch = {"inference": {"adapters": adapters_spec(images, {"pineapple": "1.0", "mango": "1.0"})}}
+    edited = time.monotonic()
+    k("patch", "workspace", "secrets", "-n", namespace, "--type=merge", "-p", json.dumps(patch))
+    wait("mango answering again", lambda: "mango" in ask(ip, "mango").lower(), timeout=120, interval=0.1)
+    print(f"hot-load: workspace edited -> adapter answering in {time.monotonic() - edited:.2f} s")
+    assert "pineapple" in ask(ip, "pineapple").lower()
+    assert model_pod_uids(k, namespace) == pods_before
+
+
+def model_pod_uids(k: Callable[..., str], namespace: str) -> list[str]:
+    out = k("get", "pods", "-n", namespace, "-l", "kaito.sh/workspace=secrets", "-o", "json")
+    return sorted(p["metadata"]["uid"] for p in json.loads(out)["items"])
+
+
+def adapter_states(k: Callable[..., str], namespace: str) -> dict[str, tuple[str, str]]:
+    got = json.loads(k("get", "workspace", "secrets", "-n", namespace, "-o", "json"))
+    return {
+        a["name"]: (a["state"], a.get("strength", ""))
+        for a in (got.get("status") or {}).get("adapters") or ()
+    }

@@ -366,6 +366,21 @@ class StartupRecord(ApiModel):
     """Where the time went, in the order the phases began (they may overlap)."""
 
 
+class AdapterStatus(ApiModel):
+    """One adapter of a running inference workspace, as its model server reports it (hot-load)."""
+
+    name: str
+    """The adapter's name (spec.inference.adapters[].source.name)."""
+    image: str | None = None
+    """The image the adapter is pulled from."""
+    strength: str | None = None
+    """The strength it is served at."""
+    state: str
+    """Pending (not delivered to the server yet), Pulling, Loading, Ready or Failed."""
+    reason: str | None = None
+    """Why it is not Ready, naming the pod."""
+
+
 class WorkspaceStatus(ApiModel):
     """The observed state of a workspace."""
 
@@ -383,6 +398,9 @@ class WorkspaceStatus(ApiModel):
     """How many GPU nodes the workload needs."""
     startup: StartupRecord | None = None
     """The timeline of the last start-up that reached Ready (inference)."""
+    adapters: list[AdapterStatus] | None = None
+    """Each LoRA adapter's state on the running model server: adapters added, changed or removed
+    on a running workspace are loaded and unloaded without restarting it."""
 
     def condition(self, type_: str) -> Condition | None:
         for c in self.conditions or ():

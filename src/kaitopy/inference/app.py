@@ -9,12 +9,17 @@ import logging
 import os
 import signal
 import sys
+import tempfile
+from pathlib import Path
 
 from aiohttp import web
 
+from kaitopy.inference import adapters as adapter_files
+from kaitopy.inference.adapterpull import PullSettings
 from kaitopy.inference.admission import Admission
 from kaitopy.inference.engine import Engine
 from kaitopy.inference.factory import build_engine
+from kaitopy.inference.hotload import AdapterEngine, AdapterManager
 from kaitopy.inference.metrics import ServerMetrics
 from kaitopy.inference.server import InferenceServer
 from kaitopy.inference.settings import ServeSettings, SettingsError
@@ -43,6 +48,31 @@ async def _load(engine: Engine) -> None:
     if delay > 0:
         await asyncio.sleep(delay)
     await engine.start()
+
+
+def adapter_manager(settings: ServeSettings, engine: Engine) -> AdapterManager | None:
+    """The hot-load loop for a loaded engine, or None when hot-load is off (no --adapter-desired-file)."""
+    if settings.adapter_desired_file is None:
+        return None
+    if not isinstance(engine, AdapterEngine):
+        log.warning("the %s engine cannot hot-load adapters; --adapter-desired-file ignored", engine.name)
+        return None
+    served = set(engine.model_ids()[1:])
+    found = {p.resolve().name: p for p in adapter_files.discover(settings.adapter_dir)}
+    initial = {
+        name: (settings.adapter_images.get(name, ""), settings.adapter_strengths.get(name, 1.0), path)
+        for name, path in found.items()
+        if name in served
+    }
+    work = settings.adapter_work_dir or (
+        settings.adapter_dir / ".hot" if settings.adapter_dir is not None else Path(tempfile.mkdtemp())
+    )
+    pull = PullSettings(
+        secrets_dir=settings.adapter_pull_secrets_dir,
+        plain_http_registries=frozenset(settings.plain_http_registries),
+        allow_loopback=settings.allow_loopback_registry,
+    )
+    return AdapterManager(engine, settings.adapter_desired_file, work, pull, initial)
 
 
 async def _serve(settings: ServeSettings) -> tuple[int, bool]:
@@ -95,6 +125,7 @@ async def _serve(settings: ServeSettings) -> tuple[int, bool]:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     load = asyncio.create_task(_load(engine))
+    hot: asyncio.Task[None] | None = None
     stop_wait = asyncio.create_task(stopping.wait())
     code = 0
     try:
@@ -108,6 +139,11 @@ async def _serve(settings: ServeSettings) -> tuple[int, bool]:
                 code = 1
             else:
                 log.info("ready: serving %s", ", ".join(engine.model_ids()))
+                manager = adapter_manager(settings, engine)
+                if manager is not None:
+                    server.adapter_status = manager.snapshot
+                    hot = asyncio.create_task(manager.run())
+                    log.info("hot-load: following %s", settings.adapter_desired_file)
                 await stop_wait
         log.info("stopping: no new requests; waiting up to %.0f s for those in flight", DRAIN_TIMEOUT_S)
     finally:
@@ -115,6 +151,8 @@ async def _serve(settings: ServeSettings) -> tuple[int, bool]:
         still_loading = not load.done()
         load.cancel()
         stop_wait.cancel()
+        if hot is not None:
+            hot.cancel()
         await runner.cleanup()
         with contextlib.suppress(Exception):
             await engine.stop()

@@ -16,6 +16,7 @@ from kaitopy.inference.settings import (
     default_served_name,
     env_flag,
     load_config,
+    parse_images,
     parse_memory,
     parse_strengths,
     read_api_key,
@@ -49,6 +50,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=F",
         help="scale adapter NAME by F (repeatable)",
+    )
+    parser.add_argument(
+        "--adapter-desired-file",
+        type=Path,
+        default=None,
+        help="hot-load: the adapter list the controller delivers (JSON); the server pulls, loads and "
+        "unloads adapters to follow it",
+    )
+    parser.add_argument(
+        "--adapter-image",
+        action="append",
+        default=[],
+        metavar="NAME=IMAGE",
+        help="hot-load: the image an adapter in --adapter-dir was copied from (repeatable)",
+    )
+    parser.add_argument(
+        "--adapter-pull-secrets-dir",
+        type=Path,
+        default=None,
+        help="hot-load: one directory per pull secret (its .dockerconfigjson), named after the Secret",
+    )
+    parser.add_argument(
+        "--adapter-work-dir",
+        type=Path,
+        default=None,
+        help="hot-load: where pulled adapters are kept (default: .hot under --adapter-dir)",
+    )
+    parser.add_argument(
+        "--plain-http-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="hot-load: a registry that speaks HTTP, not HTTPS (repeatable)",
+    )
+    parser.add_argument("--allow-loopback-registry", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--hot-lora-slots", type=int, default=4, help="vLLM: LoRAs one batch may use when hot-loading"
+    )
+    parser.add_argument(
+        "--hot-lora-max-rank", type=int, default=64, help="vLLM: the largest LoRA rank a hot-load accepts"
     )
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=5000)
@@ -119,6 +160,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         ("--tensor-parallel-size", args.tensor_parallel_size),
         ("--pipeline-parallel-size", args.pipeline_parallel_size),
         ("--max-concurrency", max_concurrency),
+        ("--hot-lora-slots", args.hot_lora_slots),
+        ("--hot-lora-max-rank", args.hot_lora_max_rank),
     ):
         if value < 1:
             raise SettingsError(f"{flag} must be >= 1, not {value}")
@@ -172,6 +215,14 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         request_timeout_s=args.request_timeout,
         api_key=read_api_key(args.api_key_file, os.environ.get(API_KEY_ENV)),
         memory_limit_bytes=parse_memory(args.memory_limit) if args.memory_limit else None,
+        adapter_desired_file=args.adapter_desired_file,
+        adapter_images=parse_images(args.adapter_image),
+        adapter_pull_secrets_dir=args.adapter_pull_secrets_dir,
+        adapter_work_dir=args.adapter_work_dir,
+        plain_http_registries=tuple(args.plain_http_registry),
+        allow_loopback_registry=args.allow_loopback_registry,
+        hot_lora_slots=args.hot_lora_slots,
+        hot_lora_max_rank=args.hot_lora_max_rank,
         **kwargs,
     )
 

@@ -115,6 +115,8 @@ class InferenceServer:
         self.request_timeout_s = request_timeout_s
         self.api_key = api_key
         self.draining = False
+        # Hot-load's per-adapter states (hotload.AdapterManager.snapshot), once the model is loaded.
+        self.adapter_status: Callable[[], dict[str, Any]] | None = None
 
     def app(self) -> web.Application:
         middlewares: list[Middleware] = [_errors_as_json]
@@ -125,6 +127,7 @@ class InferenceServer:
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/adapters", self._adapters)
         app.router.add_post(CHAT, self._chat_completions)
         app.router.add_post(COMPLETIONS, self._completions)
         app.router.add_post(KAITO_CHAT, self._kaito_chat)
@@ -152,6 +155,15 @@ class InferenceServer:
         if extra:
             body += extra if extra.endswith(b"\n") else extra + b"\n"
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _adapters(self, _: web.Request) -> web.Response:
+        """Each adapter's state (Pulling, Loading, Ready, Failed and why), and which delivered list
+        they follow ("observed"): what the controller copies into the Workspace's status.adapters."""
+        if self.adapter_status is not None:
+            return web.json_response(self.adapter_status())
+        ids = self.engine.model_ids() if self.engine.ready() else []
+        served = [{"name": name, "image": "", "state": "Ready", "reason": ""} for name in ids[1:]]
+        return web.json_response({"observed": "", "adapters": served})
 
     async def _models(self, _: web.Request) -> web.Response:
         if not self.engine.ready():

@@ -67,6 +67,18 @@ class ServeSettings:
     memory_limit_bytes: int | None = None
     allow_download: bool = False
     config: InferenceConfig = field(default_factory=InferenceConfig)
+    # LoRA hot-load (hotload.py): the file the pod's adapter annotation is mounted as (None: off),
+    # the image each initial adapter was copied from, where pull secrets are mounted, registries
+    # that speak HTTP, and (tests only) whether a loopback registry may be pulled from.
+    adapter_desired_file: Path | None = None
+    adapter_images: dict[str, str] = field(default_factory=dict)
+    adapter_pull_secrets_dir: Path | None = None
+    adapter_work_dir: Path | None = None
+    plain_http_registries: tuple[str, ...] = ()
+    allow_loopback_registry: bool = False
+    # vLLM reserves room for LoRAs at start: this many at once in a batch, up to this rank.
+    hot_lora_slots: int = 4
+    hot_lora_max_rank: int = 64
 
 
 def parse_strength(text: str) -> tuple[str, float]:
@@ -81,6 +93,16 @@ def parse_strength(text: str) -> tuple[str, float]:
     if not (0.0 <= factor < float("inf")):
         raise SettingsError(f"--adapter-strength {text!r}: the factor must be a finite number >= 0")
     return name, factor
+
+
+def parse_images(items: list[str]) -> dict[str, str]:
+    images: dict[str, str] = {}
+    for text in items:
+        name, sep, image = text.partition("=")
+        if not sep or not name or not image:
+            raise SettingsError(f"--adapter-image {text!r}: expected NAME=IMAGE")
+        images[name] = image
+    return images
 
 
 def parse_strengths(items: list[str]) -> dict[str, float]:

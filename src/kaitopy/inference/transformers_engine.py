@@ -97,8 +97,13 @@ class TransformersEngine:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         self._loaded: _Loaded | None = None
-        # One thread: generations run one after another, and adapter switching needs no lock.
+        # One thread: generations run one after another, and adapter switching needs no lock. Hot
+        # loads run on it too, between two generations.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        # Per adapter, each LoRA layer and its scaling at strength 1 (a strength is a multiple of it).
+        self._scalings: dict[str, list[tuple[dict[str, float], float]]] = {}
+        self._paths: dict[str, Path] = {}
+        self._model_dir = settings.model_dir
 
     # --- lifecycle
 
@@ -139,7 +144,7 @@ class TransformersEngine:
                 )
         if settings.tensor_parallel_size * settings.pipeline_parallel_size > 1:
             log.info("the transformers engine spreads the model over every visible GPU (device_map=auto)")
-        model_dir = ensure_weights(settings)
+        model_dir = self._model_dir = ensure_weights(settings)
         options = dict(settings.config.transformers)
         chat_template = options.pop("chat_template", None)
         unknown = sorted(set(options) - _LOAD_OPTIONS)
@@ -215,8 +220,9 @@ class TransformersEngine:
                         model.delete_adapter(spec.name)
                 continue
             strength = settings.adapter_strengths.get(spec.name, 1.0)
-            if strength != 1.0:
-                self._scale(model, spec.name, strength)
+            self._record_scalings(model, spec.name)
+            self._set_strength(spec.name, strength)
+            self._paths[spec.name] = spec.path
             names.append(spec.name)
             log.info("adapter %s loaded from %s (strength %g)", spec.name, spec.path, strength)
         self._warn_unused_strengths(names)
@@ -229,13 +235,88 @@ class TransformersEngine:
         for name in sorted(set(self.settings.adapter_strengths) - set(names)):
             log.warning("--adapter-strength %s: no adapter of that name is served", name)
 
-    @staticmethod
-    def _scale(model: Any, adapter: str, factor: float) -> None:
-        # LoRA adds scaling * B @ A; multiplying each layer's scaling scales the adapter's effect.
+    def _record_scalings(self, model: Any, adapter: str) -> None:
+        layers: list[tuple[dict[str, float], float]] = []
         for module in model.modules():
             scaling = getattr(module, "scaling", None)
             if isinstance(scaling, dict) and adapter in scaling:
-                scaling[adapter] *= factor
+                layers.append((scaling, float(scaling[adapter])))
+        self._scalings[adapter] = layers
+
+    def _set_strength(self, adapter: str, factor: float) -> None:
+        # LoRA adds scaling * B @ A; multiplying each layer's scaling scales the adapter's effect.
+        for scaling, at_one in self._scalings.get(adapter, []):
+            scaling[adapter] = at_one * factor
+
+    # --- hot-load (hotload.AdapterManager calls these; they run on the generation thread)
+
+    async def load_adapter(self, name: str, path: Path, strength: float) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._hot_load, name, path, strength)
+
+    async def unload_adapter(self, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._hot_unload, name)
+
+    def _hot_load(self, name: str, path: Path, strength: float) -> None:
+        from kaitopy.inference.vllm_args import adapter_shape_problem, base_weight_shapes
+
+        state = self._state()
+        if name in state.adapters and self._paths.get(name) == path:
+            self._set_strength(name, strength)
+            log.info("adapter %s: strength %g", name, strength)
+            return
+        base = state.model.get_base_model() if state.has_peft else state.model
+        module_names = [n for n, _ in base.named_modules()]
+        taken = [self.settings.served_model_name, *(a for a in state.adapters if a != name)]
+        spec = adapter_files.check(path, module_names, taken)
+        # Checked before peft touches the model: peft wraps layers in place before it finds a
+        # tensor that does not fit, and the base model cannot be reloaded here.
+        rank = spec.config.get("r")
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise adapter_files.AdapterInvalid(f"rank r={rank!r} is not a positive integer")
+        problem = adapter_shape_problem(path, rank, base_weight_shapes(self._model_dir))
+        if problem is not None:
+            raise adapter_files.AdapterInvalid(problem)
+        if name in state.adapters:
+            self._drop(state, name)
+        try:
+            if not state.has_peft:
+                from peft import PeftModel
+
+                state.model = PeftModel.from_pretrained(state.model, str(path), adapter_name=name)
+                state.has_peft = True
+            else:
+                state.model.load_adapter(str(path), adapter_name=name)
+        except Exception as exc:
+            reason = " ".join(str(exc).splitlines()[:2])
+            if state.has_peft and name in getattr(state.model, "peft_config", {}):
+                with contextlib.suppress(Exception):
+                    state.model.delete_adapter(name)
+            raise adapter_files.AdapterInvalid(f"peft could not load it: {reason}") from None
+        state.model.eval()
+        self._record_scalings(state.model, name)
+        self._set_strength(name, strength)
+        self._paths[name] = path
+        state.adapters.append(name)
+        log.info("adapter %s loaded from %s (strength %g)", name, path, strength)
+
+    def _hot_unload(self, name: str) -> None:
+        state = self._state()
+        if name in state.adapters:
+            self._drop(state, name)
+            log.info("adapter %s unloaded", name)
+
+    def _drop(self, state: _Loaded, name: str) -> None:
+        state.adapters.remove(name)
+        self._scalings.pop(name, None)
+        self._paths.pop(name, None)
+        if state.adapters:
+            state.model.delete_adapter(name)
+            return
+        # The last one: back to the plain model, LoRA layers removed (unmerged), as if none was loaded.
+        state.model = state.model.unload().eval()
+        state.has_peft = False
 
     # --- requests
 

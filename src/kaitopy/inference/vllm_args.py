@@ -150,6 +150,9 @@ class VllmOptions:
     num_nodes: int = 1
     # Requests the front lets generate at once (--max-concurrency); vLLM never needs more sequences.
     max_concurrency: int | None = None
+    # Hot-load: LoRA room reserved at start for adapters loaded later (0 slots: hot-load off).
+    hot_lora_slots: int = 0
+    hot_lora_max_rank: int = 0
 
 
 @dataclass(frozen=True)
@@ -554,10 +557,16 @@ def plan_vllm(
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", options.tool_call_parser]
     if options.reasoning_parser:
         argv += ["--reasoning-parser", options.reasoning_parser]
-    if options.adapters:
-        argv += ["--enable-lora", "--lora-modules", *(f"{a.name}={a.path}" for a in options.adapters)]
-        argv += ["--max-lora-rank", str(lora_rank_slot(max(a.rank for a in options.adapters)))]
-        argv += ["--max-loras", str(len(options.adapters))]
+    if options.adapters or options.hot_lora_slots:
+        argv += ["--enable-lora"]
+        if options.adapters:
+            argv += ["--lora-modules", *(f"{a.name}={a.path}" for a in options.adapters)]
+        # Hot-loaded adapters must fit the LoRA buffers sized here, at start.
+        ranks = [a.rank for a in options.adapters] + (
+            [options.hot_lora_max_rank] if options.hot_lora_slots else []
+        )
+        argv += ["--max-lora-rank", str(lora_rank_slot(max(ranks)))]
+        argv += ["--max-loras", str(max(len(options.adapters), options.hot_lora_slots))]
     for key, value in extra.items():
         argv += _option_args(key, value)
     model_ids = [options.served_model_name, *(a.name for a in options.adapters)]

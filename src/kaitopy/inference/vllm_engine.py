@@ -103,6 +103,12 @@ class VllmSettings(Protocol):
     def memory_limit_bytes(self) -> int | None: ...
     @property
     def config(self) -> ServeConfig: ...
+    @property
+    def adapter_desired_file(self) -> Path | None: ...
+    @property
+    def hot_lora_slots(self) -> int: ...
+    @property
+    def hot_lora_max_rank(self) -> int: ...
 
 
 _SECRET_FLAG = re.compile(r"token|secret|password|passwd|key|credential", re.IGNORECASE)
@@ -292,6 +298,11 @@ class VllmEngine:
         self._decode = _decoder()
         self._relay: asyncio.Task[None] | None = None
         self._child_log = childlog.RepeatFilter()
+        # Hot-load (single node only: on several, each worker would need the files too).
+        self._hot = settings.adapter_desired_file is not None and settings.role == "single"
+        self._served: list[str] = []  # the adapters served now, hot-loaded ones included
+        self._lora_rank = 0
+        self._seq = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -331,6 +342,8 @@ class VllmEngine:
             leader_address=s.leader_address,
             num_nodes=s.pipeline_parallel_size,
             max_concurrency=s.max_concurrency,
+            hot_lora_slots=s.hot_lora_slots if self._hot else 0,
+            hot_lora_max_rank=s.hot_lora_max_rank if self._hot else 0,
         )
         plan = plan_vllm(options, shape, memory, known)
         for note in plan.notes:
@@ -373,7 +386,12 @@ class VllmEngine:
         except PlanError as exc:
             # A setting to fix, not a bug: the front logs it as one line.
             raise SettingsError(str(exc)) from None
+        self._served = plan.model_ids[1:]
         env = dict(os.environ)
+        if self._hot:
+            # vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter exist only with this set.
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+            self._lora_rank = reserved_lora_rank(plan)
         if plan.ray is None:
             # Single node: vLLM's own processes talk over loopback only. On multi-node Ray needs the pod IP.
             env["VLLM_HOST_IP"] = "127.0.0.1"
@@ -544,7 +562,64 @@ class VllmEngine:
     def model_ids(self) -> list[str]:
         if self._plan is None or (self._plan.ray is not None and not self._plan.ray.serves):
             return []
-        return list(self._plan.model_ids)
+        return [self._plan.model_ids[0], *self._served]
+
+    # -- hot-load (hotload.AdapterManager calls these) ----------------------------------------------
+
+    async def load_adapter(self, name: str, path: Path, strength: float) -> None:
+        if not self._hot:
+            raise adapters.AdapterInvalid("this server was started without hot-load")
+        adapter = await asyncio.to_thread(self._hot_checked, name, path)
+        if strength != 1.0:
+            if self._workdir is None:
+                self._workdir = tempfile.TemporaryDirectory(prefix="kaitopy-adapters-")
+            self._seq += 1
+            adapter = scaled_adapter(adapter, strength, Path(self._workdir.name) / str(self._seq))
+        if name in self._served:
+            await self.unload_adapter(name)
+        await self._lora_call("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(adapter.path)})
+        self._served.append(name)
+
+    async def unload_adapter(self, name: str) -> None:
+        if name not in self._served:
+            return
+        # Out of the served list first: no new request picks it while vLLM drops it.
+        self._served.remove(name)
+        await self._lora_call("/v1/unload_lora_adapter", {"lora_name": name})
+
+    def _hot_checked(self, name: str, path: Path) -> Adapter:
+        scan = discover_adapters(path)
+        if scan.problems:
+            raise adapters.AdapterInvalid("; ".join(scan.problems))
+        if not scan.adapters:
+            raise adapters.AdapterInvalid("no adapter_config.json")
+        found = scan.adapters[0]
+        base = base_weight_shapes(self._settings.model_dir)
+        modules = sorted({key.rpartition(".")[0] for key in base})
+        taken = [self._settings.served_model_name, *(n for n in self._served if n != name)]
+        adapters.check(path, modules, taken)
+        if found.rank > self._lora_rank:
+            raise adapters.AdapterInvalid(
+                f"rank r={found.rank} is over the {self._lora_rank} this server reserved at start "
+                "(--hot-lora-max-rank)"
+            )
+        problem = adapter_shape_problem(path, found.rank, base)
+        if problem is not None:
+            raise adapters.AdapterInvalid(problem)
+        return Adapter(name, path, found.rank)
+
+    async def _lora_call(self, path: str, body: dict[str, Any]) -> None:
+        if self._session is None:
+            raise RuntimeError("vLLM is not running")
+        async with self._session.post(path, json=body) as response:
+            if response.status >= 400:
+                text = (await response.text()).strip()
+                try:
+                    payload = json.loads(text)
+                except ValueError:
+                    payload = None
+                err = request_error(response.status, payload, text)
+                raise adapters.AdapterInvalid(f"vLLM refused it: {err.message}")
 
     def extra_metrics(self) -> bytes:
         return self._metrics
@@ -612,6 +687,12 @@ class VllmEngine:
         async with response:
             result: dict[str, Any] = self._decode(await response.read())
         return result
+
+
+def reserved_lora_rank(plan: VllmPlan) -> int:
+    """The --max-lora-rank the plan gives vLLM (0: LoRA off): no hot-loaded adapter may exceed it."""
+    argv = plan.argv
+    return int(argv[argv.index("--max-lora-rank") + 1]) if "--max-lora-rank" in argv else 0
 
 
 def _exit_process(code: int) -> None:

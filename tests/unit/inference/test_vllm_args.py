@@ -286,6 +286,32 @@ def test_adapters_enable_lora_with_largest_rank() -> None:
     assert plan.model_ids == ["llama", "a", "b"]
 
 
+def test_hot_load_reserves_lora_room_without_initial_adapters() -> None:
+    plan = plan_vllm(
+        options(hot_lora_slots=4, hot_lora_max_rank=20),
+        shape8b(),
+        Memory("cuda", H100, H100),
+        FALLBACK_VLLM_OPTIONS,
+    )
+    argv = plan.argv
+    assert "--enable-lora" in argv and "--lora-modules" not in argv
+    assert flag(argv, "--max-lora-rank") == "32"
+    assert flag(argv, "--max-loras") == "4"
+    assert plan.model_ids == ["llama"]
+
+
+def test_hot_load_room_covers_larger_initial_adapters() -> None:
+    adapters = [Adapter("a", Path("/ad/a"), 128)]
+    plan = plan_vllm(
+        options(adapters=adapters, hot_lora_slots=1, hot_lora_max_rank=8),
+        shape8b(),
+        Memory("cuda", H100, H100),
+        FALLBACK_VLLM_OPTIONS,
+    )
+    assert flag(plan.argv, "--max-lora-rank") == "128"
+    assert flag(plan.argv, "--max-loras") == "1"
+
+
 def test_lora_rank_slots() -> None:
     assert [lora_rank_slot(r) for r in (1, 2, 8, 9, 64, 512)] == [1, 8, 8, 16, 64, 512]
     with pytest.raises(PlanError, match="513"):

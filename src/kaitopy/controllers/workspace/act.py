@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Sequence
 
-from kaitopy.controllers.workspace.decide import Action, Apply, Create, Delete, Emit
+from kaitopy.controllers.workspace.decide import Action, Apply, Create, Delete, Emit, Patch
 from kaitopy.runtime import (
     AlreadyExists,
     Client,
@@ -50,6 +50,11 @@ class Actor:
             if written:
                 key = f"{body['metadata'].get('namespace')}/{body['metadata']['name']}"
                 log.info("applied", extra={"kind": action.kind.kind, "object": key})
+        elif isinstance(action, Patch):
+            with contextlib.suppress(NotFound):
+                await self.client.patch(
+                    action.kind, action.name, dict(action.patch), namespace=action.namespace
+                )
         else:
             with contextlib.suppress(NotFound):
                 await self.client.delete(

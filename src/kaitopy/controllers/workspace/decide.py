@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from kaitopy.api.nodeclaim import NODECLAIM
-from kaitopy.controllers.workspace import egress, ingress, rollout, workload
+from kaitopy.controllers.workspace import adapterdelivery, egress, ingress, rollout, workload
 from kaitopy.controllers.workspace import job as jobs
 from kaitopy.controllers.workspace import nodes as nodesel
 from kaitopy.controllers.workspace import status as st
@@ -90,7 +90,17 @@ class Delete:
     event: Emit | None = None
 
 
-Action = Create | Apply | Delete | Emit
+@dataclass(frozen=True)
+class Patch:
+    """Merge-patch an object (one already gone is fine): the adapter list onto a model pod."""
+
+    kind: Kind
+    name: str
+    namespace: str
+    patch: Mapping[str, Any]
+
+
+Action = Create | Apply | Delete | Emit | Patch
 
 
 @dataclass(frozen=True)
@@ -218,6 +228,24 @@ def decide(
             )
             requeue = min(requeue or EXPLAIN_REQUEUE_S, EXPLAIN_REQUEUE_S)
         outcome = inference_outcome(resource, verdict)
+        if inf.hot_load:
+            # Hot-load: the adapter list onto each model pod that lacks it, the servers' answers
+            # into status.adapters.
+            out = adapterdelivery.decide_adapters(
+                observed.desired_adapters, observed.pods, observed.adapter_answers
+            )
+            actions += tuple(
+                Patch(
+                    kinds.POD,
+                    pod,
+                    ns,
+                    {"metadata": {"annotations": {workload.ADAPTER_LIST_ANNOTATION: out.text}}},
+                )
+                for ns, pod in out.deliver
+            )
+            status["adapters"] = out.status
+            if out.again:
+                requeue = min(requeue or adapterdelivery.REQUEUE_S, adapterdelivery.REQUEUE_S)
         if st.rollout_complete(written, inf.node_count):
             recorded = _startup_timeline(ws, inf, observed, wants)
             if recorded is not None:

@@ -11,15 +11,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from kaitopy.api.defaultconfigs import tuning_template
 from kaitopy.api.nodeclaim import NODECLAIM
-from kaitopy.controllers.workspace import workload
+from kaitopy.controllers.workspace import adapterdelivery, workload
 from kaitopy.controllers.workspace.defaultconfigs import resolve_config
 from kaitopy.controllers.workspace.inferenceconfig import configured_max_model_len
 from kaitopy.controllers.workspace.plan import (
     WORKSPACE_LABEL,
     WORKSPACE_NAMESPACE_LABEL,
+    AdapterPlan,
     PlanError,
     Planner,
     Settings,
@@ -71,6 +73,11 @@ class Observed:
     """The workload's pods (all revisions)."""
     pod_events: Mapping[str, tuple[Obj, ...]] = field(default_factory=dict)
     """Events by pod uid, read only for the pods `decide` asked about (`Decision.wants_events`)."""
+    desired_adapters: tuple[AdapterPlan, ...] = ()
+    """The Workspace's adapters now. `plan.inference.adapters` may be the running template's
+    instead (`adapterdelivery.pinned`: an adapter edit alone is hot-loaded, not rolled out)."""
+    adapter_answers: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
+    """Each live model pod's GET /adapters answer, by pod name (None: it did not answer)."""
 
 
 @dataclass(frozen=True)
@@ -97,11 +104,19 @@ def workspace_key_of_labels(obj: Obj, default_namespace: str | None = None) -> l
 
 
 class Observer:
-    def __init__(self, client: Client, stores: Stores, planner: Planner, settings: Settings) -> None:
+    def __init__(
+        self,
+        client: Client,
+        stores: Stores,
+        planner: Planner,
+        settings: Settings,
+        adapter_reader: adapterdelivery.AdapterReader | None = None,
+    ) -> None:
         self.client = client
         self.s = stores
         self.planner = planner
         self.settings = settings
+        self.adapter_reader = adapter_reader or adapterdelivery.HttpAdapterReader()
 
     def claims_of(self, ws: Obj) -> tuple[Obj, ...]:
         key = f"{ws['metadata']['namespace']}/{ws['metadata']['name']}"
@@ -125,15 +140,26 @@ class Observer:
                 found = self.s.services.get(f"{namespace}/{svc}")
                 if found is not None:
                     services[svc] = found
+        deployment = self.s.deployments.get(key)
+        pods = tuple(self.s.pods.by_index(PODS_BY_WORKSPACE, key))
+        desired: tuple[AdapterPlan, ...] = ()
+        answers: dict[str, Mapping[str, Any] | None] = {}
+        if plan.inference is not None:
+            desired = plan.inference.adapters
+            inference = adapterdelivery.pinned(plan.inference, deployment)
+            plan = dataclasses.replace(plan, inference=inference)
+            answers = await adapterdelivery.read_answers(self.adapter_reader, inference, desired, pods)
         return Observed(
             plan=plan,
             nodes=tuple(self.s.nodes.list()),
             claims=self.claims_of(ws),
-            deployment=self.s.deployments.get(key),
+            deployment=deployment,
             statefulset=self.s.statefulsets.get(key),
             services=services,
             job=self.s.jobs.get(key),
-            pods=tuple(self.s.pods.by_index(PODS_BY_WORKSPACE, key)),
+            pods=pods,
+            desired_adapters=desired,
+            adapter_answers=answers,
         )
 
     async def with_events(self, observed: Observed, pods: Iterable[Obj]) -> Observed:

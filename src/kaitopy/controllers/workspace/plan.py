@@ -129,6 +129,8 @@ class InferencePlan:
     downloaded from Hugging Face."""
     weights_digest: str | None = None
     weights_plain_http: bool = False
+    plain_http_registries: tuple[str, ...] = ()
+    """Settings.plain_http_registries: the model server pulls hot-loaded adapters from these over HTTP."""
     weights_pull_secret: str | None = None
     cpu: CpuPlan | None = None
     """Set when the server runs on CPU: the pod's CPU and memory instead of GPUs."""
@@ -136,6 +138,13 @@ class InferencePlan:
     @property
     def multi_node(self) -> bool:
         return self.node_count > 1 and self.template is None
+
+    @property
+    def hot_load(self) -> bool:
+        """Adapter changes reach the running server (hotload.py) rather than rolling the pods out:
+        one model-server pod of ours. A user template runs its own server; on several nodes every
+        worker would need the adapter files too."""
+        return self.template is None and not self.multi_node
 
     @property
     def startup_budget_s(self) -> int:

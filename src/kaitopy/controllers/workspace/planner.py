@@ -149,6 +149,7 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
                     weights_digest=weights.digest,
                     weights_plain_http=settings.weights_plain_http if weights.image else False,
                     weights_pull_secret=(settings.weights_pull_secret or None) if weights.image else None,
+                    plain_http_registries=settings.plain_http_registries,
                     cpu=_cpu_plan(model),
                 ),
             )

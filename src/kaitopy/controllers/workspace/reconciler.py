@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from kaitopy.controllers.workspace.act import FIELD_MANAGER, Actor
+from kaitopy.controllers.workspace.adapterdelivery import AdapterReader
 from kaitopy.controllers.workspace.decide import (
     EXPLAIN_REQUEUE_S,
     WAITING_REQUEUE_S,
@@ -78,13 +79,14 @@ class WorkspaceReconciler:
         workspace_kind: Kind,
         *,
         startup: StartupMetrics | None = None,
+        adapter_reader: AdapterReader | None = None,
     ) -> None:
         self.client = client
         self.startup = startup
         self.s = stores
         self.settings = settings
         self.kind = workspace_kind
-        self.observer = Observer(client, stores, planner, settings)
+        self.observer = Observer(client, stores, planner, settings, adapter_reader)
         self.actor = Actor(client, recorder)
         # This controller's own writes, until the watch brings them: reconciling an older copy
         # would fail its conditional status patch with Conflict (or undo the newer status).

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 
 from kaitopy.api.nodeclaim import NODECLAIM
 from kaitopy.controllers.workspace import nodes as nodesel
+from kaitopy.controllers.workspace.adapterdelivery import AdapterReader
 from kaitopy.controllers.workspace.metrics import register_workspace_metrics, startup_metrics
 from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL, Settings
 from kaitopy.controllers.workspace.reconciler import (
@@ -67,6 +68,7 @@ def wire(
     *,
     max_concurrent_reconciles: int = 10,
     resync_period: float | None = 36000.0,
+    adapter_reader: AdapterReader | None = None,
 ) -> WorkspaceReconciler:
     ws_store = mgr.cache.informer(workspace_kind).store
     ws_store.add_indexer(WS_BY_SELECTOR, index_by_match_labels(lambda ws: _selector_of(ws)[0]))
@@ -107,6 +109,7 @@ def wire(
         settings,
         workspace_kind,
         startup=startup_metrics(mgr.metrics),
+        adapter_reader=adapter_reader,
     )
     builder = mgr.controller("workspace").for_(workspace_kind)
     for k in owned:

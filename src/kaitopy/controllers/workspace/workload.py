@@ -37,6 +37,13 @@ from kaitopy.controllers.workspace.weightspull import (
 
 TOOLS_MOUNT = "/kaitopy-tools"
 PROBE_PERIOD_S = 10
+ADAPTER_LIST_ANNOTATION = "kaitopy.io/adapters"
+"""On each model pod: the adapters its server must serve (JSON), written by the controller."""
+TEMPLATE_ADAPTERS_ANNOTATION = "kaitopy.io/template-adapters"
+"""On the Deployment: the adapters its pod template copies at start (JSON), so a later pass can
+render the same template while the adapter list changes."""
+ADAPTER_LIST_MOUNT = "/etc/kaitopy/adapter-list"
+PULL_SECRETS_MOUNT = "/etc/kaitopy/pull-secrets"
 
 
 def selector_labels(plan: InferencePlan) -> dict[str, str]:
@@ -82,6 +89,13 @@ def server_args(plan: InferencePlan) -> list[str]:
     if plan.config_map:
         args.append(f"--config={CONFIG_MOUNT}/inference_config.yaml")
     args += [f"--adapter-strength={a.name}={a.strength}" for a in plan.adapters]
+    if plan.hot_load:
+        args += [
+            f"--adapter-desired-file={ADAPTER_LIST_MOUNT}/adapters",
+            f"--adapter-pull-secrets-dir={PULL_SECRETS_MOUNT}",
+            *(f"--adapter-image={a.name}={a.image}" for a in plan.adapters),
+            *(f"--plain-http-registry={r}" for r in plan.plain_http_registries),
+        ]
     if plan.multi_node:
         # Pod 0 leads (Ray head); the others join it. The role comes from the pod's own name.
         args += ["--role-from-pod-name", f"--leader-address={leader_address(plan)}"]
@@ -191,6 +205,66 @@ def _adapter_init(adapter: AdapterPlan) -> dict[str, Any]:
     }
 
 
+def adapter_list(adapters: tuple[AdapterPlan, ...]) -> str:
+    """The adapters as the pod annotation (and the Deployment's record) carries them: compact JSON,
+    in the Workspace's order."""
+    items = [
+        {"name": a.name, "image": a.image, "strength": a.strength, "pullSecrets": list(a.image_pull_secrets)}
+        for a in adapters
+    ]
+    return json.dumps({"adapters": items}, separators=(",", ":"))
+
+
+def parse_adapter_list(text: str) -> tuple[AdapterPlan, ...] | None:
+    """adapter_list's text back as plans; None when it cannot be read."""
+    try:
+        items = json.loads(text)["adapters"]
+        return tuple(
+            AdapterPlan(
+                name=str(a["name"]),
+                image=str(a["image"]),
+                strength=str(a["strength"]),
+                image_pull_secrets=tuple(str(s) for s in a["pullSecrets"]),
+            )
+            for a in items
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def pull_secret_names(adapters: tuple[AdapterPlan, ...]) -> list[str]:
+    return sorted({s for a in adapters for s in a.image_pull_secrets})
+
+
+def _hot_load_volumes(plan: InferencePlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) the server's hot-load reads: the adapter annotation as a file (the kubelet
+    rewrites it when the annotation changes) and the adapters' pull secrets, read-only."""
+    if not plan.hot_load:
+        return [], []
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "adapter-list",
+            "downwardAPI": {
+                "items": [
+                    {
+                        "path": "adapters",
+                        "fieldRef": {"fieldPath": f"metadata.annotations['{ADAPTER_LIST_ANNOTATION}']"},
+                    }
+                ]
+            },
+        }
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "adapter-list", "mountPath": ADAPTER_LIST_MOUNT, "readOnly": True}
+    ]
+    for i, secret in enumerate(pull_secret_names(plan.adapters)):
+        volumes.append({"name": f"pull-secret-{i}", "secret": {"secretName": secret, "optional": True}})
+        mounts.append(
+            {"name": f"pull-secret-{i}", "mountPath": f"{PULL_SECRETS_MOUNT}/{secret}", "readOnly": True}
+        )
+    return volumes, mounts
+
+
 def _node_affinity(plan: InferencePlan) -> dict[str, Any]:
     expressions: list[dict[str, Any]] = [
         {"key": k, "operator": "In", "values": [v]} for k, v in sorted(plan.match_labels.items())
@@ -271,6 +345,9 @@ def _unstamped_pod_template(plan: InferencePlan) -> dict[str, Any]:
     if plan.adapters or plan.private_weights_image:
         volumes.append({"name": "tools", "emptyDir": {"sizeLimit": TOOLS_SIZE_LIMIT}})
     volumes += weights_auth_volumes(plan)
+    hot_volumes, hot_mounts = _hot_load_volumes(plan)
+    volumes += hot_volumes
+    mounts += hot_mounts
     if plan.config_map:
         mounts.append({"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True})
         volumes.append({"name": "config", "configMap": {"name": plan.config_map}})
@@ -333,10 +410,13 @@ def _meta(plan: InferencePlan, name: str) -> dict[str, Any]:
 
 
 def deployment(plan: InferencePlan) -> dict[str, Any]:
+    meta = _meta(plan, plan.name)
+    if plan.hot_load:
+        meta["annotations"][TEMPLATE_ADAPTERS_ANNOTATION] = adapter_list(plan.adapters)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(plan, plan.name),
+        "metadata": meta,
         "spec": {
             "replicas": plan.node_count if plan.template is not None else 1,
             # The old pod must free its GPU before the new one can have it.
