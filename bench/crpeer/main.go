@@ -233,7 +233,10 @@ func run(kubeconfig, namespace, stats string, workers int) error {
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingTransport{next: rt, t: t} })
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{namespace: {}}},
+		Cache: cache.Options{DefaultNamespaces: map[string]cache.Config{namespace: {}}},
+		// Reads of unstructured objects go to the API server unless asked; a controller on an
+		// unstructured kind asks, so its reconcile reads the cache as ours does.
+		Client:                 client.Options{Cache: &client.CacheOptions{Unstructured: true}},
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 	})
