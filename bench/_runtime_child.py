@@ -1,11 +1,12 @@
-"""Child-process side of bench_runtime.py: one controller (ours or kopf) or a cache probe per process,
-so that peak RSS is the controller's alone.
+"""Child-process side of bench_runtime.py: one controller (ours or kopf), the ceiling (the same writes
+with no controller) or a cache probe per process, so that peak RSS is the controller's alone.
+(controller-runtime's peer is bench/crpeer, a Go program speaking the same protocol.)
 
 Both controllers are counted the same way: every aiohttp request the process sends (kubernetes_asyncio
 and kopf both speak aiohttp) is tallied by method. SIGUSR1 writes a stats snapshot to --stats; the
 parent reads it before and after the steady-state window.
 
-    python bench/_runtime_child.py ours|kopf|cache --kubeconfig K --namespace NS --stats FILE
+    python bench/_runtime_child.py ours|kopf|ceiling|cache --kubeconfig K --namespace NS --stats FILE
 """
 
 from __future__ import annotations
@@ -205,6 +206,39 @@ def run_kopf(args: argparse.Namespace, tally: Tally) -> None:
     asyncio.run(main())
 
 
+# -- the ceiling ---------------------------------------------------------------------------------
+async def run_ceiling(args: argparse.Namespace, tally: Tally) -> None:
+    """No controller: one paged list, then exactly the controllers' writes (create the owned
+    ConfigMap, merge-patch the Ready condition) with as many in flight as the controllers' workers.
+    What this takes is the API server's limit on this machine for these writes."""
+    from kaitopy.runtime import Client, Kind, kinds, set_controller_reference
+
+    bench_kind = Kind(GROUP, VERSION, KIND, PLURAL)
+    async with await Client.from_kubeconfig(args.kubeconfig) as client:
+        await client.request("GET", "/version")  # connection and TLS set up, as the controllers' are
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, tally.dump, args.stats)
+        Path(f"{args.stats}.ready").touch()
+        objects = (await client.list(bench_kind, args.namespace)).items
+        sem = asyncio.Semaphore(args.workers)
+
+        async def one(obj: dict[str, Any]) -> None:
+            meta = obj["metadata"]
+            async with sem:
+                tally.reconciles += 1
+                desired = set_controller_reference(
+                    obj, config_map_for(meta["name"], meta["namespace"], obj["spec"])
+                )
+                await client.create(kinds.CONFIG_MAP, desired)
+                await client.patch_status(
+                    bench_kind,
+                    meta["name"],
+                    {"status": {"conditions": [ready_condition(meta["generation"])]}},
+                    namespace=meta["namespace"],
+                )
+
+        await asyncio.gather(*(one(o) for o in objects))
+
+
 # -- the cache probe ------------------------------------------------------------------------------
 async def run_cache(args: argparse.Namespace, tally: Tally) -> None:
     from kaitopy.runtime import Client, Informer, InformerSettings, Kind
@@ -243,7 +277,7 @@ async def run_cache(args: argparse.Namespace, tally: Tally) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("role", choices=("ours", "kopf", "cache"))
+    p.add_argument("role", choices=("ours", "kopf", "ceiling", "cache"))
     p.add_argument("--kubeconfig", required=True)
     p.add_argument("--namespace", required=True)
     p.add_argument("--stats", required=True, type=Path)
@@ -258,6 +292,8 @@ def main() -> int:
         asyncio.run(run_ours(args, tally))
     elif args.role == "kopf":
         run_kopf(args, tally)
+    elif args.role == "ceiling":
+        asyncio.run(run_ceiling(args, tally))
     else:
         asyncio.run(run_cache(args, tally))
     if args.role != "cache":
