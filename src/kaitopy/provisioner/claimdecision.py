@@ -98,7 +98,7 @@ class ClaimDecision:
     requeue_after: float | None = None
 
 
-class _Status:
+class ClaimStatus:
     def __init__(self, body: dict[str, Any], now: datetime, generation: int | None) -> None:
         self.body = body
         self.now = now
@@ -132,7 +132,7 @@ def decide_claim(obs: ClaimObserved, now_s: float, settings: ProvisionerSettings
     body = thaw(claim.get("status") or {})
     if not body.get("conditions"):
         body["conditions"] = initial_conditions(now, generation)
-    st = _Status(body, now, generation)
+    st = ClaimStatus(body, now, generation)
     events: list[Event] = []
     delete_reason: str | None = None
     notes: tuple[str, ...] = ()

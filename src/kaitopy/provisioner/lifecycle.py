@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +15,7 @@ from kaitopy.api.nodeclaim import CAPACITY_TYPE_LABEL as CAPACITY_TYPE_LABEL
 from kaitopy.api.nodeclaim import NODECLAIM as NODECLAIM
 from kaitopy.provisioner.claimdecision import (
     ClaimObserved,
+    ClaimStatus,
     became_true,
     decide_claim,
 )
@@ -56,12 +56,10 @@ from kaitopy.runtime import (
     kinds,
     patch_status,
     remove_finalizer,
-    set_condition,
     thaw,
 )
 from kaitopy.runtime.cache.store import Store
 from kaitopy.runtime.cache.writes import RecentWrites
-from kaitopy.runtime.conditions import Status
 from kaitopy.runtime.controller.reconcile import reconcile_logger
 from kaitopy.runtime.kinds import Kind
 from kaitopy.runtime.objects import Obj
@@ -80,37 +78,6 @@ def _parse_time(value: str | None) -> float | None:
     if not value:
         return None
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-@dataclass
-class _Status:
-    """The status being computed in one reconcile; written once at the end if it changed."""
-
-    body: dict[str, Any]
-    now: datetime
-    generation: int | None
-    requeue_after: float | None = None
-    delete_claim_reason: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def conditions(self) -> list[dict[str, Any]]:
-        return list(self.body.get("conditions") or [])
-
-    def set(self, type_: str, status: Status, reason: str, message: str = "") -> None:
-        self.body["conditions"] = set_condition(
-            self.conditions,
-            type_,
-            status,
-            reason=reason,
-            message=message,
-            now=self.now,
-            observed_generation=self.generation,
-        )
-
-    def is_true(self, type_: str) -> bool:
-        cond = find_condition(self.conditions, type_)
-        return cond is not None and cond.get("status") == "True"
 
 
 class NodeClaimLifecycle:
@@ -298,7 +265,7 @@ class NodeClaimLifecycle:
             return None
         name = str(claim["metadata"]["name"])
         now = datetime.fromtimestamp(self.clock(), UTC)
-        st = _Status(thaw(claim.get("status") or {}), now, claim["metadata"].get("generation"))
+        st = ClaimStatus(thaw(claim.get("status") or {}), now, claim["metadata"].get("generation"))
         node = self._node_of(claim)
         instance = await self.provider.get(name)
         # A lost instance (gone, or failed) or a node given up as unhealthy cannot run or stop its
