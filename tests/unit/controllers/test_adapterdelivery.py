@@ -114,3 +114,16 @@ def test_polled_again_only_while_a_server_runs() -> None:
     assert decide_adapters(
         (ADA,), [pod], {"p": None}
     ).again  # a running server changes state without any event
+
+
+def test_an_adapter_less_workspace_writes_nothing_to_its_pods() -> None:
+    from kaitopy.controllers.workspace.adapterdelivery import decide_adapters
+
+    pod: dict[str, Any] = {"metadata": {"name": "p", "namespace": "n"}, "status": {"podIP": "10.0.0.7"}}
+    out = decide_adapters((), [pod], {})
+    assert out.deliver == () and out.status == [] and not out.again
+    # started with an adapter, now none: the pod must be told to unload it
+    assert decide_adapters((), [pod], {}, started_with=(ADA,)).deliver == (("n", "p"),)
+    # a pod told before keeps getting the current list
+    pod["metadata"]["annotations"] = {workload.ADAPTER_LIST_ANNOTATION: workload.adapter_list((ADA,))}
+    assert decide_adapters((), [pod], {}).deliver == (("n", "p"),)

@@ -145,16 +145,24 @@ def decide_adapters(
     desired: tuple[AdapterPlan, ...],
     pods: Sequence[Obj],
     answers: Mapping[str, Mapping[str, Any] | None],
+    *,
+    started_with: tuple[AdapterPlan, ...] = (),
 ) -> AdapterPlanOut:
     """Pure: which pods need the list, status.adapters from the servers' answers (read in the
-    observe step, `read_answers`), and whether to poll."""
+    observe step, `read_answers`), and whether to poll. `started_with`: the adapters the pods'
+    template copies at start. A pod without the annotation serves those; when they and the list
+    are both empty there is nothing to tell it (a write per pod of every adapter-less Workspace
+    would be a write and a pod event per pod for nothing)."""
     text = workload.adapter_list(desired)
     live = _live(pods)
-    deliver = tuple(
-        (str(p["metadata"]["namespace"]), str(p["metadata"]["name"]))
-        for p in live
-        if ((p["metadata"].get("annotations") or {}).get(workload.ADAPTER_LIST_ANNOTATION)) != text
-    )
+
+    def needs(pod: Obj) -> bool:
+        have = (pod["metadata"].get("annotations") or {}).get(workload.ADAPTER_LIST_ANNOTATION)
+        if have is None and not desired and not started_with:
+            return False
+        return have != text
+
+    deliver = tuple((str(p["metadata"]["namespace"]), str(p["metadata"]["name"])) for p in live if needs(p))
     if not desired:
         return AdapterPlanOut(deliver, text, [], False)
     status = adapter_status(

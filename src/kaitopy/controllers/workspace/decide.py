@@ -232,7 +232,7 @@ def decide(
             # Hot-load: the adapter list onto each model pod that lacks it, the servers' answers
             # into status.adapters.
             out = adapterdelivery.decide_adapters(
-                observed.desired_adapters, observed.pods, observed.adapter_answers
+                observed.desired_adapters, observed.pods, observed.adapter_answers, started_with=inf.adapters
             )
             actions += tuple(
                 Patch(
