@@ -20,14 +20,17 @@ from typing import Any
 from kaitopy.runtime.client import Client
 from kaitopy.runtime.kinds import Kind
 from kaitopy.runtime.objects import Obj, meta, name_of, namespace_of, thaw
+from kaitopy.runtime.quantity import parse_quantity
 
 
 def is_subset(desired: Any, actual: Any) -> bool:
     """True when every field in `desired` has the same value in `actual` (lists: same length, itemwise).
 
     Fields the server adds (defaults, status, uid...) are ignored, so a cached object read back after
-    an apply counts as unchanged. Caveat: values the server normalizes (e.g. quantity "1000m" -> "1")
-    never compare equal; state them in canonical form.
+    an apply counts as unchanged. A number where the server keeps a string (a quantity written as
+    `nvidia.com/gpu: 1`, stored as "1") is compared as a quantity, so a user's template written that
+    way does not count as changed on every pass. Other values the server normalizes (e.g. quantity
+    "1000m" -> "1") never compare equal; state them in canonical form.
     """
     if isinstance(desired, Mapping):
         if not isinstance(actual, Mapping):
@@ -37,6 +40,11 @@ def is_subset(desired: Any, actual: Any) -> bool:
         if not isinstance(actual, list | tuple) or len(desired) != len(actual):
             return False
         return all(is_subset(d, a) for d, a in zip(desired, actual, strict=True))
+    if isinstance(desired, int | float) and not isinstance(desired, bool) and isinstance(actual, str):
+        try:
+            return parse_quantity(desired) == parse_quantity(actual)
+        except ValueError:
+            return False
     return bool(desired == actual)
 
 

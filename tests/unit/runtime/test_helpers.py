@@ -148,3 +148,16 @@ def test_api_errors_map_to_types() -> None:
     assert type(api_error(409, b'{"reason":"Conflict"}')) is Conflict
     assert isinstance(api_error(404, b"not json"), NotFound)
     assert isinstance(api_error(0, b'{"kind":"Status","code":410,"reason":"Expired"}'), Gone)
+
+
+def test_a_number_the_server_stores_as_a_quantity_string_is_unchanged() -> None:
+    # Kaito's custom-model example writes `nvidia.com/gpu: 1`; the API server stores "1". Compared
+    # as unequal, the Deployment was judged "changed" on every pass and never counted as rolled out.
+    from kaitopy.runtime.apply import is_subset
+
+    stored = {"resources": {"limits": {"nvidia.com/gpu": "1", "memory": "1Gi", "cpu": "500m"}}}
+    assert is_subset({"resources": {"limits": {"nvidia.com/gpu": 1}}}, stored)
+    assert is_subset({"resources": {"limits": {"memory": 1073741824, "cpu": 0.5}}}, stored)
+    assert not is_subset({"resources": {"limits": {"nvidia.com/gpu": 2}}}, stored)
+    assert not is_subset({"x": 1}, {"x": "not a quantity"})
+    assert not is_subset({"x": True}, {"x": "1"})
