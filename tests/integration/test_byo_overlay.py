@@ -19,8 +19,9 @@ def test_byo_overlay(kube_cluster: Cluster) -> None:
     assert not [n for n in names if "provisioner" in n[1]], names
     # The controller watches NodeClaims in every mode: their CRD must stay.
     assert ("CustomResourceDefinition", "nodeclaims.karpenter.sh") in names
-    controller = next(d for d in docs if d["kind"] == "Deployment")
-    assert controller["metadata"]["name"] == "kaitopy-controller"
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert set(deployments) == {"kaitopy-controller", "kaitopy-activator"}, set(deployments)
+    controller = deployments["kaitopy-controller"]
     assert "--node-provisioner=byo" in controller["spec"]["template"]["spec"]["containers"][0]["args"]
     # A dry run creates no namespace, and the namespaced objects need it.
     kube_cluster.kubectl("apply", "--server-side", "-f", str(MANIFESTS / "base" / "namespace.yaml"))
