@@ -7,15 +7,15 @@ the last, like kube-proxy."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shutil
 import sys
 from pathlib import Path
 
-from kaitopy.provisioner.local import configs, network, system
+from kaitopy.provisioner.local import network, system
 from kaitopy.provisioner.local.layout import CLUSTER_DNS_ADDRESS as LISTEN_ADDRESS
 from kaitopy.provisioner.local.pki import CertificateAuthority
+from kaitopy.provisioner.local.proxy import write_proxier_kubeconfig
 
 log = logging.getLogger(__name__)
 LINK = "kpdns0"
@@ -41,50 +41,31 @@ class LocalDns:
         self.apiserver_url = apiserver_url
         self.ca = ca
 
-    @property
-    def _pid_file(self) -> Path:
-        return self.dir / "pid"
-
-    def _pid(self) -> int:
-        return _recorded_pid(self.dir)
-
     def running(self) -> bool:
-        return system.alive(self._pid(), str(self.dir))
+        return system.alive(system.recorded_pid(self.dir), str(self.dir))
 
     async def ensure(self) -> None:
         if self.running():
             return
         await ensure_link()
         self.dir.mkdir(parents=True, exist_ok=True)
-        kubeconfig = self.dir / "kubeconfig"
-        cert, key = self.ca.issue_client("system:kube-proxy", None)
-        kubeconfig.write_text(
-            configs.kubeconfig(self.apiserver_url, self.ca.cert_pem, cert, key, "kube-proxy")
-        )
-        kubeconfig.chmod(0o600)
+        kubeconfig = write_proxier_kubeconfig(self.dir, self.apiserver_url, self.ca)
         pid = system.spawn_detached(
             [sys.executable, "-m", "kaitopy.provisioner.local.clusterdns", f"--kubeconfig={kubeconfig}"],
             self.dir / "cluster-dns.log",
         )
-        self._pid_file.write_text(json.dumps({"pid": pid}))
+        system.record_pid(self.dir, pid)
         log.info("cluster DNS started", extra={"pid": pid, "address": LISTEN_ADDRESS})
 
     async def stop(self) -> None:
         await stop_recorded(self.dir.parent)
 
 
-def _recorded_pid(state: Path) -> int:
-    try:
-        return int(json.loads((state / "pid").read_text())["pid"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
 async def stop_recorded(machine_dir: Path) -> bool:
     """Stop the cluster DNS a pid file under `machine_dir` names and remove its link (also for
     `kaitopy local-nodes reset`); True when one ran."""
     state = machine_dir / "cluster-dns"
-    pid = _recorded_pid(state)
+    pid = system.recorded_pid(state)
     running = system.alive(pid, str(state))
     await system.stop(pid, str(state))
     await remove_link()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -204,3 +205,18 @@ def remove_empty_cgroup(relative: str) -> None:
     for d in cgroup_dirs(relative):
         with contextlib.suppress(OSError):
             d.rmdir()
+
+
+# -- machine-wide daemons (kube-proxy, the cluster DNS): a state folder with a pid file --------------
+
+
+def record_pid(state: Path, pid: int) -> None:
+    (state / "pid").write_text(json.dumps({"pid": pid}))
+
+
+def recorded_pid(state: Path) -> int:
+    """The pid a daemon's state folder records; 0 when there is none."""
+    try:
+        return int(json.loads((state / "pid").read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return 0
