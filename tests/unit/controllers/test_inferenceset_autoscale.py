@@ -217,3 +217,40 @@ def test_members_are_scraped_at_their_service_cluster_ip_without_dns() -> None:
     # headless or not cached yet: by name, as before
     assert url("ns", "phi-1") == "http://phi-1.ns.svc/metrics"
     assert url("ns", "phi-2") == "http://phi-2.ns.svc/metrics"
+
+
+def test_a_metrics_url_template_fills_in_the_member() -> None:
+    from kaitopy.controllers.inferenceset.scrape import template_url
+
+    proxy = "http://127.0.0.1:8001/api/v1/namespaces/{namespace}/services/{member}:80/proxy/metrics"
+    assert template_url(proxy)("ns", "phi-0") == (
+        "http://127.0.0.1:8001/api/v1/namespaces/ns/services/phi-0:80/proxy/metrics"
+    )
+
+
+@pytest.mark.parametrize(
+    ("template", "says"),
+    [
+        ("127.0.0.1:9000/{member}/metrics", "must be an http:// or https:// URL"),
+        ("http://127.0.0.1:9000/{namespace}/metrics", "must contain {member}"),
+        ("http://127.0.0.1:9000/{pod}/{member}", "unknown field(s) {pod}; the fields are {namespace} and {member}"),
+        ("http://127.0.0.1:9000/{member", "a literal brace is written"),
+    ],
+)
+def test_a_bad_metrics_url_template_is_refused_with_the_fix(template: str, says: str) -> None:
+    from kaitopy.controllers.inferenceset.scrape import template_url
+
+    with pytest.raises(ValueError, match="") as refused:
+        template_url(template)
+    assert says in str(refused.value)
+
+
+def test_the_controller_refuses_a_bad_metrics_url_flag_before_starting() -> None:
+    import argparse
+
+    from kaitopy.controllers.workspace.app import metrics_url_template_of
+
+    with pytest.raises(SystemExit) as stopped:
+        metrics_url_template_of(argparse.Namespace(inferenceset_metrics_url="http://x/{ns}/{member}"))
+    assert str(stopped.value).startswith("--inferenceset-metrics-url 'http://x/{ns}/{member}': unknown field(s) {ns}")
+    assert metrics_url_template_of(argparse.Namespace(inferenceset_metrics_url="")) == ""

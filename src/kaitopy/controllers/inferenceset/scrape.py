@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable
 
 import aiohttp
@@ -32,6 +33,36 @@ def cluster_ip_url(services: Store) -> Callable[[str, str], str]:
         return service_url(namespace, member)
 
     return url
+
+
+URL_FIELDS = ("namespace", "member")
+
+
+def template_url(template: str) -> Callable[[str, str], str]:
+    """Members' /metrics at an address the operator's admin gives, for a controller that cannot
+    reach cluster IPs (it runs outside the cluster, or the cluster has no kube-proxy): e.g. through
+    the API server's service proxy that `kubectl proxy` serves,
+    http://127.0.0.1:8001/api/v1/namespaces/{namespace}/services/{member}:80/proxy/metrics.
+    Raises ValueError naming the fix when the template cannot name a member."""
+    check_template(template)
+    return lambda namespace, member: template.format(namespace=namespace, member=member)
+
+
+def check_template(template: str) -> None:
+    if not template.startswith(("http://", "https://")):
+        raise ValueError(f"{template!r}: must be an http:// or https:// URL")
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as err:
+        raise ValueError(f"{template!r}: {err} (a literal brace is written {{{{ or }}}})") from err
+    unknown = sorted(fields - set(URL_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"{template!r}: unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; "
+            "the fields are {namespace} and {member}"
+        )
+    if "member" not in fields:
+        raise ValueError(f"{template!r}: must contain {{member}}, or every member would read one page")
 
 
 def parse(text: str) -> Sample:
