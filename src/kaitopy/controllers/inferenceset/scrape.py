@@ -8,7 +8,7 @@ from collections.abc import Callable
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from kaitopy.controllers.inferenceset.autoscale import QUEUE_METRIC, RUNNING_METRIC, Sample
+from kaitopy.controllers.inferenceset.autoscale import QUEUE_METRIC, RUNNING_METRIC, TOKENS_METRIC, Sample
 from kaitopy.runtime.cache.store import Store
 
 SCRAPE_TIMEOUT_S = 2.0  # a member slower than this to answer its /metrics is counted as not answering
@@ -66,14 +66,17 @@ def check_template(template: str) -> None:
 
 
 def parse(text: str) -> Sample:
-    """The queue depth and running requests in one /metrics page (summed over label sets; a
-    metric the page lacks counts 0)."""
+    """The queue depth, running requests and generated-tokens counter in one /metrics page (summed
+    over label sets; a gauge the page lacks counts 0, a counter it lacks is None)."""
     totals = {QUEUE_METRIC: 0.0, RUNNING_METRIC: 0.0}
+    tokens: float | None = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in totals:
                 totals[sample.name] += float(sample.value)
-    return Sample(queue_depth=totals[QUEUE_METRIC], running=totals[RUNNING_METRIC])
+            elif sample.name == TOKENS_METRIC:
+                tokens = (tokens or 0.0) + float(sample.value)
+    return Sample(queue_depth=totals[QUEUE_METRIC], running=totals[RUNNING_METRIC], completion_tokens=tokens)
 
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> Sample | None:
