@@ -22,7 +22,18 @@ def test_servicemonitors_select_the_metrics_services(kube_cluster: Cluster) -> N
     rendered = kube_cluster.kubectl("kustomize", str(MANIFESTS / "overlays" / "kwok-servicemonitor"))
     docs: list[dict[str, Any]] = [d for d in yaml.safe_load_all(rendered) if d]
     monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
-    assert sorted(m["metadata"]["name"] for m in monitors) == ["kaitopy-controller", "kaitopy-provisioner"]
+    assert sorted(m["metadata"]["name"] for m in monitors) == [
+        "kaitopy-activator",
+        "kaitopy-controller",
+        "kaitopy-provisioner",
+    ]
+    # The controller and the provisioner have a metrics Service each; the activator's one Service
+    # carries its traffic port and its metrics port.
+    expected = {
+        "kaitopy-activator": "kaitopy-activator",
+        "kaitopy-controller": "kaitopy-controller-metrics",
+        "kaitopy-provisioner": "kaitopy-provisioner-metrics",
+    }
     services = [d for d in docs if d["kind"] == "Service"]
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     for monitor in monitors:
@@ -35,9 +46,9 @@ def test_servicemonitors_select_the_metrics_services(kube_cluster: Cluster) -> N
             and _matches(spec["selector"]["matchLabels"], s["metadata"].get("labels") or {})
             and any(p.get("name") == port for p in s["spec"]["ports"])
         ]
-        assert [s["metadata"]["name"] for s in scraped] == [f"{monitor['metadata']['name']}-metrics"]
+        assert [s["metadata"]["name"] for s in scraped] == [expected[monitor["metadata"]["name"]]]
         # The Service's target port is the container port that serves /metrics.
-        target = scraped[0]["spec"]["ports"][0]["targetPort"]
+        (target,) = [p["targetPort"] for p in scraped[0]["spec"]["ports"] if p["name"] == port]
         container = deployments[monitor["metadata"]["name"]]["spec"]["template"]["spec"]["containers"][0]
         assert target in {p["name"] for p in container["ports"]}
         assert spec["endpoints"][0]["path"] == "/metrics"

@@ -152,3 +152,48 @@ async def test_export_metrics_alone_exports_the_load_and_never_scales(
     assert f"kaitopy_inferenceset_queue_depth{{{labels}}} 9.0" in text
     assert f"kaitopy_inferenceset_running_requests{{{labels}}} 4.0" in text
     assert f"kaitopy_inferenceset_members_answering{{{labels}}} 2.0" in text
+
+
+async def test_tokens_per_minute_scales_up_from_the_counters_rate_and_is_exported(
+    client: Client, namespace: str, pages: tuple[dict[str, str], int]
+) -> None:
+    served, port = pages
+    body = inference_set("s", namespace, 1)
+    body["metadata"]["annotations"] = {
+        PREFIX + "enabled": "true",
+        PREFIX + "max-replicas": "4",
+        PREFIX + "target-queue-depth": "0",
+        PREFIX + "target-tokens-per-minute": "6000",
+    }
+    await client.create(INFERENCESET, body)
+    req = Request(namespace, "s")
+    clock = [1000.0]
+    rec = InferenceSetReconciler(
+        client,
+        *(await snapshot(client, namespace)),
+        EventRecorder(client, "test"),
+        monotonic=lambda: clock[0],
+        metrics_url=lambda ns, member: f"http://127.0.0.1:{port}/{member}/metrics",
+    )
+
+    async def run(tokens: int) -> int:
+        served["s-0"] = page(0, 1) + f'kaitopy_inference_completion_tokens_total{{model="m"}} {tokens}\n'
+        rec.sets, rec.workspaces = await snapshot(client, namespace)
+        await rec.reconcile(req)
+        return int((await client.get(INFERENCESET, "s", namespace=namespace))["spec"]["replicas"])
+
+    await rec.reconcile(req)  # creates s-0
+    await set_ready(client, namespace, "s-0", True)
+    assert await run(1000) == 1  # the first reading: no rate yet
+    clock[0] += 15
+    assert await run(5500) == 3  # 4,500 tokens in 15 s: 18,000 a minute over 6,000 per member
+    (note,) = [e["note"] for e in (await client.list(EVENT, namespace)).items if e["reason"] == "AutoscaleUp"]
+    assert note == (
+        "scale up 1 -> 3: queue 0 and running 1, 18000 tokens/min on 1 members; load asks for 3, bounds 1-4"
+    )
+    registry = CollectorRegistry()
+    registry.register(InferenceSetLoadCollector(rec.load))
+    text = generate_latest(registry).decode()
+    assert (
+        f'kaitopy_inferenceset_tokens_per_minute{{inferenceset="s",namespace="{namespace}"}} 18000.0' in text
+    )

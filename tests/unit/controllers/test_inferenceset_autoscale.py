@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -13,6 +14,8 @@ from kaitopy.controllers.inferenceset.autoscale import (
     SettingsError,
     recommend,
     settings_of,
+    tokens_per_minute,
+    without_rate,
 )
 from kaitopy.controllers.inferenceset.scrape import parse
 
@@ -61,6 +64,18 @@ CASES = [
         AutoscaleSettings(max_replicas=6, target_queue_depth=None, target_running=4, scale_up_step=4),
         1,
         [Sample(queue_depth=0, running=10)],
+        0,
+        [],
+        100.0,
+        3,
+    ),
+    (
+        "tokens per minute as the signal",
+        AutoscaleSettings(
+            max_replicas=6, target_queue_depth=None, target_tokens_per_minute=6000, scale_up_step=4
+        ),
+        1,
+        [Sample(queue_depth=0, running=1, tokens_per_minute=13000)],
         0,
         [],
         100.0,
@@ -160,7 +175,11 @@ def test_settings_read_with_defaults() -> None:
         ({"max-replicas": "2", "min-replicas": "0", "idle-seconds": "0"}, "idle-seconds]: must be above 0"),
         ({"max-replicas": "0", "min-replicas": "0"}, "max-replicas]: must be at least 1"),
         ({"max-replicas": "2", "min-replicas": "3"}, "max-replicas]: 2 is below min-replicas 3"),
-        ({"max-replicas": "2", "target-queue-depth": "0"}, "target-queue-depth] or target-running"),
+        (
+            {"max-replicas": "2", "target-queue-depth": "0"},
+            "target-queue-depth], target-running or target-tokens-per-minute must be above 0",
+        ),
+        ({"max-replicas": "2", "target-tokens-per-minute": "-5"}, "target-tokens-per-minute]: '-5' must be"),
     ],
 )
 def test_bad_settings_name_the_annotation(annotations: dict[str, str], names: str) -> None:
@@ -217,3 +236,74 @@ def test_members_are_scraped_at_their_service_cluster_ip_without_dns() -> None:
     # headless or not cached yet: by name, as before
     assert url("ns", "phi-1") == "http://phi-1.ns.svc/metrics"
     assert url("ns", "phi-2") == "http://phi-2.ns.svc/metrics"
+
+
+def test_a_metrics_url_template_fills_in_the_member() -> None:
+    from kaitopy.controllers.inferenceset.scrape import template_url
+
+    proxy = "http://127.0.0.1:8001/api/v1/namespaces/{namespace}/services/{member}:80/proxy/metrics"
+    assert template_url(proxy)("ns", "phi-0") == (
+        "http://127.0.0.1:8001/api/v1/namespaces/ns/services/phi-0:80/proxy/metrics"
+    )
+
+
+@pytest.mark.parametrize(
+    ("template", "says"),
+    [
+        ("127.0.0.1:9000/{member}/metrics", "must be an http:// or https:// URL"),
+        ("http://127.0.0.1:9000/{namespace}/metrics", "must contain {member}"),
+        (
+            "http://127.0.0.1:9000/{pod}/{member}",
+            "unknown field(s) {pod}; the fields are {namespace} and {member}",
+        ),
+        ("http://127.0.0.1:9000/{member", "a literal brace is written"),
+    ],
+)
+def test_a_bad_metrics_url_template_is_refused_with_the_fix(template: str, says: str) -> None:
+    from kaitopy.controllers.inferenceset.scrape import template_url
+
+    with pytest.raises(ValueError, match=re.escape(says)):
+        template_url(template)
+
+
+def test_the_controller_refuses_a_bad_metrics_url_flag_before_starting() -> None:
+    import argparse
+
+    from kaitopy.controllers.workspace.app import metrics_url_template_of
+
+    with pytest.raises(SystemExit) as stopped:
+        metrics_url_template_of(argparse.Namespace(inferenceset_metrics_url="http://x/{ns}/{member}"))
+    assert str(stopped.value).startswith(
+        "--inferenceset-metrics-url 'http://x/{ns}/{member}': unknown field(s) {ns}"
+    )
+    assert metrics_url_template_of(argparse.Namespace(inferenceset_metrics_url="")) == ""
+
+
+def test_tokens_per_minute_is_the_counters_rate_between_two_scrapes() -> None:
+    assert tokens_per_minute((100.0, 500.0), 115.0, 2000.0) == 6000.0
+    assert tokens_per_minute(None, 115.0, 2000.0) is None  # first reading
+    assert tokens_per_minute((100.0, 500.0), 115.0, None) is None  # the page has no counter
+    assert tokens_per_minute((100.0, 500.0), 115.0, 40.0) is None  # the server restarted
+    assert tokens_per_minute((100.0, 500.0), 100.0, 600.0) is None  # no time passed
+
+
+def test_a_member_without_a_rate_blocks_a_scale_down_only_when_tokens_are_a_signal() -> None:
+    tpm = AutoscaleSettings(max_replicas=4, target_queue_depth=None, target_tokens_per_minute=1000)
+    samples = [Sample(0, 0, tokens_per_minute=0.0), Sample(0, 0, completion_tokens=5.0)]
+    assert without_rate(tpm, samples) == 1
+    assert without_rate(S, samples) == 0
+    rec = recommend(tpm, 2, samples, without_rate(tpm, samples), [], 100.0)
+    assert rec.desired == 2 and rec.note.startswith(
+        "hold at 2: queue 0 and running 0, 0 tokens/min on 2 members (1 "
+    )
+
+
+def test_parse_reads_the_generated_tokens_counter_over_models() -> None:
+    from prometheus_client import generate_latest
+
+    from kaitopy.inference.metrics import ServerMetrics
+
+    m = ServerMetrics()
+    m.completion_tokens.labels("base").inc(100)
+    m.completion_tokens.labels("adapter-a").inc(20)
+    assert parse(generate_latest(m.registry).decode()) == Sample(0, 0, completion_tokens=120.0)

@@ -9,6 +9,7 @@ YAML for Kaito and keeps its schema):
     autoscaling.kaitopy.io/max-replicas: "4"              # required when enabled
     autoscaling.kaitopy.io/target-queue-depth: "2"        # waiting requests per member
     autoscaling.kaitopy.io/target-running: "8"            # running requests per member (optional)
+    autoscaling.kaitopy.io/target-tokens-per-minute: "6000"  # generated tokens per member (optional)
     autoscaling.kaitopy.io/scale-up-stabilization: "0"    # seconds
     autoscaling.kaitopy.io/scale-down-stabilization: "300"
     autoscaling.kaitopy.io/scale-up-step: "4"             # members added per decision at most
@@ -35,6 +36,9 @@ from typing import Any
 PREFIX = "autoscaling.kaitopy.io/"
 QUEUE_METRIC = "kaitopy_inference_queue_depth"
 RUNNING_METRIC = "kaitopy_inference_running_requests"
+TOKENS_METRIC = "kaitopy_inference_completion_tokens_total"
+"""Generated tokens (a counter, summed over models): its rate between two scrapes is a member's
+tokens per minute."""
 
 
 class SettingsError(ValueError):
@@ -51,6 +55,9 @@ class AutoscaleSettings:
     """Waiting requests per member the autoscaler aims at; a queue is the clearest sign of too few."""
     target_running: float | None = None
     """Running requests per member to aim at (unset: not used)."""
+    target_tokens_per_minute: float | None = None
+    """Generated tokens per minute per member to aim at (unset: not used): the throughput a member
+    sustains, for models whose requests are long rather than many."""
     scale_up_stabilization_s: float = 0.0
     """React to load at once: a waiting request costs the user now."""
     scale_down_stabilization_s: float = 300.0
@@ -99,6 +106,9 @@ def settings_of(annotations: Mapping[str, Any] | None) -> AutoscaleSettings | No
         max_replicas=whole("max-replicas", d.max_replicas),
         target_queue_depth=_number(annotations, "target-queue-depth", d.target_queue_depth, whole=False),
         target_running=_number(annotations, "target-running", d.target_running, whole=False),
+        target_tokens_per_minute=_number(
+            annotations, "target-tokens-per-minute", d.target_tokens_per_minute, whole=False
+        ),
         scale_up_stabilization_s=_number(
             annotations, "scale-up-stabilization", d.scale_up_stabilization_s, whole=False
         )
@@ -123,9 +133,10 @@ def settings_of(annotations: Mapping[str, Any] | None) -> AutoscaleSettings | No
             f"metadata.annotations[{PREFIX}max-replicas]: {s.max_replicas} is below "
             f"min-replicas {s.min_replicas}; raise max-replicas"
         )
-    if not s.target_queue_depth and not s.target_running:
+    if not s.target_queue_depth and not s.target_running and not s.target_tokens_per_minute:
         raise SettingsError(
-            f"metadata.annotations[{PREFIX}target-queue-depth] or target-running must be above 0"
+            f"metadata.annotations[{PREFIX}target-queue-depth], target-running or "
+            "target-tokens-per-minute must be above 0"
         )
     if s.scale_up_step < 1 or s.scale_down_step < 1:
         raise SettingsError(
@@ -156,6 +167,8 @@ class SetLoad:
     queue_depth: float
     running: float
     answering: int
+    tokens_per_minute: float = 0.0
+    """Summed over the members whose rate is known (two scrapes of the same counter)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +177,21 @@ class Sample:
 
     queue_depth: float
     running: float
+    completion_tokens: float | None = None
+    """The member's generated-tokens counter (None: its page has none)."""
+    tokens_per_minute: float | None = None
+    """The counter's rate since the previous scrape (None: not known yet, or the counter restarted)."""
+
+
+def tokens_per_minute(previous: tuple[float, float] | None, now: float, total: float | None) -> float | None:
+    """A member's rate from its counter at the previous scrape, (time, total), and now. None when
+    there is no earlier reading, no time passed, or the counter went down (the server restarted)."""
+    if previous is None or total is None:
+        return None
+    then, before = previous
+    if now <= then or total < before:
+        return None
+    return (total - before) / (now - then) * 60.0
 
 
 @dataclass(frozen=True)
@@ -184,7 +212,21 @@ def raw_recommendation(s: AutoscaleSettings, samples: Sequence[Sample]) -> tuple
         wants.append(math.ceil(queue / s.target_queue_depth))
     if s.target_running:
         wants.append(math.ceil(running / s.target_running))
+    if s.target_tokens_per_minute:
+        wants.append(math.ceil(summed_tokens_per_minute(samples) / s.target_tokens_per_minute))
     return max(wants), queue, running
+
+
+def summed_tokens_per_minute(samples: Sequence[Sample]) -> float:
+    return sum(x.tokens_per_minute or 0.0 for x in samples)
+
+
+def without_rate(s: AutoscaleSettings, samples: Sequence[Sample]) -> int:
+    """Members whose tokens per minute is not known yet, when that signal is used: like silent
+    members they block a scale-down (their throughput could be what keeps the set up)."""
+    if not s.target_tokens_per_minute:
+        return 0
+    return sum(1 for x in samples if x.tokens_per_minute is None)
 
 
 def recommend(
@@ -212,8 +254,9 @@ def recommend(
     window = [
         (t, r) for t, r in history if now - t < max(s.scale_up_stabilization_s, s.scale_down_stabilization_s)
     ]
+    tokens = f", {summed_tokens_per_minute(samples):.0f} tokens/min" if s.target_tokens_per_minute else ""
     numbers = (
-        f"queue {queue:g} and running {running:g} on {len(samples)} members"
+        f"queue {queue:g} and running {running:g}{tokens} on {len(samples)} members"
         f"{f' ({missing} not answering)' if missing else ''}; load asks for {raw}, "
         f"bounds {s.min_replicas}-{s.max_replicas}"
     )

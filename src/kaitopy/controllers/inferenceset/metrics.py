@@ -4,6 +4,8 @@ external metrics can scale on the same signal as the built-in autoscaler:
 - `kaitopy_inferenceset_queue_depth{namespace,inferenceset}`: requests waiting, summed over members.
 - `kaitopy_inferenceset_running_requests{namespace,inferenceset}`: requests being generated.
 - `kaitopy_inferenceset_members_answering{namespace,inferenceset}`: members whose /metrics answered.
+- `kaitopy_inferenceset_tokens_per_minute{namespace,inferenceset}`: generated tokens per minute,
+  summed over the members whose rate is known (their counter read at two scrapes).
 
 Only sets with the autoscaler or `autoscaling.kaitopy.io/export-metrics: "true"` are scraped, every
 15 s by the leader (other replicas report nothing)."""
@@ -22,6 +24,7 @@ FAMILIES = (
     ("kaitopy_inferenceset_queue_depth", "Requests waiting for a generation slot, summed over members"),
     ("kaitopy_inferenceset_running_requests", "Requests holding a generation slot, summed over members"),
     ("kaitopy_inferenceset_members_answering", "Members whose /metrics answered at the last scrape"),
+    ("kaitopy_inferenceset_tokens_per_minute", "Generated tokens per minute, summed over members"),
 )
 
 
@@ -40,4 +43,5 @@ class InferenceSetLoadCollector(Collector):
             families[0].add_metric(labels, load.queue_depth)
             families[1].add_metric(labels, load.running)
             families[2].add_metric(labels, float(load.answering))
+            families[3].add_metric(labels, load.tokens_per_minute)
         yield from families

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,12 +21,16 @@ from kaitopy.api.inferenceset import InferenceSet
 from kaitopy.controllers.inferenceset import activity, front, scrape
 from kaitopy.controllers.inferenceset import members as mb
 from kaitopy.controllers.inferenceset.autoscale import (
+    Sample,
     SetLoad,
     SettingsError,
     exports_load,
     recommend,
     scales_to_zero,
     settings_of,
+    summed_tokens_per_minute,
+    tokens_per_minute,
+    without_rate,
 )
 from kaitopy.controllers.inferenceset.decide import Decision, Inputs, decide, max_unavailable_of
 from kaitopy.controllers.inferenceset.expectations import Expectations
@@ -130,6 +135,8 @@ class InferenceSetReconciler:
         self._history: dict[str, list[tuple[float, int]]] = {}
         # Per set: the members' summed load at the last scrape, exported on the controller's /metrics.
         self.load: dict[str, SetLoad] = {}
+        # Per set, per member: its generated-tokens counter at the last scrape (time, total).
+        self._tokens: dict[str, dict[str, tuple[float, float]]] = {}
 
     async def reconcile(self, req: Request) -> Result | None:
         obj = self.sets.get(req.key)
@@ -264,17 +271,18 @@ class InferenceSetReconciler:
             got = await asyncio.gather(
                 *(scrape.scrape(session, self.metrics_url(req.namespace, name)) for name in ready)
             )
-        samples = [x for x in got if x is not None]
+        samples = self._with_rates(req.key, self.monotonic(), dict(zip(ready, got, strict=True)))
         self.load[req.key] = SetLoad(
             queue_depth=sum(x.queue_depth for x in samples),
             running=sum(x.running for x in samples),
             answering=len(samples),
+            tokens_per_minute=summed_tokens_per_minute(samples),
         )
         if settings is None:
             return Result(requeue_after=self.autoscale_interval_s)
         # Wanted members that are not yet created, still starting or silent count as not answering:
         # never shrink a set on partial numbers.
-        missing = max(0, replicas - len(samples))
+        missing = max(0, replicas - len(samples)) + without_rate(settings, samples)
         now = self.monotonic()
         history = self._history.setdefault(req.key, [])
         idle_s = 0.0
@@ -296,6 +304,22 @@ class InferenceSetReconciler:
             log.info("autoscaled", extra={"decision": rec.note})
             await self.recorder.event(obj, "Normal", reason, rec.note, action="Scale")
         return Result(requeue_after=self.autoscale_interval_s)
+
+    def _with_rates(self, key: str, now: float, got: dict[str, Sample | None]) -> list[Sample]:
+        """The members that answered, each with its tokens per minute since the previous scrape;
+        the counters kept for the next one (members gone or silent are dropped)."""
+        before = self._tokens.get(key, {})
+        after: dict[str, tuple[float, float]] = {}
+        samples = []
+        for name, sample in got.items():
+            if sample is None:
+                continue
+            rate = tokens_per_minute(before.get(name), now, sample.completion_tokens)
+            if sample.completion_tokens is not None:
+                after[name] = (now, sample.completion_tokens)
+            samples.append(replace(sample, tokens_per_minute=rate))
+        self._tokens[key] = after
+        return samples
 
     async def _ensure_front(self, obj: Obj, req: Request) -> None:
         """A set that scales to zero gets the Service `<set>` pointing at the activator. Made only
@@ -345,7 +369,7 @@ class InferenceSetReconciler:
             )
 
     def _forget(self, key: str) -> None:
-        for memory in (self._history, self.load, self._active, self._last_replicas):
+        for memory in (self._history, self.load, self._active, self._last_replicas, self._tokens):
             memory.pop(key, None)
 
     async def _idle_seconds(self, req: Request, replicas: int, load: SetLoad) -> float:

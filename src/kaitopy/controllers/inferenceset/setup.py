@@ -37,6 +37,7 @@ def wire(
     operator_namespace: str | None = None,
     autoscale_interval_s: float = AUTOSCALE_INTERVAL_S,
     activator_host: str | None = None,
+    metrics_url_template: str | None = None,
 ) -> InferenceSetReconciler:
     workspaces = mgr.cache.informer(WORKSPACE)
     workspaces.add_indexer(MEMBERS_BY_SET, set_key_of_member)
@@ -52,9 +53,9 @@ def wire(
         services=mgr.cache.informer(kinds.SERVICE, label_selector=FRONT_LABEL).store,
         activator_host=activator_host,
         # The members' Services: the same informer the workspace controller owns them through.
-        metrics_url=scrape.cluster_ip_url(
-            mgr.cache.informer(kinds.SERVICE, label_selector=WORKSPACE_LABEL).store
-        ),
+        metrics_url=scrape.template_url(metrics_url_template)
+        if metrics_url_template
+        else scrape.cluster_ip_url(mgr.cache.informer(kinds.SERVICE, label_selector=WORKSPACE_LABEL).store),
     )
     mgr.metrics.registry.register(InferenceSetLoadCollector(reconciler.load))
     (

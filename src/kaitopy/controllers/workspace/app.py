@@ -146,6 +146,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "its idle clock (default 15, as the HPA)",
     )
     parser.add_argument(
+        "--inferenceset-metrics-url",
+        default=os.environ.get("KAITOPY_INFERENCESET_METRICS_URL", ""),
+        metavar="TEMPLATE",
+        help="where the autoscaler reads a member's /metrics, with {namespace} and {member} filled in, "
+        "for a controller that cannot reach cluster IPs (outside the cluster, or no kube-proxy), e.g. "
+        "through `kubectl proxy`: http://127.0.0.1:8001/api/v1/namespaces/{namespace}/services/"
+        "{member}:80/proxy/metrics (env KAITOPY_INFERENCESET_METRICS_URL; default: the member "
+        "Service's cluster IP)",
+    )
+    parser.add_argument(
         "--activator-host",
         default=os.environ.get("KAITOPY_ACTIVATOR_HOST", ""),
         metavar="HOST",
@@ -304,6 +314,7 @@ async def wire_inferencesets(
     operator_namespace: str,
     autoscale_interval_s: float,
     activator_host: str | None,
+    metrics_url_template: str = "",
 ) -> None:
     """The InferenceSet controller, where the API server serves the kind (its CRD is optional: an
     installation from before it existed keeps working without it)."""
@@ -322,7 +333,21 @@ async def wire_inferencesets(
         operator_namespace=operator_namespace,
         autoscale_interval_s=autoscale_interval_s,
         activator_host=activator_host,
+        metrics_url_template=metrics_url_template or None,
     )
+
+
+def metrics_url_template_of(args: argparse.Namespace) -> str:
+    """--inferenceset-metrics-url, checked before anything starts."""
+    from kaitopy.controllers.inferenceset.scrape import check_template
+
+    template = str(args.inferenceset_metrics_url)
+    if template:
+        try:
+            check_template(template)
+        except ValueError as err:
+            raise SystemExit(f"--inferenceset-metrics-url {err}") from err
+    return template
 
 
 def run(args: argparse.Namespace) -> int:
@@ -334,6 +359,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     watch = watch_namespaces(args.watch_namespaces)
+    metrics_url_template = metrics_url_template_of(args)
 
     async def main() -> None:
         client = await process.open_client(args)
@@ -379,6 +405,7 @@ def run(args: argparse.Namespace) -> int:
                 args.leader_election_namespace,
                 _positive_seconds("--inferenceset-autoscale-interval", args.inferenceset_autoscale_interval),
                 activator_host_of(args),
+                metrics_url_template,
             )
             log.info(
                 "workspace controller starting",
