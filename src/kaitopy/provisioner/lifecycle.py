@@ -1,6 +1,7 @@
-"""The NodeClaim lifecycle controller (Karpenter's semantics): launch -> register -> initialize,
-and termination with drain. Every step looks once and requeues: a worker is never held for the
-minutes a cloud operation takes."""
+"""The NodeClaim lifecycle controller (Karpenter's semantics): launch -> register -> initialize
+(claimdecision.py), and termination with drain (termination.py), each observe -> decide -> act.
+Every step looks once and requeues: a worker is never held for the minutes a cloud operation
+takes."""
 
 from __future__ import annotations
 
@@ -41,6 +42,12 @@ from kaitopy.provisioner.nodeclaim import (
     single_value_requirements,
 )
 from kaitopy.provisioner.settings import ProvisionerSettings
+from kaitopy.provisioner.termination import (
+    PodOnNode,
+    TerminationObserved,
+    decide_termination,
+    drain_possible,
+)
 from kaitopy.runtime import (
     Client,
     Conflict,
@@ -261,47 +268,94 @@ class NodeClaimLifecycle:
     # -- termination ---------------------------------------------------------------------------
 
     async def _terminate(self, claim: Obj) -> Result | None:
-        if not has_finalizer(claim, TERMINATION_FINALIZER):
-            return None
+        observed = await self._observe_termination(claim)  # observe
+        decision = decide_termination(observed)  # decide
+        # act
         name = str(claim["metadata"]["name"])
-        now = datetime.fromtimestamp(self.clock(), UTC)
-        st = ClaimStatus(thaw(claim.get("status") or {}), now, claim["metadata"].get("generation"))
-        node = self._node_of(claim)
-        instance = await self.provider.get(name)
-        # A lost instance (gone, or failed) or a node given up as unhealthy cannot run or stop its
-        # pods: draining it would wait for nothing, forever where the kubelet is dead.
-        lost = instance is None or instance.state == "failed" or is_repaired(claim)
-        if node is not None and not lost and not await self._drained(claim, node):
-            st.set(TERMINATING, "Unknown", "Draining", f"evicting pods from node {node['metadata']['name']}")
-            self.latest.remember((await patch_status(self.client, NODECLAIM, claim, st.body))[0])
-            return Result(requeue_after=self.settings.poll_interval_s)
-        if instance is not None:
-            if instance.state != "deleting":
-                await self.provider.begin_delete(name)
-                await self.recorder.event(
-                    claim, "Normal", "Terminating", f"deleting instance {instance.name}", action="Terminate"
-                )
-            st.set(
-                TERMINATING,
-                "True",
-                "InstanceTerminating",
-                f"waiting for {self.provider.name} to delete {instance.name}",
+        if decision.cordon is not None:
+            await self.client.patch(kinds.NODE, decision.cordon, {"spec": {"unschedulable": True}})
+        blocked = [key for key in decision.evict if not await self._evict(key)]
+        if blocked:
+            await self.recorder.event(
+                claim,
+                "Warning",
+                "DisruptionBlocked",
+                f"eviction of {', '.join(blocked)} blocked by a PodDisruptionBudget; retrying",
+                action="Terminate",
             )
+        if decision.begin_delete:
+            await self.provider.begin_delete(name)
+            await self.recorder.event(
+                claim, "Normal", "Terminating", f"deleting instance {observed.instance}", action="Terminate"
+            )
+        if decision.condition is not None:
+            now = datetime.fromtimestamp(self.clock(), UTC)
+            st = ClaimStatus(thaw(claim.get("status") or {}), now, claim["metadata"].get("generation"))
+            st.set(TERMINATING, *decision.condition)
             self.latest.remember((await patch_status(self.client, NODECLAIM, claim, st.body))[0])
-            return Result(requeue_after=self.settings.poll_interval_s)
-        if node is not None:
+        if decision.delete_node is not None:
             with contextlib.suppress(NotFound):
-                await self.client.delete(kinds.NODE, str(node["metadata"]["name"]))
-        # By the claim's record too: a provider may delete the Node itself (as a cloud's node
-        # controller does for a deleted VM), and the cache then no longer shows it.
-        node_name = (
-            node["metadata"]["name"] if node is not None else (claim.get("status") or {}).get("nodeName")
+                await self.client.delete(kinds.NODE, decision.delete_node)
+        if decision.release_pods_of is not None:
+            await self._release_pods(decision.release_pods_of)
+        if decision.remove_finalizer:
+            await remove_finalizer(self.client, NODECLAIM, claim, TERMINATION_FINALIZER)
+            log.info("nodeclaim terminated", extra={"nodeclaim": name})
+        return Result(requeue_after=self.settings.poll_interval_s) if decision.requeue else None
+
+    async def _observe_termination(self, claim: Obj) -> TerminationObserved:
+        """The claim, its Node (cached), its instance (asked), and the pods on the Node where a
+        drain is possible. Pods are listed, not cached: termination is rare, and a cluster-wide pod
+        cache would cost memory for every pod in the cluster."""
+        if not has_finalizer(claim, TERMINATION_FINALIZER):
+            return TerminationObserved(False, None, False, None, None, None, False)
+        node = self._node_of(claim)
+        instance = await self.provider.get(str(claim["metadata"]["name"]))
+        observed = TerminationObserved(
+            has_finalizer=True,
+            node=str(node["metadata"]["name"]) if node is not None else None,
+            node_unschedulable=bool((node or {}).get("spec", {}).get("unschedulable")),
+            recorded_node=(claim.get("status") or {}).get("nodeName"),
+            instance=instance.name if instance is not None else None,
+            instance_state=instance.state if instance is not None else None,
+            repaired=is_repaired(claim),
+            provider=self.provider.name,
         )
-        if node_name:
-            await self._release_pods(str(node_name))
-        await remove_finalizer(self.client, NODECLAIM, claim, TERMINATION_FINALIZER)
-        log.info("nodeclaim terminated", extra={"nodeclaim": name})
-        return None
+        if not drain_possible(observed):
+            return observed
+        pods = await self.client.list(kinds.POD, field_selector=f"spec.nodeName={observed.node}")
+        stuck_before = self.clock() - self.settings.stuck_pod_grace_s
+        return dataclasses.replace(
+            observed,
+            pods=tuple(
+                PodOnNode(
+                    key=f"{p['metadata']['namespace']}/{p['metadata']['name']}",
+                    needs_eviction=_needs_eviction(p),
+                    deleting=bool(p["metadata"].get("deletionTimestamp")),
+                    stuck=_stuck(p, stuck_before),
+                )
+                for p in pods.items
+            ),
+        )
+
+    async def _evict(self, key: str) -> bool:
+        """Ask the eviction API to move a pod; False when a PodDisruptionBudget refuses for now."""
+        ns, _, pod_name = key.partition("/")
+        try:
+            await self.client.request(
+                "POST",
+                kinds.POD.path(ns, pod_name, "eviction"),
+                body={
+                    "apiVersion": "policy/v1",
+                    "kind": "Eviction",
+                    "metadata": {"name": pod_name, "namespace": ns},
+                },
+            )
+        except TooManyRequests:
+            return False
+        except NotFound:
+            pass
+        return True
 
     async def _release_pods(self, node_name: str) -> None:
         """Force-delete the pods still bound to a node that is gone: nothing can run or stop them
@@ -320,45 +374,6 @@ class NodeClaimLifecycle:
             log.info(
                 "pod of a deleted node force-deleted", extra={"pod": f"{ns}/{pod_name}", "node": node_name}
             )
-
-    async def _drained(self, claim: Obj, node: Obj) -> bool:
-        """Cordon, then evict through the eviction API (PodDisruptionBudgets decide); True once no
-        pod that needs moving is left. Pods are listed here rather than cached: termination is rare,
-        and a cluster-wide pod cache would cost memory for every pod in the cluster."""
-        node_name = str(node["metadata"]["name"])
-        if not (node.get("spec") or {}).get("unschedulable"):
-            await self.client.patch(kinds.NODE, node_name, {"spec": {"unschedulable": True}})
-        pods = await self.client.list(kinds.POD, field_selector=f"spec.nodeName={node_name}")
-        stuck_before = self.clock() - self.settings.stuck_pod_grace_s
-        remaining = [p for p in pods.items if _needs_eviction(p) and not _stuck(p, stuck_before)]
-        blocked = []
-        for pod in remaining:
-            if (pod["metadata"]).get("deletionTimestamp"):
-                continue
-            ns, pod_name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-            try:
-                await self.client.request(
-                    "POST",
-                    kinds.POD.path(ns, pod_name, "eviction"),
-                    body={
-                        "apiVersion": "policy/v1",
-                        "kind": "Eviction",
-                        "metadata": {"name": pod_name, "namespace": ns},
-                    },
-                )
-            except TooManyRequests:
-                blocked.append(f"{ns}/{pod_name}")
-            except NotFound:
-                pass
-        if blocked:
-            await self.recorder.event(
-                claim,
-                "Warning",
-                "DisruptionBlocked",
-                f"eviction of {', '.join(blocked)} blocked by a PodDisruptionBudget; retrying",
-                action="Terminate",
-            )
-        return not remaining
 
 
 def _stuck(pod: dict[str, Any], before: float) -> bool:
