@@ -1,6 +1,7 @@
 """What kaitopy's model server costs in front of vLLM: the bare vLLM OpenAI server against
-`kaitopy serve --engine vllm` (the same vLLM as a child behind kaitopy's aiohttp front), same tiny model,
-same vLLM flags, same machine, at concurrency 1, 8 and 32.
+`kaitopy serve --engine vllm` (the same vLLM server with kaitopy's routes and middleware inside it, run
+by a supervising `kaitopy serve` process), same tiny model, same vLLM flags, same machine, at
+concurrency 1, 8 and 32.
 
 Every request streams a chat completion of a fixed length (ignore_eos), so both sides generate the same
 tokens; measured: requests/s, output tokens/s and the median time to the first token. Both servers run
@@ -330,6 +331,8 @@ async def main() -> int:
                 },
                 "ratio_tokens_per_s": ratio,
                 "ratio_tokens_per_s_of_medians": median_ratio,
+                "ttft_p50_delta_ms": statistics.median(r.median_ttft_ms for r in runs[("ours", c)])
+                - statistics.median(r.median_ttft_ms for r in runs[("bare", c)]),
                 "ratio_rps": o.rps / b.rps,
                 "ratio_server_cpu_per_token_of_medians": cpu_ratio,
                 "rounds": {
@@ -341,6 +344,8 @@ async def main() -> int:
     overhead = max(0.0, 1 - min(row["ratio_tokens_per_s"] for row in rows))
     medians = ", ".join(f"c={row['concurrency']}: {row['ratio_tokens_per_s_of_medians']:.3f}" for row in rows)
     print(f"ours/bare tok/s, medians of the rounds: {medians}")
+    deltas = ", ".join(f"c={row['concurrency']}: {row['ttft_p50_delta_ms']:+.1f} ms" for row in rows)
+    print(f"TTFT p50, ours - bare (medians of the rounds): {deltas}")
     print(f"largest throughput cost of kaitopy's layer (best rounds): {overhead * 100:.1f}% (goal < 3%)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {

@@ -82,6 +82,8 @@ async def _serve(settings: ServeSettings) -> tuple[int, bool]:
     except SettingsError as exc:
         log.error("cannot start: %s", exc)
         return 2, False
+    if getattr(engine, "serves_http", False):
+        return await _supervise(engine, settings)
     metrics = ServerMetrics()
 
     def on_change(waiting: int, running: int) -> None:
@@ -160,3 +162,49 @@ async def _serve(settings: ServeSettings) -> tuple[int, bool]:
             loop.remove_signal_handler(sig)
     log.info("stopped")
     return code, still_loading
+
+
+async def _supervise(engine: Engine, settings: ServeSettings) -> tuple[int, bool]:
+    """The engine's child serves HTTP itself (vLLM with kaitopy's routes inside): this process only
+    starts it, stops it (and its process group) on SIGTERM, and exits non-zero when it dies."""
+    log.info(
+        "loading %s with the %s engine; it serves %s:%d itself; API key %s; max_tokens default %d, "
+        "limit %d; request timeout %s",
+        settings.model_dir,
+        engine.name,
+        settings.host,
+        settings.port,
+        "required" if settings.api_key else "not set (the API is open)",
+        settings.default_max_tokens,
+        settings.max_tokens_limit,
+        f"{settings.request_timeout_s:g} s" if settings.request_timeout_s else "none",
+    )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    # The load delay test hook is the child's: it answers 503 while it waits.
+    load = asyncio.create_task(engine.start())
+    stop_wait = asyncio.create_task(stopping.wait())
+    code = 0
+    try:
+        await asyncio.wait({load, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if load.done():
+            failure = load.exception()
+            if failure is not None:
+                trace = None if isinstance(failure, SettingsError) else failure
+                log.error("cannot start: %s", failure, exc_info=trace)
+                code = 1
+            else:
+                log.info("ready: serving %s", ", ".join(engine.model_ids()))
+                await stop_wait
+        log.info("stopping: the engine finishes the requests in flight, then exits")
+    finally:
+        load.cancel()
+        stop_wait.cancel()
+        with contextlib.suppress(Exception):
+            await engine.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return code, False
