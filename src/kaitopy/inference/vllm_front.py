@@ -18,7 +18,10 @@ import hmac
 import json
 import logging
 import os
+import select
 import signal
+import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict, dataclass
@@ -95,7 +98,8 @@ async def _respond(
     content_type: str = "application/json",
 ) -> None:
     raw_headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
-    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    # Names as written (Retry-After): HTTP does not care, but some clients' header maps do.
+    raw_headers += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -472,30 +476,47 @@ class KaitoFront:
             self.metrics.latency.labels(KAITO_CHAT).observe(time.monotonic() - started)
 
 
-class _Loading(asyncio.Protocol):
-    """Answers every request 503 while the model loads (vLLM's server accepts only once it has):
-    probes see "loading" at once rather than a connection that hangs."""
+def _loading_reply(request: bytes) -> bytes:
+    target = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
+    if target.split(b"?")[0] == b"/health":
+        body = _json_bytes({"status": "loading"})
+    else:
+        body = _json_bytes(RequestError("the model is still loading; retry later", status=503).to_json())
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nRetry-After: 1\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.data = b""
 
-    def data_received(self, data: bytes) -> None:
-        self.data += data
-        if b"\r\n\r\n" not in self.data and len(self.data) < 65536:
-            return
-        target = self.data.split(b" ", 2)[1] if self.data.count(b" ") >= 2 else b"/"
-        if target.split(b"?")[0] == b"/health":
-            body = _json_bytes({"status": "loading"})
-        else:
-            body = _json_bytes(RequestError("the model is still loading; retry later", status=503).to_json())
-        head = (
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
-        )
-        self.transport.write(head.encode() + body)
-        self.transport.close()
+class _Loading(threading.Thread):
+    """Answers every request 503 while the model loads: probes see "loading" at once rather than a
+    connection that hangs. A thread, since vLLM's start blocks its event loop for most of the load."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        super().__init__(name="kaitopy-loading", daemon=True)
+        self._listener = listener
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            ready, _, _ = select.select([self._listener], [], [], 0.2)
+            if not ready or self._done.is_set():
+                continue
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, OSError):
+                continue
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    request = conn.recv(65536)
+                    conn.sendall(_loading_reply(request))
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+        self._listener.close()
 
 
 async def _serve(args: Any) -> None:
@@ -509,19 +530,21 @@ async def _serve(args: Any) -> None:
 
     signal.signal(signal.SIGTERM, interrupt)
     listen_address, sock = setup_server(args, reuse_port=False)
-    loop = asyncio.get_running_loop()
-    # A duplicate of the listening socket: closing the answerer leaves vLLM's socket open.
-    loading = await loop.create_server(_Loading, sock=sock.dup())
+    sock.listen(512)
+    # A duplicate of the listening socket: closing the answerer's leaves vLLM's open.
+    loading = _Loading(sock.dup())
+    loading.start()
     try:
         delay = float(os.environ.get(LOAD_DELAY_ENV, "0") or 0)
         if delay > 0:
             await asyncio.sleep(delay)  # test hook: a load slow enough to watch
         async with build_async_engine_client(args) as engine_client:
-            loading.close()
+            loading.stop()
             shutdown = await build_and_serve(engine_client, listen_address, sock, args)
         await shutdown
     finally:
-        loading.close()
+        if loading.is_alive():
+            loading.stop()
         sock.close()
 
 
