@@ -48,9 +48,14 @@ def post(server: Server, path: str, data: bytes) -> tuple[int, dict[str, Any], d
     )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read()), dict(response.headers)
+            return response.status, json.loads(response.read()), _lowered(response.headers)
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read()), dict(err.headers)
+        return err.code, json.loads(err.read()), _lowered(err.headers)
+
+
+def _lowered(headers: Any) -> dict[str, str]:
+    # Header names are case-insensitive; uvicorn (the vLLM engine's server) sends them lowercase.
+    return {k.lower(): v for k, v in headers.items()}
 
 
 def metrics(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -439,7 +444,7 @@ def test_queue_full_is_429_and_a_dropped_stream_stops_generating(server: Server,
     status, body, headers = post(server, "/v1/completions", refusal)
     assert status == 429, body
     assert body["error"]["type"] == "rate_limit_error"
-    assert int(headers["Retry-After"]) >= 1
+    assert int(headers["retry-after"]) >= 1
     with pytest.raises(openai.RateLimitError):
         second.chat.completions.create(model=BASE, messages=MESSAGES, max_tokens=2)  # type: ignore[arg-type]
 
