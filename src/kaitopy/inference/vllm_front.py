@@ -428,6 +428,12 @@ class KaitoFront:
         except asyncio.CancelledError:
             state["status"] = 499
             raise
+        except Exception:
+            log.exception("request to %s failed", endpoint)
+            if state.get("started"):
+                raise
+            state["status"] = 500
+            await _error(send, RequestError("internal error while generating", status=500))
         finally:
             self.metrics.requests.labels(endpoint, label, str(state.get("status", 500))).inc()
             self.metrics.latency.labels(endpoint).observe(time.monotonic() - started)
@@ -471,6 +477,10 @@ class KaitoFront:
         except asyncio.CancelledError:
             status = 499
             raise
+        except Exception:
+            log.exception("request to %s failed", KAITO_CHAT)
+            status = 500
+            await _error(send, RequestError("internal error while generating", status=500))
         finally:
             self.metrics.requests.labels(KAITO_CHAT, label, str(status)).inc()
             self.metrics.latency.labels(KAITO_CHAT).observe(time.monotonic() - started)

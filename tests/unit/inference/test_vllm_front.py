@@ -200,3 +200,12 @@ def test_loading_answer_is_503_with_the_right_body() -> None:
     assert health.startswith(b"HTTP/1.1 503 ") and health.endswith(b'{"status":"loading"}')
     other = _loading_reply(b"POST /v1/completions HTTP/1.1\r\n\r\n")
     assert b"the model is still loading" in other
+
+
+async def test_a_failure_inside_vllm_is_an_openai_500() -> None:
+    async def broken(scope: Message, receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    app = KaitoFront(broken, front(FakeVllm()).config)
+    status, _, raw = await call(app, "/v1/completions", {"prompt": "x", "max_tokens": 2})
+    assert status == 500 and json.loads(raw)["error"]["message"] == "internal error while generating"
