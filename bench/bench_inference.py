@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 MODEL = "tiny"
 CONCURRENCY = (1, 8, 32)
+OURS_CONCURRENCY = 256
 PROMPT = [{"role": "user", "content": "hello world , tell me about the kubernetes operator please"}]
 
 
@@ -188,7 +189,13 @@ async def planned_argv(model: Path, port: int) -> list[str]:
     from kaitopy.inference.vllm_engine import VllmEngine
 
     settings = ServeSettings(
-        engine="vllm", model_dir=model, served_model_name=MODEL, dtype="float32", config=InferenceConfig()
+        engine="vllm",
+        model_dir=model,
+        served_model_name=MODEL,
+        dtype="float32",
+        # As `ours` is started below: the planned --max-num-seqs follows it.
+        max_concurrency=OURS_CONCURRENCY,
+        config=InferenceConfig(),
     )
     plan = await VllmEngine(settings).plan(port)
     return plan.argv
@@ -250,7 +257,12 @@ async def main() -> int:
             [
                 *(sys.executable, "-m", "kaitopy.inference", "serve", "--engine=vllm"),
                 *(f"--model-dir={model}", f"--served-model-name={MODEL}", "--dtype=float32"),
-                *("--host=127.0.0.1", f"--port={ours_port}", "--max-concurrency=256", "--max-queue=1024"),
+                *(
+                    "--host=127.0.0.1",
+                    f"--port={ours_port}",
+                    f"--max-concurrency={OURS_CONCURRENCY}",
+                    "--max-queue=1024",
+                ),
             ],
             logs / "ours.log",
             env,

@@ -350,9 +350,12 @@ class KaitoFront:
                 if _USAGE in event and event.startswith(b"data: "):
                     with contextlib.suppress(ValueError, TypeError):
                         chunk = json.loads(event[6:])
-                        self.metrics.count_usage(label, chunk.get("usage"))
-                        if not client_usage and not chunk.get("choices"):
-                            continue
+                        # The final usage event has no choices; with continuous_usage_stats the
+                        # others carry running totals, which must not be counted again.
+                        if not chunk.get("choices"):
+                            self.metrics.count_usage(label, chunk.get("usage"))
+                            if not client_usage:
+                                continue
                 kept.append(event)
             return b"\n\n".join(kept)
 
