@@ -11,7 +11,9 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
+import aiohttp
 from aiohttp import web
 
 from kaitopy.inference import adapters as adapter_files
@@ -186,6 +188,7 @@ async def _supervise(engine: Engine, settings: ServeSettings) -> tuple[int, bool
     # The load delay test hook is the child's: it answers 503 while it waits.
     load = asyncio.create_task(engine.start())
     stop_wait = asyncio.create_task(stopping.wait())
+    hot: list[asyncio.Task[None]] = []
     code = 0
     try:
         await asyncio.wait({load, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -197,14 +200,49 @@ async def _supervise(engine: Engine, settings: ServeSettings) -> tuple[int, bool
                 code = 1
             else:
                 log.info("ready: serving %s", ", ".join(engine.model_ids()))
+                manager = adapter_manager(settings, engine)
+                if manager is not None and isinstance(engine, StatusSink):
+                    hot = [
+                        asyncio.create_task(manager.run()),
+                        asyncio.create_task(_publish_status(manager, engine)),
+                    ]
+                    log.info("hot-load: following %s", settings.adapter_desired_file)
                 await stop_wait
         log.info("stopping: the engine finishes the requests in flight, then exits")
     finally:
         load.cancel()
         stop_wait.cancel()
+        for task in hot:
+            task.cancel()
         with contextlib.suppress(Exception):
             await engine.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("stopped")
     return code, False
+
+
+@runtime_checkable
+class StatusSink(Protocol):
+    """An engine whose child answers GET /adapters itself (one-hop vLLM)."""
+
+    async def publish_adapter_status(self, status: dict[str, Any]) -> None: ...
+
+
+async def _publish_status(manager: AdapterManager, sink: StatusSink, every_s: float = 0.1) -> None:
+    """Hand hot-load's states to the server that answers GET /adapters whenever they change; the
+    states are this process's, the server is the vLLM child."""
+    sent: dict[str, Any] | None = None
+    failing = False
+    while True:
+        status = manager.snapshot()
+        if status != sent:
+            try:
+                await sink.publish_adapter_status(status)
+            except (aiohttp.ClientError, OSError, RuntimeError) as exc:
+                if not failing:
+                    log.warning("cannot hand the adapter states to the server (retrying): %s", exc)
+                failing = True
+            else:
+                sent, failing = status, False
+        await asyncio.sleep(every_s)

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import socket
 import sys
 import tempfile
@@ -41,7 +42,7 @@ from kaitopy.inference.vllm_args import (
     read_model_shape,
     serving_dtype,
 )
-from kaitopy.inference.vllm_front import FRONT_ENV, MIDDLEWARE, FrontConfig
+from kaitopy.inference.vllm_front import ADAPTER_STATUS, CONTROL_HEADER, FRONT_ENV, MIDDLEWARE, FrontConfig
 from kaitopy.inference.vllm_memory import measure_memory, with_limit
 from kaitopy.inference.vllm_options import known_vllm_options
 
@@ -317,6 +318,8 @@ class VllmEngine:
         # (host, port): the child is the only HTTP server, vLLM's app with kaitopy's routes inside
         # (vllm_front); None: it listens on loopback behind kaitopy's aiohttp front.
         self._public = public
+        # One-hop: the secret that opens the child's hot-load routes to this process alone.
+        self._control_token = secrets.token_urlsafe(32) if public is not None else None
 
     @property
     def serves_http(self) -> bool:
@@ -426,8 +429,10 @@ class VllmEngine:
             await self._start_ray_head(plan.ray.command, plan.ray.wait_for_nodes, env)
         probe_host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
         self._base = f"http://{probe_host}:{port}"
+        control = {CONTROL_HEADER.decode(): self._control_token} if self._control_token else None
         self._session = aiohttp.ClientSession(
             self._base,
+            headers=control,
             connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
             read_bufsize=2**20,
@@ -477,6 +482,7 @@ class VllmEngine:
             request_timeout_s=s.request_timeout_s,
             # To the child's environment, never its argv (which `ps` shows and the log prints).
             api_key=s.api_key,
+            control_token=self._control_token,
         )
 
     async def _start_ray_head(self, command: list[str], nodes: int, env: dict[str, str]) -> None:
@@ -648,6 +654,14 @@ class VllmEngine:
         if problem is not None:
             raise adapters.AdapterInvalid(problem)
         return Adapter(name, path, found.rank)
+
+    async def publish_adapter_status(self, status: dict[str, Any]) -> None:
+        """One-hop: hand hot-load's per-adapter states to the child, which answers GET /adapters."""
+        if self._session is None:
+            raise RuntimeError("vLLM is not running")
+        async with self._session.post(ADAPTER_STATUS, json=status) as response:
+            if response.status >= 400:
+                raise RuntimeError(f"the server refused the adapter states: {response.status}")
 
     async def _lora_call(self, path: str, body: dict[str, Any]) -> None:
         if self._session is None:

@@ -42,6 +42,16 @@ MIDDLEWARE = "kaitopy.inference.vllm_front.KaitoFront"
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 KAITO_CHAT = "/chat"
+ADAPTERS = "/adapters"
+# vLLM's runtime LoRA routes: only `kaitopy serve` (hot-load) may call them, never a client (a client
+# could otherwise load any file of the pod as an adapter, or drop the ones the Workspace lists).
+LORA_LOAD = "/v1/load_lora_adapter"
+LORA_UNLOAD = "/v1/unload_lora_adapter"
+# Where `kaitopy serve` posts hot-load's per-adapter states for GET /adapters.
+ADAPTER_STATUS = "/kaitopy/adapter-status"
+CONTROL_PATHS = frozenset({LORA_LOAD, LORA_UNLOAD, ADAPTER_STATUS})
+# The header that carries the control token (FrontConfig.control_token) on those routes.
+CONTROL_HEADER = b"x-kaitopy-control"
 # Test hook (as in app.py): hold the load back so a test can watch /health answer 503 first.
 LOAD_DELAY_ENV = "KAITOPY_LOAD_DELAY_S"
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -68,6 +78,9 @@ class FrontConfig:
     request_timeout_s: float
     api_key: str | None = None
     retry_after_s: int = 1
+    # A secret `kaitopy serve` made for this start: the control routes answer only requests carrying
+    # it (None: they answer nobody). From the environment, like the API key, never the argv.
+    control_token: str | None = None
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -151,6 +164,11 @@ class KaitoFront:
 
         self.admission = Admission(self.config.max_concurrency, self.config.max_queue, on_change)
         self._key = self.config.api_key.encode() if self.config.api_key else None
+        self._control = self.config.control_token.encode() if self.config.control_token else None
+        # The base model, then the adapters served now: hot-load adds and removes adapters.
+        self.model_ids = list(self.config.model_ids)
+        # Hot-load's states as `kaitopy serve` last posted them (None: hot-load is off).
+        self.adapter_status: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -158,6 +176,9 @@ class KaitoFront:
             return
         path: str = scope["path"]
         method: str = scope["method"]
+        if path in CONTROL_PATHS:
+            await self._control_call(scope, receive, send, path)
+            return
         if self._key is not None and _guarded(path) and not self._authorized(scope):
             err = RequestError(
                 "missing or wrong API key: send `Authorization: Bearer <key>`",
@@ -172,12 +193,65 @@ class KaitoFront:
             await self._health(scope, send)
         elif path == "/metrics":
             await self._metrics(scope, send)
+        elif path == ADAPTERS and method == "GET":
+            await self._adapters(send)
         elif method == "POST" and path in (CHAT, COMPLETIONS):
             await self._generate(scope, receive, send, path)
         elif method == "POST" and path == KAITO_CHAT:
             await self._kaito_chat(scope, receive, send)
         else:
             await self.app(scope, receive, self._mapped_errors(send, "messages"))
+
+    # --- hot-load's control routes ------------------------------------------------------------------
+
+    def _controller(self, scope: Scope) -> bool:
+        if self._control is None:
+            return False
+        value = b""
+        for name, header in scope.get("headers") or ():
+            if name.lower() == CONTROL_HEADER:
+                value = header
+        return hmac.compare_digest(value, self._control)
+
+    async def _control_call(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """The LoRA routes and the status post, for `kaitopy serve` only; anyone else gets the 404 an
+        unknown path gets. The served model list follows what vLLM loaded and unloaded."""
+        if scope["method"] != "POST" or not self._controller(scope):
+            await _error(send, RequestError(f"Not Found: {scope['method']} {path}", status=404))
+            return
+        try:
+            raw = await _read_body(receive)
+            if path == ADAPTER_STATUS:
+                json.loads(raw)  # what /adapters will answer must be JSON
+                self.adapter_status = raw
+                await _respond(send, 204, b"")
+                return
+            name = validation.parse_body(raw).get("lora_name")
+        except (RequestError, ValueError) as exc:
+            err = exc if isinstance(exc, RequestError) else RequestError(f"not JSON: {exc}", status=400)
+            await _error(send, err)
+            return
+        if not isinstance(name, str) or not name:
+            await _error(send, RequestError("lora_name must be a non-empty string", status=400))
+            return
+        if path == LORA_UNLOAD and name in self.model_ids[1:]:
+            # Out of the list first: no new request picks it while vLLM drops it.
+            self.model_ids.remove(name)
+        status, body = await self._internal(scope, "POST", path, raw)
+        if path == LORA_LOAD and status < 300 and name not in self.model_ids:
+            self.model_ids.append(name)
+        if status >= 400:
+            await _error(send, _client_error(status, body, "lora_name"))
+        else:
+            await _respond(send, status, body, content_type="text/plain")
+
+    async def _adapters(self, send: Send) -> None:
+        """Each adapter's state as hot-load reports it; without hot-load, the served ones as Ready."""
+        if self.adapter_status is not None:
+            await _respond(send, 200, self.adapter_status)
+            return
+        served = [{"name": n, "image": "", "state": "Ready", "reason": ""} for n in self.model_ids[1:]]
+        await _respond(send, 200, _json_bytes({"observed": "", "adapters": served}))
 
     def _authorized(self, scope: Scope) -> bool:
         assert self._key is not None
@@ -223,7 +297,7 @@ class KaitoFront:
 
     async def _prompt_tokens(self, scope: Scope, body: dict[str, Any]) -> int:
         """The prompt's length as vLLM tokenizes it (its /tokenize applies the chat template)."""
-        request: dict[str, Any] = {"model": body.get("model") or self.config.model_ids[0]}
+        request: dict[str, Any] = {"model": body.get("model") or self.model_ids[0]}
         if "messages" in body:
             request |= {"messages": body["messages"], "add_generation_prompt": True}
         else:
@@ -287,7 +361,7 @@ class KaitoFront:
 
     async def _with_defaults(self, scope: Scope, body: dict[str, Any]) -> dict[str, Any]:
         if body.get("model") is None:
-            body["model"] = self.config.model_ids[0]
+            body["model"] = self.model_ids[0]
         if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
             # vLLM's own default is all the room the context has left; ours is capped, and less when
             # the room is less (no room: one token, and vLLM answers the context error).
@@ -381,7 +455,7 @@ class KaitoFront:
             body = validation.parse_body(await _read_body(receive))
             kind = "chat" if endpoint == CHAT else "completion"
             # Checked before admission: a request that cannot succeed gets its 4xx now, never a 429.
-            label = validation.check_request(body, kind, self.config.model_ids, self.limits)
+            label = validation.check_request(body, kind, self.model_ids, self.limits)
             body = await self._with_defaults(scope, body)
             client_usage = False
             if body.get("stream") is True:
@@ -447,10 +521,8 @@ class KaitoFront:
         status = 500
         try:
             payload = validation.parse_body(await _read_body(receive))
-            translated = kaito_chat.translate(payload, self.config.model_ids[0])
-            label = validation.check_request(
-                translated.body, translated.kind, self.config.model_ids, self.limits
-            )
+            translated = kaito_chat.translate(payload, self.model_ids[0])
+            label = validation.check_request(translated.body, translated.kind, self.model_ids, self.limits)
             prompt_tokens = None
             if translated.max_length is not None:
                 prompt_tokens = await self._prompt_tokens(scope, translated.body)

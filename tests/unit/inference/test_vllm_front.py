@@ -209,3 +209,76 @@ async def test_a_failure_inside_vllm_is_an_openai_500() -> None:
     app = KaitoFront(broken, front(FakeVllm()).config)
     status, _, raw = await call(app, "/v1/completions", {"prompt": "x", "max_tokens": 2})
     assert status == 500 and json.loads(raw)["error"]["message"] == "internal error while generating"
+
+
+class FakeLora(FakeVllm):
+    """vLLM's runtime LoRA routes: 200 for a load of any name but "broken", 200 for an unload."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lora_calls: list[tuple[str, str]] = []
+
+    async def __call__(self, scope: Message, receive: Any, send: Any) -> None:
+        if scope["path"] not in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+            await super().__call__(scope, receive, send)
+            return
+        body = json.loads((await receive())["body"])
+        self.lora_calls.append((scope["path"], body["lora_name"]))
+        if body["lora_name"] == "broken":
+            error = {"error": {"message": "no adapter there", "type": "BadRequestError", "code": 400}}
+            await self._send(send, 400, json.dumps(error).encode())
+            return
+        await self._send(send, 200, b"Success")
+
+
+CONTROL = [(b"x-kaitopy-control", b"t0ken")]
+
+
+async def test_lora_routes_answer_only_the_supervisor_and_the_model_list_follows_them() -> None:
+    fake = FakeLora()
+    app = front(fake, control_token="t0ken", api_key="s3cret")
+    auth = [(b"authorization", b"Bearer s3cret")]
+    # A client, even with the API key, cannot load a file of the pod or drop an adapter.
+    for headers in (auth, [*auth, (b"x-kaitopy-control", b"guess")]):
+        status, _, raw = await call(
+            app, "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/"}, headers
+        )
+        assert status == 404 and json.loads(raw)["error"]["message"].startswith("Not Found")
+        assert (await call(app, "/v1/unload_lora_adapter", {"lora_name": "alpha"}, headers))[0] == 404
+        assert (await call(app, "/kaitopy/adapter-status", {"adapters": []}, headers))[0] == 404
+    assert fake.lora_calls == []
+
+    request = {"model": "beta", "prompt": "x", "max_tokens": 2}
+    assert (await call(app, "/v1/completions", request, auth))[0] == 404
+    assert (await call(app, "/v1/load_lora_adapter", {"lora_name": "beta", "lora_path": "/a"}, CONTROL))[
+        0
+    ] == 200
+    assert (await call(app, "/v1/completions", request, auth))[0] == 200
+    status, _, raw = await call(
+        app, "/v1/load_lora_adapter", {"lora_name": "broken", "lora_path": "/b"}, CONTROL
+    )
+    assert status == 400 and json.loads(raw)["error"]["message"] == "no adapter there"
+    assert (await call(app, "/v1/unload_lora_adapter", {"lora_name": "beta"}, CONTROL))[0] == 200
+    assert (await call(app, "/v1/completions", request, auth))[0] == 404
+    assert app.model_ids == ["tiny", "alpha"]
+
+
+async def test_lora_routes_are_closed_without_a_control_token() -> None:
+    fake = FakeLora()
+    app = front(fake)
+    assert (await call(app, "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/"}, CONTROL))[0] == 404
+    assert fake.lora_calls == []
+
+
+async def test_adapters_reports_what_the_supervisor_posted() -> None:
+    app = front(FakeLora(), control_token="t0ken")
+    status, _, raw = await call(app, "/adapters")
+    assert status == 200
+    assert json.loads(raw) == {
+        "observed": "",
+        "adapters": [{"name": "alpha", "image": "", "state": "Ready", "reason": ""}],
+    }
+    posted = {"observed": "abc", "adapters": [{"name": "beta", "state": "Pulling", "reason": ""}]}
+    assert (await call(app, "/kaitopy/adapter-status", posted, CONTROL))[0] == 204
+    status, _, raw = await call(app, "/adapters")
+    assert status == 200 and json.loads(raw) == posted
