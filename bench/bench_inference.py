@@ -1,6 +1,7 @@
 """What kaitopy's model server costs in front of vLLM: the bare vLLM OpenAI server against
-`kaitopy serve --engine vllm` (the same vLLM as a child behind kaitopy's aiohttp front), same tiny model,
-same vLLM flags, same machine, at concurrency 1, 8 and 32.
+`kaitopy serve --engine vllm` (the same vLLM server with kaitopy's routes and middleware inside it, run
+by a supervising `kaitopy serve` process), same tiny model, same vLLM flags, same machine, at
+concurrency 1, 8 and 32.
 
 Every request streams a chat completion of a fixed length (ignore_eos), so both sides generate the same
 tokens; measured: requests/s, output tokens/s and the median time to the first token. Both servers run
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 MODEL = "tiny"
 CONCURRENCY = (1, 8, 32)
+OURS_CONCURRENCY = 256
 PROMPT = [{"role": "user", "content": "hello world , tell me about the kubernetes operator please"}]
 
 
@@ -187,7 +189,13 @@ async def planned_argv(model: Path, port: int) -> list[str]:
     from kaitopy.inference.vllm_engine import VllmEngine
 
     settings = ServeSettings(
-        engine="vllm", model_dir=model, served_model_name=MODEL, dtype="float32", config=InferenceConfig()
+        engine="vllm",
+        model_dir=model,
+        served_model_name=MODEL,
+        dtype="float32",
+        # As `ours` is started below: the planned --max-num-seqs follows it.
+        max_concurrency=OURS_CONCURRENCY,
+        config=InferenceConfig(),
     )
     plan = await VllmEngine(settings).plan(port)
     return plan.argv
@@ -249,7 +257,12 @@ async def main() -> int:
             [
                 *(sys.executable, "-m", "kaitopy.inference", "serve", "--engine=vllm"),
                 *(f"--model-dir={model}", f"--served-model-name={MODEL}", "--dtype=float32"),
-                *("--host=127.0.0.1", f"--port={ours_port}", "--max-concurrency=256", "--max-queue=1024"),
+                *(
+                    "--host=127.0.0.1",
+                    f"--port={ours_port}",
+                    f"--max-concurrency={OURS_CONCURRENCY}",
+                    "--max-queue=1024",
+                ),
             ],
             logs / "ours.log",
             env,
@@ -330,6 +343,8 @@ async def main() -> int:
                 },
                 "ratio_tokens_per_s": ratio,
                 "ratio_tokens_per_s_of_medians": median_ratio,
+                "ttft_p50_delta_ms": statistics.median(r.median_ttft_ms for r in runs[("ours", c)])
+                - statistics.median(r.median_ttft_ms for r in runs[("bare", c)]),
                 "ratio_rps": o.rps / b.rps,
                 "ratio_server_cpu_per_token_of_medians": cpu_ratio,
                 "rounds": {
@@ -341,6 +356,8 @@ async def main() -> int:
     overhead = max(0.0, 1 - min(row["ratio_tokens_per_s"] for row in rows))
     medians = ", ".join(f"c={row['concurrency']}: {row['ratio_tokens_per_s_of_medians']:.3f}" for row in rows)
     print(f"ours/bare tok/s, medians of the rounds: {medians}")
+    deltas = ", ".join(f"c={row['concurrency']}: {row['ttft_p50_delta_ms']:+.1f} ms" for row in rows)
+    print(f"TTFT p50, ours - bare (medians of the rounds): {deltas}")
     print(f"largest throughput cost of kaitopy's layer (best rounds): {overhead * 100:.1f}% (goal < 3%)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {

@@ -11,7 +11,9 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
+import aiohttp
 from aiohttp import web
 
 from kaitopy.inference import adapters as adapter_files
@@ -82,6 +84,8 @@ async def _serve(settings: ServeSettings) -> tuple[int, bool]:
     except SettingsError as exc:
         log.error("cannot start: %s", exc)
         return 2, False
+    if getattr(engine, "serves_http", False):
+        return await _supervise(engine, settings)
     metrics = ServerMetrics()
 
     def on_change(waiting: int, running: int) -> None:
@@ -160,3 +164,85 @@ async def _serve(settings: ServeSettings) -> tuple[int, bool]:
             loop.remove_signal_handler(sig)
     log.info("stopped")
     return code, still_loading
+
+
+async def _supervise(engine: Engine, settings: ServeSettings) -> tuple[int, bool]:
+    """The engine's child serves HTTP itself (vLLM with kaitopy's routes inside): this process only
+    starts it, stops it (and its process group) on SIGTERM, and exits non-zero when it dies."""
+    log.info(
+        "loading %s with the %s engine; it serves %s:%d itself; API key %s; max_tokens default %d, "
+        "limit %d; request timeout %s",
+        settings.model_dir,
+        engine.name,
+        settings.host,
+        settings.port,
+        "required" if settings.api_key else "not set (the API is open)",
+        settings.default_max_tokens,
+        settings.max_tokens_limit,
+        f"{settings.request_timeout_s:g} s" if settings.request_timeout_s else "none",
+    )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    # The load delay test hook is the child's: it answers 503 while it waits.
+    load = asyncio.create_task(engine.start())
+    stop_wait = asyncio.create_task(stopping.wait())
+    hot: list[asyncio.Task[None]] = []
+    code = 0
+    try:
+        await asyncio.wait({load, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if load.done():
+            failure = load.exception()
+            if failure is not None:
+                trace = None if isinstance(failure, SettingsError) else failure
+                log.error("cannot start: %s", failure, exc_info=trace)
+                code = 1
+            else:
+                log.info("ready: serving %s", ", ".join(engine.model_ids()))
+                manager = adapter_manager(settings, engine)
+                if manager is not None and isinstance(engine, StatusSink):
+                    hot = [
+                        asyncio.create_task(manager.run()),
+                        asyncio.create_task(_publish_status(manager, engine)),
+                    ]
+                    log.info("hot-load: following %s", settings.adapter_desired_file)
+                await stop_wait
+        log.info("stopping: the engine finishes the requests in flight, then exits")
+    finally:
+        load.cancel()
+        stop_wait.cancel()
+        for task in hot:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await engine.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return code, False
+
+
+@runtime_checkable
+class StatusSink(Protocol):
+    """An engine whose child answers GET /adapters itself (one-hop vLLM)."""
+
+    async def publish_adapter_status(self, status: dict[str, Any]) -> None: ...
+
+
+async def _publish_status(manager: AdapterManager, sink: StatusSink, every_s: float = 0.1) -> None:
+    """Hand hot-load's states to the server that answers GET /adapters whenever they change; the
+    states are this process's, the server is the vLLM child."""
+    sent: dict[str, Any] | None = None
+    failing = False
+    while True:
+        status = manager.snapshot()
+        if status != sent:
+            try:
+                await sink.publish_adapter_status(status)
+            except (aiohttp.ClientError, OSError, RuntimeError) as exc:
+                if not failing:
+                    log.warning("cannot hand the adapter states to the server (retrying): %s", exc)
+                failing = True
+            else:
+                sent, failing = status, False
+        await asyncio.sleep(every_s)

@@ -30,6 +30,9 @@ def build_engine(settings: ServeSettings) -> Engine:
                 f"--engine=vllm: {exc.name} is not installed in this image; install kaitopy[inference] "
                 "(vLLM needs a CUDA machine) or use --engine=transformers"
             ) from None
-        engine: Engine = module.VllmEngine(settings)
+        # One node: vLLM's own server is the only HTTP server, with kaitopy's routes inside it (no
+        # second hop). Multi-node keeps the front, which a worker pod needs for its probes.
+        public = (settings.host, settings.port) if settings.role == "single" else None
+        engine: Engine = module.VllmEngine(settings, public=public)
         return engine
     raise SettingsError(f"--engine {settings.engine!r}: expected transformers or vllm")

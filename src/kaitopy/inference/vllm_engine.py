@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import socket
 import sys
 import tempfile
@@ -41,12 +42,14 @@ from kaitopy.inference.vllm_args import (
     read_model_shape,
     serving_dtype,
 )
+from kaitopy.inference.vllm_front import ADAPTER_STATUS, CONTROL_HEADER, FRONT_ENV, MIDDLEWARE, FrontConfig
 from kaitopy.inference.vllm_memory import measure_memory, with_limit
 from kaitopy.inference.vllm_options import known_vllm_options
 
 log = logging.getLogger(__name__)
 
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+FRONT_MODULE = "kaitopy.inference.vllm_front"
 EXIT_CHILD_DIED = 3
 # How often a long vLLM start says it is still going.
 PROGRESS_EVERY_S = 30.0
@@ -97,6 +100,14 @@ class VllmSettings(Protocol):
     def leader_address(self) -> str | None: ...
     @property
     def max_concurrency(self) -> int: ...
+    @property
+    def max_queue(self) -> int: ...
+    @property
+    def max_tokens_limit(self) -> int: ...
+    @property
+    def request_timeout_s(self) -> float: ...
+    @property
+    def api_key(self) -> str | None: ...
     @property
     def default_max_tokens(self) -> int: ...
     @property
@@ -279,6 +290,7 @@ class VllmEngine:
         startup_timeout: float = 1800.0,
         metrics_interval: float = 5.0,
         on_child_death: Callable[[int], None] | None = None,
+        public: tuple[str, int] | None = None,
     ) -> None:
         self._settings = settings
         self._python = python
@@ -303,10 +315,20 @@ class VllmEngine:
         self._served: list[str] = []  # the adapters served now, hot-loaded ones included
         self._lora_rank = 0
         self._seq = 0
+        # (host, port): the child is the only HTTP server, vLLM's app with kaitopy's routes inside
+        # (vllm_front); None: it listens on loopback behind kaitopy's aiohttp front.
+        self._public = public
+        # One-hop: the secret that opens the child's hot-load routes to this process alone.
+        self._control_token = secrets.token_urlsafe(32) if public is not None else None
+
+    @property
+    def serves_http(self) -> bool:
+        """Whether clients talk to the child directly (the front must not listen)."""
+        return self._public is not None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    async def plan(self, port: int) -> VllmPlan:
+    async def plan(self, port: int, host: str = "127.0.0.1") -> VllmPlan:
         s = self._settings
         scan = discover_adapters(s.adapter_dir)
         for problem in scan.problems:
@@ -337,6 +359,7 @@ class VllmEngine:
             reasoning_parser=s.reasoning_parser,
             extra=dict(s.config.vllm),
             adapters=served,
+            host=host,
             port=port,
             role=s.role,
             leader_address=s.leader_address,
@@ -380,9 +403,9 @@ class VllmEngine:
         return checked
 
     async def start(self) -> None:
-        port = free_port()
+        host, port = self._public or ("127.0.0.1", free_port())
         try:
-            self._plan = plan = await self.plan(port)
+            self._plan = plan = await self.plan(port, host)
         except PlanError as exc:
             # A setting to fix, not a bug: the front logs it as one line.
             raise SettingsError(str(exc)) from None
@@ -404,14 +427,21 @@ class VllmEngine:
             return
         if plan.ray is not None:
             await self._start_ray_head(plan.ray.command, plan.ray.wait_for_nodes, env)
-        self._base = f"http://127.0.0.1:{port}"
+        probe_host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+        self._base = f"http://{probe_host}:{port}"
+        control = {CONTROL_HEADER.decode(): self._control_token} if self._control_token else None
         self._session = aiohttp.ClientSession(
             self._base,
+            headers=control,
             connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
             read_bufsize=2**20,
         )
         argv = [self._python, "-m", VLLM_SERVER_MODULE, *plan.argv, "--disable-uvicorn-access-log"]
+        if self._public is not None:
+            argv = [self._python, "-m", FRONT_MODULE, *plan.argv, "--disable-uvicorn-access-log"]
+            argv += ["--middleware", MIDDLEWARE]
+            env[FRONT_ENV] = self._front_config(plan).to_env()
         log.info("starting vLLM: %s", " ".join(redacted(argv)))
         notice = compile_notice(env, argv)
         if notice:
@@ -436,7 +466,24 @@ class VllmEngine:
         await self._wait_healthy()
         self._healthy = True
         self._tasks.append(asyncio.create_task(self._watch_child()))
-        self._tasks.append(asyncio.create_task(self._scrape_metrics()))
+        if self._public is None:
+            # One-hop: /metrics and the probes reach the child itself; nothing to copy.
+            self._tasks.append(asyncio.create_task(self._scrape_metrics()))
+
+    def _front_config(self, plan: VllmPlan) -> FrontConfig:
+        s = self._settings
+        return FrontConfig(
+            model_ids=list(plan.model_ids),
+            max_model_len=plan.max_model_len,
+            max_concurrency=s.max_concurrency,
+            max_queue=s.max_queue,
+            default_max_tokens=s.default_max_tokens,
+            max_tokens_limit=s.max_tokens_limit,
+            request_timeout_s=s.request_timeout_s,
+            # To the child's environment, never its argv (which `ps` shows and the log prints).
+            api_key=s.api_key,
+            control_token=self._control_token,
+        )
 
     async def _start_ray_head(self, command: list[str], nodes: int, env: dict[str, str]) -> None:
         log.info("multi-node leader: %s; waiting for %d Ray nodes", " ".join(command), nodes)
@@ -607,6 +654,14 @@ class VllmEngine:
         if problem is not None:
             raise adapters.AdapterInvalid(problem)
         return Adapter(name, path, found.rank)
+
+    async def publish_adapter_status(self, status: dict[str, Any]) -> None:
+        """One-hop: hand hot-load's per-adapter states to the child, which answers GET /adapters."""
+        if self._session is None:
+            raise RuntimeError("vLLM is not running")
+        async with self._session.post(ADAPTER_STATUS, json=status) as response:
+            if response.status >= 400:
+                raise RuntimeError(f"the server refused the adapter states: {response.status}")
 
     async def _lora_call(self, path: str, body: dict[str, Any]) -> None:
         if self._session is None:

@@ -48,9 +48,14 @@ def post(server: Server, path: str, data: bytes) -> tuple[int, dict[str, Any], d
     )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read()), dict(response.headers)
+            return response.status, json.loads(response.read()), _lowered(response.headers)
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read()), dict(err.headers)
+        return err.code, json.loads(err.read()), _lowered(err.headers)
+
+
+def _lowered(headers: Any) -> dict[str, str]:
+    # Header names are case-insensitive; uvicorn (the vLLM engine's server) sends them lowercase.
+    return {k.lower(): v for k, v in headers.items()}
 
 
 def metrics(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -439,7 +444,7 @@ def test_queue_full_is_429_and_a_dropped_stream_stops_generating(server: Server,
     status, body, headers = post(server, "/v1/completions", refusal)
     assert status == 429, body
     assert body["error"]["type"] == "rate_limit_error"
-    assert int(headers["Retry-After"]) >= 1
+    assert int(headers["retry-after"]) >= 1
     with pytest.raises(openai.RateLimitError):
         second.chat.completions.create(model=BASE, messages=MESSAGES, max_tokens=2)  # type: ignore[arg-type]
 
@@ -528,3 +533,46 @@ def test_sigterm_while_loading_exits_0(model_files: ModelFiles, tmp_path: Path) 
     finally:
         stop_server(srv)
     assert "stopped" in srv.log_text()
+
+
+def _listener(port: int) -> str | None:
+    """The socket inode listening on 127.0.0.1:`port` (state 0A in /proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            return inode
+    return None
+
+
+def _holds_socket(pid: int, inode: str) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    target = f"socket:[{inode}]"
+    for fd in fds.iterdir():
+        try:
+            if fd.readlink().as_posix() == target:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_one_http_server_answers(server: Server) -> None:
+    """The port clients use is served by the process that generates: with vLLM that is vLLM's own
+    server (kaitopy's routes inside it), and the supervising `kaitopy serve` holds no listener, so a
+    request crosses one HTTP server; with transformers, the one `kaitopy serve` process."""
+    inode = _listener(server.port)
+    assert inode is not None
+    serve_pid = server.process.pid
+    kids = [int(p) for p in Path(f"/proc/{serve_pid}/task/{serve_pid}/children").read_text().split()]
+    holders = [pid for pid in [serve_pid, *kids] if _holds_socket(pid, inode)]
+    if server.engine == "vllm":
+        assert len(holders) == 1 and holders[0] != serve_pid, holders
+        assert b"kaitopy.inference.vllm_front" in Path(f"/proc/{holders[0]}/cmdline").read_bytes()
+        # Kaito's /chat and kaitopy's metrics come from that same process.
+        status, body, _ = post(
+            server, "/chat", json.dumps({"prompt": "hi", "generate_kwargs": {"max_length": 8}}).encode()
+        )
+        assert status == 200 and "Result" in body, body
+    else:
+        assert holders == [serve_pid]

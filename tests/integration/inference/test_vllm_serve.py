@@ -29,6 +29,11 @@ def test_child_death_exits_the_server_non_zero(model_files: ModelFiles, tmp_path
     srv = start_server("vllm", model_files, tmp_path / "server.log")
     try:
         wait_ready(srv, timeout=240)
+        # One hop: /health is the child's own, so it can answer 200 before `kaitopy serve` has seen
+        # it; a death then is a failed start, not the death of a running server tested here.
+        deadline = time.monotonic() + 60
+        while "ready: serving" not in srv.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
         vllm_children = [
             p for p in children(srv.process.pid) if b"vllm" in Path(f"/proc/{p}/cmdline").read_bytes()
         ]
