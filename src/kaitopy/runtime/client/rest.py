@@ -14,7 +14,6 @@ environment's proxy is resolved once instead, on first use (client-go, too, read
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -31,7 +30,7 @@ from yarl import URL
 from kaitopy.runtime.errors import NotFound, TransportError, api_error
 from kaitopy.runtime.kinds import WELL_KNOWN, Kind, split_api_version
 from kaitopy.runtime.metrics import Metrics
-from kaitopy.runtime.objects import dumps, name_of, namespace_of
+from kaitopy.runtime.objects import dumps, loads, name_of, namespace_of
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +245,7 @@ class Client:
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Like `request_bytes`, decoding the JSON answer into plain dicts."""
         payload = await self.request_bytes(method, path, **kwargs)
-        return json.loads(payload) if payload else None
+        return loads(payload) if payload else None
 
     @asynccontextmanager
     async def stream(
@@ -315,7 +314,7 @@ class Client:
         *,
         label_selector: str | None = None,
         field_selector: str | None = None,
-        decode: Callable[[bytes], Any] = json.loads,
+        decode: Callable[[bytes], Any] = loads,
     ) -> AsyncIterator[tuple[list[Any], str]]:
         """Pages of a list (limit/continue); yields (items, resourceVersion) per page."""
         cont: str | None = None
