@@ -5,10 +5,11 @@ fields). kubernetes_asyncio supplies configuration loading (kubeconfig or in-clu
 token refresh) and the TLS-configured connection pool; every request is counted in
 `rest_client_requests_total`.
 
-Requests go through a session of our own on that pool, with `trust_env` off: kubernetes_asyncio's
-session trusts the environment, so aiohttp resolved the proxy and read ~/.netrc in a worker thread
-for every request (two thread hand-offs each, about 0.4 ms of CPU per request measured here). The
-environment's proxy is resolved once instead, on first use (client-go, too, reads it once).
+The api client's session is replaced, on first use, by one with `trust_env` off: kubernetes_asyncio's
+session trusts the environment, so aiohttp looked up the proxy and ~/.netrc in worker threads for
+every request (two thread hand-offs each, about 0.4 ms of CPU per request measured here; a netrc
+entry for the API server would even have clashed with the bearer token). The proxy is resolved once
+instead: the kubeconfig's proxy-url, else the environment's (client-go, too, reads it once).
 """
 
 from __future__ import annotations
@@ -98,7 +99,6 @@ class Client:
         self.settings = settings or ClientSettings()
         self._host = str(urlsplit(str(api_client.configuration.host)).netloc)
         self._kinds: dict[tuple[str, str], Kind] = dict(WELL_KNOWN)
-        self._session: aiohttp.ClientSession | None = None
         self._proxy: _Proxy | None = None
         self._counters: dict[tuple[int | str, str], Any] = {}
 
@@ -138,28 +138,36 @@ class Client:
             return await cls.from_kubeconfig(metrics=metrics, settings=settings)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()  # not the pool: it belongs to the api client
-            self._session = None
         if self._owns:
             await self._api.close()
 
     async def _http(self) -> tuple[aiohttp.ClientSession, _Proxy]:
-        """Our session on the api client's pool, and the environment's proxy, set up on first use."""
-        if self._proxy is None:
-            # Reads the environment and ~/.netrc (proxy credentials): once, off the event loop.
-            self._proxy = await asyncio.to_thread(_env_proxy, str(self._api.configuration.host))
-        if self._session is None or self._session.closed:
-            pool: aiohttp.ClientSession = self._api.rest_client.pool_manager
-            self._session = aiohttp.ClientSession(
+        """The api client's session, made environment-blind once, and the proxy to use."""
+        rest = self._api.rest_client
+        pool: aiohttp.ClientSession = rest.pool_manager
+        if pool.trust_env:
+            # Swapped without an await in between, so Clients sharing one api client never race
+            # here; the new session takes over the pool (and closes it with the api client).
+            rest.pool_manager = aiohttp.ClientSession(
                 connector=pool.connector,
-                connector_owner=False,
+                connector_owner=pool.connector_owner,
                 trust_env=False,
                 # Watch events of large objects exceed aiohttp's default read buffer (as
                 # kubernetes_asyncio's own session allows for).
                 read_bufsize=2**21,
             )
-        return self._session, self._proxy
+            pool.detach()
+            pool = rest.pool_manager
+        if self._proxy is None:
+            if rest.proxy:  # the kubeconfig's proxy-url wins over the environment, as in client-go
+                self._proxy = _Proxy(URL(rest.proxy), rest.proxy_headers or None)
+            else:
+                # Reads the environment and ~/.netrc (proxy credentials): once, off the event loop.
+                self._proxy = await asyncio.to_thread(_env_proxy, str(self._api.configuration.host))
+                if self._proxy.url is not None and not rest.proxy:
+                    # kubernetes_asyncio's own calls on this api client keep the proxy, too.
+                    rest.proxy, rest.proxy_headers = str(self._proxy.url), self._proxy.headers or {}
+        return pool, self._proxy
 
     async def __aenter__(self) -> Client:
         return self
