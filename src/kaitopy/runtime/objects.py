@@ -12,29 +12,45 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+import orjson
+
 Obj = Mapping[str, Any]
 """A Kubernetes object as read-only JSON (what the cache and the watcher hand out)."""
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
-def _freeze_value(value: Any) -> Any:
-    if type(value) is list:
-        return tuple(_freeze_value(v) for v in value)
+def loads(data: bytes | str) -> Any:
+    """Parse JSON into plain dicts and lists (orjson: about 4x the standard library's speed).
+
+    Integers beyond 64 bits come back as floats, as the API server (Go, int64) itself reads them.
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # What orjson refuses and the standard library takes (NaN, Infinity): never from the API
+        # server, but a client may hand us such bytes.
+        return json.loads(data)
+
+
+def _freeze_fresh(value: Any) -> Any:
+    # Freezes in place the dicts `loads` just made (nobody else holds them); touches only the
+    # containers, so it costs less than json's object_hook did per mapping.
+    t = type(value)
+    if t is dict:
+        for k, v in value.items():
+            tv = type(v)
+            if tv is dict or tv is list:
+                value[k] = _freeze_fresh(v)
+        return MappingProxyType(value)
+    if t is list:
+        return tuple([_freeze_fresh(v) if type(v) is dict or type(v) is list else v for v in value])
     return value
 
 
-def _freeze_hook(d: dict[str, Any]) -> Obj:
-    # json calls this bottom-up, so nested mappings are frozen already; only lists remain.
-    for k, v in d.items():
-        if type(v) is list:
-            d[k] = _freeze_value(v)
-    return MappingProxyType(d)
-
-
 def loads_frozen(data: bytes | str) -> Any:
-    """Parse JSON straight into frozen objects (one pass, no copy)."""
-    return json.loads(data, object_hook=_freeze_hook)
+    """Parse JSON straight into frozen objects (no copy: the parsed containers are wrapped)."""
+    return _freeze_fresh(loads(data))
 
 
 def freeze(value: Any) -> Any:
@@ -55,9 +71,16 @@ def thaw(value: Any) -> Any:
     return value
 
 
+_DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS  # {1: x} encodes as {"1": x}, as json.dumps does
+
+
 def dumps(value: Any) -> bytes:
-    """JSON-encode plain or frozen data."""
-    return json.dumps(value, default=_encode_frozen, separators=(",", ":")).encode()
+    """JSON-encode plain or frozen data (compact, as the API server takes it)."""
+    try:
+        return orjson.dumps(value, default=_encode_frozen, option=_DUMPS_OPTIONS)
+    except orjson.JSONEncodeError:
+        # What orjson refuses and the standard library takes (integers beyond 64 bits): rare.
+        return json.dumps(value, default=_encode_frozen, separators=(",", ":")).encode()
 
 
 def _encode_frozen(value: Any) -> Any:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from urllib.parse import urlsplit
+
 import pytest
 
-from kaitopy.runtime import AlreadyExists, Client, Conflict, Invalid, Kind, NotFound, kinds
+from kaitopy.runtime import AlreadyExists, Client, Conflict, Invalid, Kind, NotFound, kinds, watch
+from tests.support.cluster import Cluster
 
 from .conftest import widget
 
@@ -66,3 +71,44 @@ async def test_server_side_apply_status_and_discovery(
     assert w2["metadata"]["generation"] == w["metadata"]["generation"]
     with pytest.raises(NotFound):
         await client.kind("runtime-test.example.com/v1", "Gadget")
+
+
+async def test_requests_and_watches_go_through_the_environments_proxy(
+    kube_cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client no longer lets aiohttp read the environment per request (trust_env): it resolves
+    # $HTTPS_PROXY once. A CONNECT proxy on loopback shows both verbs and watches still use it.
+    tunnels: list[bytes] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        method, target, _ = head.split(b"\r\n", 1)[0].split(b" ", 2)
+        assert method == b"CONNECT"
+        tunnels.append(target)
+        host, _, port = target.decode().rpartition(":")
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        async with await Client.from_kubeconfig(str(kube_cluster.kubeconfig)) as client:
+            await client.create(kinds.CONFIG_MAP, {"metadata": {"name": "via-proxy", "namespace": namespace}})
+            async for event in watch(client, kinds.CONFIG_MAP, namespace=namespace, timeout_seconds=1):
+                if event.type == "ADDED" and event.object["metadata"]["name"] == "via-proxy":
+                    break
+        server_host = urlsplit(client.server).netloc.encode()
+        assert tunnels and all(t == server_host for t in tunnels)
+    finally:
+        server.close()

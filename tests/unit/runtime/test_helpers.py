@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import random
 from typing import Any
 
@@ -23,7 +25,7 @@ from kaitopy.runtime import (
 )
 from kaitopy.runtime.errors import AlreadyExists, Conflict, Gone, Invalid, NotFound, api_error
 from kaitopy.runtime.kinds import DEPLOYMENT, Kind
-from kaitopy.runtime.objects import loads_frozen
+from kaitopy.runtime.objects import dumps, loads, loads_frozen
 
 
 def cm(name: str, ns: str = "ns", rv: str = "1", **meta: Any) -> Any:
@@ -45,6 +47,30 @@ def test_frozen_objects_are_read_only_and_thaw_copies() -> None:
     mutable["metadata"]["name"] = "b"
     assert obj["metadata"]["name"] == "a"
     assert mutable["items"] == [{"a": [1, 2]}]
+
+
+def test_frozen_lists_nested_in_lists_are_tuples_all_the_way_down() -> None:
+    obj = loads_frozen(b'{"a": [[{"b": [1]}], []], "c": {"d": [{"e": {}}]}}')
+    assert obj["a"] == (({"b": (1,)},), ())
+    with pytest.raises(TypeError):
+        obj["a"][0][0]["b"] = 2
+    with pytest.raises(TypeError):
+        obj["c"]["d"][0]["e"]["x"] = 1
+
+
+def test_json_round_trips_what_the_fast_codec_refuses() -> None:
+    # orjson alone raises on NaN (decoding), integers beyond 64 bits and non-string keys
+    # (encoding); json takes them. int64's extremes (the API server's own range) stay exact.
+    assert math.isnan(loads(b'{"x": NaN}')["x"])
+    assert loads_frozen(b'{"n": [%d, %d]}' % (2**63 - 1, -(2**63)))["n"] == (2**63 - 1, -(2**63))
+    big = 2**70 + 1
+    assert json.loads(dumps({"n": big, 1: "one"})) == {"n": big, "1": "one"}
+
+
+def test_dumps_encodes_frozen_objects_compactly() -> None:
+    obj = loads_frozen(b'{"metadata": {"name": "a"}, "items": [{"a": [1, 2]}], "x": null}')
+    assert dumps(obj) == b'{"metadata":{"name":"a"},"items":[{"a":[1,2]}],"x":null}'
+    assert dumps(thaw(obj)) == dumps(obj)
 
 
 def test_strip_noise_drops_managed_fields_and_last_applied() -> None:
