@@ -43,6 +43,7 @@ from kaitopy.provisioner.nodeclaim import (
 )
 from kaitopy.provisioner.settings import ProvisionerSettings
 from kaitopy.provisioner.termination import (
+    DeletingSince,
     PodOnNode,
     TerminationObserved,
     decide_termination,
@@ -109,12 +110,14 @@ class NodeClaimLifecycle:
         self.settings = settings or ProvisionerSettings()
         self.clock = clock
         self.metrics = metrics
+        self.deleting_since = DeletingSince()
 
     # -- entry ---------------------------------------------------------------------------------
 
     async def reconcile(self, request: Request) -> Result | None:
         claim = self.latest.get(request.key)
         if claim is None or not is_ours(claim):
+            self.deleting_since.forget(request.name)  # gone while draining
             return None
         if is_deleting(claim):
             return await self._terminate(claim)
@@ -298,6 +301,8 @@ class NodeClaimLifecycle:
                 await self.client.delete(kinds.NODE, decision.delete_node)
         if decision.release_pods_of is not None:
             await self._release_pods(decision.release_pods_of)
+        if decision.remove_finalizer or not decision.requeue:
+            self.deleting_since.forget(name)
         if decision.remove_finalizer:
             await remove_finalizer(self.client, NODECLAIM, claim, TERMINATION_FINALIZER)
             log.info("nodeclaim terminated", extra={"nodeclaim": name})
@@ -324,15 +329,21 @@ class NodeClaimLifecycle:
         if not drain_possible(observed):
             return observed
         pods = await self.client.list(kinds.POD, field_selector=f"spec.nodeName={observed.node}")
-        stuck_before = self.clock() - self.settings.stuck_pod_grace_s
+        deleting_for = self.deleting_since.observe(
+            str(claim["metadata"]["name"]),
+            [_uid(p) for p in pods.items if p["metadata"].get("deletionTimestamp")],
+            self.clock(),
+        )
         return dataclasses.replace(
             observed,
+            stuck_pod_grace_s=self.settings.stuck_pod_grace_s,
             pods=tuple(
                 PodOnNode(
                     key=f"{p['metadata']['namespace']}/{p['metadata']['name']}",
                     needs_eviction=_needs_eviction(p),
                     deleting=bool(p["metadata"].get("deletionTimestamp")),
-                    stuck=_stuck(p, stuck_before),
+                    deleting_for_s=deleting_for.get(_uid(p), 0.0),
+                    grace_s=float(p["metadata"].get("deletionGracePeriodSeconds") or 0),
                 )
                 for p in pods.items
             ),
@@ -376,11 +387,9 @@ class NodeClaimLifecycle:
             )
 
 
-def _stuck(pod: dict[str, Any], before: float) -> bool:
-    """A pod whose deletion time (its grace included) passed before `before`: its node is not
-    stopping it."""
-    deleted_at = _parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
-    return deleted_at is not None and deleted_at < before
+def _uid(pod: dict[str, Any]) -> str:
+    meta = pod["metadata"]
+    return str(meta.get("uid") or f"{meta['namespace']}/{meta['name']}")
 
 
 def _needs_eviction(pod: dict[str, Any]) -> bool:

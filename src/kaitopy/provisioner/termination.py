@@ -21,9 +21,11 @@ class PodOnNode:
     """False for what a drain leaves: DaemonSet and mirror pods, finished pods."""
     deleting: bool
     """Its deletion has begun (an eviction was accepted, or someone deleted it)."""
-    stuck: bool
-    """Deleting for longer than its grace period plus the provisioner's stuck-pod grace: its node
-    is not stopping it, and waiting longer would wait forever."""
+    deleting_for_s: float = 0.0
+    """How long this provisioner has seen it deleting, by its own clock (never the API server's
+    deletionTimestamp: the two clocks may disagree by more than the grace)."""
+    grace_s: float = 0.0
+    """Its deletion grace period (metadata.deletionGracePeriodSeconds)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class TerminationObserved:
     provider: str = "the provider"
     pods: Sequence[PodOnNode] | None = None
     """The pods on the Node, listed only where a drain is possible (`drain_possible`)."""
+    stuck_pod_grace_s: float = 60.0
+    """How long past its own grace a deleting pod is waited for (`--stuck-pod-grace`)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,38 @@ def lost(o: TerminationObserved) -> bool:
     return o.instance is None or o.instance_state == "failed" or o.repaired
 
 
+def stuck(p: PodOnNode, stuck_pod_grace_s: float) -> bool:
+    """Deleting for longer than its grace plus the stuck-pod grace: its node is not stopping it,
+    and waiting longer would wait forever."""
+    return p.deleting and p.deleting_for_s > p.grace_s + stuck_pod_grace_s
+
+
+class DeletingSince:
+    """When this provisioner first saw each pod of a draining claim deleting, by its own clock.
+    Held per lifecycle (not global) and per claim, replaced on every look and dropped when the
+    claim goes, so it holds only pods that are deleting now. Lost on restart: the wait then
+    starts again, which only waits longer."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, dict[str, float]] = {}
+
+    def observe(self, claim: str, deleting: Sequence[str], now: float) -> dict[str, float]:
+        """Seconds each of `deleting` (pod uids) has been seen deleting."""
+        before = self._seen.get(claim, {})
+        seen = {uid: before.get(uid, now) for uid in deleting}
+        if seen:
+            self._seen[claim] = seen
+        else:
+            self._seen.pop(claim, None)
+        return {uid: max(0.0, now - t) for uid, t in seen.items()}
+
+    def forget(self, claim: str) -> None:
+        self._seen.pop(claim, None)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
 def drain_possible(o: TerminationObserved) -> bool:
     """Whether the pods on the Node are worth listing."""
     return o.has_finalizer and o.node is not None and not lost(o)
@@ -78,7 +114,7 @@ def decide_termination(o: TerminationObserved) -> TerminationDecision:
     if drain_possible(o):
         assert o.node is not None
         cordon = None if o.node_unschedulable else o.node
-        remaining = [p for p in o.pods or () if p.needs_eviction and not p.stuck]
+        remaining = [p for p in o.pods or () if p.needs_eviction and not stuck(p, o.stuck_pod_grace_s)]
         if remaining:
             return TerminationDecision(
                 cordon=cordon,

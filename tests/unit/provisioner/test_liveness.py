@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from kaitopy.provisioner.cloudprovider import Instance
-from kaitopy.provisioner.lifecycle import _stuck
 from kaitopy.provisioner.liveness import lost_claims
 from kaitopy.provisioner.nodeclaim import NODECLASS_GROUP, NODECLASS_KIND
 
@@ -61,24 +60,6 @@ def instance(name: str, state: str = "running", message: str = "") -> Instance:
 def test_lost_claims(claims: list[dict[str, Any]], instances: list[Instance], lost: dict[str, str]) -> None:
     got = {str(x.claim["metadata"]["name"]): x.why for x in lost_claims(claims, instances, "local")}
     assert got == lost
-
-
-@pytest.mark.parametrize(
-    ("deletion", "stuck"),
-    [
-        (None, False),  # not being deleted: a drain evicts it
-        ("2026-12-04T12:00:00Z", True),  # its deletion time passed before the cut-off
-        ("2026-12-04T12:02:00Z", False),  # still within its grace
-    ],
-)
-def test_a_drain_stops_waiting_for_a_pod_stuck_past_its_deletion(deletion: str | None, stuck: bool) -> None:
-    from datetime import UTC, datetime
-
-    pod: dict[str, Any] = {"metadata": {"name": "p"}}
-    if deletion:
-        pod["metadata"]["deletionTimestamp"] = deletion
-    cutoff = datetime(2026, 12, 4, 12, 1, tzinfo=UTC).timestamp()
-    assert _stuck(pod, cutoff) is stuck
 
 
 async def test_a_failing_pass_does_not_end_the_loop() -> None:

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from kaitopy.provisioner.termination import (
+    DeletingSince,
     PodOnNode,
     TerminationDecision,
     TerminationObserved,
@@ -30,8 +31,11 @@ LIVE = TerminationObserved(
 )
 
 
-def pod(name: str, *, needs: bool = True, deleting: bool = False, stuck: bool = False) -> PodOnNode:
-    return PodOnNode(f"ns/{name}", needs_eviction=needs, deleting=deleting, stuck=stuck)
+def pod(
+    name: str, *, needs: bool = True, deleting: bool = False, for_s: float = 0.0, grace_s: float = 30.0
+) -> PodOnNode:
+    grace = grace_s if deleting else 0.0
+    return PodOnNode(f"ns/{name}", needs, deleting, deleting_for_s=for_s, grace_s=grace)
 
 
 DRAINING = ("Unknown", "Draining", "evicting pods from node n1")
@@ -61,9 +65,24 @@ CASES = [
         TerminationDecision(begin_delete=True, condition=DELETING, requeue=True),
     ),
     (
-        "a pod stuck deleting past its grace does not hold the drain",
-        replace(LIVE, pods=(pod("a", deleting=True, stuck=True),)),
+        "a pod stuck deleting past its grace plus the stuck-pod grace does not hold the drain",
+        replace(LIVE, pods=(pod("a", deleting=True, for_s=90.1),)),
         TerminationDecision(begin_delete=True, condition=DELETING, requeue=True),
+    ),
+    (
+        "a pod deleting within its grace plus the stuck-pod grace still holds the drain",
+        replace(LIVE, pods=(pod("a", deleting=True, for_s=90.0),)),
+        TerminationDecision(condition=DRAINING, requeue=True),
+    ),
+    (
+        "the stuck-pod grace is the provisioner's setting",
+        replace(LIVE, stuck_pod_grace_s=5.0, pods=(pod("a", deleting=True, for_s=35.1),)),
+        TerminationDecision(begin_delete=True, condition=DELETING, requeue=True),
+    ),
+    (
+        "a long wait on a pod that is not deleting is no reason to skip it",
+        replace(LIVE, pods=(pod("a", for_s=1e6),)),
+        TerminationDecision(evict=("ns/a",), condition=DRAINING, requeue=True),
     ),
     (
         "drained in this pass: cordon and begin the instance's deletion together",
@@ -128,3 +147,20 @@ def test_pods_are_listed_only_where_a_drain_is_possible(
     observed: TerminationObserved, possible: bool
 ) -> None:
     assert drain_possible(observed) is possible
+
+
+def test_deleting_since_counts_on_the_provisioners_clock_and_holds_only_deleting_pods() -> None:
+    seen = DeletingSince()
+    assert seen.observe("c1", ["u1"], now=100.0) == {"u1": 0.0}
+    # u1 is timed from when it was first seen, whatever the API server's clock says.
+    assert seen.observe("c1", ["u1", "u2"], now=130.0) == {"u1": 30.0, "u2": 0.0}
+    # u1 went (its deletion finished): dropped, and a pod of the same uid would start again.
+    assert seen.observe("c1", ["u2"], now=140.0) == {"u2": 10.0}
+    assert seen.observe("c2", ["u9"], now=140.0) == {"u9": 0.0}
+    assert len(seen) == 2
+    assert seen.observe("c1", [], now=150.0) == {}
+    seen.forget("c2")
+    assert len(seen) == 0
+    # The clock going backwards (an NTP step) never makes a negative age.
+    assert seen.observe("c3", ["u1"], now=200.0) == {"u1": 0.0}
+    assert seen.observe("c3", ["u1"], now=150.0) == {"u1": 0.0}
