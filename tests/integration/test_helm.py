@@ -209,3 +209,46 @@ def test_chart_crds_are_the_generated_ones() -> None:
         assert (CHART / "files" / "crds" / name).read_bytes() == (
             REPO / "manifests" / "crds" / name
         ).read_bytes(), f"charts/kaitopy/files/crds/{name} differs from manifests/crds: run make manifests"
+
+
+def test_service_monitors_behind_their_switch_match_the_kustomize_component(kube_cluster: Cluster) -> None:
+    assert not [d for d in docs(template()) if d["kind"] == "ServiceMonitor"]
+    items = docs(template({"serviceMonitor.enabled": "true"}))
+    monitors = {d["metadata"]["name"]: d for d in items if d["kind"] == "ServiceMonitor"}
+    component = {
+        d["metadata"]["name"]: d
+        for d in docs(
+            kube_cluster.kubectl("kustomize", str(REPO / "manifests" / "overlays" / "kwok-servicemonitor"))
+        )
+        if d["kind"] == "ServiceMonitor"
+    }
+    # The same monitors as manifests/components/servicemonitor, the activator's among them.
+    assert (
+        sorted(monitors)
+        == sorted(component)
+        == ["kaitopy-activator", "kaitopy-controller", "kaitopy-provisioner"]
+    )
+    for name, monitor in monitors.items():
+        assert monitor["spec"] == component[name]["spec"], name
+        # It selects exactly one Service of the chart, on a port that Service has and whose target
+        # is a named port of the process's container (where /metrics is served).
+        spec = monitor["spec"]
+        port = spec["endpoints"][0]["port"]
+        (service,) = [
+            d
+            for d in items
+            if d["kind"] == "Service"
+            and all(
+                (d["metadata"].get("labels") or {}).get(k) == v
+                for k, v in spec["selector"]["matchLabels"].items()
+            )
+            and any(p["name"] == port for p in d["spec"]["ports"])
+        ]
+        (target,) = [p["targetPort"] for p in service["spec"]["ports"] if p["name"] == port]
+        assert target in {p["name"] for p in container(items, name)["ports"]}, name
+    # Without a provisioner (byo) there is no provisioner monitor.
+    byo = docs(template({"serviceMonitor.enabled": "true", "nodeProvisioner": "byo"}))
+    assert sorted(d["metadata"]["name"] for d in byo if d["kind"] == "ServiceMonitor") == [
+        "kaitopy-activator",
+        "kaitopy-controller",
+    ]

@@ -32,14 +32,22 @@ class Verdict(enum.Enum):
     """The set is at zero and does not scale from zero: nothing would ever answer."""
 
 
-def admit(*, ready: int, replicas: int, wakes: bool, held: int, settings: HoldSettings) -> Verdict:
+def queue_limit(settings: HoldSettings, set_limit: int | None) -> int:
+    """Requests held for one set at most: the set's own max-queue annotation may lower the
+    activator's bound, never raise it (the activator's memory and sockets are shared by all sets)."""
+    return settings.max_queue if set_limit is None else min(settings.max_queue, set_limit)
+
+
+def admit(
+    *, ready: int, replicas: int, wakes: bool, held: int, settings: HoldSettings, set_limit: int | None = None
+) -> Verdict:
     """`ready`: the set's ready members; `replicas`: its spec.replicas; `wakes`: it may scale from
-    zero (min-replicas "0"); `held`: requests for it held now."""
+    zero (min-replicas "0"); `held`: requests for it held now; `set_limit`: the set's max-queue."""
     if ready > 0:
         return Verdict.FORWARD
     if replicas == 0 and not wakes:
         return Verdict.ASLEEP
-    if held >= settings.max_queue:
+    if held >= queue_limit(settings, set_limit):
         return Verdict.QUEUE_FULL
     return Verdict.HOLD
 

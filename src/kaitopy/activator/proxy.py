@@ -18,11 +18,11 @@ import aiohttp
 from aiohttp import web
 
 from kaitopy.activator.activity import ActivityRecorder
-from kaitopy.activator.admission import HoldSettings, Verdict, admit, openai_error, retry_after
+from kaitopy.activator.admission import HoldSettings, Verdict, admit, openai_error, queue_limit, retry_after
 from kaitopy.activator.metrics import ActivatorMetrics
 from kaitopy.activator.route import Route, route
 from kaitopy.api.constants import INFERENCESET, InferenceReady
-from kaitopy.controllers.inferenceset.autoscale import scales_to_zero
+from kaitopy.controllers.inferenceset.autoscale import held_requests_limit, scales_to_zero
 from kaitopy.controllers.inferenceset.reconciler import MEMBERS_BY_SET
 from kaitopy.runtime import ApiError, Client, Store, controller_of, is_true
 from kaitopy.runtime.objects import Obj
@@ -166,12 +166,14 @@ class Activator:
         replicas = 1 if replicas is None else int(replicas)
         wakes = scales_to_zero(set_obj["metadata"].get("annotations"))
         ready = ready_members(set_obj, self.workspaces)
+        set_limit = held_requests_limit(set_obj["metadata"].get("annotations"))
         verdict = admit(
             ready=len(ready),
             replicas=replicas,
             wakes=wakes,
             held=self._held.get(key, 0),
             settings=self.settings,
+            set_limit=set_limit,
         )
         if verdict is Verdict.ASLEEP:
             self.metrics.rejected.labels(*labels, "asleep").inc()
@@ -185,8 +187,8 @@ class Activator:
             self.metrics.rejected.labels(*labels, "queue_full").inc()
             return error(
                 503,
-                f"InferenceSet {key} is starting and {self.settings.max_queue} requests already wait "
-                f"for it; retry after {retry_after(self.settings)}s",
+                f"InferenceSet {key} is starting and {queue_limit(self.settings, set_limit)} requests "
+                f"already wait for it; retry after {retry_after(self.settings)}s",
                 "ServiceUnavailableError",
                 {"Retry-After": retry_after(self.settings)},
             )

@@ -126,6 +126,36 @@ async def test_a_request_at_zero_wakes_the_set_is_held_and_answered(client: Clie
         assert at is not None and time.time() - at < 10
 
 
+async def test_a_sets_max_queue_lowers_the_activators_bound(client: Client, namespace: str) -> None:
+    body = scale_to_zero_set("small", namespace, 0)
+    body["metadata"]["annotations"][PREFIX + "max-queue"] = "1"
+    await client.create(INFERENCESET, body)
+    async with (
+        model_server() as model,
+        running_activator(
+            client,
+            namespace,
+            lambda ns, m: model.url(),
+            HoldSettings(max_queue=5, max_wait_s=2, retry_after_s=3),
+        ) as act,
+    ):
+        url = f"{act.url}/inferencesets/{namespace}/small/v1/chat/completions"
+        held = asyncio.create_task(post(url, CHAT))
+        labels = {"namespace": namespace, "inferenceset": "small"}
+        await eventually(
+            lambda: asyncio.sleep(0.05),
+            until=lambda _: act.sample("kaitopy_activator_held_requests", **labels) == 1,
+            timeout=10,
+            what="the first request held",
+        )
+        # The set's own bound (1), not the activator's (5): the second is refused at once.
+        status, headers, refused = await post(url, CHAT)
+        assert status == 503 and headers["Retry-After"] == "3"
+        assert b"1 requests already wait" in refused
+        assert act.sample("kaitopy_activator_rejected_requests_total", **labels, reason="queue_full") == 1
+        assert (await held)[0] == 503  # no member ever gets ready here: the wait bound answers it
+
+
 async def test_a_wait_past_its_bound_a_sleeping_set_and_a_huge_body_are_refused(
     client: Client, namespace: str
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kaitopy.activator.admission import HoldSettings, Verdict, admit, openai_error, retry_after
+from kaitopy.activator.admission import HoldSettings, Verdict, admit, openai_error, queue_limit, retry_after
 from kaitopy.activator.route import Route, route
 from kaitopy.controllers.inferenceset.activity import last_request_at, lease_body, lease_name
 from kaitopy.controllers.inferenceset.front import activator_host, front_problem
@@ -99,3 +99,24 @@ def test_the_front_points_at_the_activators_full_name() -> None:
     assert (
         activator_host("kaito-system", "cluster.local") == "kaitopy-activator.kaito-system.svc.cluster.local"
     )
+
+
+# (case, activator's --max-queue, the set's max-queue annotation, held, verdict)
+SET_LIMITS = [
+    ("no annotation: the activator's bound", 3, None, 2, Verdict.HOLD),
+    ("no annotation, at the activator's bound: full", 3, None, 3, Verdict.QUEUE_FULL),
+    ("a lower set limit is full sooner", 3, 1, 1, Verdict.QUEUE_FULL),
+    ("below the set limit: hold", 3, 2, 1, Verdict.HOLD),
+    ("a set cannot raise the activator's bound", 3, 50, 3, Verdict.QUEUE_FULL),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "bound", "set_limit", "held", "verdict"), SET_LIMITS, ids=[c[0] for c in SET_LIMITS]
+)
+def test_a_sets_max_queue_only_lowers_the_activators(
+    case: str, bound: int, set_limit: int | None, held: int, verdict: Verdict
+) -> None:
+    s = HoldSettings(max_queue=bound)
+    assert admit(ready=0, replicas=0, wakes=True, held=held, settings=s, set_limit=set_limit) is verdict
+    assert queue_limit(s, set_limit) == min(bound, set_limit if set_limit is not None else bound)

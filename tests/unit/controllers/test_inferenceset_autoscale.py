@@ -12,6 +12,7 @@ from kaitopy.controllers.inferenceset.autoscale import (
     AutoscaleSettings,
     Sample,
     SettingsError,
+    held_requests_limit,
     recommend,
     settings_of,
     tokens_per_minute,
@@ -154,6 +155,18 @@ def test_the_note_carries_the_numbers() -> None:
     assert rec.note == "scale up 2 -> 4: queue 7 and running 0 on 2 members; load asks for 4, bounds 1-6"
 
 
+def test_a_sets_max_queue_for_the_activator() -> None:
+    on = {PREFIX + "enabled": "true", PREFIX + "max-replicas": "2", PREFIX + "min-replicas": "0"}
+    assert settings_of({**on, PREFIX + "max-queue": "20"}) == AutoscaleSettings(
+        min_replicas=0, max_replicas=2, max_queue=20
+    )
+    assert held_requests_limit({**on, PREFIX + "max-queue": "20"}) == 20
+    assert held_requests_limit(on) is None
+    # Invalid settings (the controller reports them): the activator keeps its own bound.
+    assert held_requests_limit({**on, PREFIX + "max-queue": "0"}) is None
+    assert held_requests_limit(None) is None
+
+
 def test_settings_off_unless_enabled() -> None:
     assert settings_of(None) is None
     assert settings_of({PREFIX + "max-replicas": "3"}) is None
@@ -180,6 +193,8 @@ def test_settings_read_with_defaults() -> None:
             "target-queue-depth], target-running or target-tokens-per-minute must be above 0",
         ),
         ({"max-replicas": "2", "target-tokens-per-minute": "-5"}, "target-tokens-per-minute]: '-5' must be"),
+        ({"max-replicas": "2", "max-queue": "0"}, "max-queue]: must be at least 1"),
+        ({"max-replicas": "2", "max-queue": "1.5"}, "max-queue]: '1.5' must be a whole number"),
     ],
 )
 def test_bad_settings_name_the_annotation(annotations: dict[str, str], names: str) -> None:

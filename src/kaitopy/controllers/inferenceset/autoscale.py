@@ -16,6 +16,7 @@ YAML for Kaito and keeps its schema):
     autoscaling.kaitopy.io/scale-down-step: "1"
     autoscaling.kaitopy.io/export-metrics: "true"         # scrape and export the load, scale or not
     autoscaling.kaitopy.io/idle-seconds: "900"            # with min-replicas "0": idle time to zero
+    autoscaling.kaitopy.io/max-queue: "20"                # requests the activator holds for it at most
 
 With min-replicas "0" the set scales to zero once no request has arrived for idle-seconds (the
 activator's Lease and the members' own load are the clock, see activity.py), and back to one when
@@ -69,6 +70,11 @@ class AutoscaleSettings:
     idle_s: float = 900.0
     """With min_replicas 0: no request for this long scales the set to zero (its nodes go). A GPU
     node and a model load take minutes to come back, so a quarter of an hour by default."""
+    max_queue: int | None = None
+    """Requests the activator holds for this set at most while it has no ready member (per
+    activator replica). It can only lower the activator's own --max-queue, never raise it: that
+    bound protects the activator (shared by every set) and is the operator's to set. Unset: the
+    activator's bound."""
 
 
 def _number(annotations: Mapping[str, Any], key: str, default: float | None, *, whole: bool) -> float | None:
@@ -120,6 +126,7 @@ def settings_of(annotations: Mapping[str, Any] | None) -> AutoscaleSettings | No
         scale_up_step=whole("scale-up-step", d.scale_up_step),
         scale_down_step=whole("scale-down-step", d.scale_down_step),
         idle_s=_number(annotations, "idle-seconds", d.idle_s, whole=False) or 0.0,
+        max_queue=None if (q := _number(annotations, "max-queue", None, whole=True)) is None else int(q),
     )
     if s.min_replicas == 0 and s.idle_s <= 0:
         raise SettingsError(
@@ -138,6 +145,11 @@ def settings_of(annotations: Mapping[str, Any] | None) -> AutoscaleSettings | No
             f"metadata.annotations[{PREFIX}target-queue-depth], target-running or "
             "target-tokens-per-minute must be above 0"
         )
+    if s.max_queue == 0:
+        raise SettingsError(
+            f"metadata.annotations[{PREFIX}max-queue]: must be at least 1 (a set whose activator holds "
+            'no request could never be woken); write e.g. "20", or remove it for the activator\'s bound'
+        )
     if s.scale_up_step < 1 or s.scale_down_step < 1:
         raise SettingsError(
             f"metadata.annotations[{PREFIX}scale-up-step/scale-down-step]: must be at least 1"
@@ -152,6 +164,16 @@ def scales_to_zero(annotations: Mapping[str, Any] | None) -> bool:
     except SettingsError:
         return False
     return s is not None and s.min_replicas == 0
+
+
+def held_requests_limit(annotations: Mapping[str, Any] | None) -> int | None:
+    """The set's own max-queue for the activator (None: unset, or settings the controller reports
+    as invalid, where the activator keeps its own bound)."""
+    try:
+        s = settings_of(annotations)
+    except SettingsError:
+        return None
+    return None if s is None else s.max_queue
 
 
 def exports_load(annotations: Mapping[str, Any]) -> bool:
