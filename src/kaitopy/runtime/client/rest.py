@@ -20,6 +20,7 @@ import aiohttp
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
+from kaitopy.runtime.client.requestinfo import request_info
 from kaitopy.runtime.errors import NotFound, TransportError, api_error
 from kaitopy.runtime.kinds import WELL_KNOWN, Kind, split_api_version
 from kaitopy.runtime.metrics import Metrics
@@ -146,8 +147,10 @@ class Client:
                 url += "?" + urlencode(q)
         return url
 
-    def _count(self, code: int | str, method: str) -> None:
+    def _count(self, code: int | str, method: str, path: str, *, watch: bool = False) -> None:
         self.metrics.rest_client_requests_total.labels(str(code), method, self._host).inc()
+        verb, resource = request_info(method, path, watch=watch)
+        self.metrics.rest_client_requests_by_resource_total.labels(verb, resource).inc()
 
     async def request_bytes(
         self,
@@ -174,7 +177,7 @@ class Client:
                 timeout=client_timeout,
             ) as resp:
                 payload = await resp.read()
-                self._count(resp.status, method)
+                self._count(resp.status, method, path)
                 if resp.status >= 300:
                     raise api_error(
                         resp.status,
@@ -185,7 +188,7 @@ class Client:
                     )
                 return payload
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self._count("<error>", method)
+            self._count("<error>", method, path)
             raise TransportError(f"{method} {path}: {exc!r}") from exc
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -207,7 +210,7 @@ class Client:
             async with session.get(
                 self._url(path, query), headers=await self._headers(None), timeout=timeout
             ) as resp:
-                self._count(resp.status, "GET")
+                self._count(resp.status, "GET", path, watch=True)
                 if resp.status >= 300:
                     raise api_error(resp.status, await resp.read(), method="GET", path=path)
                 yield resp.content
