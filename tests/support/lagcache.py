@@ -11,9 +11,11 @@ from kaitopy.controllers.workspace.plan import Settings
 from kaitopy.controllers.workspace.planner import make_planner
 from kaitopy.controllers.workspace.reconciler import (
     CLAIMS_BY_WORKSPACE,
+    NODES_BY_WORKSPACE,
     PODS_BY_WORKSPACE,
     Stores,
     WorkspaceReconciler,
+    node_owner_key,
     workspace_key_of_labels,
 )
 from kaitopy.presets import Catalog
@@ -41,7 +43,7 @@ def lagging_controller(client: Client, settings: Settings | None = None) -> Lagg
     settings = settings or Settings()
     stores = Stores(
         workspaces=Store(),
-        nodes=Store(),
+        nodes=Store({NODES_BY_WORKSPACE: node_owner_key}),
         claims=Store({CLAIMS_BY_WORKSPACE: workspace_key_of_labels}),
         deployments=Store(),
         statefulsets=Store(),

@@ -13,7 +13,7 @@ from kaitopy.api import WORKSPACE
 from kaitopy.api.nodeclaim import NODECLAIM
 from kaitopy.controllers.workspace import status as st
 from kaitopy.controllers.workspace.crds import ensure_workspace_crd
-from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL, Settings
+from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL, Settings
 from kaitopy.controllers.workspace.reconciler import FINALIZER
 from kaitopy.provisioner.install import ensure_crds
 from kaitopy.runtime import Client, NotFound, kinds
@@ -134,3 +134,22 @@ async def test_claims_made_while_a_matching_node_was_away_go_when_it_returns(
     assert condition(ws, st.RESOURCE_READY)["status"] == "True"
     await client.delete(WORKSPACE, "back", namespace=namespace)
     await ctl.reconcile(namespace, "back")  # no claims left: the finalizer goes
+
+
+async def test_a_pass_looks_at_its_own_nodes_and_the_shared_ones_not_every_node(
+    client: Client, namespace: str
+) -> None:
+    # Each pass once walked every node of the cluster: with 1,000 workspaces, each with its own
+    # node, a start-up did a million node checks on the event loop.
+    ctl = lagging_controller(client)
+    owned = {WORKSPACE_LABEL: "own", WORKSPACE_NAMESPACE_LABEL: namespace, "m": "own"}
+    ctl.stores.nodes.upsert(gpu_node("provisioned-for-it", owned))
+    ctl.stores.nodes.upsert(gpu_node("provisioned-for-another", {**owned, WORKSPACE_LABEL: "another"}))
+    ctl.stores.nodes.upsert(gpu_node("brought-by-the-user", {"m": "own"}))
+    await client.create(WORKSPACE, workspace("own", namespace, "phi-4"))
+    ws = await client.get(WORKSPACE, "own", namespace=namespace)
+    observed = await ctl.reconciler.observer.observe(ws)
+    assert sorted(n["metadata"]["name"] for n in observed.nodes) == [
+        "brought-by-the-user",
+        "provisioned-for-it",
+    ]

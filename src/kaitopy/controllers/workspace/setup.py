@@ -12,11 +12,13 @@ from kaitopy.controllers.workspace.metrics import register_workspace_metrics, st
 from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL, Settings
 from kaitopy.controllers.workspace.reconciler import (
     CLAIMS_BY_WORKSPACE,
+    NODES_BY_WORKSPACE,
     PODS_BY_WORKSPACE,
     Planner,
     Stores,
     WorkspaceReconciler,
     keys_to_requests,
+    node_owner_key,
     workspace_key_of_labels,
 )
 from kaitopy.runtime import (
@@ -89,9 +91,11 @@ def wire(
         k: mgr.cache.informer(k, label_selector=WORKSPACE_LABEL).store
         for k in (kinds.DEPLOYMENT, kinds.STATEFUL_SET, kinds.SERVICE, kinds.JOB)
     }
+    nodes = mgr.cache.informer(kinds.NODE, transform=trim_node)
+    nodes.add_indexer(NODES_BY_WORKSPACE, node_owner_key)
     stores = Stores(
         workspaces=ws_store,
-        nodes=mgr.cache.informer(kinds.NODE, transform=trim_node).store,
+        nodes=nodes.store,
         claims=claims_store,
         deployments=owned[kinds.DEPLOYMENT],
         statefulsets=owned[kinds.STATEFUL_SET],
