@@ -28,6 +28,7 @@ from kaitopy.controllers.workspace.plan import (
     WorkspacePlan,
 )
 from kaitopy.controllers.workspace.planner import parse_workspace
+from kaitopy.controllers.workspace.seen import FirstSeen
 from kaitopy.runtime import Client, Forbidden, Kind, kinds
 from kaitopy.runtime.cache.store import Store
 from kaitopy.runtime.controller.reconcile import reconcile_logger
@@ -76,6 +77,9 @@ class Observed:
     job: Obj | None = None
     pods: tuple[Obj, ...] = ()
     """The workload's pods (all revisions)."""
+    pod_ages: Mapping[str, float] = field(default_factory=dict)
+    """Seconds this controller has seen each pod, by uid, on its own clock (`seen.FirstSeen`):
+    never the pod's creationTimestamp against the local clock."""
     pod_events: Mapping[str, tuple[Obj, ...]] = field(default_factory=dict)
     """Events by pod uid, read only for the pods `decide` asked about (`Decision.wants_events`)."""
     desired_adapters: tuple[AdapterPlan, ...] = ()
@@ -123,12 +127,14 @@ class Observer:
         planner: Planner,
         settings: Settings,
         adapter_reader: adapterdelivery.AdapterReader | None = None,
+        first_seen: FirstSeen | None = None,
     ) -> None:
         self.client = client
         self.s = stores
         self.planner = planner
         self.settings = settings
         self.adapter_reader = adapter_reader or adapterdelivery.HttpAdapterReader()
+        self.first_seen = first_seen or FirstSeen()
 
     def claims_of(self, ws: Obj) -> tuple[Obj, ...]:
         key = f"{ws['metadata']['namespace']}/{ws['metadata']['name']}"
@@ -173,6 +179,7 @@ class Observer:
             services=services,
             job=self.s.jobs.get(key),
             pods=pods,
+            pod_ages=self.first_seen.ages(key, (str(p["metadata"]["uid"]) for p in pods)),
             desired_adapters=desired,
             adapter_answers=answers,
         )

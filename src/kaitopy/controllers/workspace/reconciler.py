@@ -103,6 +103,7 @@ class WorkspaceReconciler:
     async def reconcile(self, request: Request) -> Result | None:
         ws = self.latest.get(request.key)  # get
         if ws is None:
+            self.observer.first_seen.forget(request.key)
             return None
         if is_deleting(ws):  # finalize
             return await self._finalize(ws)
