@@ -63,6 +63,7 @@ from kaitopy.runtime.cache.writes import RecentWrites
 from kaitopy.runtime.controller.reconcile import reconcile_logger
 from kaitopy.runtime.kinds import Kind
 from kaitopy.runtime.objects import Obj
+from kaitopy.runtime.seen import FirstSeen
 
 NODECLASS = Kind("kaito.sh", "v1", "KaitoNodeClass", "kaitonodeclasses", namespaced=False)
 NODE_INDEX = "by-nodeclaim"
@@ -91,6 +92,7 @@ class NodeClaimLifecycle:
         settings: ProvisionerSettings | None = None,
         clock: Callable[[], float] = time.time,
         metrics: NodeClaimMetrics | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.claims = claims
@@ -102,6 +104,9 @@ class NodeClaimLifecycle:
         self.settings = settings or ProvisionerSettings()
         self.clock = clock
         self.metrics = metrics
+        # How long each draining node's deleting pods have been seen deleting, on this process's
+        # monotonic clock: a pod's deletionTimestamp is the API server's clock.
+        self.deleting = FirstSeen(monotonic)
 
     # -- entry ---------------------------------------------------------------------------------
 
@@ -329,8 +334,14 @@ class NodeClaimLifecycle:
         if not (node.get("spec") or {}).get("unschedulable"):
             await self.client.patch(kinds.NODE, node_name, {"spec": {"unschedulable": True}})
         pods = await self.client.list(kinds.POD, field_selector=f"spec.nodeName={node_name}")
-        stuck_before = self.clock() - self.settings.stuck_pod_grace_s
-        remaining = [p for p in pods.items if _needs_eviction(p) and not _stuck(p, stuck_before)]
+        seen = self.deleting.ages(
+            node_name,
+            (str(p["metadata"].get("uid")) for p in pods.items if p["metadata"].get("deletionTimestamp")),
+        )
+        grace = self.settings.stuck_pod_grace_s
+        remaining = [p for p in pods.items if _needs_eviction(p) and not _stuck(p, seen, grace)]
+        if not remaining:
+            self.deleting.forget(node_name)
         blocked = []
         for pod in remaining:
             if (pod["metadata"]).get("deletionTimestamp"):
@@ -361,11 +372,16 @@ class NodeClaimLifecycle:
         return not remaining
 
 
-def _stuck(pod: dict[str, Any], before: float) -> bool:
-    """A pod whose deletion time (its grace included) passed before `before`: its node is not
-    stopping it."""
-    deleted_at = _parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
-    return deleted_at is not None and deleted_at < before
+def _stuck(pod: dict[str, Any], seen_deleting: Mapping[str, float], grace_s: float) -> bool:
+    """A pod seen deleting for longer than its own grace period plus `grace_s`: its node is not
+    stopping it. `seen_deleting`: seconds since this process first saw each pod (by uid) with a
+    deletionTimestamp, on its own clock; the timestamp itself is the API server's and is not
+    compared with ours. Seen late (after a restart), a pod is waited for longer, never less."""
+    meta = pod.get("metadata") or {}
+    seen = seen_deleting.get(str(meta.get("uid")))
+    if not meta.get("deletionTimestamp") or seen is None:
+        return False
+    return seen > float(meta.get("deletionGracePeriodSeconds") or 0) + grace_s
 
 
 def _needs_eviction(pod: dict[str, Any]) -> bool:

@@ -64,21 +64,28 @@ def test_lost_claims(claims: list[dict[str, Any]], instances: list[Instance], lo
 
 
 @pytest.mark.parametrize(
-    ("deletion", "stuck"),
+    ("deletion", "grace_period", "seen_s", "stuck"),
     [
-        (None, False),  # not being deleted: a drain evicts it
-        ("2026-12-04T12:00:00Z", True),  # its deletion time passed before the cut-off
-        ("2026-12-04T12:02:00Z", False),  # still within its grace
+        (None, None, None, False),  # not being deleted: a drain evicts it
+        ("2026-12-04T12:00:00Z", "30", 91.0, True),  # seen deleting past its grace and the minute
+        ("2026-12-04T12:00:00Z", "30", 89.0, False),  # still within them
+        ("2026-12-04T12:00:00Z", None, 61.0, True),
+        # The API server's clock an hour behind ours: a pod deleted a second ago is not stuck...
+        ("2026-12-04T11:00:00Z", "30", 1.0, False),
+        # ...and an hour ahead: a pod seen deleting for five minutes is, whatever the timestamp says.
+        ("2026-12-04T13:00:00Z", "30", 300.0, True),
     ],
 )
-def test_a_drain_stops_waiting_for_a_pod_stuck_past_its_deletion(deletion: str | None, stuck: bool) -> None:
-    from datetime import UTC, datetime
-
-    pod: dict[str, Any] = {"metadata": {"name": "p"}}
+def test_a_drain_stops_waiting_for_a_pod_stuck_past_its_deletion(
+    deletion: str | None, grace_period: str | None, seen_s: float | None, stuck: bool
+) -> None:
+    pod: dict[str, Any] = {"metadata": {"name": "p", "uid": "u1"}}
     if deletion:
         pod["metadata"]["deletionTimestamp"] = deletion
-    cutoff = datetime(2026, 12, 4, 12, 1, tzinfo=UTC).timestamp()
-    assert _stuck(pod, cutoff) is stuck
+    if grace_period:
+        pod["metadata"]["deletionGracePeriodSeconds"] = int(grace_period)
+    seen = {} if seen_s is None else {"u1": seen_s}
+    assert _stuck(pod, seen, 60.0) is stuck
 
 
 async def test_a_failing_pass_does_not_end_the_loop() -> None:

@@ -28,11 +28,11 @@ from kaitopy.controllers.workspace.plan import (
     WorkspacePlan,
 )
 from kaitopy.controllers.workspace.planner import parse_workspace
-from kaitopy.controllers.workspace.seen import FirstSeen
 from kaitopy.runtime import Client, Forbidden, Kind, kinds
 from kaitopy.runtime.cache.store import Store
 from kaitopy.runtime.controller.reconcile import reconcile_logger
 from kaitopy.runtime.objects import Obj
+from kaitopy.runtime.seen import FirstSeen
 
 CLAIMS_BY_WORKSPACE = "by-workspace"
 PODS_BY_WORKSPACE = "by-workspace"
@@ -78,7 +78,7 @@ class Observed:
     pods: tuple[Obj, ...] = ()
     """The workload's pods (all revisions)."""
     pod_ages: Mapping[str, float] = field(default_factory=dict)
-    """Seconds this controller has seen each pod, by uid, on its own clock (`seen.FirstSeen`):
+    """Seconds this controller has seen each pod, by uid, on its own clock (`runtime.seen.FirstSeen`):
     never the pod's creationTimestamp against the local clock."""
     pod_events: Mapping[str, tuple[Obj, ...]] = field(default_factory=dict)
     """Events by pod uid, read only for the pods `decide` asked about (`Decision.wants_events`)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kaitopy.controllers.workspace.seen import FirstSeen
+from kaitopy.runtime.seen import FirstSeen
 
 pytestmark = pytest.mark.unit
 
