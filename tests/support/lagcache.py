@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kaitopy.api import WORKSPACE
+from kaitopy.controllers.workspace.observe import EVENTS_BY_POD, pod_uid_of_event
 from kaitopy.controllers.workspace.plan import Settings
 from kaitopy.controllers.workspace.planner import make_planner
 from kaitopy.controllers.workspace.reconciler import (
@@ -50,6 +51,7 @@ def lagging_controller(client: Client, settings: Settings | None = None) -> Lagg
         services=Store(),
         jobs=Store(),
         pods=Store({PODS_BY_WORKSPACE: workspace_key_of_labels}),
+        pod_events=Store({EVENTS_BY_POD: pod_uid_of_event}),
     )
     reconciler = WorkspaceReconciler(
         client,

@@ -13,6 +13,7 @@ from kaitopy.api import WORKSPACE
 from kaitopy.api.nodeclaim import NODECLAIM
 from kaitopy.controllers.workspace import status as st
 from kaitopy.controllers.workspace.crds import ensure_workspace_crd
+from kaitopy.controllers.workspace.observe import trim_pod_event
 from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL, Settings
 from kaitopy.controllers.workspace.reconciler import FINALIZER
 from kaitopy.provisioner.install import ensure_crds
@@ -153,3 +154,37 @@ async def test_a_pass_looks_at_its_own_nodes_and_the_shared_ones_not_every_node(
         "brought-by-the-user",
         "provisioned-for-it",
     ]
+
+
+def requests_to(client: Client, verb: str, resource: str) -> float:
+    return sum(
+        s.value
+        for family in client.metrics.rest_client_requests_by_resource_total.collect()
+        for s in family.samples
+        if s.name.endswith("_total") and s.labels == {"verb": verb, "resource": resource}
+    )
+
+
+async def test_a_pods_events_come_from_the_events_cache_not_a_list_per_pod(
+    client: Client, namespace: str
+) -> None:
+    # The API server keeps no watch cache for events: a list by pod uid read every event of the
+    # namespace from etcd, and one per workspace start-up made 1,000 start-ups quadratic.
+    ctl = lagging_controller(client)
+    await client.create(WORKSPACE, workspace("evt", namespace, "phi-4"))
+    ws = await client.get(WORKSPACE, "evt", namespace=namespace)
+    observed = await ctl.reconciler.observer.observe(ws)
+    pod = {"metadata": {"name": "evt-1", "namespace": namespace, "uid": "pod-uid-evt"}}
+    mount = {
+        "metadata": {"name": "evt-1.1", "namespace": namespace},
+        "involvedObject": {"kind": "Pod", "name": "evt-1", "namespace": namespace, "uid": "pod-uid-evt"},
+        "reason": "FailedMount",
+        "type": "Warning",
+        "message": 'MountVolume.SetUp failed for volume "hf": secret "hf" not found',
+        "source": {"component": "kubelet"},
+    }
+    ctl.stores.pod_events.upsert(trim_pod_event(mount))
+    lists = requests_to(client, "list", "events")
+    read = await ctl.reconciler.observer.with_events(observed, [pod])
+    assert [e["reason"] for e in read.pod_events["pod-uid-evt"]] == ["FailedMount"]
+    assert requests_to(client, "list", "events") == lists

@@ -9,6 +9,13 @@ from kaitopy.api.nodeclaim import NODECLAIM
 from kaitopy.controllers.workspace import nodes as nodesel
 from kaitopy.controllers.workspace.adapterdelivery import AdapterReader
 from kaitopy.controllers.workspace.metrics import register_workspace_metrics, startup_metrics
+from kaitopy.controllers.workspace.observe import (
+    EVENTS_BY_POD,
+    KUBELET_POD_EVENTS,
+    POD_EVENT,
+    pod_uid_of_event,
+    trim_pod_event,
+)
 from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL, Settings
 from kaitopy.controllers.workspace.reconciler import (
     CLAIMS_BY_WORKSPACE,
@@ -87,6 +94,8 @@ def wire(
         claims_store = claims.store
     pods = mgr.cache.informer(kinds.POD, label_selector=WORKSPACE_LABEL)
     pods.add_indexer(PODS_BY_WORKSPACE, workspace_key_of_labels)
+    events = mgr.cache.informer(POD_EVENT, field_selector=KUBELET_POD_EVENTS, transform=trim_pod_event)
+    events.add_indexer(EVENTS_BY_POD, pod_uid_of_event)
     owned = {
         k: mgr.cache.informer(k, label_selector=WORKSPACE_LABEL).store
         for k in (kinds.DEPLOYMENT, kinds.STATEFUL_SET, kinds.SERVICE, kinds.JOB)
@@ -102,6 +111,7 @@ def wire(
         services=owned[kinds.SERVICE],
         jobs=owned[kinds.JOB],
         pods=pods.store,
+        pod_events=events.store,
     )
     recorder = EventRecorder(client, COMPONENT)
     mgr.add_shutdown_hook(recorder.flush)
