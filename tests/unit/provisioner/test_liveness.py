@@ -225,3 +225,32 @@ def test_a_given_up_claim_skips_the_drain() -> None:
     assert is_repaired(c)
     c["status"]["conditions"][-1]["reason"] = "NotInitialized"
     assert not is_repaired(c)
+
+
+async def test_a_claim_launched_while_the_instances_are_listed_is_not_lost() -> None:
+    # At 1,000 claims the instance list takes seconds; a claim that launched meanwhile (its
+    # instance made after the list was read) was judged against that list and deleted as lost.
+    from kaitopy.provisioner.liveness import LivenessChecker
+    from kaitopy.provisioner.settings import ProvisionerSettings
+    from kaitopy.runtime.cache.store import Store
+
+    store = Store()
+    store.upsert(claim("old"))
+
+    class Claims:
+        def __init__(self) -> None:
+            self.store = store
+
+        async def wait_synced(self) -> None:
+            return None
+
+    class Provider:
+        name = "kwok"
+
+        async def list(self) -> list[Instance]:
+            instances = [instance("old")]  # read first...
+            store.upsert(claim("new"))  # ...then a claim launches, its instance made after the read
+            return instances
+
+    checker = LivenessChecker(None, Provider(), Claims(), None, ProvisionerSettings())  # type: ignore[arg-type]
+    assert await checker.check_once() == []
