@@ -2,7 +2,8 @@
 """Workspace controller at scale on the local control plane (kwok provider, no launch delay).
 
 For N workspaces applied at once: time until every one is WorkspaceSucceeded, API requests per
-workspace by verb (controller and provisioner, from their rest_client_requests_total), peak RSS
+workspace by HTTP method (controller and provisioner, from their rest_client_requests_total) and
+by Kubernetes verb and resource (rest_client_requests_by_resource_total), peak RSS
 of each process, and the writes made by a following resync (must be zero).
 
     python bench/bench_workspace.py [--sizes 200,1000] [--timeout 1200]
@@ -20,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -44,6 +47,38 @@ def peak_rss_mib(p: Process) -> float:
 def requests_by_verb(p: Process) -> dict[str, float]:
     samples = p.samples()  # one scrape for all verbs
     return {v: sum_of(samples, "rest_client_requests_total", method=v) for v in VERBS}
+
+
+def requests_by_resource(p: Process, n: int) -> dict[str, float]:
+    """Requests per workspace by Kubernetes verb and resource ("get workspaces.kaito.sh"), which
+    names the read or write a change added; empty for a build without the counter."""
+    counts: dict[str, float] = {}
+    for name, labels, value in p.samples():
+        if name == "rest_client_requests_by_resource_total" and value:
+            key = f"{labels['verb']} {labels['resource'] or '(non-resource)'}"
+            counts[key] = counts.get(key, 0.0) + value
+    return {k: round(v / n, 2) for k, v in sorted(counts.items())}
+
+
+async def apiserver_seconds(client: Client) -> dict[str, float]:
+    """Seconds the API server spent answering each verb and resource so far (the sum of its
+    apiserver_request_duration_seconds), from its /metrics: where its CPU, the machine's largest
+    share, went."""
+    text = (await client.request_bytes("GET", "/metrics")).decode()
+    spent: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "apiserver_request_duration_seconds_sum" and s.labels.get("verb") != "WATCH":
+                key = f"{s.labels['verb']} {s.labels.get('resource') or '(non-resource)'}"
+                if s.labels.get("subresource"):
+                    key += "/" + s.labels["subresource"]
+                spent[key] = spent.get(key, 0.0) + s.value
+    return spent
+
+
+def top_spent(before: dict[str, float], after: dict[str, float], n: int = 8) -> dict[str, float]:
+    spent = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    return {k: round(v, 1) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])[:n]}
 
 
 def loop_lag(p: Process) -> dict[str, float]:
@@ -88,6 +123,7 @@ async def run_size(client: Client, kubeconfig: Path, n: int, timeout: float, wor
     assert op.provisioner is not None
     result: dict[str, Any] = {"workspaces": n}
     try:
+        spent_before = await apiserver_seconds(client)
         t0 = time.monotonic()
         sem = asyncio.Semaphore(32)
 
@@ -107,11 +143,14 @@ async def run_size(client: Client, kubeconfig: Path, n: int, timeout: float, wor
                 break
             await asyncio.sleep(1.0)
         result["all_ready_s"] = round(time.monotonic() - t0, 2)
+        result["apiserver_seconds_top"] = top_spent(spent_before, await apiserver_seconds(client))
         result["ready_per_s"] = round(n / result["all_ready_s"], 2)
         await asyncio.sleep(3.0)  # trailing status writes
         ctrl_req, prov_req = requests_by_verb(ctrl), requests_by_verb(op.provisioner)
         result["controller_requests_per_workspace"] = {v: round(c / n, 2) for v, c in ctrl_req.items() if c}
         result["provisioner_requests_per_workspace"] = {v: round(c / n, 2) for v, c in prov_req.items() if c}
+        result["controller_requests_by_resource"] = requests_by_resource(ctrl, n)
+        result["provisioner_requests_by_resource"] = requests_by_resource(op.provisioner, n)
         writes_before = ctrl.writes()
         reconciles_before = ctrl.metric("controller_runtime_reconcile_total", controller="workspace")
         await asyncio.sleep(25.0)  # past one resync period (20 s + jitter)

@@ -7,13 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kaitopy.api import WORKSPACE
+from kaitopy.controllers.workspace.observe import EVENTS_BY_POD, pod_uid_of_event
 from kaitopy.controllers.workspace.plan import Settings
 from kaitopy.controllers.workspace.planner import make_planner
 from kaitopy.controllers.workspace.reconciler import (
     CLAIMS_BY_WORKSPACE,
+    NODES_BY_WORKSPACE,
     PODS_BY_WORKSPACE,
     Stores,
     WorkspaceReconciler,
+    node_owner_key,
     workspace_key_of_labels,
 )
 from kaitopy.presets import Catalog
@@ -41,13 +44,14 @@ def lagging_controller(client: Client, settings: Settings | None = None) -> Lagg
     settings = settings or Settings()
     stores = Stores(
         workspaces=Store(),
-        nodes=Store(),
+        nodes=Store({NODES_BY_WORKSPACE: node_owner_key}),
         claims=Store({CLAIMS_BY_WORKSPACE: workspace_key_of_labels}),
         deployments=Store(),
         statefulsets=Store(),
         services=Store(),
         jobs=Store(),
         pods=Store({PODS_BY_WORKSPACE: workspace_key_of_labels}),
+        pod_events=Store({EVENTS_BY_POD: pod_uid_of_event}),
     )
     reconciler = WorkspaceReconciler(
         client,

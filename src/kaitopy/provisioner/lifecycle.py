@@ -43,7 +43,6 @@ from kaitopy.provisioner.nodeclaim import (
 )
 from kaitopy.provisioner.settings import ProvisionerSettings
 from kaitopy.provisioner.termination import (
-    DeletingSince,
     PodOnNode,
     TerminationObserved,
     decide_termination,
@@ -71,6 +70,7 @@ from kaitopy.runtime.cache.writes import RecentWrites
 from kaitopy.runtime.controller.reconcile import reconcile_logger
 from kaitopy.runtime.kinds import Kind
 from kaitopy.runtime.objects import Obj
+from kaitopy.runtime.seen import FirstSeen
 
 NODECLASS = Kind("kaito.sh", "v1", "KaitoNodeClass", "kaitonodeclasses", namespaced=False)
 NODE_INDEX = "by-nodeclaim"
@@ -99,6 +99,7 @@ class NodeClaimLifecycle:
         settings: ProvisionerSettings | None = None,
         clock: Callable[[], float] = time.time,
         metrics: NodeClaimMetrics | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.claims = claims
@@ -110,7 +111,9 @@ class NodeClaimLifecycle:
         self.settings = settings or ProvisionerSettings()
         self.clock = clock
         self.metrics = metrics
-        self.deleting_since = DeletingSince()
+        # When this process first saw each draining claim's pods deleting, on its own clock: a
+        # pod's deletionTimestamp is the API server's clock (runtime.seen).
+        self.deleting_since = FirstSeen(monotonic)
 
     # -- entry ---------------------------------------------------------------------------------
 
@@ -329,10 +332,9 @@ class NodeClaimLifecycle:
         if not drain_possible(observed):
             return observed
         pods = await self.client.list(kinds.POD, field_selector=f"spec.nodeName={observed.node}")
-        deleting_for = self.deleting_since.observe(
+        deleting_for = self.deleting_since.ages(
             str(claim["metadata"]["name"]),
             [_uid(p) for p in pods.items if p["metadata"].get("deletionTimestamp")],
-            self.clock(),
         )
         return dataclasses.replace(
             observed,

@@ -76,32 +76,6 @@ def stuck(p: PodOnNode, stuck_pod_grace_s: float) -> bool:
     return p.deleting and p.deleting_for_s > p.grace_s + stuck_pod_grace_s
 
 
-class DeletingSince:
-    """When this provisioner first saw each pod of a draining claim deleting, by its own clock.
-    Held per lifecycle (not global) and per claim, replaced on every look and dropped when the
-    claim goes, so it holds only pods that are deleting now. Lost on restart: the wait then
-    starts again, which only waits longer."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, dict[str, float]] = {}
-
-    def observe(self, claim: str, deleting: Sequence[str], now: float) -> dict[str, float]:
-        """Seconds each of `deleting` (pod uids) has been seen deleting."""
-        before = self._seen.get(claim, {})
-        seen = {uid: before.get(uid, now) for uid in deleting}
-        if seen:
-            self._seen[claim] = seen
-        else:
-            self._seen.pop(claim, None)
-        return {uid: max(0.0, now - t) for uid, t in seen.items()}
-
-    def forget(self, claim: str) -> None:
-        self._seen.pop(claim, None)
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-
 def drain_possible(o: TerminationObserved) -> bool:
     """Whether the pods on the Node are worth listing."""
     return o.has_finalizer and o.node is not None and not lost(o)

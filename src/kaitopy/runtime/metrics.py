@@ -145,6 +145,14 @@ class Metrics:
             ["code", "method", "host"],
             registry=r,
         )
+        # Not in client-go: by verb and resource (both bounded sets), so a benchmark or an
+        # operator can tell which read or write a reconcile makes, not only how many.
+        self.rest_client_requests_by_resource_total = Counter(
+            "rest_client_requests_by_resource_total",
+            "Number of HTTP requests, partitioned by Kubernetes verb and resource[/subresource].",
+            ["verb", "resource"],
+            registry=r,
+        )
         self.leader_election_master_status = Gauge(
             "leader_election_master_status",
             "Gauge of if the reporting system is master of the relevant lease, "

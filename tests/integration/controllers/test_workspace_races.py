@@ -13,7 +13,8 @@ from kaitopy.api import WORKSPACE
 from kaitopy.api.nodeclaim import NODECLAIM
 from kaitopy.controllers.workspace import status as st
 from kaitopy.controllers.workspace.crds import ensure_workspace_crd
-from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL, Settings
+from kaitopy.controllers.workspace.observe import trim_pod_event
+from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL, Settings
 from kaitopy.controllers.workspace.reconciler import FINALIZER
 from kaitopy.provisioner.install import ensure_crds
 from kaitopy.runtime import Client, NotFound, kinds
@@ -134,3 +135,56 @@ async def test_claims_made_while_a_matching_node_was_away_go_when_it_returns(
     assert condition(ws, st.RESOURCE_READY)["status"] == "True"
     await client.delete(WORKSPACE, "back", namespace=namespace)
     await ctl.reconcile(namespace, "back")  # no claims left: the finalizer goes
+
+
+async def test_a_pass_looks_at_its_own_nodes_and_the_shared_ones_not_every_node(
+    client: Client, namespace: str
+) -> None:
+    # Each pass once walked every node of the cluster: with 1,000 workspaces, each with its own
+    # node, a start-up did a million node checks on the event loop.
+    ctl = lagging_controller(client)
+    owned = {WORKSPACE_LABEL: "own", WORKSPACE_NAMESPACE_LABEL: namespace, "m": "own"}
+    ctl.stores.nodes.upsert(gpu_node("provisioned-for-it", owned))
+    ctl.stores.nodes.upsert(gpu_node("provisioned-for-another", {**owned, WORKSPACE_LABEL: "another"}))
+    ctl.stores.nodes.upsert(gpu_node("brought-by-the-user", {"m": "own"}))
+    await client.create(WORKSPACE, workspace("own", namespace, "phi-4"))
+    ws = await client.get(WORKSPACE, "own", namespace=namespace)
+    observed = await ctl.reconciler.observer.observe(ws)
+    assert sorted(n["metadata"]["name"] for n in observed.nodes) == [
+        "brought-by-the-user",
+        "provisioned-for-it",
+    ]
+
+
+def requests_to(client: Client, verb: str, resource: str) -> float:
+    return sum(
+        s.value
+        for family in client.metrics.rest_client_requests_by_resource_total.collect()
+        for s in family.samples
+        if s.name.endswith("_total") and s.labels == {"verb": verb, "resource": resource}
+    )
+
+
+async def test_a_pods_events_come_from_the_events_cache_not_a_list_per_pod(
+    client: Client, namespace: str
+) -> None:
+    # The API server keeps no watch cache for events: a list by pod uid read every event of the
+    # namespace from etcd, and one per workspace start-up made 1,000 start-ups quadratic.
+    ctl = lagging_controller(client)
+    await client.create(WORKSPACE, workspace("evt", namespace, "phi-4"))
+    ws = await client.get(WORKSPACE, "evt", namespace=namespace)
+    observed = await ctl.reconciler.observer.observe(ws)
+    pod = {"metadata": {"name": "evt-1", "namespace": namespace, "uid": "pod-uid-evt"}}
+    mount = {
+        "metadata": {"name": "evt-1.1", "namespace": namespace},
+        "involvedObject": {"kind": "Pod", "name": "evt-1", "namespace": namespace, "uid": "pod-uid-evt"},
+        "reason": "FailedMount",
+        "type": "Warning",
+        "message": 'MountVolume.SetUp failed for volume "hf": secret "hf" not found',
+        "source": {"component": "kubelet"},
+    }
+    ctl.stores.pod_events.upsert(trim_pod_event(mount))
+    lists = requests_to(client, "list", "events")
+    read = await ctl.reconciler.observer.with_events(observed, [pod])
+    assert [e["reason"] for e in read.pod_events["pod-uid-evt"]] == ["FailedMount"]
+    assert requests_to(client, "list", "events") == lists

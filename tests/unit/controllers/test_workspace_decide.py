@@ -121,7 +121,11 @@ def served(ws: dict[str, Any], pods_ready: bool = True) -> Observed:
     assert plan.inference is not None
     pod = model_pod(workload.revision(plan.inference), ready=pods_ready)
     return dataclasses.replace(
-        first_observed(plan), deployment=deployment, pods=(pod,), claims=(claim(0, "n0", status="True"),)
+        first_observed(plan),
+        deployment=deployment,
+        pods=(pod,),
+        pod_ages={"pod-uid-1": 300.0},  # seen by this controller for five minutes
+        claims=(claim(0, "n0", status="True"),),
     )
 
 
@@ -417,8 +421,36 @@ def test_a_pod_still_starting_is_not_explained_yet() -> None:
         **observed.deployment,
         "status": {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1},
     }
-    d = decide(ws, dataclasses.replace(observed, deployment=deployment, pods=(young,)), SETTINGS, NOW)
+    d = decide(
+        ws,
+        dataclasses.replace(observed, deployment=deployment, pods=(young,), pod_ages={"pod-uid-1": 3.0}),
+        SETTINGS,
+        NOW,
+    )
     assert d.wants_events == ()
+
+
+def _stuck_pod(created_ago_s: float, seen_s: float) -> Observed:
+    """A pod not Ready, created `created_ago_s` before NOW by the API server's clock and seen by
+    this controller for `seen_s` seconds."""
+    ws = inference_ws()
+    observed = served(ws, pods_ready=False)
+    assert observed.deployment is not None and observed.plan is not None and observed.plan.inference
+    pod = model_pod(workload.revision(observed.plan.inference), ready=False, age_s=created_ago_s)
+    deployment = {
+        **observed.deployment,
+        "status": {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1},
+    }
+    return dataclasses.replace(observed, deployment=deployment, pods=(pod,), pod_ages={"pod-uid-1": seen_s})
+
+
+def test_a_pod_age_is_read_on_the_controllers_clock_not_against_the_servers() -> None:
+    # The API server's clock an hour behind ours: its new pod looks an hour old. Not stuck yet.
+    behind = decide(inference_ws(), _stuck_pod(created_ago_s=3600, seen_s=2), SETTINGS, NOW)
+    assert behind.wants_events == ()
+    # An hour ahead: the pod looks created in the future, yet it has been stuck for a minute.
+    ahead = decide(inference_ws(), _stuck_pod(created_ago_s=-3600, seen_s=60), SETTINGS, NOW)
+    assert [p["metadata"]["uid"] for p in ahead.wants_events] == ["pod-uid-1"]
 
 
 def test_a_completed_first_start_is_recorded_once_its_pod_events_are_read() -> None:

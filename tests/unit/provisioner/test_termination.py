@@ -8,7 +8,6 @@ from dataclasses import replace
 import pytest
 
 from kaitopy.provisioner.termination import (
-    DeletingSince,
     PodOnNode,
     TerminationDecision,
     TerminationObserved,
@@ -147,20 +146,3 @@ def test_pods_are_listed_only_where_a_drain_is_possible(
     observed: TerminationObserved, possible: bool
 ) -> None:
     assert drain_possible(observed) is possible
-
-
-def test_deleting_since_counts_on_the_provisioners_clock_and_holds_only_deleting_pods() -> None:
-    seen = DeletingSince()
-    assert seen.observe("c1", ["u1"], now=100.0) == {"u1": 0.0}
-    # u1 is timed from when it was first seen, whatever the API server's clock says.
-    assert seen.observe("c1", ["u1", "u2"], now=130.0) == {"u1": 30.0, "u2": 0.0}
-    # u1 went (its deletion finished): dropped, and a pod of the same uid would start again.
-    assert seen.observe("c1", ["u2"], now=140.0) == {"u2": 10.0}
-    assert seen.observe("c2", ["u9"], now=140.0) == {"u9": 0.0}
-    assert len(seen) == 2
-    assert seen.observe("c1", [], now=150.0) == {}
-    seen.forget("c2")
-    assert len(seen) == 0
-    # The clock going backwards (an NTP step) never makes a negative age.
-    assert seen.observe("c3", ["u1"], now=200.0) == {"u1": 0.0}
-    assert seen.observe("c3", ["u1"], now=150.0) == {"u1": 0.0}

@@ -223,9 +223,7 @@ def decide(
             written = observed.statefulset if inf.multi_node else observed.deployment
         revision = workload.revision(inf)
         if verdict.reason == "WorkloadNotReady":
-            verdict = _explain(
-                verdict, st.current_revision_pods(observed.pods, revision), observed, now, wants
-            )
+            verdict = _explain(verdict, st.current_revision_pods(observed.pods, revision), observed, wants)
             requeue = min(requeue or EXPLAIN_REQUEUE_S, EXPLAIN_REQUEUE_S)
         outcome = inference_outcome(resource, verdict)
         if inf.hot_load:
@@ -253,7 +251,7 @@ def decide(
     elif plan.tuning is not None:
         actions, started, succeeded = _tuning(ws, plan.tuning, resource.ok, observed)
         if succeeded.reason == "TuningJobRunning":
-            succeeded = _explain(succeeded, list(observed.pods), observed, now, wants)
+            succeeded = _explain(succeeded, list(observed.pods), observed, wants)
             requeue = min(requeue or EXPLAIN_REQUEUE_S, EXPLAIN_REQUEUE_S)
         outcome = tuning_outcome(started, succeeded)
     else:
@@ -395,14 +393,12 @@ def _tuning(
     return (tuple(actions), *st.job_verdicts(current, list(observed.pods)))
 
 
-def _explain(
-    verdict: st.Verdict, pods: Sequence[Obj], observed: Observed, now: datetime, wants: list[Obj]
-) -> st.Verdict:
+def _explain(verdict: st.Verdict, pods: Sequence[Obj], observed: Observed, wants: list[Obj]) -> st.Verdict:
     """A stuck pod's events, when its status does not say why (a volume that cannot be
     mounted, a readiness probe that keeps failing)."""
     pod = st.unready_pod(pods)
-    created = tl.parse_time(pod["metadata"].get("creationTimestamp")) if pod is not None else None
-    if pod is None or created is None or (now - created).total_seconds() < EVENTS_AFTER_S:
+    # Its age on this controller's clock: creationTimestamp is the API server's, and `now` ours.
+    if pod is None or observed.pod_ages.get(str(pod["metadata"]["uid"]), 0.0) < EVENTS_AFTER_S:
         return verdict
     events = observed.pod_events.get(str(pod["metadata"]["uid"]))
     if events is None:

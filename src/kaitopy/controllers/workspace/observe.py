@@ -3,8 +3,9 @@
 The caches give the nodes, claims, workloads and pods; the few things no cache holds are read
 here too, so that `decide` stays pure: the inference ConfigMap's context (the plan is sized for
 it), the ConfigMap each workload mounts (Kaito's default template, copied into the workspace's
-namespace where missing: the one write of this step, idempotent), the events of a pod that
-`decide` asked about, and, for a deleting workspace, its NodeClaims as the API server has them."""
+namespace where missing: the one write of this step, idempotent), and, for a deleting
+workspace, its NodeClaims as the API server has them. The events of a pod that `decide` asked
+about come from a cache of the kubelet's pod events."""
 
 from __future__ import annotations
 
@@ -28,15 +29,29 @@ from kaitopy.controllers.workspace.plan import (
     WorkspacePlan,
 )
 from kaitopy.controllers.workspace.planner import parse_workspace
-from kaitopy.runtime import Client, Forbidden, Kind, kinds
+from kaitopy.runtime import Client, Kind, kinds
 from kaitopy.runtime.cache.store import Store
 from kaitopy.runtime.controller.reconcile import reconcile_logger
-from kaitopy.runtime.objects import Obj
+from kaitopy.runtime.objects import Obj, freeze
+from kaitopy.runtime.seen import FirstSeen
 
 CLAIMS_BY_WORKSPACE = "by-workspace"
 PODS_BY_WORKSPACE = "by-workspace"
+NODES_BY_WORKSPACE = "by-workspace"
+SHARED_NODES = ""
+"""The node index's key for nodes no workspace was provisioned (the user's own, shared by every
+workspace whose selector matches them)."""
 POD_EVENT = Kind("", "v1", "Event", "events")
-"""The kubelet's events about pods: core/v1, which can be field-selected by the pod's uid."""
+"""The kubelet's events about pods: core/v1, which can be field-selected by source."""
+KUBELET_POD_EVENTS = "involvedObject.kind=Pod,source=kubelet"
+"""The events `decide` reads (pulls, mounts, sandboxes, probes): the kubelet's, about pods. They
+are watched into a cache rather than listed per pod: the API server keeps no watch cache for
+events, so each list by pod uid read every event of the namespace from etcd, and one per
+workspace start-up made a 1,000-workspace start-up quadratic on the API server."""
+EVENTS_BY_POD = "by-pod-uid"
+EVENT_MESSAGE_CHARS = 1024
+"""A cached event's message is cut to this (the reasons and the start of a message are what a
+condition quotes); it bounds the cache's memory per event."""
 log = reconcile_logger(__name__)
 
 
@@ -50,6 +65,8 @@ class Stores:
     services: Store
     jobs: Store
     pods: Store
+    pod_events: Store
+    """The kubelet's events about pods (`KUBELET_POD_EVENTS`, trimmed), indexed by the pod's uid."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +78,8 @@ class Observed:
     None when it cannot be planned (`plan_error` says why)."""
     plan_error: PlanError | None = None
     nodes: tuple[Obj, ...] = ()
-    """The cache's nodes (trimmed); `decide` picks those the workspace may use."""
+    """The cache's nodes (trimmed) the workspace may use: those provisioned for it and those
+    provisioned for no workspace; `decide` picks among them."""
     claims: tuple[Obj, ...] = ()
     """The workspace's NodeClaims in the cache, by name."""
     deployment: Obj | None = None
@@ -71,6 +89,9 @@ class Observed:
     job: Obj | None = None
     pods: tuple[Obj, ...] = ()
     """The workload's pods (all revisions)."""
+    pod_ages: Mapping[str, float] = field(default_factory=dict)
+    """Seconds this controller has seen each pod, by uid, on its own clock (`runtime.seen.FirstSeen`):
+    never the pod's creationTimestamp against the local clock."""
     pod_events: Mapping[str, tuple[Obj, ...]] = field(default_factory=dict)
     """Events by pod uid, read only for the pods `decide` asked about (`Decision.wants_events`)."""
     desired_adapters: tuple[AdapterPlan, ...] = ()
@@ -103,6 +124,34 @@ def workspace_key_of_labels(obj: Obj, default_namespace: str | None = None) -> l
     return [f"{ns}/{name}"] if name and ns else []
 
 
+def pod_uid_of_event(event: Obj) -> list[str]:
+    uid = (event.get("involvedObject") or {}).get("uid")
+    return [str(uid)] if uid else []
+
+
+_EVENT_FIELDS = ("involvedObject", "reason", "type", "count", "firstTimestamp", "lastTimestamp", "eventTime")
+
+
+def trim_pod_event(event: Obj) -> Obj:
+    """What `decide` reads of an event (status.events_problem, timeline.pull_seconds), no more:
+    the cache holds every kubelet pod event of the cluster for the hour events live."""
+    meta = event.get("metadata") or {}
+    trimmed: dict[str, Any] = {k: event[k] for k in _EVENT_FIELDS if k in event}
+    trimmed["metadata"] = {
+        k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in meta
+    }
+    trimmed["message"] = str(event.get("message") or "")[:EVENT_MESSAGE_CHARS]
+    result: Obj = freeze(trimmed)
+    return result
+
+
+def node_owner_key(node: Obj) -> list[str]:
+    """The node index: the workspace a node was provisioned for, else `SHARED_NODES`. A reconcile
+    then looks at its own nodes and the shared ones, not at every node of the cluster (a scan of
+    all nodes in every reconcile made a 1,000-workspace start-up quadratic)."""
+    return workspace_key_of_labels(node) or [SHARED_NODES]
+
+
 class Observer:
     def __init__(
         self,
@@ -111,12 +160,14 @@ class Observer:
         planner: Planner,
         settings: Settings,
         adapter_reader: adapterdelivery.AdapterReader | None = None,
+        first_seen: FirstSeen | None = None,
     ) -> None:
         self.client = client
         self.s = stores
         self.planner = planner
         self.settings = settings
         self.adapter_reader = adapter_reader or adapterdelivery.HttpAdapterReader()
+        self.first_seen = first_seen or FirstSeen()
 
     def claims_of(self, ws: Obj) -> tuple[Obj, ...]:
         key = f"{ws['metadata']['namespace']}/{ws['metadata']['name']}"
@@ -151,13 +202,17 @@ class Observer:
             answers = await adapterdelivery.read_answers(self.adapter_reader, inference, desired, pods)
         return Observed(
             plan=plan,
-            nodes=tuple(self.s.nodes.list()),
+            nodes=(
+                *self.s.nodes.by_index(NODES_BY_WORKSPACE, key),
+                *self.s.nodes.by_index(NODES_BY_WORKSPACE, SHARED_NODES),
+            ),
             claims=self.claims_of(ws),
             deployment=deployment,
             statefulset=self.s.statefulsets.get(key),
             services=services,
             job=self.s.jobs.get(key),
             pods=pods,
+            pod_ages=self.first_seen.ages(key, (str(p["metadata"]["uid"]) for p in pods)),
             desired_adapters=desired,
             adapter_answers=answers,
         )
@@ -168,7 +223,7 @@ class Observer:
         for pod in pods:
             uid = str(pod["metadata"]["uid"])
             if uid not in events:
-                events[uid] = tuple(await self._pod_events(pod))
+                events[uid] = tuple(self._pod_events(pod))
         return dataclasses.replace(observed, pod_events=events)
 
     async def dying(self, ws: Obj, *, byo: bool) -> Dying:
@@ -209,16 +264,6 @@ class Observer:
                 plan = dataclasses.replace(plan, inference=dataclasses.replace(i, config_map=name))
         return plan
 
-    async def _pod_events(self, pod: Obj) -> list[Obj]:
-        """The events about one pod (the kubelet's pulls, mounts, probes), read on demand: only
-        for a pod that is stuck or has just become Ready, so no cluster-wide event watch."""
-        meta = pod["metadata"]
-        try:
-            found = await self.client.list(
-                POD_EVENT, meta["namespace"], field_selector=f"involvedObject.uid={meta['uid']}"
-            )
-        except Forbidden as err:
-            # RBAC older than this code: the workspace says less, but still works.
-            log.warning("cannot read pod events", extra={"pod": meta["name"], "error": str(err)})
-            return []
-        return list(found.items)
+    def _pod_events(self, pod: Obj) -> list[Obj]:
+        """The kubelet's events about one pod (its pulls, mounts, probes), from the events cache."""
+        return self.s.pod_events.by_index(EVENTS_BY_POD, str(pod["metadata"]["uid"]))

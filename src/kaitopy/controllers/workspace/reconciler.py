@@ -24,10 +24,12 @@ from kaitopy.controllers.workspace.decide import (
 from kaitopy.controllers.workspace.metrics import StartupMetrics
 from kaitopy.controllers.workspace.observe import (
     CLAIMS_BY_WORKSPACE,
+    NODES_BY_WORKSPACE,
     PODS_BY_WORKSPACE,
     Observed,
     Observer,
     Stores,
+    node_owner_key,
     workspace_key_of_labels,
 )
 from kaitopy.controllers.workspace.plan import Planner, Settings
@@ -58,12 +60,14 @@ __all__ = [
     "EXPLAIN_REQUEUE_S",
     "FIELD_MANAGER",
     "FINALIZER",
+    "NODES_BY_WORKSPACE",
     "PODS_BY_WORKSPACE",
     "WAITING_REQUEUE_S",
     "Planner",
     "Stores",
     "WorkspaceReconciler",
     "keys_to_requests",
+    "node_owner_key",
     "workspace_key_of_labels",
 ]
 
@@ -99,6 +103,7 @@ class WorkspaceReconciler:
     async def reconcile(self, request: Request) -> Result | None:
         ws = self.latest.get(request.key)  # get
         if ws is None:
+            self.observer.first_seen.forget(request.key)
             return None
         if is_deleting(ws):  # finalize
             return await self._finalize(ws)

@@ -9,14 +9,23 @@ from kaitopy.api.nodeclaim import NODECLAIM
 from kaitopy.controllers.workspace import nodes as nodesel
 from kaitopy.controllers.workspace.adapterdelivery import AdapterReader
 from kaitopy.controllers.workspace.metrics import register_workspace_metrics, startup_metrics
+from kaitopy.controllers.workspace.observe import (
+    EVENTS_BY_POD,
+    KUBELET_POD_EVENTS,
+    POD_EVENT,
+    pod_uid_of_event,
+    trim_pod_event,
+)
 from kaitopy.controllers.workspace.plan import WORKSPACE_LABEL, Settings
 from kaitopy.controllers.workspace.reconciler import (
     CLAIMS_BY_WORKSPACE,
+    NODES_BY_WORKSPACE,
     PODS_BY_WORKSPACE,
     Planner,
     Stores,
     WorkspaceReconciler,
     keys_to_requests,
+    node_owner_key,
     workspace_key_of_labels,
 )
 from kaitopy.runtime import (
@@ -85,19 +94,24 @@ def wire(
         claims_store = claims.store
     pods = mgr.cache.informer(kinds.POD, label_selector=WORKSPACE_LABEL)
     pods.add_indexer(PODS_BY_WORKSPACE, workspace_key_of_labels)
+    events = mgr.cache.informer(POD_EVENT, field_selector=KUBELET_POD_EVENTS, transform=trim_pod_event)
+    events.add_indexer(EVENTS_BY_POD, pod_uid_of_event)
     owned = {
         k: mgr.cache.informer(k, label_selector=WORKSPACE_LABEL).store
         for k in (kinds.DEPLOYMENT, kinds.STATEFUL_SET, kinds.SERVICE, kinds.JOB)
     }
+    nodes = mgr.cache.informer(kinds.NODE, transform=trim_node)
+    nodes.add_indexer(NODES_BY_WORKSPACE, node_owner_key)
     stores = Stores(
         workspaces=ws_store,
-        nodes=mgr.cache.informer(kinds.NODE, transform=trim_node).store,
+        nodes=nodes.store,
         claims=claims_store,
         deployments=owned[kinds.DEPLOYMENT],
         statefulsets=owned[kinds.STATEFUL_SET],
         services=owned[kinds.SERVICE],
         jobs=owned[kinds.JOB],
         pods=pods.store,
+        pod_events=events.store,
     )
     recorder = EventRecorder(client, COMPONENT)
     mgr.add_shutdown_hook(recorder.flush)

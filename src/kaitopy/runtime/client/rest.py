@@ -28,6 +28,7 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 from yarl import URL
 
+from kaitopy.runtime.client.requestinfo import request_info
 from kaitopy.runtime.errors import NotFound, TransportError, api_error
 from kaitopy.runtime.kinds import WELL_KNOWN, Kind, split_api_version
 from kaitopy.runtime.metrics import Metrics
@@ -101,6 +102,7 @@ class Client:
         self._kinds: dict[tuple[str, str], Kind] = dict(WELL_KNOWN)
         self._proxy: _Proxy | None = None
         self._counters: dict[tuple[int | str, str], Any] = {}
+        self._by_resource: dict[tuple[str, str], Any] = {}
 
     @property
     def server(self) -> str:
@@ -201,13 +203,19 @@ class Client:
                 url += "?" + urlencode(q)
         return url
 
-    def _count(self, code: int | str, method: str) -> None:
-        # The labelled child is looked up once per (code, method): labels() costs more than inc().
+    def _count(self, code: int | str, method: str, path: str, *, watch: bool = False) -> None:
+        # Labelled children are looked up once per label set: labels() costs more than inc().
         counter = self._counters.get((code, method))
         if counter is None:
             counter = self.metrics.rest_client_requests_total.labels(str(code), method, self._host)
             self._counters[(code, method)] = counter
         counter.inc()
+        verb, resource = request_info(method, path, watch=watch)
+        by_resource = self._by_resource.get((verb, resource))
+        if by_resource is None:
+            by_resource = self.metrics.rest_client_requests_by_resource_total.labels(verb, resource)
+            self._by_resource[(verb, resource)] = by_resource
+        by_resource.inc()
 
     async def request_bytes(
         self,
@@ -236,7 +244,7 @@ class Client:
                 proxy_headers=proxy.headers,
             ) as resp:
                 payload = await resp.read()
-                self._count(resp.status, method)
+                self._count(resp.status, method, path)
                 if resp.status >= 300:
                     raise api_error(
                         resp.status,
@@ -247,7 +255,7 @@ class Client:
                     )
                 return payload
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self._count("<error>", method)
+            self._count("<error>", method, path)
             raise TransportError(f"{method} {path}: {exc!r}") from exc
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -273,7 +281,7 @@ class Client:
                 proxy=proxy.url,
                 proxy_headers=proxy.headers,
             ) as resp:
-                self._count(resp.status, "GET")
+                self._count(resp.status, "GET", path, watch=True)
                 if resp.status >= 300:
                     raise api_error(resp.status, await resp.read(), method="GET", path=path)
                 yield resp.content
