@@ -133,22 +133,16 @@ async def _serve(settings: ServeSettings) -> tuple[int, bool]:
     stop_wait = asyncio.create_task(stopping.wait())
     code = 0
     try:
-        await asyncio.wait({load, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        if load.done():
-            failure = load.exception()
-            if failure is not None:
-                # A setting the operator got wrong needs its one line, not a traceback.
-                trace = None if isinstance(failure, SettingsError) else failure
-                log.error("cannot start: %s", failure, exc_info=trace)
-                code = 1
-            else:
-                log.info("ready: serving %s", ", ".join(engine.model_ids()))
-                manager = adapter_manager(settings, engine)
-                if manager is not None:
-                    server.adapter_status = manager.snapshot
-                    hot = asyncio.create_task(manager.run())
-                    log.info("hot-load: following %s", settings.adapter_desired_file)
-                await stop_wait
+        started = await _started(load, stop_wait, engine)
+        if started is False:
+            code = 1
+        elif started:
+            manager = adapter_manager(settings, engine)
+            if manager is not None:
+                server.adapter_status = manager.snapshot
+                hot = asyncio.create_task(manager.run())
+                log.info("hot-load: following %s", settings.adapter_desired_file)
+            await stop_wait
         log.info("stopping: no new requests; waiting up to %.0f s for those in flight", DRAIN_TIMEOUT_S)
     finally:
         server.draining = True
@@ -191,23 +185,18 @@ async def _supervise(engine: Engine, settings: ServeSettings) -> tuple[int, bool
     hot: list[asyncio.Task[None]] = []
     code = 0
     try:
-        await asyncio.wait({load, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        if load.done():
-            failure = load.exception()
-            if failure is not None:
-                trace = None if isinstance(failure, SettingsError) else failure
-                log.error("cannot start: %s", failure, exc_info=trace)
-                code = 1
-            else:
-                log.info("ready: serving %s", ", ".join(engine.model_ids()))
-                manager = adapter_manager(settings, engine)
-                if manager is not None and isinstance(engine, StatusSink):
-                    hot = [
-                        asyncio.create_task(manager.run()),
-                        asyncio.create_task(_publish_status(manager, engine)),
-                    ]
-                    log.info("hot-load: following %s", settings.adapter_desired_file)
-                await stop_wait
+        started = await _started(load, stop_wait, engine)
+        if started is False:
+            code = 1
+        elif started:
+            manager = adapter_manager(settings, engine)
+            if manager is not None and isinstance(engine, StatusSink):
+                hot = [
+                    asyncio.create_task(manager.run()),
+                    asyncio.create_task(_publish_status(manager, engine)),
+                ]
+                log.info("hot-load: following %s", settings.adapter_desired_file)
+            await stop_wait
         log.info("stopping: the engine finishes the requests in flight, then exits")
     finally:
         load.cancel()
@@ -220,6 +209,22 @@ async def _supervise(engine: Engine, settings: ServeSettings) -> tuple[int, bool
             loop.remove_signal_handler(sig)
     log.info("stopped")
     return code, False
+
+
+async def _started(load: asyncio.Task[None], stop_wait: asyncio.Task[Any], engine: Engine) -> bool | None:
+    """Wait for the engine's start or a stop signal, whichever comes first, and say which: True
+    started (logged ready), False failed (logged), None stopped first."""
+    await asyncio.wait({load, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if not load.done():
+        return None
+    failure = load.exception()
+    if failure is not None:
+        # A setting the operator got wrong needs its one line, not a traceback.
+        trace = None if isinstance(failure, SettingsError) else failure
+        log.error("cannot start: %s", failure, exc_info=trace)
+        return False
+    log.info("ready: serving %s", ", ".join(engine.model_ids()))
+    return True
 
 
 @runtime_checkable

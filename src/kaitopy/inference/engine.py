@@ -46,6 +46,16 @@ class RequestError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+def request_timed_out(limit_s: float) -> RequestError:
+    """The 504 of a request that passed the server's --request-timeout (both fronts say the same)."""
+    return RequestError(
+        f"the request took longer than this server's limit of {limit_s:g} s (--request-timeout); "
+        "ask for fewer tokens",
+        status=504,
+        code="request_timeout",
+    )
+
+
 @runtime_checkable
 class Engine(Protocol):
     name: str  # "transformers" | "vllm"

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from kaitopy.inference import kaito_chat, validation
 from kaitopy.inference.admission import Admission, QueueFull
-from kaitopy.inference.engine import Engine, EngineResult, PromptTokenCounter, RequestError
+from kaitopy.inference.engine import Engine, EngineResult, PromptTokenCounter, RequestError, request_timed_out
 from kaitopy.inference.metrics import ServerMetrics
 from kaitopy.inference.validation import Limits
 
@@ -205,12 +205,7 @@ class InferenceServer:
         return asyncio.get_running_loop().time() + self.request_timeout_s
 
     def _timed_out(self) -> RequestError:
-        return RequestError(
-            f"the request took longer than this server's limit of {self.request_timeout_s:g} s "
-            "(--request-timeout); ask for fewer tokens",
-            status=504,
-            code="request_timeout",
-        )
+        return request_timed_out(self.request_timeout_s)
 
     def _refused(self) -> web.Response:
         self.metrics.rejected.inc()

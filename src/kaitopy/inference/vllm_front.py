@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from kaitopy.inference import kaito_chat, validation
 from kaitopy.inference.admission import Admission, QueueFull
-from kaitopy.inference.engine import RequestError
+from kaitopy.inference.engine import RequestError, request_timed_out
 from kaitopy.inference.metrics import ServerMetrics
 from kaitopy.inference.validation import Limits
 
@@ -342,12 +342,7 @@ class KaitoFront:
         return asyncio.get_running_loop().time() + self.config.request_timeout_s
 
     def _timed_out(self) -> RequestError:
-        return RequestError(
-            f"the request took longer than this server's limit of {self.config.request_timeout_s:g} s "
-            "(--request-timeout); ask for fewer tokens",
-            status=504,
-            code="request_timeout",
-        )
+        return request_timed_out(self.config.request_timeout_s)
 
     async def _refuse(self, send: Send) -> None:
         self.metrics.rejected.inc()
