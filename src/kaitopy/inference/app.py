@@ -112,16 +112,12 @@ async def _serve(settings: ServeSettings) -> tuple[int, bool]:
         await runner.cleanup()
         return 1, False
     log.info(
-        "listening on %s:%d; loading %s with the %s engine; API key %s; max_tokens default %d, "
-        "limit %d; request timeout %s",
+        "listening on %s:%d; loading %s with the %s engine; %s",
         settings.host,
         settings.port,
         settings.model_dir,
         engine.name,
-        "required" if settings.api_key else "not set (the API is open)",
-        settings.default_max_tokens,
-        settings.max_tokens_limit,
-        f"{settings.request_timeout_s:g} s" if settings.request_timeout_s else "none",
+        _limits(settings),
     )
 
     stopping = asyncio.Event()
@@ -164,16 +160,12 @@ async def _supervise(engine: Engine, settings: ServeSettings) -> tuple[int, bool
     """The engine's child serves HTTP itself (vLLM with kaitopy's routes inside): this process only
     starts it, stops it (and its process group) on SIGTERM, and exits non-zero when it dies."""
     log.info(
-        "loading %s with the %s engine; it serves %s:%d itself; API key %s; max_tokens default %d, "
-        "limit %d; request timeout %s",
+        "loading %s with the %s engine; it serves %s:%d itself; %s",
         settings.model_dir,
         engine.name,
         settings.host,
         settings.port,
-        "required" if settings.api_key else "not set (the API is open)",
-        settings.default_max_tokens,
-        settings.max_tokens_limit,
-        f"{settings.request_timeout_s:g} s" if settings.request_timeout_s else "none",
+        _limits(settings),
     )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -209,6 +201,16 @@ async def _supervise(engine: Engine, settings: ServeSettings) -> tuple[int, bool
             loop.remove_signal_handler(sig)
     log.info("stopped")
     return code, False
+
+
+def _limits(settings: ServeSettings) -> str:
+    """What a client meets, for the start-up line: the API key, max_tokens, the request timeout."""
+    key = "required" if settings.api_key else "not set (the API is open)"
+    timeout = f"{settings.request_timeout_s:g} s" if settings.request_timeout_s else "none"
+    return (
+        f"API key {key}; max_tokens default {settings.default_max_tokens}, "
+        f"limit {settings.max_tokens_limit}; request timeout {timeout}"
+    )
 
 
 async def _started(load: asyncio.Task[None], stop_wait: asyncio.Task[Any], engine: Engine) -> bool | None:

@@ -46,6 +46,15 @@ class RequestError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+def queue_full(max_concurrency: int, max_queue: int) -> RequestError:
+    """The 429 of a request that finds every generation slot and queue place taken."""
+    return RequestError(
+        f"too many requests: {max_concurrency} running and {max_queue} waiting; retry later",
+        status=429,
+        code="queue_full",
+    )
+
+
 def request_timed_out(limit_s: float) -> RequestError:
     """The 504 of a request that passed the server's --request-timeout (both fronts say the same)."""
     return RequestError(

@@ -22,7 +22,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from kaitopy.inference import kaito_chat, validation
 from kaitopy.inference.admission import Admission, QueueFull
-from kaitopy.inference.engine import Engine, EngineResult, PromptTokenCounter, RequestError, request_timed_out
+from kaitopy.inference.engine import (
+    Engine,
+    EngineResult,
+    PromptTokenCounter,
+    RequestError,
+    queue_full,
+    request_timed_out,
+)
 from kaitopy.inference.metrics import ServerMetrics
 from kaitopy.inference.validation import Limits
 
@@ -209,12 +216,7 @@ class InferenceServer:
 
     def _refused(self) -> web.Response:
         self.metrics.rejected.inc()
-        err = RequestError(
-            f"too many requests: {self.admission.max_concurrency} running and "
-            f"{self.admission.max_queue} waiting; retry later",
-            status=429,
-            code="queue_full",
-        )
+        err = queue_full(self.admission.max_concurrency, self.admission.max_queue)
         return error_response(err, headers={"Retry-After": str(self.retry_after_s)})
 
     async def _generate(self, request: web.Request, endpoint: str, call: Call) -> web.StreamResponse:

@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from kaitopy.inference import kaito_chat, validation
 from kaitopy.inference.admission import Admission, QueueFull
-from kaitopy.inference.engine import RequestError, request_timed_out
+from kaitopy.inference.engine import RequestError, queue_full, request_timed_out
 from kaitopy.inference.metrics import ServerMetrics
 from kaitopy.inference.validation import Limits
 
@@ -346,12 +346,7 @@ class KaitoFront:
 
     async def _refuse(self, send: Send) -> None:
         self.metrics.rejected.inc()
-        err = RequestError(
-            f"too many requests: {self.admission.max_concurrency} running and "
-            f"{self.admission.max_queue} waiting; retry later",
-            status=429,
-            code="queue_full",
-        )
+        err = queue_full(self.admission.max_concurrency, self.admission.max_queue)
         await _error(send, err, {"Retry-After": str(self.config.retry_after_s)})
 
     async def _with_defaults(self, scope: Scope, body: dict[str, Any]) -> dict[str, Any]:
