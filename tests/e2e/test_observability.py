@@ -57,6 +57,21 @@ async def test_operator_targets_are_discovered_and_every_dashboard_panel_has_dat
     ws = phi3("observed", namespace)
     apply(kube_cluster, ws)
     await wait_condition(client, "observed", namespace, "WorkspaceSucceeded")
+    # A real workload outlives several scrapes; on kwok the whole life can be shorter than one, and
+    # a gauge of live workspaces would then never be seen. Delete only after the controller was
+    # scraped while the workspace was Ready (`up`'s timestamp is the scrape's own time).
+    ready_at = time.time()
+
+    def last_scrape() -> float:
+        found = prom.query('max(timestamp(up{job="kaitopy-controller-metrics"}))')
+        return float(found[0]["value"][1]) if found else 0.0
+
+    await eventually(
+        lambda: asyncio.to_thread(last_scrape),
+        until=lambda t: t > ready_at,
+        timeout=30,
+        what="a scrape of the controller while the workspace is Ready",
+    )
     await delete_and_wait(client, kube_cluster, "observed", namespace)
     await asyncio.sleep(3)  # a few scrapes after the deletion
     end = time.time()
