@@ -91,13 +91,26 @@ def system_provider(kubeconfig: Path, refs: dict[str, str]) -> Any:
     return make
 
 
+LAUNCH_TRIES = 3
+
+
 async def system_node_up(kubeconfig: Path, refs: dict[str, str]) -> None:
-    from kaitopy.provisioner.cloudprovider import LaunchRequest
+    from kaitopy.provisioner.cloudprovider import CloudProviderError, LaunchRequest
 
     client, provider = await system_provider(kubeconfig, refs)()
     async with client:
         request = LaunchRequest(claim_name=SYSTEM_NODE, instance_type="system")
-        token = await provider.begin_launch(request)
+        # A failed launch is tried again, as the NodeClaim lifecycle does (a start is idempotent:
+        # what already runs is kept); the error says why each try failed.
+        for attempt in range(1, LAUNCH_TRIES + 1):
+            try:
+                token = await provider.begin_launch(request)
+                break
+            except CloudProviderError as err:
+                if attempt == LAUNCH_TRIES:
+                    raise
+                print(f"deploy-local: launch {attempt} of {LAUNCH_TRIES} failed, retrying: {err}", flush=True)
+                await asyncio.sleep(2 * attempt)
         deadline = time.monotonic() + 120
         while not (await provider.poll_launch(request, token)).done:
             if time.monotonic() > deadline:

@@ -163,8 +163,14 @@ async def test_load_scales_a_set_from_one_to_two_real_nodes_and_back(
         assert (
             localnodes.leftovers(local_dir / "nodes" / node_name, node_name, f"kpbr{record['index']}") == []
         )
-        remaining = [w["metadata"]["name"] for w in (await client.list(WORKSPACE, namespace)).items]
-        assert remaining == [first], remaining  # the newer member went, the first one serves on
+        # The newer member went, the first one serves on. The Node goes before the member's
+        # Workspace does (its finalizer waits for the NodeClaim's, which waits for the Node).
+        await eventually(
+            lambda: client.list(WORKSPACE, namespace),
+            until=lambda ws: [w["metadata"]["name"] for w in ws.items] == [first],
+            timeout=120,
+            what=f"only {first} left",
+        )
         print(
             f"autoscale 1 -> 2 -> 1 on real nodes: {result.sent} requests, all 200 "
             f"({result.by_target[url]} answered by the new member); scale-up asked "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 from kaitopy.provisioner.local import system
 
@@ -43,3 +44,10 @@ def test_alive_needs_the_marker_in_the_command_line() -> None:
         proc.kill()
         proc.wait()
     assert not system.alive(proc.pid, "sleep")
+
+
+def test_a_log_tail_keeps_the_last_lines_that_say_something(tmp_path: Path) -> None:
+    log = tmp_path / "containerd.log"
+    log.write_text("starting\n\nloading plugin\n  \nfailed to listen: address in use\n")
+    assert system.log_tail(log, lines=2) == "loading plugin | failed to listen: address in use"
+    assert system.log_tail(tmp_path / "missing.log") == ""

@@ -148,8 +148,11 @@ async def _wait_socket(node: NodeLayout, record: NodeRecord, timeout: float = 60
     deadline = time.monotonic() + timeout
     while not node.containerd_socket.exists():
         if not system.alive(record.pids.get("containerd", 0), str(node.root)):
+            log_file = node.logs / "containerd.log"
+            how = system.exit_status(record.pids.get("containerd", 0))
+            last = system.log_tail(log_file)
             raise system.CommandError(
-                f"containerd of node {node.name} exited; see {node.logs / 'containerd.log'}"
+                f"containerd of node {node.name} exited ({how}){': ' + last if last else ''}; see {log_file}"
             )
         if time.monotonic() > deadline:
             raise system.CommandError(f"containerd of node {node.name} made no socket within {timeout:.0f}s")

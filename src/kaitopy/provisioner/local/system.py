@@ -64,6 +64,18 @@ def spawn_detached(argv: Sequence[str], log_file: Path, env: dict[str, str] | No
     return proc.pid
 
 
+def log_tail(path: Path, lines: int = 5, max_bytes: int = 8192) -> str:
+    """The last non-empty lines of a daemon's log, for an error that says why it stopped."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - max_bytes))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    kept = [line.strip() for line in text.splitlines() if line.strip()]
+    return " | ".join(kept[-lines:])
+
+
 def cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
