@@ -169,7 +169,7 @@ async def test_70b_model_spans_nodes_with_a_statefulset(
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}}} in env
     headless = await client.get(kinds.SERVICE, f"{name}-headless", namespace=namespace)
     assert headless["spec"]["clusterIP"] == "None"
-    # Ray's ports are open to the group's pods only.
+    # The ranks' ports are open to the group's pods only.
     fence = await client.get(kinds.NETWORK_POLICY, f"{name}-group-ingress", namespace=namespace)
     assert fence["spec"]["podSelector"]["matchLabels"] == {"kaito.sh/workspace": name}
     assert fence["metadata"]["ownerReferences"][0]["name"] == name

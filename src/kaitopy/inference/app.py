@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from kaitopy.inference import adapters as adapter_files
+from kaitopy.inference import group
 from kaitopy.inference.adapterpull import PullSettings
 from kaitopy.inference.admission import Admission
 from kaitopy.inference.engine import Engine
@@ -24,7 +25,7 @@ from kaitopy.inference.factory import build_engine
 from kaitopy.inference.hotload import AdapterEngine, AdapterManager
 from kaitopy.inference.metrics import ServerMetrics
 from kaitopy.inference.server import InferenceServer
-from kaitopy.inference.settings import ServeSettings, SettingsError
+from kaitopy.inference.settings import ServeSettings, SettingsError, watched_peers
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 DRAIN_TIMEOUT_S = float(os.environ.get("KAITOPY_DRAIN_TIMEOUT_S", "25"))
 # Test hook: hold the load back so a test can watch /health answer 503 first.
 LOAD_DELAY_ENV = "KAITOPY_LOAD_DELAY_S"
+# A multi-node peer restarted or went silent: this rank exits so its container restarts with the group.
+EXIT_GROUP_RESTART = 4
 
 
 def serve(settings: ServeSettings) -> int:
@@ -128,6 +131,16 @@ async def _serve(settings: ServeSettings) -> tuple[int, bool]:
     hot: asyncio.Task[None] | None = None
     stop_wait = asyncio.create_task(stopping.wait())
     code = 0
+    group_restart: list[str] = []
+
+    def restart_group(reason: str) -> None:
+        group_restart.append(reason)
+        stopping.set()
+
+    # From the start, not once loaded: a leader whose worker restarts while it waits for the group
+    # must restart too, or it waits for a rank that will never join its rendezvous.
+    peers = watched_peers(settings.group_peers, settings.node_rank)
+    watch = asyncio.create_task(group.watch(peers, restart_group)) if peers else None
     try:
         started = await _started(load, stop_wait, engine)
         if started is False:
@@ -139,12 +152,16 @@ async def _serve(settings: ServeSettings) -> tuple[int, bool]:
                 hot = asyncio.create_task(manager.run())
                 log.info("hot-load: following %s", settings.adapter_desired_file)
             await stop_wait
+        if group_restart:
+            code = EXIT_GROUP_RESTART
         log.info("stopping: no new requests; waiting up to %.0f s for those in flight", DRAIN_TIMEOUT_S)
     finally:
         server.draining = True
         still_loading = not load.done()
         load.cancel()
         stop_wait.cancel()
+        if watch is not None:
+            watch.cancel()
         if hot is not None:
             hot.cancel()
         await runner.cleanup()

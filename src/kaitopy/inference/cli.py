@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kaitopy import logconfig
 from kaitopy.inference.settings import (
+    DEFAULT_LEADER_PORT,
     DTYPES,
     ENGINES,
     ServeSettings,
@@ -16,11 +17,12 @@ from kaitopy.inference.settings import (
     default_served_name,
     env_flag,
     load_config,
+    node_rank_from_pod_name,
     parse_images,
     parse_memory,
     parse_strengths,
     read_api_key,
-    role_from_pod_name,
+    role_of,
 )
 
 log = logging.getLogger(__name__)
@@ -100,9 +102,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--role-from-pod-name",
         action="store_true",
-        help="multi-node: pod 0 (from $POD_NAME) leads, the others join --leader-address",
+        help="multi-node: the StatefulSet ordinal in $POD_NAME is the node rank; pod 0 leads and "
+        "serves, the others run their pipeline stage for it",
     )
-    parser.add_argument("--leader-address", default=None)
+    parser.add_argument("--leader-address", default=None, help="multi-node: the leader pod's DNS name")
+    parser.add_argument(
+        "--leader-port",
+        type=int,
+        default=DEFAULT_LEADER_PORT,
+        help="multi-node: the port of the leader's torch.distributed rendezvous",
+    )
+    parser.add_argument(
+        "--group-peer",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="multi-node: each rank's model server (http://host:port), in rank order; the leader "
+        "watches the workers and a worker its leader, and a restarted or silent peer restarts the group",
+    )
     parser.add_argument(
         "--max-concurrency",
         type=int,
@@ -185,9 +202,19 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     if not 0 < args.port < 65536:
         raise SettingsError(f"--port {args.port} is not a TCP port")
     config = load_config(args.config) if args.config is not None else None
-    role = role_from_pod_name(os.environ.get("POD_NAME")) if args.role_from_pod_name else "single"
+    node_rank = node_rank_from_pod_name(os.environ.get("POD_NAME")) if args.role_from_pod_name else 0
+    role = role_of(node_rank) if args.role_from_pod_name else "single"
     if role != "single" and not args.leader_address:
         raise SettingsError("--role-from-pod-name needs --leader-address (the leader pod's DNS name)")
+    if not 0 < args.leader_port < 65536:
+        raise SettingsError(f"--leader-port {args.leader_port} is not a TCP port")
+    for url in args.group_peer:
+        if not url.startswith(("http://", "https://")):
+            raise SettingsError(f"--group-peer {url!r}: expected http://host:port")
+    if args.group_peer and role != "single" and len(args.group_peer) <= node_rank:
+        raise SettingsError(
+            f"--group-peer names {len(args.group_peer)} servers, but this pod is rank {node_rank}"
+        )
     max_model_len = args.max_model_len or (config.max_model_len if config else None)
     kwargs = {"config": config} if config is not None else {}
     return ServeSettings(
@@ -207,6 +234,9 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         adapter_strengths=parse_strengths(args.adapter_strength),
         role=role,
         leader_address=args.leader_address,
+        node_rank=node_rank,
+        leader_port=args.leader_port,
+        group_peers=tuple(u.rstrip("/") for u in args.group_peer) if role != "single" else (),
         max_concurrency=max_concurrency,
         max_queue=args.max_queue,
         allow_download=args.allow_download,

@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import json
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -122,6 +123,8 @@ class InferenceServer:
         self.request_timeout_s = request_timeout_s
         self.api_key = api_key
         self.draining = False
+        # Drawn per process: a peer that sees it change knows this server restarted (group.py).
+        self.instance = secrets.token_hex(8)
         # Hot-load's per-adapter states (hotload.AdapterManager.snapshot), once the model is loaded.
         self.adapter_status: Callable[[], dict[str, Any]] | None = None
 
@@ -146,11 +149,12 @@ class InferenceServer:
         return web.json_response({"message": "Server is running"})
 
     async def _health(self, _: web.Request) -> web.Response:
+        # The instance id lets a multi-node group's other ranks see that this server restarted.
         if self.draining:
-            return web.json_response({"status": "draining"}, status=503)
+            return web.json_response({"status": "draining", "instance": self.instance}, status=503)
         if not self.engine.ready():
-            return web.json_response({"status": "loading"}, status=503)
-        return web.json_response({"status": "Healthy"})
+            return web.json_response({"status": "loading", "instance": self.instance}, status=503)
+        return web.json_response({"status": "Healthy", "instance": self.instance})
 
     async def _metrics(self, _: web.Request) -> web.Response:
         body = self.metrics.exposition()

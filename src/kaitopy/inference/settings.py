@@ -12,6 +12,8 @@ import yaml
 
 ENGINES = ("transformers", "vllm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# vLLM's own default --master-port: where a multi-node leader's torch.distributed store listens.
+DEFAULT_LEADER_PORT = 29501
 # Kaito's default inference ConfigMap carries max_probe_steps (its vLLM memory probe); accepted so a
 # config written for Kaito keeps working, and ignored.
 # Its kv_cache_cpu_memory_utilization sizes KV cache offload in Kaito's own vLLM image; no effect here.
@@ -54,6 +56,12 @@ class ServeSettings:
     # "single" (one pod), "leader" (pod 0 of a multi-node group) or "worker".
     role: str = "single"
     leader_address: str | None = None
+    # Multi-node: this pod's place in the group (its StatefulSet ordinal) and the port the leader's
+    # torch.distributed rendezvous listens on.
+    node_rank: int = 0
+    leader_port: int = DEFAULT_LEADER_PORT
+    # Every rank's kaitopy server (http://host:port), in rank order: the group watch (group.py).
+    group_peers: tuple[str, ...] = ()
     max_concurrency: int = 1
     max_queue: int = 64
     # Generation bounds: max_tokens when a request gives none (less when the context has less room),
@@ -162,8 +170,8 @@ def load_config(path: Path) -> InferenceConfig:
     return parse_config_text(text, str(path))
 
 
-def role_from_pod_name(pod_name: str | None) -> str:
-    """A StatefulSet's pod 0 leads, the others join it."""
+def node_rank_from_pod_name(pod_name: str | None) -> int:
+    """A StatefulSet pod's ordinal is its node rank in a multi-node group: pod 0 leads."""
     if not pod_name:
         raise SettingsError(
             "--role-from-pod-name needs the POD_NAME environment variable (the pod's own name)"
@@ -173,7 +181,18 @@ def role_from_pod_name(pod_name: str | None) -> str:
         raise SettingsError(
             f"--role-from-pod-name: pod name {pod_name!r} does not end in a StatefulSet ordinal"
         )
-    return "leader" if int(ordinal) == 0 else "worker"
+    return int(ordinal)
+
+
+def role_of(node_rank: int) -> str:
+    return "leader" if node_rank == 0 else "worker"
+
+
+def watched_peers(group: tuple[str, ...], node_rank: int) -> list[str]:
+    """The servers a rank watches: the leader every worker, a worker its leader."""
+    if not group:
+        return []
+    return list(group[1:]) if node_rank == 0 else [group[0]]
 
 
 def default_served_name(model_dir: Path, hf_model_id: str | None) -> str:

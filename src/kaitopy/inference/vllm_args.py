@@ -1,4 +1,4 @@
-"""Plan a vLLM OpenAI-server launch: the argv, the models it serves and, on multi-node, the Ray step.
+"""Plan a vLLM OpenAI-server launch: the argv, the models it serves and, on multi-node, the group flags.
 
 Everything here is pure: measured memory, the model's config.json and vLLM's known options are passed
 in, so the planning is unit-tested without vLLM or torch and the sizing rules live in one place.
@@ -38,7 +38,6 @@ CPU_MAX_NUM_SEQS = 8
 # a quarter on top and never less than this floor, which costs nothing next to the weights.
 CPU_KV_SLACK = 1.25
 CPU_KV_FLOOR = 128 * 1024**2
-RAY_PORT = 6379
 # The ranks vLLM accepts for --max-lora-rank (vllm.config.lora.MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -55,6 +54,12 @@ _RESERVED_KEYS = {
     "api-key": "the model server's API key comes from a Secret (kaitopy serve --api-key-file or "
     "$KAITOPY_API_KEY)",
     "hf-token": "a token does not belong in a ConfigMap; put it in a Secret and pass it as $HF_TOKEN",
+    # A multi-node group's shape comes from its StatefulSet (kaitopy serve --role-from-pod-name).
+    "nnodes": "the operator sets a multi-node group's size from the workspace's nodes",
+    "node-rank": "each multi-node pod's rank is its StatefulSet ordinal",
+    "master-addr": "multi-node pods find their leader by its DNS name (--leader-address)",
+    "master-port": "use kaitopy serve --leader-port",
+    "headless": "multi-node workers run headless by themselves",
 }
 RESERVED_KEYS = _RESERVED_KEYS  # also refused at admission (webhooks/configs.py)
 # Set by the operator from the workspace's GPUs and nodes; Kaito's examples still put them in the
@@ -148,6 +153,8 @@ class VllmOptions:
     role: str = "single"
     leader_address: str | None = None
     num_nodes: int = 1
+    node_rank: int = 0
+    leader_port: int = 29501
     # Requests the front lets generate at once (--max-concurrency); vLLM never needs more sequences.
     max_concurrency: int | None = None
     # Hot-load: LoRA room reserved at start for adapters loaded later (0 slots: hot-load off).
@@ -156,22 +163,14 @@ class VllmOptions:
 
 
 @dataclass(frozen=True)
-class RayStep:
-    """What a multi-node pod runs before (leader) or instead of (worker) vLLM."""
-
-    command: list[str]
-    # The leader waits for this many Ray nodes before starting vLLM; a worker blocks in `command`.
-    wait_for_nodes: int
-    serves: bool
-
-
-@dataclass(frozen=True)
 class VllmPlan:
     argv: list[str]  # after `python -m vllm.entrypoints.openai.api_server`
     model_ids: list[str]
     max_model_len: int
     notes: list[str]
-    ray: RayStep | None = None
+    # False on a multi-node worker: it runs its pipeline stage for the leader and serves nothing.
+    serves: bool = True
+    multi_node: bool = False
     # How the memory flags were worked out, for the log.
     sizing: list[str] = field(default_factory=list)
 
@@ -475,40 +474,42 @@ def cpu_kv_budget(
     )
 
 
-def ray_step(options: VllmOptions) -> RayStep | None:
-    """Multi-node: pod 0 starts the Ray head and waits for the group, the others join it and block."""
+def multi_node_flags(options: VllmOptions) -> list[str]:
+    """vLLM's own multi-node launch: every pod runs vLLM with the group's size and its own rank; rank
+    0 serves and hosts the torch.distributed rendezvous, the others run headless (their pipeline stage
+    only). No Ray: vLLM's CPU build refuses Ray ("current platform cpu does not support ray"), while
+    this launcher works on CPU and GPU alike and needs no Ray processes in the pods."""
     if options.role == "single":
-        return None
+        return []
+    if options.role not in ("leader", "worker"):
+        raise PlanError(f"unknown multi-node role {options.role!r}")
     if not options.leader_address:
         raise PlanError("multi-node needs --leader-address (the leader pod's DNS name)")
-    if options.role == "leader":
-        return RayStep(
-            # No dashboard: it would be one more unauthenticated port (its job API runs code). The
-            # ports Ray needs are open to the group's pods only (the controller's NetworkPolicy).
-            [
-                "ray",
-                "start",
-                "--head",
-                f"--port={RAY_PORT}",
-                "--include-dashboard=false",
-                "--disable-usage-stats",
-            ],
-            wait_for_nodes=options.num_nodes,
-            serves=True,
+    if options.num_nodes < 2:
+        raise PlanError(
+            f"multi-node needs --pipeline-parallel-size of 2 or more (one stage per node), "
+            f"not {options.num_nodes}"
         )
-    if options.role == "worker":
-        return RayStep(
-            [
-                "ray",
-                "start",
-                f"--address={options.leader_address}:{RAY_PORT}",
-                "--block",
-                "--disable-usage-stats",
-            ],
-            wait_for_nodes=0,
-            serves=False,
+    if not 0 <= options.node_rank < options.num_nodes:
+        raise PlanError(
+            f"node rank {options.node_rank} is outside the group of {options.num_nodes} nodes "
+            "(--pipeline-parallel-size): the StatefulSet has more pods than pipeline stages"
         )
-    raise PlanError(f"unknown multi-node role {options.role!r}")
+    if (options.role == "leader") != (options.node_rank == 0):
+        raise PlanError(f"the {options.role} cannot have node rank {options.node_rank}")
+    flags = [
+        "--distributed-executor-backend",
+        "mp",
+        "--nnodes",
+        str(options.num_nodes),
+        "--node-rank",
+        str(options.node_rank),
+        "--master-addr",
+        options.leader_address,
+        "--master-port",
+        str(options.leader_port),
+    ]
+    return flags + (["--headless"] if options.role == "worker" else [])
 
 
 def lora_rank_slot(rank: int) -> int:
@@ -529,7 +530,7 @@ def plan_vllm(
         options = replace(options, max_model_len=int(configured_len))
     max_model_len, memory_flags, memory_notes, sizing = plan_memory(options, shape, memory, extra)
     notes += memory_notes
-    ray = ray_step(options)
+    group = multi_node_flags(options)
     argv = [
         "--model",
         str(options.model_dir),
@@ -551,8 +552,7 @@ def plan_vllm(
     argv += ["--max-model-len", str(max_model_len)]
     if memory.device == "cpu" and "max-num-seqs" not in extra:
         argv += ["--max-num-seqs", str(cpu_max_num_seqs(options, extra))]
-    if ray is not None:
-        argv += ["--distributed-executor-backend", "ray"]
+    argv += group
     if options.tool_call_parser:
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", options.tool_call_parser]
     if options.reasoning_parser:
@@ -571,5 +571,11 @@ def plan_vllm(
         argv += _option_args(key, value)
     model_ids = [options.served_model_name, *(a.name for a in options.adapters)]
     return VllmPlan(
-        argv=argv, model_ids=model_ids, max_model_len=max_model_len, notes=notes, ray=ray, sizing=sizing
+        argv=argv,
+        model_ids=model_ids,
+        max_model_len=max_model_len,
+        notes=notes,
+        serves=options.role != "worker",
+        multi_node=bool(group),
+        sizing=sizing,
     )

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 FRONT_MODULE = "kaitopy.inference.vllm_front"
+FOLLOWER_MODULE = "kaitopy.inference.vllm_follower"
 EXIT_CHILD_DIED = 3
 # How often a long vLLM start says it is still going.
 PROGRESS_EVERY_S = 30.0
@@ -98,6 +99,10 @@ class VllmSettings(Protocol):
     def role(self) -> str: ...
     @property
     def leader_address(self) -> str | None: ...
+    @property
+    def node_rank(self) -> int: ...
+    @property
+    def leader_port(self) -> int: ...
     @property
     def max_concurrency(self) -> int: ...
     @property
@@ -364,6 +369,8 @@ class VllmEngine:
             role=s.role,
             leader_address=s.leader_address,
             num_nodes=s.pipeline_parallel_size,
+            node_rank=s.node_rank,
+            leader_port=s.leader_port,
             max_concurrency=s.max_concurrency,
             hot_lora_slots=s.hot_lora_slots if self._hot else 0,
             hot_lora_max_rank=s.hot_lora_max_rank if self._hot else 0,
@@ -415,18 +422,33 @@ class VllmEngine:
             # vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter exist only with this set.
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
             self._lora_rank = reserved_lora_rank(plan)
-        if plan.ray is None:
-            # Single node: vLLM's own processes talk over loopback only. On multi-node Ray needs the pod IP.
+        if not plan.multi_node:
+            # Single node: vLLM's own processes talk over loopback only.
             env["VLLM_HOST_IP"] = "127.0.0.1"
-        if plan.ray is not None and not plan.ray.serves:
-            # A multi-node worker only lends its GPUs to the leader's Ray cluster.
-            log.info("multi-node worker: %s", " ".join(plan.ray.command))
-            self._child = await procgroup.start(*plan.ray.command, env=env)
+        elif os.environ.get("POD_IP"):
+            # Multi-node: the group's other pods reach this one's ranks at the pod's own address.
+            env["VLLM_HOST_IP"] = os.environ["POD_IP"]
+        if not plan.serves:
+            # A multi-node worker runs its pipeline stage headless; the leader serves the requests.
+            s = self._settings
+            argv = [self._python, "-m", FOLLOWER_MODULE, *plan.argv]
+            log.info(
+                "multi-node worker, node rank %d: joining the leader at %s:%d (%s)",
+                s.node_rank,
+                s.leader_address,
+                s.leader_port,
+                " ".join(redacted(argv)),
+            )
+            await self._spawn(argv, env)
             self._healthy = True
             self._tasks.append(asyncio.create_task(self._watch_child()))
             return
-        if plan.ray is not None:
-            await self._start_ray_head(plan.ray.command, plan.ray.wait_for_nodes, env)
+        if plan.multi_node:
+            log.info(
+                "multi-node leader: vLLM starts serving once all %d nodes have joined on port %d",
+                self._settings.pipeline_parallel_size,
+                self._settings.leader_port,
+            )
         probe_host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
         self._base = f"http://{probe_host}:{port}"
         control = {CONTROL_HEADER.decode(): self._control_token} if self._control_token else None
@@ -446,6 +468,16 @@ class VllmEngine:
         notice = compile_notice(env, argv)
         if notice:
             log.info("%s", notice)
+        await self._spawn(argv, env)
+        await self._wait_healthy()
+        self._healthy = True
+        self._tasks.append(asyncio.create_task(self._watch_child()))
+        if self._public is None:
+            # One-hop: /metrics and the probes reach the child itself; nothing to copy.
+            self._tasks.append(asyncio.create_task(self._scrape_metrics()))
+
+    async def _spawn(self, argv: list[str], env: dict[str, str]) -> None:
+        """Start `argv` as the child (its own process group), its output relayed to the log."""
         # The output pipe is this side's own, not asyncio's: vLLM's engine processes inherit it, and a
         # Process whose pipe is still open does not report its exit (a killed child went unnoticed).
         read_fd, write_fd = os.pipe()
@@ -463,12 +495,6 @@ class VllmEngine:
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0)
         )
         self._relay = asyncio.create_task(childlog.relay(reader, self._child_log))
-        await self._wait_healthy()
-        self._healthy = True
-        self._tasks.append(asyncio.create_task(self._watch_child()))
-        if self._public is None:
-            # One-hop: /metrics and the probes reach the child itself; nothing to copy.
-            self._tasks.append(asyncio.create_task(self._scrape_metrics()))
 
     def _front_config(self, plan: VllmPlan) -> FrontConfig:
         s = self._settings
@@ -484,23 +510,6 @@ class VllmEngine:
             api_key=s.api_key,
             control_token=self._control_token,
         )
-
-    async def _start_ray_head(self, command: list[str], nodes: int, env: dict[str, str]) -> None:
-        log.info("multi-node leader: %s; waiting for %d Ray nodes", " ".join(command), nodes)
-        head = await asyncio.create_subprocess_exec(*command, env=env)
-        if await head.wait() != 0:
-            raise RuntimeError(f"`{' '.join(command)}` failed with exit code {head.returncode}")
-        count = "import ray; ray.init(address='auto', logging_level='ERROR'); print(len(ray.nodes()))"
-        deadline = time.monotonic() + self._startup_timeout
-        while time.monotonic() < deadline:
-            probe = await asyncio.create_subprocess_exec(
-                self._python, "-c", count, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-            )
-            out, _ = await probe.communicate()
-            if probe.returncode == 0 and out.strip().isdigit() and int(out.strip()) >= nodes:
-                return
-            await asyncio.sleep(5)
-        raise RuntimeError(f"fewer than {nodes} Ray nodes joined within {self._startup_timeout:.0f} s")
 
     async def _wait_healthy(self) -> None:
         assert self._child is not None and self._session is not None
@@ -607,7 +616,7 @@ class VllmEngine:
         return self._healthy and self._child is not None and self._child.returncode is None
 
     def model_ids(self) -> list[str]:
-        if self._plan is None or (self._plan.ray is not None and not self._plan.ray.serves):
+        if self._plan is None or not self._plan.serves:
             return []
         return [self._plan.model_ids[0], *self._served]
 

@@ -14,12 +14,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
 
 from tests.integration.inference.conftest import Server, free_port, stop_server, wait_ready
+from tests.support.realmodel import build_real_model, greedy_answers
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,34 +42,12 @@ MAX_TOKENS_LIMIT = 64
 
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
-    """The converted model, from kaitopy's cache (a first run converts it: ~25 s on 2 cores)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "kaitopy", "weights", "build"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    return Path(done.stdout.strip().splitlines()[-1])
+    return build_real_model()
 
 
 @pytest.fixture(scope="module")
 def expected(model_dir: Path) -> dict[str, str]:
-    """Each question's greedy answer from plain transformers generate, float32, the model's template."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    answers: dict[str, str] = {}
-    for question in QUESTIONS:
-        messages = [{"role": "user", "content": question}]
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=MAX_TOKENS, do_sample=False)
-        answers[question] = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-    return answers
+    return greedy_answers(model_dir, QUESTIONS, MAX_TOKENS)
 
 
 @pytest.fixture(scope="module", params=["transformers", "vllm"])

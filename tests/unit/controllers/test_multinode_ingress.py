@@ -1,4 +1,4 @@
-"""A multi-node Workspace's ingress NetworkPolicy: Ray's ports open to the group's pods only."""
+"""A multi-node Workspace's ingress NetworkPolicy: the ranks' ports open to the group's pods only."""
 
 from __future__ import annotations
 
@@ -38,5 +38,5 @@ def test_the_group_reaches_everything_and_others_only_the_server_port() -> None:
     assert spec["policyTypes"] == ["Ingress"]
     group, public = spec["ingress"]
     assert group == {"from": [{"podSelector": {"matchLabels": selected}}]}
-    # No `from`: any source, but the model server's port alone; Ray's 6379 and the rest are not listed.
+    # No `from`: any source, but the model server's port alone; the rendezvous (29501) is not listed.
     assert public == {"ports": [{"protocol": "TCP", "port": SERVER_PORT}]}

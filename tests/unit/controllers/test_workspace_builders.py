@@ -126,6 +126,17 @@ def test_multi_node_statefulset_leader_service_and_headless() -> None:
     assert sts["spec"]["replicas"] == 2 and sts["spec"]["serviceName"] == "workspace-phi-3-headless"
     args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--leader-address=workspace-phi-3-0.workspace-phi-3-headless.default.svc.cluster.local" in args
+    # Every rank's server, in rank order: each watches the others (the group restarts as one).
+    assert [a for a in args if a.startswith("--group-peer=")] == [
+        f"--group-peer=http://workspace-phi-3-{k}.workspace-phi-3-headless.default.svc.cluster.local:5000"
+        for k in (0, 1)
+    ]
+    env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    # A single-node pod gets no POD_IP, so its template (and revision) is unchanged.
+    single = workload.deployment(PLAN)["spec"]["template"]["spec"]["containers"][0]
+    assert "POD_IP" not in {e["name"] for e in single["env"]}
+    assert not any(a.startswith("--group-peer") for a in single["args"])
     assert workload.headless_service(big)["spec"]["clusterIP"] == "None"
     assert (
         workload.service(big)["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == "workspace-phi-3-0"

@@ -9,10 +9,12 @@ from kaitopy.cli import main
 from kaitopy.inference import cli
 from kaitopy.inference.settings import (
     SettingsError,
+    node_rank_from_pod_name,
     parse_config_text,
     parse_strength,
     parse_strengths,
-    role_from_pod_name,
+    role_of,
+    watched_peers,
 )
 
 
@@ -78,13 +80,15 @@ def test_strength_given_twice() -> None:
         parse_strengths(["x=1", "x=2"])
 
 
-def test_role_from_pod_name() -> None:
-    assert role_from_pod_name("ws-0") == "leader"
-    assert role_from_pod_name("my-ws-12") == "worker"
+def test_node_rank_and_role_from_pod_name() -> None:
+    assert node_rank_from_pod_name("ws-0") == 0
+    assert node_rank_from_pod_name("my-ws-12") == 12
+    assert role_of(0) == "leader"
+    assert role_of(12) == "worker"
     with pytest.raises(SettingsError):
-        role_from_pod_name("ws-abc")
+        node_rank_from_pod_name("ws-abc")
     with pytest.raises(SettingsError):
-        role_from_pod_name(None)
+        node_rank_from_pod_name(None)
 
 
 def test_controller_flags_parse() -> None:
@@ -125,8 +129,28 @@ def test_multi_node_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         )
     )
     assert settings.role == "worker"
+    assert settings.node_rank == 1
     assert settings.leader_address == "ws-0.ws-headless.ns.svc.cluster.local"
+    assert settings.leader_port == 29501  # vLLM's own default
     assert settings.max_concurrency == 256  # vLLM batches
+
+
+def test_group_peers_and_who_watches_whom(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAME", "ws-2")
+    peers = ("http://ws-0.h:5000", "http://ws-1.h:5000", "http://ws-2.h:5000")
+    settings = cli.settings_from_args(
+        parse(
+            "--engine=vllm",
+            "--role-from-pod-name",
+            "--leader-address=ws-0.h",
+            "--leader-port=29600",
+            *(f"--group-peer={p}/" for p in peers),
+        )
+    )
+    assert settings.group_peers == peers and settings.leader_port == 29600
+    assert watched_peers(settings.group_peers, settings.node_rank) == ["http://ws-0.h:5000"]
+    assert watched_peers(peers, 0) == ["http://ws-1.h:5000", "http://ws-2.h:5000"]
+    assert watched_peers((), 0) == []
 
 
 def test_config_file_sets_max_model_len_unless_the_flag_does(tmp_path: Path) -> None:
@@ -152,6 +176,8 @@ def test_served_name_defaults_to_the_model_id() -> None:
         (["--port=70000"], "--port"),
         (["--config=/no/such/file.yaml"], "cannot read it"),
         (["--role-from-pod-name"], "POD_NAME"),
+        (["--leader-port=0"], "--leader-port"),
+        (["--group-peer=ws-0:5000"], "expected http://host:port"),
     ],
 )
 def test_bad_flags(argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch) -> None:

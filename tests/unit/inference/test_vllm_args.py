@@ -1,9 +1,10 @@
-"""The vLLM launch plan: argv, context sizing from measured memory, config checking, adapters, Ray."""
+"""The vLLM launch plan: argv, context sizing from measured memory, config checking, adapters, multi-node."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -417,40 +418,67 @@ def test_read_model_shape(tmp_path: Path) -> None:
         read_model_shape(tmp_path / "nope", "auto")
 
 
-def test_multi_node_leader_starts_ray_head_and_serves() -> None:
-    plan = plan_vllm(
-        options(role="leader", leader_address="ws-0.ws-headless", num_nodes=2, pipeline_parallel_size=2),
+def group(**kw: Any) -> Any:
+    return plan_vllm(
+        options(leader_address="ws-0.ws-headless", num_nodes=2, pipeline_parallel_size=2, **kw),
         shape8b(),
         Memory("cuda", H100, H100),
         FALLBACK_VLLM_OPTIONS,
     )
-    assert plan.ray is not None
-    assert plan.ray.command[:3] == ["ray", "start", "--head"]
-    assert "--include-dashboard=false" in plan.ray.command  # no unauthenticated job API
-    assert plan.ray.wait_for_nodes == 2
-    assert plan.ray.serves
-    assert flag(plan.argv, "--distributed-executor-backend") == "ray"
 
 
-def test_multi_node_worker_joins_leader_and_blocks() -> None:
-    plan = plan_vllm(
-        options(role="worker", leader_address="ws-0.ws-headless", num_nodes=2),
-        shape8b(),
-        Memory("cuda", H100, H100),
-        FALLBACK_VLLM_OPTIONS,
-    )
-    assert plan.ray is not None
-    assert "--address=ws-0.ws-headless:6379" in plan.ray.command
-    assert "--block" in plan.ray.command
-    assert not plan.ray.serves
+def test_multi_node_leader_hosts_the_rendezvous_and_serves() -> None:
+    plan = group(role="leader", node_rank=0, leader_port=29600)
+    assert plan.serves and plan.multi_node
+    assert flag(plan.argv, "--distributed-executor-backend") == "mp"  # vLLM's own launcher, not Ray
+    assert flag(plan.argv, "--nnodes") == "2"
+    assert flag(plan.argv, "--node-rank") == "0"
+    assert flag(plan.argv, "--master-addr") == "ws-0.ws-headless"
+    assert flag(plan.argv, "--master-port") == "29600"
+    assert "--headless" not in plan.argv
 
 
-def test_single_node_has_no_ray_and_multi_node_needs_leader() -> None:
+def test_multi_node_worker_runs_its_stage_headless() -> None:
+    plan = group(role="worker", node_rank=1)
+    assert not plan.serves and plan.multi_node
+    assert flag(plan.argv, "--node-rank") == "1"
+    assert flag(plan.argv, "--master-addr") == "ws-0.ws-headless"
+    assert "--headless" in plan.argv
+    # The same model flags as the leader's: each rank loads its own layers of the same model.
+    leader = group(role="leader", node_rank=0)
+    assert flag(plan.argv, "--pipeline-parallel-size") == flag(leader.argv, "--pipeline-parallel-size")
+    assert flag(plan.argv, "--max-model-len") == flag(leader.argv, "--max-model-len")
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"role": "worker", "node_rank": 2}, "outside the group of 2"),
+        ({"role": "worker", "node_rank": 0}, "worker cannot have node rank 0"),
+        ({"role": "leader", "node_rank": 1}, "leader cannot have node rank 1"),
+        ({"role": "worker", "node_rank": 1, "num_nodes": 1}, "pipeline-parallel-size of 2 or more"),
+        ({"role": "boss", "node_rank": 1}, "unknown multi-node role"),
+    ],
+)
+def test_multi_node_group_mistakes_are_named(kw: dict[str, Any], match: str) -> None:
+    base: dict[str, Any] = {"leader_address": "ws-0.ws-headless", "num_nodes": 2, "pipeline_parallel_size": 2}
+    with pytest.raises(PlanError, match=match):
+        plan_vllm(options(**{**base, **kw}), shape8b(), Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS)
+
+
+def test_single_node_has_no_group_and_multi_node_needs_leader() -> None:
     plan = plan_vllm(options(), shape8b(), Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS)
-    assert plan.ray is None
-    assert "--distributed-executor-backend" not in plan.argv
+    assert plan.serves and not plan.multi_node
+    for name in ("--distributed-executor-backend", "--nnodes", "--node-rank", "--headless"):
+        assert name not in plan.argv
     with pytest.raises(PlanError, match="leader-address"):
         plan_vllm(options(role="worker"), shape8b(), Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS)
+
+
+@pytest.mark.parametrize("key", ["nnodes", "node-rank", "master-addr", "master_port", "headless"])
+def test_config_cannot_reshape_the_group(key: str) -> None:
+    with pytest.raises(PlanError, match=f"vllm.{key} cannot be set"):
+        plan_vllm(options(extra={key: "1"}), shape8b(), Memory("cuda", H100, H100), FALLBACK_VLLM_OPTIONS)
 
 
 def test_adapter_dir_that_is_one_adapter_is_served_under_its_name(tmp_path: Path) -> None:

@@ -344,7 +344,7 @@ def _inference(
     how: rollout.Rollout | None = None
     if multi:
         if current is None:
-            # Ray listens on every interface of the pods: the fence goes up before the pods do.
+            # The ranks listen on every interface of the pods: the fence goes up before the pods do.
             actions.append(Create(kinds.NETWORK_POLICY, _owned(ws, ingress.multinode_ingress_policy(plan))))
         headless = workload.headless_name(plan)
         actions.append(

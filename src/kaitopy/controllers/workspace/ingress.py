@@ -1,13 +1,13 @@
-"""The ingress NetworkPolicy of a multi-node inference Workspace: Ray stays inside the group.
+"""The ingress NetworkPolicy of a multi-node inference Workspace: the group's traffic stays inside it.
 
-On several nodes, pod 0 runs a Ray head and the others join it. Ray listens on every interface of
-the pod (its GCS on 6379, object managers, raylets and workers on ports it picks), with no
-authentication: anyone who reaches those ports can run code in the pods. Binding them to loopback
-is not possible (the other pods must reach them), so the network closes them instead. The policy
-selects the Workspace's pods and allows:
-  - anything from the Workspace's own pods (Ray, NCCL and vLLM's traffic between the nodes);
-  - the model server's port from anywhere (the Service, probes, clients), and nothing else.
-"""
+On several nodes, every pod runs vLLM with the group's size and its own rank. Pod 0 hosts the
+torch.distributed rendezvous (kaitopy serve --leader-port), and the ranks then connect to each other
+on ports they pick (gloo/NCCL, vLLM's message queues), with no authentication: anyone who reaches
+those ports could feed the ranks tensors or commands. Binding them to loopback is not possible (the
+other pods must reach them), so the network closes them instead. The policy selects the Workspace's
+pods and allows:
+  - anything from the Workspace's own pods (the ranks' traffic between the nodes);
+  - the model server's port from anywhere (the Service, probes, clients), and nothing else."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ same as the operator's own image."""
 
 HOME = "/home/kaitopy"
 TMP_SIZE_LIMIT = "10Gi"
-"""/tmp: Ray's session files (multi-node), torch/triton scratch, and `tune push`'s layer tar and
+"""/tmp: vLLM's, torch's and triton's scratch (a multi-node rank's included), and `tune push`'s layer tar and
 its gzip while it builds them (about twice the adapter's size)."""
 HOME_SIZE_LIMIT = "20Gi"
 """$HOME/.cache: Hugging Face's hub cache and tokens, torch.compile/triton/flashinfer kernel

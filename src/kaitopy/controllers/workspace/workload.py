@@ -54,8 +54,13 @@ def headless_name(plan: InferencePlan) -> str:
     return f"{plan.name}-headless"
 
 
+def pod_address(plan: InferencePlan, rank: int) -> str:
+    """A multi-node pod's DNS name (the headless Service publishes it before the pod is ready)."""
+    return f"{plan.name}-{rank}.{headless_name(plan)}.{plan.namespace}.svc.cluster.local"
+
+
 def leader_address(plan: InferencePlan) -> str:
-    return f"{plan.name}-0.{headless_name(plan)}.{plan.namespace}.svc.cluster.local"
+    return pod_address(plan, 0)
 
 
 def server_args(plan: InferencePlan) -> list[str]:
@@ -97,8 +102,11 @@ def server_args(plan: InferencePlan) -> list[str]:
             *(f"--plain-http-registry={r}" for r in plan.plain_http_registries),
         ]
     if plan.multi_node:
-        # Pod 0 leads (Ray head); the others join it. The role comes from the pod's own name.
+        # Pod 0 leads (it serves and hosts the group's torch.distributed rendezvous); the others run
+        # their pipeline stage for it. The node rank is the pod's StatefulSet ordinal.
         args += ["--role-from-pod-name", f"--leader-address={leader_address(plan)}"]
+        # Every rank's server, so each watches the others and the group restarts as one.
+        args += [f"--group-peer=http://{pod_address(plan, k)}:{SERVER_PORT}" for k in range(plan.node_count)]
     return args
 
 
@@ -321,6 +329,10 @@ def _unstamped_pod_template(plan: InferencePlan) -> dict[str, Any]:
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
+    if plan.multi_node:
+        # Each rank tells the others this address (vLLM's VLLM_HOST_IP); only multi-node pods get
+        # it, so single-node pod templates, and their revision, stay as they were.
+        env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     if plan.model_access_secret:
         env.append(
             {
