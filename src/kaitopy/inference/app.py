@@ -48,10 +48,13 @@ def serve(settings: ServeSettings) -> int:
     return code
 
 
-async def _load(engine: Engine) -> None:
+async def _load(engine: Engine, after: asyncio.Event | None = None) -> None:
     delay = float(os.environ.get(LOAD_DELAY_ENV, "0") or 0)
     if delay > 0:
         await asyncio.sleep(delay)
+    if after is not None:
+        log.info("multi-node worker: waiting for the leader's server before joining its group")
+        await after.wait()
     await engine.start()
 
 
@@ -127,9 +130,6 @@ async def _serve(settings: ServeSettings) -> tuple[int, bool]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    load = asyncio.create_task(_load(engine))
-    hot: asyncio.Task[None] | None = None
-    stop_wait = asyncio.create_task(stopping.wait())
     code = 0
     group_restart: list[str] = []
 
@@ -137,10 +137,18 @@ async def _serve(settings: ServeSettings) -> tuple[int, bool]:
         group_restart.append(reason)
         stopping.set()
 
-    # From the start, not once loaded: a leader whose worker restarts while it waits for the group
-    # must restart too, or it waits for a rank that will never join its rendezvous.
+    # Multi-node: watched from the start, not once loaded. The leader judges its workers once it
+    # serves; a worker joins the rendezvous only after it has seen the leader instance it watches.
     peers = watched_peers(settings.group_peers, settings.node_rank)
-    watch = asyncio.create_task(group.watch(peers, restart_group)) if peers else None
+    group_watch = None
+    if peers:
+        leads = settings.node_rank == 0
+        group_watch = group.GroupWatch(peers, restart_group, armed=engine.ready if leads else lambda: True)
+    watch = asyncio.create_task(group_watch.run()) if group_watch is not None else None
+    first = group_watch.seen_all if group_watch is not None and settings.node_rank != 0 else None
+    load = asyncio.create_task(_load(engine, first))
+    hot: asyncio.Task[None] | None = None
+    stop_wait = asyncio.create_task(stopping.wait())
     try:
         started = await _started(load, stop_wait, engine)
         if started is False:
