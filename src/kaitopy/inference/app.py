@@ -250,7 +250,9 @@ async def _started(load: asyncio.Task[None], stop_wait: asyncio.Task[Any], engin
         trace = None if isinstance(failure, SettingsError) else failure
         log.error("cannot start: %s", failure, exc_info=trace)
         return False
-    log.info("ready: serving %s", ", ".join(engine.model_ids()))
+    log.info(
+        "ready: serving %s", ", ".join(engine.model_ids()) or "no model (a multi-node worker runs its stage)"
+    )
     return True
 
 
