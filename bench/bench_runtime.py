@@ -238,13 +238,16 @@ class Child:
             result: dict[str, Any] = json.loads(self.stats.read_text())
             return result
         before = self.stats.stat().st_mtime_ns if self.stats.exists() else 0
-        self.proc.send_signal(signal.SIGUSR1)
-        for _ in range(200):
+        # Signal again every 2 s: asyncio drops a signal whose write to its wakeup pipe fails
+        # (BlockingIOError when the pipe is full), which a loaded kopf child was seen to do.
+        for i in range(600):
+            if i % 40 == 0:
+                self.proc.send_signal(signal.SIGUSR1)
             await asyncio.sleep(0.05)
             if self.stats.exists() and self.stats.stat().st_mtime_ns != before:
-                result = json.loads(self.stats.read_text())
+                result = json.loads(self.stats.read_text())  # the child writes it whole, by a rename
                 return result
-        raise RuntimeError("controller wrote no stats")
+        raise RuntimeError("controller wrote no stats in 30 s")
 
     def _reap(self, status: int, usage: Any) -> int:
         self.max_rss_kib = usage.ru_maxrss
@@ -502,6 +505,10 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 g[f"cr_over_ours_{label}"] = ratio(cr / ours, "<= 1.25", cr / ours <= 1.25)
             if ours and kopf:
                 g[f"ours_over_kopf_{label}"] = ratio(ours / kopf, ">= 3", ours / kopf >= 3)
+            if ceil and kopf:
+                # The plain client's rate over kopf's: below 3, no controller on this control plane
+                # can reach 3x kopf, and the API server (see the CPU split), not the operator, binds.
+                g[f"ceiling_over_kopf_{label}"] = ratio(ceil / kopf, ">= 3 for the 3x goal", ceil / kopf >= 3)
             if ours and ceil:
                 g[f"ours_over_ceiling_{label}"] = ratio(ours / ceil, ">= 0.8", ours / ceil >= 0.8)
         oc, kc = (med(n, mode, f, "operator_cpu_ms_per_object") for f in ("ours", "kopf"))
