@@ -92,6 +92,7 @@ bench: install-test binaries  ## benchmarks (prints figures and ratios; writes b
 
 bench-inference: install-inference-cpu  ## kaitopy serve --engine vllm vs bare vLLM, CPU tiny model (vLLM CPU venv); bench/results/inference*.json
 	@mkdir -p bench/results
+	$(PY) bench/bench_front.py
 	$(PY) bench/bench_inference.py
 	$(PY) bench/bench_inference.py --pin
 

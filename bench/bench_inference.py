@@ -5,7 +5,8 @@ concurrency 1, 8 and 32.
 
 Every request streams a chat completion of a fixed length (ignore_eos), so both sides generate the same
 tokens; measured: requests/s, output tokens/s and the median time to the first token. Both servers run
-at once and the rounds alternate between them, so a noisy neighbour hurts both alike.
+at once and the rounds alternate between them, so a noisy neighbour hurts both alike; each run starts
+once both servers are quiet (settle()), so neither runs inside the other's busy tail.
 
     python bench/bench_inference.py [--rounds 3] [--tokens 32] [--out bench/results/inference.json]
 """
@@ -55,6 +56,10 @@ class Run:
     # CPU seconds of every process of the server under test (vLLM's included): what the run cost the
     # machine, much less sensitive to other work on it than the wall-clock rates.
     server_cpu_s: float = 0.0
+    # CPU seconds the other (idle) server's processes used during this run: near 0 when settled.
+    other_cpu_s: float = 0.0
+    # Seconds waited before this run for both servers to go quiet (settle()).
+    settled_s: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -82,6 +87,34 @@ def descendants(pid: int) -> list[int]:
         for child in (task / "children").read_text().split():
             found += [int(child), *descendants(int(child))]
     return found
+
+
+def tree_cpu_seconds(root: int) -> float:
+    total = 0.0
+    for pid in (root, *descendants(root)):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += cpu_seconds(pid)
+    return total
+
+
+# A server's engine processes keep about one core busy for about a second after its last request
+# (measured here: 96-100 % of a core for 1 s, then 0-4 %). On a 2-core machine a run that starts
+# inside the other server's tail loses that core, so every run waits for both servers to go quiet.
+QUIET_CORES = 0.1
+QUIET_WINDOW_S = 0.5
+SETTLE_LIMIT_S = 15.0
+
+
+async def settle(roots: list[int]) -> float:
+    """Wait until the servers' processes together use under QUIET_CORES of a core over QUIET_WINDOW_S
+    (at most SETTLE_LIMIT_S); the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < SETTLE_LIMIT_S:
+        before = sum(tree_cpu_seconds(r) for r in roots)
+        await asyncio.sleep(QUIET_WINDOW_S)
+        if sum(tree_cpu_seconds(r) for r in roots) - before < QUIET_CORES * QUIET_WINDOW_S:
+            break
+    return time.monotonic() - start
 
 
 def pin(pids: list[int], cpus: set[int]) -> None:
@@ -224,6 +257,11 @@ async def main() -> int:
     )
     parser.add_argument("--out", type=Path, help="default: bench/results/inference[-pinned].json")
     parser.add_argument(
+        "--no-settle",
+        action="store_true",
+        help="start each run at once, inside the previous server's busy tail (the method before settle())",
+    )
+    parser.add_argument(
         "--pin",
         action="store_true",
         help="vLLM (both servers) on CPU 0, kaitopy's front and this client on the others: the front's work "
@@ -236,6 +274,7 @@ async def main() -> int:
         print("bench_inference: skipped, vLLM is not installed (make install-inference-cpu)")
         return 0
 
+    load_before = os.getloadavg()
     env = {**os.environ, "VLLM_HOST_IP": "127.0.0.1"}
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         model = build_model(Path(tmp))
@@ -288,11 +327,16 @@ async def main() -> int:
                     order = ("bare", "ours") if r % 2 == 0 else ("ours", "bare")
                     for server in order:
                         root = ours.pid if server == "ours" else bare.pid
+                        other = bare.pid if server == "ours" else ours.pid
+                        waited = 0.0 if args.no_settle else await settle([bare.pid, ours.pid])
                         tree = [root, *descendants(root)]
                         front_before = cpu_seconds(ours.pid)
                         tree_before = sum(cpu_seconds(p) for p in tree)
+                        other_before = tree_cpu_seconds(other)
                         run = await load(server, urls[server], concurrency, requests, args.tokens)
                         run.server_cpu_s = sum(cpu_seconds(p) for p in tree) - tree_before
+                        run.other_cpu_s = tree_cpu_seconds(other) - other_before
+                        run.settled_s = waited
                         if server == "ours":
                             run.front_cpu_s = cpu_seconds(ours.pid) - front_before
                         runs.setdefault((server, concurrency), []).append(run)
@@ -353,6 +397,13 @@ async def main() -> int:
                 },
             }
         )
+    load_after = os.getloadavg()
+    print(
+        "load average before / after: "
+        + " / ".join(", ".join(f"{x:.2f}" for x in avg) for avg in (load_before, load_after))
+    )
+    idle = max(run.other_cpu_s / run.seconds for rounds in runs.values() for run in rounds)
+    print(f"the idle server used at most {idle:.2f} of a core during the other's runs")
     overhead = max(0.0, 1 - min(row["ratio_tokens_per_s"] for row in rows))
     medians = ", ".join(f"c={row['concurrency']}: {row['ratio_tokens_per_s_of_medians']:.3f}" for row in rows)
     print(f"ours/bare tok/s, medians of the rounds: {medians}")
@@ -367,6 +418,9 @@ async def main() -> int:
         "tokens_per_request": args.tokens,
         "rounds": args.rounds,
         "pinned": args.pin,
+        "settled": not args.no_settle,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "vllm_argv": argv,
         "results": rows,
         "max_overhead": overhead,

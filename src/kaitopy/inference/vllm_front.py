@@ -149,6 +149,133 @@ def _client_error(status: int, raw: bytes, input_param: str) -> RequestError:
     return request_error(status, payload, text.strip(), input_param)
 
 
+def _needs_max_tokens(body: dict[str, Any]) -> bool:
+    return body.get("max_tokens") is None and body.get("max_completion_tokens") is None
+
+
+class _Relay:
+    """The `send` vLLM's handler writes its response through. A success passes through as vLLM wrote
+    it: per body part one flag test, one byte search for the usage event (counted, and cut out when
+    the client did not ask for it) and the first part's time; no parsing, no copy. An error body is
+    collected and leaves in OpenAI's shape."""
+
+    def __init__(self, send: Send, input_param: str, state: dict[str, Any]) -> None:
+        self._send = send
+        self._input_param = input_param
+        # Read by the caller: "status" once the response started, "started" once headers went out.
+        self.state = state
+        self.on_first: Callable[[], None] | None = None
+        self.on_usage: Callable[[bytes], bytes] | None = None
+        # A non-streamed success's body parts, kept for its usage (None: not kept).
+        self.collect: list[bytes] | None = None
+        self._passing = False
+        self._error: list[bytes] = []
+
+    async def send(self, message: Message) -> None:
+        if self._passing and message["type"] == "http.response.body":
+            # The path every token takes.
+            if self.on_first is not None and message.get("body"):
+                self.on_first()
+                self.on_first = None
+            if self.on_usage is not None:
+                part = message.get("body", b"")
+                if _USAGE in part:
+                    message = {**message, "body": self.on_usage(part)}
+            elif self.collect is not None:
+                self.collect.append(message.get("body", b""))
+            await self._send(message)
+            return
+        await self._slow(message)
+
+    async def _slow(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            status = int(message["status"])
+            self.state["status"] = status
+            if status < 400:
+                self._passing = self.state["started"] = True
+                await self._send(message)
+            return
+        if kind != "http.response.body" or self.state.get("status", 200) < 400:
+            await self._send(message)
+            return
+        self._error.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        err = _client_error(self.state["status"], b"".join(self._error), self._input_param)
+        self.state["started"] = True
+        await _error(self._send, err)
+
+
+class _Series:
+    """KaitoFront's labelled metric series, each looked up once and then reused."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._latency: dict[str, Any] = {}
+        self._ttft: dict[str, Any] = {}
+        self._prompt: dict[str, Any] = {}
+        self._completion: dict[str, Any] = {}
+
+    def finished(self, endpoint: str, model: str, status: int, started: float) -> None:
+        key = (endpoint, model, status)
+        count = self._requests.get(key)
+        if count is None:
+            count = self._requests[key] = self._metrics.requests.labels(endpoint, model, str(status))
+        count.inc()
+        latency = self._latency.get(endpoint)
+        if latency is None:
+            latency = self._latency[endpoint] = self._metrics.latency.labels(endpoint)
+        latency.observe(time.monotonic() - started)
+
+    def first_token(self, endpoint: str, started: float) -> Callable[[], None]:
+        series = self._ttft.get(endpoint)
+        if series is None:
+            series = self._ttft[endpoint] = self._metrics.time_to_first_token.labels(endpoint)
+
+        def observe() -> None:
+            series.observe(time.monotonic() - started)
+
+        return observe
+
+    def count_usage(self, model: str, usage: object) -> None:
+        if not isinstance(usage, dict):
+            return
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens")
+        if isinstance(prompt, int) and prompt > 0:
+            series = self._prompt.get(model)
+            if series is None:
+                series = self._prompt[model] = self._metrics.prompt_tokens.labels(model)
+            series.inc(prompt)
+        if isinstance(completion, int) and completion > 0:
+            series = self._completion.get(model)
+            if series is None:
+                series = self._completion[model] = self._metrics.completion_tokens.labels(model)
+            series.inc(completion)
+
+    def usage_events(self, model: str, client_usage: bool) -> Callable[[bytes], bytes]:
+        """For a body part that holds a usage event: count the final one (it has no choices; with
+        continuous_usage_stats the others carry running totals, which must not be counted again) and
+        cut it out when the client did not ask for usage."""
+
+        def on_usage(part: bytes) -> bytes:
+            kept: list[bytes] = []
+            for event in part.split(b"\n\n"):
+                if _USAGE in event and event.startswith(b"data: "):
+                    with contextlib.suppress(ValueError, TypeError):
+                        chunk = json.loads(event[6:])
+                        if not chunk.get("choices"):
+                            self.count_usage(model, chunk.get("usage"))
+                            if not client_usage:
+                                continue
+                kept.append(event)
+            return b"\n\n".join(kept)
+
+        return on_usage
+
+
 class KaitoFront:
     """ASGI middleware around vLLM's FastAPI app (vLLM adds it for `--middleware`)."""
 
@@ -157,12 +284,12 @@ class KaitoFront:
         self.config = config or FrontConfig.from_env()
         self.metrics = ServerMetrics()
         self.limits = Limits(max_tokens_limit=self.config.max_tokens_limit)
-
-        def on_change(waiting: int, running: int) -> None:
-            self.metrics.queue_depth.set(waiting)
-            self.metrics.running.set(running)
-
-        self.admission = Admission(self.config.max_concurrency, self.config.max_queue, on_change)
+        self.admission = Admission(self.config.max_concurrency, self.config.max_queue)
+        # Read at scrape time: nothing to update on the path every request takes.
+        self.metrics.queue_depth.set_function(lambda: self.admission.waiting)
+        self.metrics.running.set_function(lambda: self.admission.running)
+        # The labelled series, looked up once each (a labels() call takes a lock and builds a key).
+        self._series = _Series(self.metrics)
         self._key = self.config.api_key.encode() if self.config.api_key else None
         self._control = self.config.control_token.encode() if self.config.control_token else None
         # The base model, then the adapters served now: hot-load adds and removes adapters.
@@ -200,7 +327,8 @@ class KaitoFront:
         elif method == "POST" and path == KAITO_CHAT:
             await self._kaito_chat(scope, receive, send)
         else:
-            await self.app(scope, receive, self._mapped_errors(send, "messages"))
+            # vLLM's other routes: its error bodies leave in OpenAI's shape.
+            await self.app(scope, receive, _Relay(send, "messages", {}).send)
 
     # --- hot-load's control routes ------------------------------------------------------------------
 
@@ -359,107 +487,37 @@ class KaitoFront:
             body["max_tokens"] = max(1, min(self.config.default_max_tokens, room))
         return body
 
-    def _mapped_errors(
-        self,
-        send: Send,
-        input_param: str,
-        on_body: Callable[[bytes, bool], bytes] | None = None,
-        state: dict[str, Any] | None = None,
-    ) -> Send:
-        """`send`, with an error response's body rewritten into OpenAI's shape; a success's body parts
-        pass through `on_body(part, last)`, which may count and trim them."""
-        box: dict[str, Any] = state if state is not None else {}
-        buffered: list[bytes] = []
-
-        async def wrapped(message: Message) -> None:
-            kind = message["type"]
-            if kind == "http.response.start":
-                box["status"] = int(message["status"])
-                if box["status"] < 400:
-                    box["started"] = True
-                    await send(message)
-                return
-            if kind != "http.response.body" or box.get("status", 200) < 400:
-                if on_body is not None and kind == "http.response.body":
-                    body = on_body(message.get("body", b""), not message.get("more_body"))
-                    message = {**message, "body": body}
-                await send(message)
-                return
-            buffered.append(message.get("body", b""))
-            if message.get("more_body"):
-                return
-            err = _client_error(box["status"], b"".join(buffered), input_param)
-            box["started"] = True
-            await _error(send, err)
-
-        return wrapped
-
-    def _stream_counter(
-        self, endpoint: str, label: str, started: float, client_usage: bool
-    ) -> Callable[[bytes, bool], bytes]:
-        """Per SSE body part: the first token's time, and the usage event (the last before [DONE]),
-        counted and cut out when the client did not ask for it. Other parts pass untouched: a byte
-        search, no parsing, on the path every token takes."""
-        seen_first = False
-
-        def on_body(part: bytes, last: bool) -> bytes:
-            nonlocal seen_first
-            if not seen_first and part:
-                seen_first = True
-                self.metrics.time_to_first_token.labels(endpoint).observe(time.monotonic() - started)
-            if _USAGE not in part:
-                return part
-            kept: list[bytes] = []
-            for event in part.split(b"\n\n"):
-                if _USAGE in event and event.startswith(b"data: "):
-                    with contextlib.suppress(ValueError, TypeError):
-                        chunk = json.loads(event[6:])
-                        # The final usage event has no choices; with continuous_usage_stats the
-                        # others carry running totals, which must not be counted again.
-                        if not chunk.get("choices"):
-                            self.metrics.count_usage(label, chunk.get("usage"))
-                            if not client_usage:
-                                continue
-                kept.append(event)
-            return b"\n\n".join(kept)
-
-        return on_body
-
-    def _json_counter(self, label: str) -> Callable[[bytes, bool], bytes]:
-        parts: list[bytes] = []
-
-        def on_body(part: bytes, last: bool) -> bytes:
-            parts.append(part)
-            if last:
-                with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    self.metrics.count_usage(label, json.loads(b"".join(parts)).get("usage"))
-            return part
-
-        return on_body
-
     async def _generate(self, scope: Scope, receive: Receive, send: Send, endpoint: str) -> None:
         started = time.monotonic()
         label = "unknown"
         state: dict[str, Any] = {}
         try:
-            body = validation.parse_body(await _read_body(receive))
+            raw = await _read_body(receive)
+            body = validation.parse_body(raw)
             kind = "chat" if endpoint == CHAT else "completion"
             # Checked before admission: a request that cannot succeed gets its 4xx now, never a 429.
+            unnamed = body.get("model") is None
             label = validation.check_request(body, kind, self.model_ids, self.limits)
+            changed = unnamed or _needs_max_tokens(body)
             body = await self._with_defaults(scope, body)
+            stream = body.get("stream") is True
             client_usage = False
-            if body.get("stream") is True:
+            if stream:
                 options = body.get("stream_options")
                 client_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-                # Usage is asked for even when the client did not, to count tokens; cut out again below.
-                body["stream_options"] = {
-                    **(options if isinstance(options, dict) else {}),
-                    "include_usage": True,
-                }
-            raw = _json_bytes(body)
-            scope["headers"] = [
-                (k, v) for k, v in scope.get("headers") or () if k.lower() != b"content-length"
-            ] + [(b"content-length", str(len(raw)).encode())]
+                if not (isinstance(options, dict) and options.get("include_usage") is True):
+                    # Usage is asked for even when the client did not, to count tokens; cut out below.
+                    body["stream_options"] = {
+                        **(options if isinstance(options, dict) else {}),
+                        "include_usage": True,
+                    }
+                    changed = True
+            if changed:
+                raw = _json_bytes(body)
+                scope["headers"] = [
+                    (k, v) for k, v in scope.get("headers") or () if k.lower() != b"content-length"
+                ] + [(b"content-length", str(len(raw)).encode())]
+            # else: vLLM gets the client's own bytes and headers; nothing to encode again.
             delivered = False
 
             async def replay() -> Message:
@@ -469,14 +527,15 @@ class KaitoFront:
                 delivered = True
                 return {"type": "http.request", "body": raw, "more_body": False}
 
-            stream = body.get("stream") is True
-            on_body = self._stream_counter(endpoint, label, started, client_usage) if stream else None
-            if not stream:
-                on_body = self._json_counter(label)
-            mapped = self._mapped_errors(send, "messages" if kind == "chat" else "prompt", on_body, state)
+            relay = _Relay(send, "messages" if kind == "chat" else "prompt", state)
+            if stream:
+                relay.on_first = self._series.first_token(endpoint, started)
+                relay.on_usage = self._series.usage_events(label, client_usage)
+            else:
+                relay.collect = []
             try:
                 async with asyncio.timeout_at(self._deadline()) as limit, self.admission.slot():
-                    await self.app(scope, replay, mapped)
+                    await self.app(scope, replay, relay.send)
             except TimeoutError:
                 if not limit.expired():
                     raise
@@ -486,6 +545,9 @@ class KaitoFront:
                 state["status"] = 504
                 chunk = b"data: " + _json_bytes(self._timed_out().to_json()) + b"\n\n"
                 await send({"type": "http.response.body", "body": chunk, "more_body": False})
+            if relay.collect and state.get("status", 200) < 400:
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    self._series.count_usage(label, json.loads(b"".join(relay.collect)).get("usage"))
         except QueueFull:
             state["status"] = 429
             await self._refuse(send)
@@ -502,8 +564,7 @@ class KaitoFront:
             state["status"] = 500
             await _error(send, RequestError("internal error while generating", status=500))
         finally:
-            self.metrics.requests.labels(endpoint, label, str(state.get("status", 500))).inc()
-            self.metrics.latency.labels(endpoint).observe(time.monotonic() - started)
+            self._series.finished(endpoint, label, state.get("status", 500), started)
 
     async def _kaito_chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.monotonic()
@@ -531,7 +592,7 @@ class KaitoFront:
             if status >= 400:
                 raise _client_error(status, raw, "messages" if translated.kind == "chat" else "prompt")
             result = json.loads(raw)
-            self.metrics.count_usage(label, result.get("usage"))
+            self._series.count_usage(label, result.get("usage"))
             await _respond(send, 200, _json_bytes(kaito_chat.result(translated, result)))
         except QueueFull:
             status = 429
@@ -547,8 +608,7 @@ class KaitoFront:
             status = 500
             await _error(send, RequestError("internal error while generating", status=500))
         finally:
-            self.metrics.requests.labels(KAITO_CHAT, label, str(status)).inc()
-            self.metrics.latency.labels(KAITO_CHAT).observe(time.monotonic() - started)
+            self._series.finished(KAITO_CHAT, label, status, started)
 
 
 def _loading_reply(request: bytes) -> bytes:

@@ -18,6 +18,8 @@ class FakeVllm:
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
+        # Each generation request as it arrived: its raw body and its content-length header.
+        self.received: list[tuple[bytes, bytes]] = []
         self.gate = asyncio.Event()
         self.gate.set()
         self.entered = asyncio.Event()
@@ -41,6 +43,8 @@ class FakeVllm:
             await self._send(send, 200, json.dumps({"count": 5}).encode())
             return
         self.bodies.append(body)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        self.received.append((raw, length))
         if body.get("prompt") == "bad":
             error = {
                 "error": {"message": "bad prompt", "type": "BadRequestError", "param": None, "code": 400}
@@ -93,11 +97,14 @@ async def call(
     path: str,
     body: dict[str, Any] | None = None,
     headers: list[tuple[bytes, bytes]] | None = None,
+    raw: bytes | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    raw = json.dumps(body).encode() if body is not None else b""
+    post = body is not None or raw is not None
+    if raw is None:
+        raw = json.dumps(body).encode() if body is not None else b""
     scope = {
         "type": "http",
-        "method": "POST" if body is not None else "GET",
+        "method": "POST" if post else "GET",
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
@@ -166,6 +173,58 @@ async def test_stream_usage_is_counted_and_cut_unless_asked() -> None:
     assert b'"usage":{' in asked
     metrics = app.metrics.exposition().decode()
     assert 'kaitopy_inference_completion_tokens_total{model="tiny"} 4.0' in metrics
+    # One first-token time per stream, not one per part.
+    assert 'kaitopy_inference_time_to_first_token_seconds_count{endpoint="/v1/completions"} 2.0' in metrics
+
+
+async def test_a_complete_request_reaches_vllm_as_the_client_sent_it() -> None:
+    fake = FakeVllm()
+    app = front(fake)
+    # Model, max_tokens and include_usage given: nothing to add, so no new encoding and no new header.
+    sent = (
+        b'{ "model" : "tiny", "prompt": "x", "max_tokens": 2, "stream": true,\n'
+        b'  "stream_options": {"include_usage": true} }'
+    )
+    headers = [(b"content-length", str(len(sent)).encode())]
+    status, _, out = await call(app, "/v1/completions", headers=headers, raw=sent)
+    assert status == 200 and b'"usage":{' in out
+    assert fake.received == [(sent, str(len(sent)).encode())]
+    # A default to add: the body is encoded again and its length follows.
+    await call(app, "/v1/completions", {"prompt": "x", "stream": True, "max_tokens": 2}, headers=headers)
+    raw, length = fake.received[1]
+    assert json.loads(raw)["stream_options"] == {"include_usage": True} and length == str(len(raw)).encode()
+
+
+async def test_non_streamed_usage_is_counted_and_the_body_passes_whole() -> None:
+    app = front(FakeVllm())
+    status, _, raw = await call(app, "/v1/completions", {"prompt": "x", "max_tokens": 2})
+    assert status == 200 and json.loads(raw)["usage"] == {"completion_tokens": 2}
+    metrics = app.metrics.exposition().decode()
+    assert 'kaitopy_inference_completion_tokens_total{model="tiny"} 2.0' in metrics
+    assert (
+        'kaitopy_inference_requests_total{endpoint="/v1/completions",model="tiny",status="200"} 1.0'
+        in metrics
+    )
+
+
+async def test_running_and_queued_gauges_follow_admission() -> None:
+    fake = FakeVllm()
+    fake.gate.clear()
+    app = front(fake, max_queue=1)
+    held = asyncio.create_task(call(app, "/v1/completions", {"prompt": "x", "max_tokens": 2}))
+    await asyncio.wait_for(fake.entered.wait(), 5)
+    waiting = asyncio.create_task(call(app, "/v1/completions", {"prompt": "y", "max_tokens": 2}))
+    # Admission has no event to wait on; the second request reaches its queue within a few turns.
+    while app.admission.waiting == 0:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    metrics = app.metrics.exposition().decode()
+    assert "kaitopy_inference_running_requests 1.0" in metrics
+    assert "kaitopy_inference_queue_depth 1.0" in metrics
+    fake.gate.set()
+    assert (await held)[0] == 200 and (await waiting)[0] == 200
+    metrics = app.metrics.exposition().decode()
+    assert "kaitopy_inference_running_requests 0.0" in metrics
+    assert "kaitopy_inference_queue_depth 0.0" in metrics
 
 
 async def test_vllm_errors_leave_in_openai_shape() -> None:
