@@ -3,6 +3,8 @@ test process, and the global registry would mix them)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Generation latencies span milliseconds (tiny models, cache hits) to minutes (long outputs).
@@ -12,6 +14,7 @@ _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._series: dict[tuple[str, str], Any] = {}
         self.requests = Counter(
             "kaitopy_inference_requests",
             "Requests answered, by endpoint, model and HTTP status",
@@ -66,9 +69,17 @@ class ServerMetrics:
         prompt = usage.get("prompt_tokens")
         completion = usage.get("completion_tokens")
         if isinstance(prompt, int) and prompt > 0:
-            self.prompt_tokens.labels(model).inc(prompt)
+            self._token_series("prompt", model).inc(prompt)
         if isinstance(completion, int) and completion > 0:
-            self.completion_tokens.labels(model).inc(completion)
+            self._token_series("completion", model).inc(completion)
+
+    def _token_series(self, kind: str, model: str) -> Any:
+        # A labelled child looked up once per model, not per request (labels() takes a lock).
+        series = self._series.get((kind, model))
+        if series is None:
+            counter = self.prompt_tokens if kind == "prompt" else self.completion_tokens
+            series = self._series[(kind, model)] = counter.labels(model)
+        return series
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

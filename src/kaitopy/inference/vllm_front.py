@@ -215,8 +215,6 @@ class _Series:
         self._requests: dict[tuple[str, str, int], Any] = {}
         self._latency: dict[str, Any] = {}
         self._ttft: dict[str, Any] = {}
-        self._prompt: dict[str, Any] = {}
-        self._completion: dict[str, Any] = {}
 
     def finished(self, endpoint: str, model: str, status: int, started: float) -> None:
         key = (endpoint, model, status)
@@ -240,20 +238,7 @@ class _Series:
         return observe
 
     def count_usage(self, model: str, usage: object) -> None:
-        if not isinstance(usage, dict):
-            return
-        prompt = usage.get("prompt_tokens")
-        completion = usage.get("completion_tokens")
-        if isinstance(prompt, int) and prompt > 0:
-            series = self._prompt.get(model)
-            if series is None:
-                series = self._prompt[model] = self._metrics.prompt_tokens.labels(model)
-            series.inc(prompt)
-        if isinstance(completion, int) and completion > 0:
-            series = self._completion.get(model)
-            if series is None:
-                series = self._completion[model] = self._metrics.completion_tokens.labels(model)
-            series.inc(completion)
+        self._metrics.count_usage(model, usage)
 
     def usage_events(self, model: str, client_usage: bool) -> Callable[[bytes], bytes]:
         """For a body part that holds a usage event: count the final one (it has no choices; with
