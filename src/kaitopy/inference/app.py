@@ -140,12 +140,13 @@ async def _serve(settings: ServeSettings) -> tuple[int, bool]:
     # Multi-node: watched from the start, not once loaded. The leader judges its workers once it
     # serves; a worker joins the rendezvous only after it has seen the leader instance it watches.
     peers = watched_peers(settings.group_peers, settings.node_rank)
-    group_watch = None
+    watch: asyncio.Task[None] | None = None
+    first: asyncio.Event | None = None
     if peers:
         leads = settings.node_rank == 0
         group_watch = group.GroupWatch(peers, restart_group, armed=engine.ready if leads else lambda: True)
-    watch = asyncio.create_task(group_watch.run()) if group_watch is not None else None
-    first = group_watch.seen_all if group_watch is not None and settings.node_rank != 0 else None
+        watch = asyncio.create_task(group_watch.run())
+        first = None if leads else group_watch.seen_all
     load = asyncio.create_task(_load(engine, first))
     hot: asyncio.Task[None] | None = None
     stop_wait = asyncio.create_task(stopping.wait())

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -66,7 +66,7 @@ def judge(
         silent = now - peer.last_answer if peer.last_answer is not None else 0.0
         if armed and peer.instance is not None and silent > grace:
             return state, f"{url} has not answered for {silent:.0f} s (grace {grace:.0f} s)"
-        state[url] = replace(peer)
+        state[url] = peer
     return state, None
 
 
@@ -89,7 +89,7 @@ class GroupWatch:
     def __init__(
         self,
         urls: list[str],
-        on_restart: Callable[[str], Awaitable[None] | None],
+        on_restart: Callable[[str], None],
         *,
         armed: Callable[[], bool] = lambda: True,
         interval: float = POLL_INTERVAL_S,
@@ -115,12 +115,10 @@ class GroupWatch:
                 found = await asyncio.gather(*(instance_of(session, url) for url in self.urls))
                 answers = dict(zip(self.urls, found, strict=True))
                 peers, reason = judge(peers, answers, now(), self._grace, self._armed())
-                if all(p.instance is not None for p in peers.values()) and len(peers) == len(self.urls):
+                if all(p.instance is not None for p in peers.values()):
                     self.seen_all.set()
                 if reason is not None:
                     log.error("multi-node: %s; this server exits so the group restarts as one", reason)
-                    result = self._on_restart(reason)
-                    if result is not None:
-                        await result
+                    self._on_restart(reason)
                     return
                 await asyncio.sleep(self._interval)
