@@ -30,7 +30,8 @@ class UnknownInstanceType(CatalogError):
     """No GPU SKU has this instance type."""
 
 
-Engine = Literal["auto", "transformers-cpu"]
+Engine = Literal["auto", "transformers-cpu", "vllm-cpu"]
+CPU_ENGINES: tuple[Engine, ...] = ("transformers-cpu", "vllm-cpu")
 WeightsSource = Literal["huggingface", "oci"]
 
 
@@ -99,7 +100,14 @@ class ModelPreset(BaseModel):
     engine: Engine = "auto"
     """auto: vLLM or transformers on the node's GPUs, chosen by the SKU (see the estimator);
     transformers-cpu: the transformers engine on the node's CPU, for models small enough that a
-    GPU buys nothing (the node still comes from the workspace's instance type)."""
+    GPU buys nothing (the node still comes from the workspace's instance type); vllm-cpu: vLLM's
+    CPU build on the node's CPU, over `cpu_nodes` nodes."""
+    cpu_nodes: int = Field(default=1, ge=1, le=16)
+    """CPU engines: the nodes the model is spread over, one pipeline stage on each (more than one
+    needs engine vllm-cpu and supports_multi_node)."""
+    variant_of: str | None = None
+    """Another preset whose checkpoint this one serves another way (over more nodes, say): its
+    weights artifact is that preset's, and the Hugging Face id names that preset, not this one."""
     weights_source: WeightsSource = "huggingface"
     """huggingface: the server downloads hf_id; oci: an init container pulls the weights artifact
     `<weights registry>/<name>:<weights_version>` (`kaitopy weights pull`), no Hugging Face access."""
@@ -131,10 +139,14 @@ class ModelPreset(BaseModel):
 
     @model_validator(mode="after")
     def _runtime_fields_agree(self) -> ModelPreset:
-        if self.engine == "transformers-cpu" and self.cpu_resources is None:
-            raise ValueError(f"{self.name}: engine transformers-cpu needs cpu_resources (cpu, memory)")
-        if self.engine != "transformers-cpu" and self.cpu_resources is not None:
-            raise ValueError(f"{self.name}: cpu_resources apply to engine transformers-cpu only")
+        if self.on_cpu and self.cpu_resources is None:
+            raise ValueError(f"{self.name}: engine {self.engine} needs cpu_resources (cpu, memory)")
+        if not self.on_cpu and self.cpu_resources is not None:
+            raise ValueError(f"{self.name}: cpu_resources apply to the CPU engines only")
+        if self.cpu_nodes > 1 and (self.engine != "vllm-cpu" or not self.supports_multi_node):
+            raise ValueError(f"{self.name}: cpu_nodes above 1 needs engine vllm-cpu and supports_multi_node")
+        if self.cpu_nodes > self.layers:
+            raise ValueError(f"{self.name}: {self.cpu_nodes} pipeline stages but only {self.layers} layers")
         if self.quantization is not None and self.min_compute_capability < 8.0:
             raise ValueError(
                 f"{self.name}: {self.quantization} weights need vLLM's kernels: "
@@ -146,7 +158,17 @@ class ModelPreset(BaseModel):
 
     @property
     def on_cpu(self) -> bool:
-        return self.engine == "transformers-cpu"
+        return self.engine in CPU_ENGINES
+
+    @property
+    def cpu_runtime(self) -> Literal["vllm", "transformers"]:
+        """The engine a CPU preset's server runs (`kaitopy serve --engine`)."""
+        return "vllm" if self.engine == "vllm-cpu" else "transformers"
+
+    @property
+    def weights_name(self) -> str:
+        """The repository of its weights artifact under the weights registry (weights_source oci)."""
+        return self.variant_of or self.name
 
 
 class GpuSku(BaseModel):
@@ -185,7 +207,21 @@ class Catalog:
         self._skus = MappingProxyType({s.instance_type: s for s in skus})
         aliases: dict[str, ModelPreset] = {}
         for m in models:
-            for alias in (m.name, m.hf_id, *m.legacy_names):
+            if m.variant_of is not None:
+                base = self._models.get(m.variant_of)
+                if base is None or base.variant_of is not None:
+                    raise ValueError(f"{m.name}: variant_of {m.variant_of!r} is not a preset of its own")
+                if (base.hf_id, base.weights_source, base.weights_version) != (
+                    m.hf_id,
+                    m.weights_source,
+                    m.weights_version,
+                ):
+                    raise ValueError(
+                        f"{m.name}: a variant serves {base.name}'s checkpoint: same hf_id and weights"
+                    )
+            # A variant's Hugging Face id names the preset it varies.
+            own = (m.name, *m.legacy_names) if m.variant_of else (m.name, m.hf_id, *m.legacy_names)
+            for alias in own:
                 key = alias.lower()
                 other = aliases.get(key)
                 if other is not None and other.name != m.name:

@@ -244,16 +244,17 @@ def _plan(model: ModelPreset, sku: GpuSku, length: int) -> Plan | str:
 
 
 def _cpu_plan(model: ModelPreset, sku: GpuSku, length: int) -> Plan:
-    # One node of the SKU (the workspace asked for it); gpus_per_node stays 1 so the node is
-    # provisioned and recognised as that SKU's, but the model server takes no GPU.
+    # The preset's node count of the SKU (the workspace asked for it), one pipeline stage on each;
+    # gpus_per_node stays 1 so the nodes are provisioned and recognised as that SKU's, but the
+    # model server takes no GPU.
     return Plan(
         model=model.name,
         instance_type=sku.instance_type,
-        node_count=1,
+        node_count=model.cpu_nodes,
         gpus_per_node=1,
         tensor_parallel_size=1,
-        pipeline_parallel_size=1,
-        runtime="transformers",
+        pipeline_parallel_size=model.cpu_nodes,
+        runtime=model.cpu_runtime,
         max_model_len=length,
         dtype=model.dtype,
         storage_gib=storage_gib(model),

@@ -49,7 +49,7 @@ def preset_rows(catalog: Catalog, instance_type: str | None = None) -> list[dict
 def _describe(model: ModelPreset, catalog: Catalog) -> dict[str, Any]:
     fits = fitting_skus(model, catalog.skus.values())
     # A CPU preset runs the same engine on every SKU and uses none of its GPU memory.
-    runtimes = ["transformers-cpu"] if model.on_cpu else sorted({runtime_for(catalog.skus[f]) for f in fits})
+    runtimes = [model.engine] if model.on_cpu else sorted({runtime_for(catalog.skus[f]) for f in fits})
     return {
         "name": model.name,
         "huggingFaceId": model.hf_id,

@@ -94,9 +94,10 @@ def runtime_problem(value: object, model: ModelPreset | None) -> str | None:
     field = f"metadata.annotations[{RUNTIME_ANNOTATION}]"
     if value not in RUNTIMES:
         return f"{field}: {value!r} is not a runtime; use one of {', '.join(RUNTIMES)} (or leave it unset)"
-    if model is not None and model.on_cpu and value != "transformers":
+    if model is not None and model.on_cpu and value != model.cpu_runtime:
         return (
-            f"{field}: {value!r} cannot run {model.name}, which runs on CPU with the transformers engine only"
+            f"{field}: {value!r} cannot run {model.name}, which runs on CPU with the "
+            f"{model.cpu_runtime} engine only"
         )
     return None
 

@@ -201,3 +201,49 @@ def test_controller_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_malformed_digest_pin_stops_the_controller(bad: str) -> None:
     with pytest.raises(SystemExit, match="PRESET=sha256"):
         weights_digests([bad], None)
+
+
+MULTINODE = "smollm2-135m-instruct-multinode"
+VLLM_SETTINGS = Settings(
+    cpu_runtime_image="registry.local/kaitopy/model-server-cpu:1",
+    cpu_vllm_runtime_image="registry.local/kaitopy/model-server-vllm-cpu:1",
+    weights_registry="registry.local:5000/kaitopy/models",
+    weights_digests={PRESET: PIN},
+)
+
+
+def test_the_multi_node_cpu_preset_is_two_pipeline_stages_on_vllm_cpu() -> None:
+    ws = workspace(MULTINODE)
+    assert validate_create(ws, Catalog.load()) == []
+    plan = plan_of(ws, VLLM_SETTINGS)
+    assert (plan.node_count, plan.gpus_per_node) == (2, 1)
+    inf = plan.inference
+    assert (inf.runtime, inf.pipeline_parallel_size, inf.tensor_parallel_size) == ("vllm", 2, 1)
+    assert inf.multi_node
+    # The checkpoint, the artifact and its pin are the single-node preset's: one set of weights.
+    assert inf.weights_image == f"registry.local:5000/kaitopy/models/{PRESET}:0.1.2"
+    assert inf.weights_digest == PIN
+    sts = workload.statefulset(inf)
+    assert sts["spec"]["replicas"] == 2
+    spec = sts["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    assert container["image"] == spec["initContainers"][0]["image"] == VLLM_SETTINGS.cpu_vllm_runtime_image
+    assert "--engine=vllm" in container["args"] and "--pipeline-parallel-size=2" in container["args"]
+    assert f"--served-model-name={MULTINODE}" in container["args"]
+    # Each rank takes CPU and memory, never the node's GPU.
+    assert GPU_RESOURCE not in str(container["resources"])
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
+    assert {"name": "OMP_NUM_THREADS", "value": "2"} in container["env"]
+    # vLLM's KV cache is sized from the container's memory limit, which a cgroup v1 node hides.
+    limit = next(e for e in container["env"] if e["name"] == "KAITOPY_MEMORY_LIMIT")
+    assert limit["valueFrom"]["resourceFieldRef"] == {"containerName": "model", "resource": "limits.memory"}
+
+
+def test_a_hugging_face_id_names_the_single_node_preset_not_its_variant() -> None:
+    assert Catalog.load().model("HuggingFaceTB/SmolLM2-135M-Instruct").name == PRESET
+
+
+@pytest.mark.parametrize(("preset", "runtime"), [(PRESET, "vllm"), (MULTINODE, "transformers")])
+def test_a_cpu_preset_refuses_the_other_engine(preset: str, runtime: str) -> None:
+    errors = validate_create(workspace(preset, **{"kaito.sh/runtime": runtime}), Catalog.load())
+    assert any("runs on CPU with the" in str(e) for e in errors), errors

@@ -51,8 +51,25 @@ def test_it_fits_every_sku_on_cpu_with_its_full_context() -> None:
     ("changes", "message"),
     [
         ({"cpu_resources": None}, "needs cpu_resources"),
-        ({"engine": "auto"}, "apply to engine transformers-cpu only"),
+        ({"engine": "auto"}, "apply to the CPU engines only"),
         ({"weights_version": None}, "needs weights_version"),
+        # More than one node: vLLM's CPU build only (transformers cannot span nodes), and a model
+        # that may be split, with a layer for every stage.
+        ({"cpu_nodes": 2}, "cpu_nodes above 1 needs engine vllm-cpu"),
+        (
+            {"cpu_nodes": 2, "engine": "vllm-cpu"},
+            "cpu_nodes above 1 needs engine vllm-cpu and supports_multi_node",
+        ),
+        (
+            {
+                "cpu_nodes": 16,
+                "engine": "vllm-cpu",
+                "supports_multi_node": True,
+                "layers": 8,
+                "kv_bytes_per_token": 6144,
+            },
+            "only 8 layers",
+        ),
     ],
 )
 def test_contradictory_runtime_fields_are_refused(changes: dict[str, Any], message: str) -> None:
@@ -62,5 +79,46 @@ def test_contradictory_runtime_fields_are_refused(changes: dict[str, Any], messa
 
 def test_gpu_presets_keep_their_defaults() -> None:
     for m in Catalog.load().models.values():
-        if m.name != "smollm2-135m-instruct":
+        if not m.name.startswith("smollm2-135m-instruct"):
             assert (m.engine, m.weights_source, m.cpu_resources) == ("auto", "huggingface", None)
+
+
+MULTINODE = "smollm2-135m-instruct-multinode"
+
+
+def test_the_multi_node_variant_plans_two_vllm_stages_on_every_sku() -> None:
+    catalog = Catalog.load()
+    m = catalog.model(MULTINODE)
+    assert (m.engine, m.cpu_nodes, m.variant_of, m.weights_name) == (
+        "vllm-cpu",
+        2,
+        "smollm2-135m-instruct",
+        "smollm2-135m-instruct",
+    )
+    for sku in catalog.skus.values():
+        plan = estimate(m, sku)
+        assert (plan.runtime, plan.node_count, plan.pipeline_parallel_size, plan.required_gib) == (
+            "vllm",
+            2,
+            2,
+            0.0,
+        )
+
+
+def variant(**changes: Any) -> dict[str, Any]:
+    return {**Catalog.load().model(MULTINODE).model_dump(), **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"variant_of": "no-such-preset"}, "is not a preset of its own"),
+        ({"variant_of": "phi-3-mini-4k-instruct"}, "same hf_id and weights"),
+        ({"weights_version": "0.2.0"}, "same hf_id and weights"),
+    ],
+)
+def test_a_variant_must_serve_its_base_checkpoint(changes: dict[str, Any], message: str) -> None:
+    catalog = Catalog.load()
+    models = [m for m in catalog.models.values() if m.name != MULTINODE]
+    with pytest.raises(ValueError, match=message):
+        Catalog([*models, ModelPreset.model_validate(variant(**changes))], list(catalog.skus.values()))

@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(env KAITOPY_CPU_RUNTIME_IMAGE)",
     )
     parser.add_argument(
+        "--cpu-vllm-runtime-image",
+        default=os.environ.get("KAITOPY_CPU_VLLM_RUNTIME_IMAGE", d.cpu_vllm_runtime_image),
+        help="model server image for presets on vLLM's CPU build, the multi-node CPU preset "
+        "(env KAITOPY_CPU_VLLM_RUNTIME_IMAGE)",
+    )
+    parser.add_argument(
         "--weights-registry",
         default=os.environ.get("KAITOPY_WEIGHTS_REGISTRY", d.weights_registry),
         metavar="REGISTRY/PREFIX",
@@ -269,6 +275,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         tools_image=args.tools_image,
         node_provisioner=args.node_provisioner,
         cpu_runtime_image=args.cpu_runtime_image,
+        cpu_vllm_runtime_image=args.cpu_vllm_runtime_image,
         weights_registry=args.weights_registry,
         weights_digests=weights_digests(args.weights_digest, os.environ.get("KAITOPY_WEIGHTS_DIGESTS")),
         weights_plain_http=args.weights_plain_http,

