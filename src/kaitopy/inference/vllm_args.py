@@ -431,6 +431,14 @@ def plan_memory(
     return max_model_len, flags, notes, sizing
 
 
+CPU_PIPELINE_COMPILATION = '{"mode": 2, "backend": "eager"}'
+"""Pipeline parallel on CPU must run a compiled model: vLLM 0.32 allocates a later stage's input
+buffers only while it warms a compiled model up, so uncompiled (mode 0, or --enforce-eager) every
+request fails on the second stage. Dynamo tracing with the eager backend compiles in seconds and
+keeps float32 answers exact (tests/e2e/test_local_multinode.py)."""
+_EAGER_KEYS = {"compilation-config", "enforce-eager"}
+
+
 CPU_MIN_NUM_SEQS = 2
 """vLLM's CPU engine with max-num-seqs 1 holds a lone stream's tokens until the generation ends
 (measured with the tiny test model: first streamed chunk at 0.64 s of a 0.68 s generation; at 2,
@@ -553,6 +561,8 @@ def plan_vllm(
     if memory.device == "cpu" and "max-num-seqs" not in extra:
         argv += ["--max-num-seqs", str(cpu_max_num_seqs(options, extra))]
     argv += group
+    if memory.device == "cpu" and options.pipeline_parallel_size > 1 and not extra.keys() & _EAGER_KEYS:
+        argv += ["--compilation-config", CPU_PIPELINE_COMPILATION]
     if options.tool_call_parser:
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", options.tool_call_parser]
     if options.reasoning_parser:

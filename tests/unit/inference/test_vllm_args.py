@@ -13,6 +13,7 @@ from kaitopy.inference.vllm_args import (
     CPU_KV_FRACTION,
     CPU_KV_SLACK,
     CPU_MAX_NUM_SEQS,
+    CPU_PIPELINE_COMPILATION,
     CPU_RESERVE,
     FALLBACK_VLLM_OPTIONS,
     GIB,
@@ -501,3 +502,33 @@ def test_adapter_dir_with_files_but_no_adapter_says_so(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert discover_adapters(empty).problems == []  # the controller's empty mount: nothing to say
+
+
+@pytest.mark.parametrize(
+    ("device", "pp", "extra", "expected"),
+    [
+        # CPU pipeline stages need the compiled model: the server asks for it...
+        ("cpu", 2, {}, CPU_PIPELINE_COMPILATION),
+        # ...unless the config chose (the user's choice, even a failing one, is passed on as given).
+        ("cpu", 2, {"compilation-config": '{"mode": 3}'}, '{"mode": 3}'),
+        ("cpu", 2, {"enforce-eager": True}, None),
+        # One stage on CPU, or any layout on GPUs: vLLM's own default.
+        ("cpu", 1, {}, None),
+        ("cuda", 2, {}, None),
+    ],
+)
+def test_cpu_pipeline_stages_run_compiled(
+    device: str, pp: int, extra: dict[str, Any], expected: str | None
+) -> None:
+    memory = Memory(device, 16 * GIB, 16 * GIB) if device == "cpu" else Memory("cuda", H100, H100)
+    plan = plan_vllm(
+        options(pipeline_parallel_size=pp, extra=extra, max_model_len=4096),
+        shape8b(),
+        memory,
+        FALLBACK_VLLM_OPTIONS,
+    )
+    if expected is None:
+        assert "--compilation-config" not in plan.argv
+    else:
+        assert plan.argv.count("--compilation-config") == 1
+        assert flag(plan.argv, "--compilation-config") == expected
