@@ -105,3 +105,25 @@ def test_labels_and_taints_arguments() -> None:
         configs.taints_arg([("sku", "gpu", "NoSchedule"), ("k", "", "NoExecute")])
         == "sku=gpu:NoSchedule,k=:NoExecute"
     )
+
+
+@pytest.mark.parametrize(
+    ("output", "ours"),
+    [
+        # A local node's pod: loopback and its address on the node's bridge subnet.
+        (
+            "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n"
+            "2: eth0    inet 10.230.2.2/24 brd 10.230.2.255 scope global eth0\\       valid_lft forever",
+            True,
+        ),
+        # Anyone else's namespace: other addresses, loopback only, or nothing readable.
+        ("2: eth0    inet 10.231.2.2/24 brd 10.231.2.255 scope global eth0", False),
+        ("1: lo    inet 127.0.0.1/8 scope host lo", False),
+        ("", False),
+        ("2: eth0    inet not-an-address scope global eth0", False),
+    ],
+)
+def test_a_reset_removes_only_namespaces_holding_a_pod_address(output: str, ours: bool) -> None:
+    from kaitopy.provisioner.local.network import holds_pod_address
+
+    assert holds_pod_address(output) is ours

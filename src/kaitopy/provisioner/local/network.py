@@ -8,6 +8,8 @@ adds a route of its own, or for a host process that calls a ClusterIP nothing an
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import itertools
 from pathlib import Path
 
@@ -137,6 +139,37 @@ async def remove_bridge(node: NodeLayout) -> None:
         await system.run("ip", "netns", "delete", name, check=False)
     if link_exists(node.bridge):
         await system.run("ip", "link", "delete", node.bridge, check=False)
+
+
+def holds_pod_address(addr_output: str) -> bool:
+    """Whether `ip -o -4 addr show` run inside a network namespace lists an address in the local
+    nodes' pod network: only the CNI of our nodes hands those out, so such a namespace is a pod's of
+    ours."""
+    for line in addr_output.splitlines():
+        words = line.split()
+        if "inet" in words:
+            cidr = words[words.index("inet") + 1]
+            with contextlib.suppress(ValueError):
+                if ipaddress.ip_interface(cidr).ip in POD_NETWORK:
+                    return True
+    return False
+
+
+async def remove_pod_namespaces() -> list[str]:
+    """Every network namespace that holds a local-node pod address. For a machine-wide reset: a
+    node killed with its runtime never ran CNI DEL for its pods, and once its bridge is gone their
+    namespaces can no longer be found through the veths."""
+    removed = []
+    listed = await system.run("ip", "netns", "list", check=False)
+    for line in listed.splitlines():
+        name = line.split(" (id:")[0].strip()
+        if not name:
+            continue
+        addrs = await system.run("ip", "-n", name, "-o", "-4", "addr", "show", check=False)
+        if holds_pod_address(addrs):
+            await system.run("ip", "netns", "delete", name, check=False)
+            removed.append(name)
+    return removed
 
 
 async def _peer_namespaces(ports: list[str]) -> list[str]:

@@ -213,6 +213,7 @@ async def reset_machine() -> list[str]:
     for bridge in network.bridges():
         await system.run("ip", "link", "delete", bridge, check=False)
         removed.append(f"bridge {bridge}")
+    removed += [f"pod network namespace {name}" for name in await network.remove_pod_namespaces()]
     return removed
 
 
