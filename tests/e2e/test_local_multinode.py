@@ -162,13 +162,20 @@ def check_the_group(k: Callable[..., str], name: str, namespace: str, model_dir:
     assert model is not None
     print(f"the leader restarted {time.monotonic() - lost:.0f}s after its worker's pod was deleted")
     assert model["lastState"]["terminated"]["exitCode"] == EXIT_GROUP_RESTART, model
+    # Ready again means the restarted leader's container itself passed its probe (its group formed
+    # anew), not a Workspace status the controller has not yet moved off the old container.
+    wait(
+        "the restarted leader Ready",
+        lambda: _model_status(k, f"{name}-0", namespace).get("ready") is True,
+        timeout=900,
+    )
     wait(
         "WorkspaceSucceeded again",
         lambda: (
             _conditions(k, name, namespace).get("WorkspaceSucceeded") == "True"
             and _conditions(k, name, namespace).get("InferenceReady") == "True"
         ),
-        timeout=900,
+        timeout=300,
     )
     worker = json.loads(k("get", "pod", f"{name}-1", "-n", namespace, "-o", "json"))
     assert worker["metadata"]["uid"] != worker_uid  # a new worker pod joined the restarted leader
