@@ -205,19 +205,8 @@ def adapter_images(
 
 
 def ask(ip: str, model: str, question: str = QUESTIONS[0]) -> str:
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": question}],
-        "max_tokens": 8,
-        "temperature": 0,
-    }
-    request = urllib.request.Request(
-        f"http://{ip}/v1/chat/completions",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=120) as r:
-        return str(json.loads(r.read().decode())["choices"][0]["message"]["content"])
+    answer = localnodes.chat_completion(ip, model, question, max_tokens=8)
+    return str(answer["choices"][0]["message"]["content"])
 
 
 def served_models(ip: str) -> list[str]:

@@ -42,23 +42,6 @@ def vllm_image() -> str:
     return localnodes.ensure_images("model-server-vllm-cpu").refs["model-server-vllm-cpu"]
 
 
-def chat(ip: str, question: str) -> dict[str, Any]:
-    body = {
-        "model": PRESET,
-        "messages": [{"role": "user", "content": question}],
-        "max_tokens": MAX_TOKENS,
-        "temperature": 0,
-    }
-    request = urllib.request.Request(
-        f"http://{ip}/v1/chat/completions",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=180) as r:
-        answer: dict[str, Any] = json.loads(r.read().decode())
-    return answer
-
-
 def test_a_multi_node_preset_spans_two_real_nodes_and_restarts_as_one(
     operator: Operator,
     kube_cluster: Cluster,
@@ -187,7 +170,7 @@ def check_the_group(k: Callable[..., str], name: str, namespace: str, model_dir:
 def check_answers(ip: str, expected: dict[str, str]) -> None:
     got = {}
     for question in QUESTIONS:
-        answer = chat(ip, question)
+        answer = localnodes.chat_completion(ip, PRESET, question, MAX_TOKENS, timeout=180)
         got[question] = answer["choices"][0]["message"]["content"]
         # vLLM names its layout in the fingerprint: two pipeline stages served this answer.
         assert "-pp2-" in str(answer.get("system_fingerprint")), answer

@@ -10,10 +10,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES_SCRIPT = REPO / "hack" / "images.py"
@@ -167,3 +168,23 @@ class Watch:
         self._proc.kill()
         self._proc.wait(10)
         self._thread.join(10)
+
+
+def chat_completion(
+    ip: str, model: str, question: str, max_tokens: int, timeout: float = 120.0
+) -> dict[str, Any]:
+    """A greedy OpenAI chat completion from a Workspace's Service (its cluster IP, port 80)."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
+    request = urllib.request.Request(
+        f"http://{ip}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as r:
+        answer: dict[str, Any] = json.loads(r.read().decode())
+    return answer
