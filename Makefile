@@ -58,8 +58,11 @@ cluster-down:  ## stop every process of the local control plane and remove its d
 cluster-status:  ## show the local control plane's processes and health
 	$(PYTHON) hack/localcluster.py status
 
-test: packages install-test binaries helm  ## all tests: unit, integration and e2e
-	$(PY) -m pytest tests
+test: packages install-test binaries helm  ## all tests: unit, integration and e2e (not the multinode ones: make test-multinode)
+	$(PY) -m pytest -m "not multinode" tests
+
+test-multinode: packages install-test binaries  ## vLLM over two real local nodes, and the vLLM CPU image it builds (~8 min)
+	$(PY) -m pytest -m multinode tests
 
 test-unit: install-test  ## unit tests only (no cluster)
 	$(PY) -m pytest -m unit tests

@@ -2,7 +2,8 @@
 
     python hack/images.py registry up|down|status   the anonymous registry on 127.0.0.1:$KAITOPY_REGISTRY_PORT
     python hack/images.py base                      the Debian Python base (mmdebstrap) in buildah's store
-    python hack/images.py build [NAME ...]          build and push (default: all); unchanged inputs: "cached"
+    python hack/images.py build [NAME ...]          build and push (default: all but model-server-vllm-cpu,
+                                                    which is built when named); unchanged inputs: "cached"
     python hack/images.py refs                      print images.json (name -> reference@digest)
 
 Other code imports `image_refs()` from here (see docs/images.md).
@@ -38,7 +39,7 @@ def build(names: list[str]) -> list[builder.Result]:
     unknown = [n for n in names if n not in catalog.BY_NAME]
     if unknown:
         raise SystemExit(f"unknown image(s) {', '.join(unknown)}; known: {', '.join(catalog.BY_NAME)}")
-    wanted = [i for i in catalog.IMAGES if not names or i.name in names]
+    wanted = [i for i in catalog.IMAGES if (not names and not i.on_demand) or i.name in names]
     prereqs.ensure()
     say(registry.up().describe())
     with lock.exclusive():

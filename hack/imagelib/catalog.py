@@ -19,6 +19,7 @@ class Image:
     stage: Callable[[Path], None]  # fills an empty build context
     on_base: bool = False  # built FROM the Debian Python base (passed as --build-arg BASE=...)
     build_args: dict[str, str] = field(default_factory=dict)
+    on_demand: bool = False  # built only when named (`build NAME`), not by `build` with no names
 
 
 def _stage_controller(context: Path) -> None:
@@ -59,13 +60,14 @@ IMAGES: list[Image] = [
         on_base=True,
         build_args={"TORCH_VERSION": TORCH_VERSION},
     ),
-    # Last: the largest, and only the multi-node tests and demos need it (built when asked for).
+    # Last: the largest (2.7 GB), and only the multi-node preset needs it: built when named.
     Image(
         "model-server-vllm-cpu",
         paths.DOCKER / "runtime-vllm-cpu" / "Dockerfile",
         _stage_vllm_model_server,
         on_base=True,
         build_args={"TORCH_VERSION": TORCH_VERSION},
+        on_demand=True,
     ),
 ]
 BY_NAME = {image.name: image for image in IMAGES}

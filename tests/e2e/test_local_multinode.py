@@ -34,7 +34,7 @@ PRESET = "smollm2-135m-instruct-multinode"
 QUESTIONS = ("What is the capital of France?", "What is the largest planet?")
 MAX_TOKENS = 24
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.multinode, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")

@@ -116,9 +116,12 @@ def kill_node(node_root: Path, node_name: str, index: int) -> list[int]:
         pids: set[int] = set()
         for hierarchy in Path("/sys/fs/cgroup").iterdir():
             top = hierarchy / "kaitopy" / node_name
-            for procs in top.rglob("cgroup.procs") if top.is_dir() else ():
-                with contextlib.suppress(OSError, ValueError):
-                    pids |= {int(p) for p in procs.read_text().split()}
+            # The dying kubelet removes its pods' cgroups while this walks them: a directory gone
+            # mid-walk ends this hierarchy's walk, and the next pass (of five) looks again.
+            with contextlib.suppress(OSError):
+                for procs in top.rglob("cgroup.procs") if top.is_dir() else ():
+                    with contextlib.suppress(OSError, ValueError):
+                        pids |= {int(p) for p in procs.read_text().split()}
         markers = (str(node_root), f"/var/lib/kaitopy/nodes/{index}/")
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
