@@ -58,10 +58,10 @@ cluster-down:  ## stop every process of the local control plane and remove its d
 cluster-status:  ## show the local control plane's processes and health
 	$(PYTHON) hack/localcluster.py status
 
-test: packages install-test binaries helm  ## all tests: unit, integration and e2e (not the multinode ones: make test-multinode)
-	$(PY) -m pytest -m "not multinode" tests
+test: packages install-test binaries helm  ## all tests: unit, integration and e2e (the two-node vLLM test included); prints the 30 slowest
+	$(PY) -m pytest --durations=30 tests
 
-test-multinode: packages install-test binaries  ## vLLM over two real local nodes, and the vLLM CPU image it builds (~8 min)
+test-multinode: packages install-test binaries  ## only vLLM over two real local nodes and the vLLM CPU image it builds (~7 min; make test runs them too)
 	$(PY) -m pytest -m multinode tests
 
 test-unit: install-test  ## unit tests only (no cluster)
