@@ -114,7 +114,11 @@ async def system_node_up(kubeconfig: Path, refs: dict[str, str]) -> None:
         deadline = time.monotonic() + 120
         while not (await provider.poll_launch(request, token)).done:
             if time.monotonic() > deadline:
-                raise SystemExit(f"node {SYSTEM_NODE} did not register within 120s")
+                from kaitopy.provisioner.local.system import log_tail
+
+                logs = kubeconfig.parent / "system-nodes" / "nodes" / SYSTEM_NODE / "logs"
+                tails = "; ".join(f"{f.name}: {log_tail(f, lines=8)}" for f in sorted(logs.glob("*.log")))
+                raise SystemExit(f"node {SYSTEM_NODE} did not register within 120s; {tails}")
             await asyncio.sleep(0.5)
 
 

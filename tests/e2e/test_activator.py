@@ -115,9 +115,14 @@ async def test_a_request_at_zero_provisions_a_node_is_answered_and_idle_returns_
             timeout=60,
             what="the idle set scaled to zero",
         )
-        notes = [
-            e["note"] for e in (await client.list(EVENT, namespace)).items if e["reason"] == "AutoscaleDown"
-        ]
+        # The Event is written by the recorder's writers, just after the scale.
+        downs = await eventually(
+            lambda: client.list(EVENT, namespace),
+            until=lambda evs: any(e["reason"] == "AutoscaleDown" for e in evs.items),
+            timeout=10,
+            what="the AutoscaleDown Event",
+        )
+        notes = [e["note"] for e in downs.items if e["reason"] == "AutoscaleDown"]
         assert len(notes) == 1 and notes[0].startswith("scale down 1 -> 0: no request for ")
         await eventually(
             lambda: client.list(WORKSPACE, namespace),

@@ -56,7 +56,7 @@ def wire(mgr: Manager, client: Client, provider: CloudProvider, settings: Provis
     nodes = mgr.cache.informer(kinds.NODE, label_selector=NODECLAIM_LABEL)
     nodes.add_indexer(NODE_INDEX, node_index)
     recorder = EventRecorder(client, COMPONENT)
-    mgr.add_shutdown_hook(recorder.flush)
+    mgr.add_shutdown_hook(recorder.close)
     lifecycle = NodeClaimLifecycle(
         client,
         claims.store,

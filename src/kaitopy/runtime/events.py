@@ -1,6 +1,13 @@
 """An event recorder writing events.k8s.io/v1 Events, with client-go's EventCorrelator rules.
 
-Recording never raises: events are best-effort, a failure is logged and the reconcile goes on.
+Recording never raises and never waits for the API server: `event()` decides in memory what to
+write and queues it; writer tasks send the writes (client-go's broadcaster does the same with a
+channel and a goroutine). Under a burst of reconciles, event writes no longer stretch each
+reconcile by a round trip. The writes of one object stay in order: each object's writes go to one
+of `writer_lanes` queues, chosen by its uid, and each lane has one writer. A full queue drops the
+event (counted in `dropped`), as client-go's does; `drain()` waits until what is queued is written,
+`flush()` also writes the repeat counts not written yet, and `close()` flushes and stops the
+writers (a manager's shutdown hook).
 
 What keeps events cheap (each rule as client-go's correlator has it, sizes as named settings):
   * correlation: a repeat of the same event (object, type, reason, action, note) is counted in
@@ -15,9 +22,11 @@ What keeps events cheap (each rule as client-go's correlator has it, sizes as na
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +65,10 @@ class EventRecorderSettings:
     """Events one object may produce at once before the spam filter drops them."""
     spam_refill_interval: float = 300.0
     """One more event is allowed per object every this many seconds once the burst is spent."""
+    queue_size: int = 4096
+    """Writes waiting for the API server, all lanes together; beyond it events are dropped."""
+    writer_lanes: int = 4
+    """Concurrent writers; one object's writes always share a lane, so they keep their order."""
 
 
 class _Lru(Generic[K, V]):
@@ -80,8 +93,8 @@ class _Lru(Generic[K, V]):
     def pop(self, key: K) -> None:
         self._data.pop(key, None)
 
-    def values(self) -> list[V]:
-        return list(self._data.values())
+    def items(self) -> list[tuple[K, V]]:
+        return list(self._data.items())
 
     def __len__(self) -> int:
         return len(self._data)
@@ -109,6 +122,23 @@ class _Bucket:
     at: float
 
 
+@dataclass(frozen=True)
+class _Create:
+    body: Obj
+    key: tuple[str, str, str, str, str]
+    series: _Series
+
+
+@dataclass(frozen=True)
+class _CountUpdate:
+    key: tuple[str, str, str, str, str]
+    series: _Series
+    count: int
+
+
+_Write = _Create | _CountUpdate
+
+
 class EventRecorder:
     """`await recorder.event(obj, "Normal", "Created", "created deployment x", action="Create")`."""
 
@@ -125,21 +155,32 @@ class EventRecorder:
         self.controller = controller
         self.instance = instance or f"{controller}-{uuid.uuid4().hex[:6]}"
         self.settings = s = settings or EventRecorderSettings()
+        if s.writer_lanes < 1 or s.queue_size < s.writer_lanes:
+            raise ValueError("EventRecorderSettings: writer_lanes >= 1 and queue_size >= writer_lanes")
         self._clock = clock or RealClock()
         self._series: _Lru[tuple[str, str, str, str, str], _Series] = _Lru(s.max_tracked)
         self._similar: _Lru[tuple[str, str, str, str], _Similar] = _Lru(s.max_tracked)
         self._buckets: _Lru[str, _Bucket] = _Lru(s.max_tracked)
+        # Made on first use: the queues and writers belong to the running event loop.
+        self._lanes: list[asyncio.Queue[_Write]] = []
+        self._writers: list[asyncio.Task[None]] = []
         self.dropped = 0
-        """Events the spam filter dropped."""
+        """Events dropped: by the spam filter, or because the write queue was full."""
 
     @property
     def tracked(self) -> int:
         """Entries held in memory, all tables together (bounded by 3 x max_tracked)."""
         return len(self._series) + len(self._similar) + len(self._buckets)
 
+    @property
+    def pending(self) -> int:
+        """Writes queued and not yet sent."""
+        return sum(lane.qsize() for lane in self._lanes)
+
     async def event(
         self, regarding: Obj, type_: EventKind, reason: str, note: str, *, action: str = "Reconcile"
     ) -> None:
+        """Record an event: decided here, written by a writer task soon after."""
         uid = str(meta(regarding).get("uid", ""))
         now = self._clock.now()
         if not self._allow(uid, now):
@@ -148,50 +189,93 @@ class EventRecorder:
             return
         note = self._aggregate(uid, type_, reason, action, note, now)
         key = (uid, type_, reason, action, note)
-        try:
-            seen = self._series.get(key)
-            if seen is not None:
-                seen.count += 1
-                if now - seen.written_at >= self.settings.series_write_interval:
-                    if await self._write_series(seen, now):
-                        return
-                    self._series.pop(key)  # expired (events live 1 h): start a new one
-                else:
-                    return
-            created = await self.client.create(EVENT, self._body(regarding, type_, reason, action, note))
-            ns = str(created["metadata"].get("namespace") or "")
-            self._series.put(key, _Series(created["metadata"]["name"], ns, 1, 1, now))
-        except RuntimeLibraryError as exc:
-            log.warning(
-                "could not record event",
-                extra={"object": _ref(regarding), "reason": reason, "error": str(exc)},
-            )
+        seen = self._series.get(key)
+        if seen is not None:
+            seen.count += 1
+            if now - seen.written_at >= self.settings.series_write_interval:
+                self._queue_count(key, seen, now, uid)
+            return
+        body = self._body(regarding, type_, reason, action, note)
+        series = _Series(body["metadata"]["name"], body["metadata"]["namespace"], 1, 1, now)
+        self._series.put(key, series)
+        self._enqueue(_Create(body, key, series), uid)
+
+    async def drain(self) -> None:
+        """Until every write queued so far was sent (or failed and was logged)."""
+        for lane in self._lanes:
+            await lane.join()
 
     async def flush(self) -> None:
-        """Write the counts of repeated events not written yet (e.g. before the process exits)."""
+        """Write the counts of repeated events not written yet, and wait until all is written."""
         now = self._clock.now()
-        for seen in self._series.values():
+        for key, seen in self._series.items():
             if seen.count != seen.written_count:
-                try:
-                    await self._write_series(seen, now)
-                except RuntimeLibraryError as exc:
-                    log.warning(
-                        "could not update event series", extra={"event": seen.name, "error": str(exc)}
-                    )
+                self._queue_count(key, seen, now, key[0])
+        await self.drain()
 
-    async def _write_series(self, seen: _Series, now: float) -> bool:
-        """Patch the Event's series with the count so far; False if the Event is gone."""
+    async def close(self) -> None:
+        """Flush, then stop the writers (a manager's shutdown hook)."""
+        await self.flush()
+        for task in self._writers:
+            task.cancel()
+        await asyncio.gather(*self._writers, return_exceptions=True)
+        self._writers, self._lanes = [], []
+
+    def _queue_count(self, key: tuple[str, str, str, str, str], seen: _Series, now: float, uid: str) -> None:
+        seen.written_count, seen.written_at = seen.count, now
+        self._enqueue(_CountUpdate(key, seen, seen.count), uid)
+
+    def _enqueue(self, write: _Write, uid: str) -> None:
+        if not self._lanes:
+            lanes = self.settings.writer_lanes
+            size = self.settings.queue_size // lanes
+            self._lanes = [asyncio.Queue(size) for _ in range(lanes)]
+            self._writers = [
+                asyncio.create_task(self._write_lane(q), name=f"event-writer-{i}")
+                for i, q in enumerate(self._lanes)
+            ]
+        # A stable hash (not hash(), salted per process) keeps one object on one lane.
+        lane = self._lanes[zlib.crc32(uid.encode()) % len(self._lanes)]
+        try:
+            lane.put_nowait(write)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if isinstance(write, _Create):
+                self._series.pop(write.key)  # never written: a repeat must create it
+            log.warning("event dropped: the write queue is full", extra={"event": write.series.name})
+
+    async def _write_lane(self, lane: asyncio.Queue[_Write]) -> None:
+        while True:
+            write = await lane.get()
+            try:
+                await self._send(write)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a writer must outlive any one failed write
+                log.warning("could not record event", extra={"event": write.series.name, "error": str(exc)})
+            finally:
+                lane.task_done()
+
+    async def _send(self, write: _Write) -> None:
+        if isinstance(write, _Create):
+            try:
+                await self.client.create(EVENT, write.body)
+            except RuntimeLibraryError:
+                if self._series.get(write.key) is write.series:
+                    self._series.pop(write.key)  # not written: the next repeat creates it again
+                raise
+            return
         try:
             await self.client.patch(
                 EVENT,
-                seen.name,
-                {"series": {"count": seen.count, "lastObservedTime": _micro(datetime.now(UTC))}},
-                namespace=seen.namespace,
+                write.series.name,
+                {"series": {"count": write.count, "lastObservedTime": _micro(datetime.now(UTC))}},
+                namespace=write.series.namespace,
             )
         except NotFound:
-            return False
-        seen.written_count, seen.written_at = seen.count, now
-        return True
+            # The Event expired (events live 1 h) or was deleted: the next repeat starts a new one.
+            if self._series.get(write.key) is write.series:
+                self._series.pop(write.key)
 
     def _allow(self, uid: str, now: float) -> bool:
         """The spam filter: a token bucket per object."""

@@ -220,10 +220,11 @@ async def test_the_autoscaler_scales_an_idle_set_to_zero_by_the_activity_lease(
     req = Request(namespace, "s")
 
     stores = await snapshot(client, namespace)
+    recorder = EventRecorder(client, "test")
     rec = InferenceSetReconciler(
         client,
         *stores,
-        EventRecorder(client, "test"),
+        recorder,
         operator_namespace=namespace,
         wall=lambda: clock[0],
         metrics_url=lambda ns, m: "http://127.0.0.1:9/metrics",  # silent members: no load seen
@@ -232,6 +233,7 @@ async def test_the_autoscaler_scales_an_idle_set_to_zero_by_the_activity_lease(
     async def run() -> dict[str, Any]:
         rec.sets, rec.workspaces = await snapshot(client, namespace)
         await rec.reconcile(req)
+        await recorder.drain()  # its events are written by the recorder's writers, soon after
         got: dict[str, Any] = await client.get(INFERENCESET, "s", namespace=namespace)
         return got
 
@@ -271,10 +273,12 @@ async def test_a_set_that_scales_to_zero_gets_a_front_service_and_never_takes_ov
         services = Store()
         for svc in (await client.list(kinds.SERVICE, namespace, label_selector=FRONT_LABEL)).items:
             services.upsert(freeze(svc))
+        recorder = EventRecorder(client, "test")
         rec = InferenceSetReconciler(
-            client, sets, workspaces, EventRecorder(client, "test"), services=services, activator_host=host
+            client, sets, workspaces, recorder, services=services, activator_host=host
         )
         await rec.reconcile(Request(namespace, name))
+        await recorder.close()
 
     for name in ("s", "taken", "plain"):
         await run(name)

@@ -75,13 +75,15 @@ async def test_queue_depth_scales_the_set_up_and_back_down_with_events(
     async def run() -> None:
         rec.sets, rec.workspaces = await snapshot(client, namespace)
         await rec.reconcile(req)
+        await recorder.drain()  # events are written by the recorder's writers, soon after
 
     sets, workspaces = await snapshot(client, namespace)
+    recorder = EventRecorder(client, "test")
     rec = InferenceSetReconciler(
         client,
         sets,
         workspaces,
-        EventRecorder(client, "test"),
+        recorder,
         expectations=Expectations(),
         monotonic=lambda: clock[0],
         metrics_url=lambda ns, member: f"http://127.0.0.1:{port}/{member}/metrics",
@@ -115,9 +117,9 @@ async def test_bad_settings_are_an_event_naming_the_annotation(client: Client, n
     body["metadata"]["annotations"] = {PREFIX + "enabled": "true"}
     await client.create(INFERENCESET, body)
     sets, workspaces = await snapshot(client, namespace)
-    await InferenceSetReconciler(client, sets, workspaces, EventRecorder(client, "test")).reconcile(
-        Request(namespace, "s")
-    )
+    recorder = EventRecorder(client, "test")
+    await InferenceSetReconciler(client, sets, workspaces, recorder).reconcile(Request(namespace, "s"))
+    await recorder.close()
     (event,) = [e for e in (await client.list(EVENT, namespace)).items if e["reason"] == "AutoscalerInvalid"]
     assert event["type"] == "Warning"
     assert event["note"].startswith(f"metadata.annotations[{PREFIX}max-replicas] is required")
@@ -168,10 +170,11 @@ async def test_tokens_per_minute_scales_up_from_the_counters_rate_and_is_exporte
     await client.create(INFERENCESET, body)
     req = Request(namespace, "s")
     clock = [1000.0]
+    recorder = EventRecorder(client, "test")
     rec = InferenceSetReconciler(
         client,
         *(await snapshot(client, namespace)),
-        EventRecorder(client, "test"),
+        recorder,
         monotonic=lambda: clock[0],
         metrics_url=lambda ns, member: f"http://127.0.0.1:{port}/{member}/metrics",
     )
@@ -180,6 +183,7 @@ async def test_tokens_per_minute_scales_up_from_the_counters_rate_and_is_exporte
         served["s-0"] = page(0, 1) + f'kaitopy_inference_completion_tokens_total{{model="m"}} {tokens}\n'
         rec.sets, rec.workspaces = await snapshot(client, namespace)
         await rec.reconcile(req)
+        await recorder.drain()
         return int((await client.get(INFERENCESET, "s", namespace=namespace))["spec"]["replicas"])
 
     await rec.reconcile(req)  # creates s-0

@@ -100,8 +100,15 @@ async def test_claim_becomes_a_registered_ready_gpu_node(cloud_env: Cloud, kube_
         assert ("karpenter.sh/unregistered", "NoExecute") not in taints
         owners = node["metadata"]["ownerReferences"]
         assert [(o["kind"], o["name"]) for o in owners] == [("NodeClaim", name)]
-        reasons = {e["reason"] for e in await events_for(client, name)}
-        assert {"Launching", "Launched", "Registered", "Initialized"} <= reasons
+        # Events are written by the recorder's writers just after the reconcile that recorded them.
+        await eventually(
+            lambda: events_for(client, name),
+            until=lambda evs: (
+                {"Launching", "Launched", "Registered", "Initialized"} <= {e["reason"] for e in evs}
+            ),
+            timeout=10,
+            what="the claim's lifecycle events",
+        )
         header, row = kube_cluster.kubectl("get", "nodeclaims", name).splitlines()
         assert header.split() == ["NAME", "TYPE", "CAPACITY", "ZONE", "NODE", "READY", "AGE"]
         cells = row.split()
@@ -363,6 +370,7 @@ async def test_registration_settles_a_conflict_with_the_nodes_agent(
             recorder = EventRecorder(client, "test")
             lifecycle = NodeClaimLifecycle(client, Store(), Store(), kwok.provider(), recorder)
             adopted = await lifecycle._adopt_node(claim, node)  # with the copy read before the agent wrote
+            await recorder.close()
         labels = adopted["metadata"]["labels"]
         assert labels["agent"] == "v2"  # the agent's write survived
         assert labels[NODECLAIM_LABEL] == name and labels["karpenter.sh/registered"] == "true"

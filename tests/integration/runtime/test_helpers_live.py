@@ -36,6 +36,8 @@ async def test_event_recorder_folds_repeats_into_one_series(client: Client, name
     for _ in range(3):
         await rec.event(cm, "Warning", "Failing", "the same problem again", action="Reconcile")
     await rec.event(cm, "Normal", "Recovered", "better now", action="Reconcile")
+    assert writes() - before == 0  # queued: written by the recorder's writers, not by event()
+    await rec.drain()
     assert writes() - before == 2  # repeats are counted in memory, not written one by one
     await rec.flush()  # ...until the series is due or flushed
     assert writes() - before == 3
@@ -60,9 +62,11 @@ async def test_event_recorder_writes_repeats_once_per_interval(client: Client, n
     for _ in range(20):  # a PDB blocking a drain: the same warning every few seconds
         await rec.event(cm, "Warning", "DrainBlocked", "a PodDisruptionBudget blocks eviction")
         clock.advance(2)
+    await rec.drain()
     assert writes() - before == 1  # one create; 19 repeats within the interval write nothing
     clock.advance(60)
     await rec.event(cm, "Warning", "DrainBlocked", "a PodDisruptionBudget blocks eviction")
+    await rec.drain()
     assert writes() - before == 2  # one series update carries all 21
     events = [e for e in (await client.list(kinds.EVENT, namespace)).items if e["reason"] == "DrainBlocked"]
     assert len(events) == 1 and events[0]["series"]["count"] == 21
@@ -76,6 +80,7 @@ async def test_event_recorder_aggregates_similar_events_and_filters_spam(
     rec = EventRecorder(client, "runtime-test", settings=settings, clock=FakeClock())
     for i in range(6):  # the same reason, a different note each time
         await rec.event(cm, "Warning", "Retrying", f"attempt {i} failed")
+    await rec.drain()
     events = [e for e in (await client.list(kinds.EVENT, namespace)).items if e["reason"] == "Retrying"]
     notes = sorted(e["note"] for e in events)
     assert len(events) == 4, notes  # 3 distinct, then one combined Event for the rest
@@ -83,6 +88,7 @@ async def test_event_recorder_aggregates_similar_events_and_filters_spam(
     for i in range(10):  # 6 spent of the burst of 8: two more pass, the rest are dropped
         await rec.event(cm, "Normal", f"Other{i}", "x")
     assert rec.dropped == 8
+    await rec.close()
     others = [e for e in (await client.list(kinds.EVENT, namespace)).items if e["reason"].startswith("Other")]
     assert len(others) == 2
 
@@ -95,6 +101,49 @@ async def test_event_recorder_memory_is_bounded(client: Client, namespace: str) 
             {**cm, "metadata": {**cm["metadata"], "uid": f"u{i}"}}, "Normal", "Seen", f"object {i}"
         )
     assert rec.tracked <= 3 * 4  # before: one entry per distinct event, for ever
+    await rec.close()
+
+
+async def test_event_recorder_keeps_one_objects_events_in_order_across_lanes(
+    client: Client, namespace: str
+) -> None:
+    # Four writer lanes: events of different objects go out concurrently, but each object's
+    # events keep the order they were recorded in (a round-robin lane choice breaks this).
+    subjects = [
+        await client.create(kinds.CONFIG_MAP, {"metadata": {"name": f"ordered-{i}", "namespace": namespace}})
+        for i in range(8)
+    ]
+    settings = EventRecorderSettings(writer_lanes=4, spam_burst=100)
+    rec = EventRecorder(client, "runtime-test", settings=settings)
+    for step in range(6):
+        for cm in subjects:
+            await rec.event(cm, "Normal", f"Step{step}", f"step {step}")
+    await rec.close()
+    events = (await client.list(kinds.EVENT, namespace)).items
+    for cm in subjects:
+        mine = [e for e in events if e["regarding"]["uid"] == cm["metadata"]["uid"]]
+        by_creation = sorted(mine, key=lambda e: int(e["metadata"]["resourceVersion"]))
+        assert [e["reason"] for e in by_creation] == [f"Step{i}" for i in range(6)]
+
+
+async def test_event_recorder_drops_when_its_queue_is_full_and_never_blocks(
+    client: Client, namespace: str
+) -> None:
+    cm = await client.create(kinds.CONFIG_MAP, {"metadata": {"name": "flood", "namespace": namespace}})
+    rec = EventRecorder(
+        client, "runtime-test", settings=EventRecorderSettings(queue_size=4, writer_lanes=1, spam_burst=100)
+    )
+    for i in range(10):  # no await yields to the writer in between: the queue holds 4
+        await rec.event(cm, "Normal", f"Burst{i}", "x")
+    assert rec.pending == 4 and rec.dropped == 6
+    await rec.close()
+    events = (await client.list(kinds.EVENT, namespace)).items
+    written = [e for e in events if e["reason"].startswith("Burst")]
+    assert sorted(e["reason"] for e in written) == [f"Burst{i}" for i in range(4)]
+    await rec.event(cm, "Normal", "Burst5", "x")  # a dropped create is not taken for a written one
+    await rec.close()
+    written = [e for e in (await client.list(kinds.EVENT, namespace)).items if e["reason"] == "Burst5"]
+    assert len(written) == 1
 
 
 async def test_finalizer_holds_deletion_until_removed(client: Client, namespace: str) -> None:

@@ -249,7 +249,7 @@ async def test_a_graceful_stop_writes_the_event_counts_still_held(client: Client
     recorder = EventRecorder(
         client, "runtime-test", settings=EventRecorderSettings(series_write_interval=600)
     )
-    mgr.add_shutdown_hook(recorder.flush)
+    mgr.add_shutdown_hook(recorder.close)
 
     async def reconcile(req: Request) -> Result | None:
         if req.name != "noisy":

@@ -42,7 +42,7 @@ def wire(
     workspaces = mgr.cache.informer(WORKSPACE)
     workspaces.add_indexer(MEMBERS_BY_SET, set_key_of_member)
     recorder = EventRecorder(client, COMPONENT)
-    mgr.add_shutdown_hook(recorder.flush)
+    mgr.add_shutdown_hook(recorder.close)
     reconciler = InferenceSetReconciler(
         client,
         mgr.cache.informer(INFERENCESET).store,

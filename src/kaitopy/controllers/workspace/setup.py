@@ -114,7 +114,7 @@ def wire(
         pod_events=events.store,
     )
     recorder = EventRecorder(client, COMPONENT)
-    mgr.add_shutdown_hook(recorder.flush)
+    mgr.add_shutdown_hook(recorder.close)
     reconciler = WorkspaceReconciler(
         client,
         stores,

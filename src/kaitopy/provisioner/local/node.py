@@ -166,6 +166,10 @@ async def teardown(node: NodeLayout, record: NodeRecord | None, bins: Binaries) 
     marker = str(node.root)
     pids = record.pids if record else {}
     await system.stop(pids.get("kubelet", 0), marker)
+    # A kubelet the record does not name (a start interrupted before the record was saved, a
+    # record lost): found by the node's folder on its command line. Left running, it would hold
+    # the node's address and port for the next node given this index.
+    await system.kill_all(_agents_mentioning(marker, "kubelet"), marker)
     if node.containerd_socket.exists() and system.alive(pids.get("containerd", 0), marker):
         crictl = [
             str(bins.crictl),
@@ -179,6 +183,7 @@ async def teardown(node: NodeLayout, record: NodeRecord | None, bins: Binaries) 
             await system.run(*crictl, "stopp", pod, check=False, timeout=60)
             await system.run(*crictl, "rmp", "-f", pod, check=False, timeout=60)
     await system.stop(pids.get("containerd", 0), marker)
+    await system.kill_all(_agents_mentioning(marker, "containerd"), marker)
     # Shims run in sessions of their own; they name their containerd's socket on the command line.
     await system.kill_all(system.pids_mentioning(str(node.containerd_socket)), str(node.containerd_socket))
     await system.unmount_all(node.root)
@@ -190,12 +195,18 @@ async def teardown(node: NodeLayout, record: NodeRecord | None, bins: Binaries) 
             await asyncio.to_thread(shutil.rmtree, d)
 
 
+def _agents_mentioning(marker: str, agent: str) -> list[int]:
+    """The node's processes of one agent (kubelet, containerd), whatever its record says."""
+    found = system.pids_mentioning(marker)
+    return [p for p in found if Path(next(iter(system.cmdline(p)), "")).name == agent]
+
+
 async def reset_machine() -> list[str]:
     """Tear down every local node on this machine, whoever made it and whether or not its record
     survives: what `kaitopy local-nodes reset` does after a crash left nodes behind. Returns what
     it removed."""
     removed: list[str] = []
-    for index in sorted(network.bridge_indexes() | _data_indexes()):
+    for index in sorted(network.bridge_indexes() | data_indexes()):
         data = DATA_DIR / str(index)
         marker = str(data)
         for pid in system.pids_mentioning(marker):
@@ -217,7 +228,9 @@ async def reset_machine() -> list[str]:
     return removed
 
 
-def _data_indexes() -> set[int]:
+def data_indexes() -> set[int]:
+    """Indexes whose machine-wide data folder exists: a node holds it, or one that was not torn
+    down does (its kubelet may still hold the index's address). Either way it is not free."""
     if not DATA_DIR.is_dir():
         return set()
     return {int(p.name) for p in DATA_DIR.iterdir() if p.name.isdigit()}

@@ -109,7 +109,8 @@ class LocalProvider:
         async with self._lock:
             record = self._record(name)
             if record is None:
-                used = {r.index for r in self._records()} | network.bridge_indexes()
+                records = {r.index for r in self._records()}
+                used = records | network.bridge_indexes() | node.data_indexes()
                 record = node.NodeRecord(
                     name=name,
                     index=free_index(used),
