@@ -21,10 +21,10 @@ from kaitopy.controllers.inferenceset.reconciler import MEMBERS_BY_SET, set_key_
 from kaitopy.runtime import Client, InformerCache
 
 
-async def _site(app: web.Application) -> tuple[web.AppRunner, int]:
+async def _site(app: web.Application, port: int = 0) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     return runner, int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
@@ -40,8 +40,9 @@ class ModelServer:
 
 
 @asynccontextmanager
-async def model_server() -> AsyncIterator[ModelServer]:
-    """POST /v1/chat/completions answers "hello" (as server-sent events with "stream": true)."""
+async def model_server(port: int = 0) -> AsyncIterator[ModelServer]:
+    """POST /v1/chat/completions answers "hello" (as server-sent events with "stream": true), on
+    `port` (0: a free one)."""
     server = ModelServer()
 
     async def chat(request: web.Request) -> web.StreamResponse:
@@ -63,7 +64,7 @@ async def model_server() -> AsyncIterator[ModelServer]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    runner, server.port = await _site(app)
+    runner, server.port = await _site(app, port)
     try:
         yield server
     finally:

@@ -19,6 +19,11 @@ class HoldSettings:
     several minutes from zero, so ten."""
     retry_after_s: float = 30.0
     """The Retry-After of a refusal while the set wakes: about how often a client should ask again."""
+    connect_retry_s: float = 30.0
+    """How long the activator keeps trying to connect to a ready member that refuses the connection,
+    or does not accept it, before a 502. A member that has just turned Ready can be out of reach for
+    a moment through its Service: each node's proxy rules (and the cluster's DNS) follow the new
+    EndpointSlice a little later. Only connecting is retried, so nothing of the request was sent."""
 
 
 class Verdict(enum.Enum):

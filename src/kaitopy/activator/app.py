@@ -58,6 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"the Retry-After of the activator's 503s (default {d.retry_after_s:g})",
     )
     parser.add_argument(
+        "--connect-retry",
+        type=float,
+        default=d.connect_retry_s,
+        metavar="SECONDS",
+        help="how long a ready member that refuses the connection is tried again before a 502 (a "
+        f"member just turned Ready can be out of reach for a moment; default {d.connect_retry_s:g})",
+    )
+    parser.add_argument(
         "--activity-interval",
         type=float,
         default=5.0,
@@ -80,7 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def hold_settings(args: argparse.Namespace) -> HoldSettings:
     if args.max_queue < 0:
         raise SystemExit(f"--max-queue {args.max_queue}: must be 0 or more")
-    for flag, value in (("--max-wait", args.max_wait), ("--retry-after", args.retry_after)):
+    for flag, value in (
+        ("--max-wait", args.max_wait),
+        ("--retry-after", args.retry_after),
+        ("--connect-retry", args.connect_retry),
+    ):
         if not value > 0:
             raise SystemExit(f"{flag} {value}: must be a positive number of seconds")
     if args.max_body_bytes < 1:
@@ -89,7 +101,12 @@ def hold_settings(args: argparse.Namespace) -> HoldSettings:
         raise SystemExit(
             f"--activity-interval {args.activity_interval}: must be a positive number of seconds"
         )
-    return HoldSettings(max_queue=args.max_queue, max_wait_s=args.max_wait, retry_after_s=args.retry_after)
+    return HoldSettings(
+        max_queue=args.max_queue,
+        max_wait_s=args.max_wait,
+        retry_after_s=args.retry_after,
+        connect_retry_s=args.connect_retry,
+    )
 
 
 def run(args: argparse.Namespace) -> int:

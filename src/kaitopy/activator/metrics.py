@@ -46,3 +46,9 @@ class ActivatorMetrics:
             [*LABELS, "code"],
             registry=r,
         )
+        self.connect_retries = Counter(
+            "kaitopy_activator_connect_retries",
+            "Connections to a ready member tried again after it refused or did not accept one",
+            LABELS,
+            registry=r,
+        )

@@ -45,6 +45,14 @@ HOP_HEADERS = frozenset(
     }
 )
 RECHECK_S = 1.0  # a held request re-reads the cache at least this often, whatever the events say
+# Connect retries back off from 0.1 s to 2 s: the usual lag of a node's proxy rules is well under a
+# second, a loaded node's some seconds.
+CONNECT_RETRY_FIRST_S = 0.1
+CONNECT_RETRY_MAX_S = 2.0
+
+
+class _NotConnected(Exception):
+    """No connection to the member was made (its cause says why): nothing of the request was sent."""
 
 
 def member_url(namespace: str, member: str) -> str:
@@ -202,10 +210,47 @@ class Activator:
                     "ServiceUnavailableError",
                     {"Retry-After": retry_after(self.settings)},
                 )
+        return await self._forward_to_ready(request, body, r, key, labels, ready)
+
+    def _pick(self, key: str, ready: list[str]) -> str:
         n = self._next.get(key, 0)
         self._next[key] = n + 1
-        member = ready[n % len(ready)]
-        return await self._forward(request, body, r, labels, self.endpoint_of(r.namespace, member))
+        return ready[n % len(ready)]
+
+    async def _forward_to_ready(
+        self, request: web.Request, body: bytes, r: Route, key: str, labels: tuple[str, str], ready: list[str]
+    ) -> web.StreamResponse:
+        """Forward to a ready member, round robin; while the chosen member cannot be connected to,
+        try again (the next ready one, by the cache as it is then) within connect_retry_s."""
+        deadline = self.monotonic() + self.settings.connect_retry_s
+        delay = CONNECT_RETRY_FIRST_S
+        while True:
+            member = self._pick(key, ready)
+            try:
+                return await self._forward(request, body, r, labels, self.endpoint_of(r.namespace, member))
+            except _NotConnected as exc:
+                if self.monotonic() + delay > deadline:
+                    self.metrics.forwarded.labels(*labels, "0").inc()
+                    log.warning(
+                        "member did not accept the connection",
+                        extra={"inferenceset": key, "member": member, "error": str(exc.__cause__)},
+                    )
+                    return error(
+                        502,
+                        f"the member of InferenceSet {key} did not accept the connection within "
+                        f"{self.settings.connect_retry_s:g}s",
+                        "BadGatewayError",
+                    )
+                self.metrics.connect_retries.labels(*labels).inc()
+                log.info(
+                    "member not reachable yet; retrying",
+                    extra={"inferenceset": key, "member": member, "error": str(exc.__cause__)},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CONNECT_RETRY_MAX_S)
+                set_obj = self.sets.get(key)
+                now_ready = [] if set_obj is None else ready_members(set_obj, self.workspaces)
+                ready = now_ready or ready  # none ready now: the ones that were, until the deadline
 
     async def _hold(self, key: str, labels: tuple[str, str]) -> list[str]:
         """Hold until the set has a ready member (its names) or the wait is over ([])."""
@@ -284,6 +329,10 @@ class Activator:
                 await resp.write_eof()
                 self.metrics.forwarded.labels(*labels, str(upstream.status)).inc()
                 return resp
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # Refused, unreachable, its name not resolved, or no accept within sock_connect: no byte
+            # of the request left here, so the caller may try again.
+            raise _NotConnected from exc
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             self.metrics.forwarded.labels(*labels, "0").inc()
             log.warning("member did not answer", extra={"inferenceset": "/".join(labels), "error": str(exc)})

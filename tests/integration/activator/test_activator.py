@@ -7,6 +7,7 @@ idle set to zero from the activator's Lease, and a fresh Lease keeps it up."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Any
 
@@ -297,3 +298,65 @@ async def test_a_set_that_scales_to_zero_gets_a_front_service_and_never_takes_ov
         f"/inferencesets/{namespace}/taken/ until it is renamed or deleted"
     ]
     assert [e["regarding"]["name"] for e in events if e["reason"] == "FrontServiceCreated"] == ["s"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_member_that_refuses_the_connection_at_first_is_tried_again_then_502(
+    client: Client, namespace: str
+) -> None:
+    """A member just turned Ready whose Service does not take connections yet (on a real node: the
+    node's proxy rules lag the EndpointSlice): the activator tries again and the request is
+    answered, sent once. A member that never takes one is a 502 after --connect-retry."""
+    await client.create(INFERENCESET, inference_set("s", namespace, 1))
+    await InferenceSetReconciler(
+        client, *await snapshot(client, namespace), EventRecorder(client, "t")
+    ).reconcile(Request(namespace, "s"))
+    await set_ready(client, namespace, "s-0", True)
+    port = free_port()  # nothing listens there yet: connecting is refused
+    async with running_activator(
+        client,
+        namespace,
+        lambda ns, member: f"http://127.0.0.1:{port}",
+        HoldSettings(max_wait_s=10, connect_retry_s=20),
+    ) as act:
+        url = f"{act.url}/inferencesets/{namespace}/s/v1/chat/completions"
+        labels = {"namespace": namespace, "inferenceset": "s"}
+        await eventually(
+            lambda: asyncio.sleep(0.05),
+            until=lambda _: act.activator.workspaces.get(f"{namespace}/s-0") is not None,
+            timeout=10,
+            what="the ready member in the activator's cache",
+        )
+        sent = asyncio.create_task(post(url, {**CHAT, "stream": True}))
+        await eventually(
+            lambda: asyncio.sleep(0.05),
+            until=lambda _: act.sample("kaitopy_activator_connect_retries_total", **labels) >= 2,
+            timeout=10,
+            what="connections tried again",
+        )
+        assert not sent.done()
+        async with model_server(port) as model:
+            status, _, body = await asyncio.wait_for(sent, 10)
+            assert status == 200 and body.endswith(b"[DONE]\n\n")
+            assert len(model.seen) == 1  # sent once, however many connections were tried
+        assert act.sample("kaitopy_activator_forwarded_requests_total", **labels, code="200") == 1
+        assert act.sample("kaitopy_activator_forwarded_requests_total", **labels, code="0") == 0
+
+    async with running_activator(
+        client,
+        namespace,
+        lambda ns, member: f"http://127.0.0.1:{port}",  # closed again: nothing ever listens
+        HoldSettings(max_wait_s=10, connect_retry_s=1),
+    ) as act:
+        t0 = time.monotonic()
+        status, _, body = await post(f"{act.url}/inferencesets/{namespace}/s/v1/chat/completions", CHAT)
+        assert status == 502, body
+        assert b"did not accept the connection within 1s" in body and b'"BadGatewayError"' in body
+        assert 0.5 <= time.monotonic() - t0 < 5
+        assert act.sample("kaitopy_activator_forwarded_requests_total", **labels, code="0") == 1
+        assert act.sample("kaitopy_activator_connect_retries_total", **labels) >= 2
