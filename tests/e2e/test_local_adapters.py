@@ -299,6 +299,7 @@ def check_the_adapters(k: Callable[..., str], namespace: str, images: dict[str, 
     first = wait("the workspace Ready", lambda: startup(k, namespace), timeout=900)
     assert first is not None
     ip = k("get", "service", "secrets", "-n", namespace, "-o", "jsonpath={.spec.clusterIP}").strip()
+    localnodes.service_accepts(ip)
     assert served_models(ip) == sorted([PRESET, *SECRETS])
     base = ask(ip, PRESET)
     for name, word in SECRETS.items():

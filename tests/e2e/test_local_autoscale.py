@@ -87,13 +87,25 @@ async def test_load_scales_a_set_from_one_to_two_real_nodes_and_back(
     k = kube_cluster.kubectl
     members: dict[str, str] = {}  # ready member -> its Service's URL (by cluster IP: no DNS here)
 
+    async def takes_connections(ip: str) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(ip, 80), 5)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        await writer.wait_closed()
+        return True
+
     async def refresh() -> list[dict[str, Any]]:
         found = (await client.list(WORKSPACE, namespace)).items
         for ws in found:
             name = ws["metadata"]["name"]
             if ready(ws) and name not in members and "deletionTimestamp" not in ws["metadata"]:
                 ip = k("get", "service", name, "-n", namespace, "-o", "jsonpath={.spec.clusterIP}").strip()
-                members[name] = f"http://{ip}"
+                # The load uses a member once its Service takes connections: the node's proxy
+                # rules follow the member's readiness a moment later (seconds on a loaded machine).
+                if await takes_connections(ip):
+                    members[name] = f"http://{ip}"
         return found
 
     k("apply", "-f", "-", input=json.dumps(autoscaled_set(namespace)))

@@ -103,6 +103,7 @@ def check_the_workspace(
     check_the_startup_timeline(k, name, namespace, pod, operator, admin)
 
     ip = k("get", "service", name, "-n", namespace, "-o", "jsonpath={.spec.clusterIP}").strip()
+    localnodes.service_accepts(ip)
     question = [{"role": "user", "content": "What is the capital of France?"}]
     completion = post(
         f"http://{ip}/v1/chat/completions",

@@ -122,6 +122,7 @@ def check_the_group(k: Callable[..., str], name: str, namespace: str, model_dir:
         assert labels["kaito.sh/node-provider"] == "local"
 
     ip = k("get", "service", name, "-n", namespace, "-o", "jsonpath={.spec.clusterIP}").strip()
+    localnodes.service_accepts(ip)
     expected = greedy_answers(model_dir, QUESTIONS, MAX_TOKENS)
     check_answers(ip, expected)
     # The worker runs its stage headless: its server is up but serves no model of its own.
