@@ -96,6 +96,7 @@ LAUNCH_TRIES = 3
 
 async def system_node_up(kubeconfig: Path, refs: dict[str, str]) -> None:
     from kaitopy.provisioner.cloudprovider import CloudProviderError, LaunchRequest
+    from kaitopy.provisioner.local.system import log_tail
 
     client, provider = await system_provider(kubeconfig, refs)()
     async with client:
@@ -114,8 +115,6 @@ async def system_node_up(kubeconfig: Path, refs: dict[str, str]) -> None:
         deadline = time.monotonic() + 120
         while not (await provider.poll_launch(request, token)).done:
             if time.monotonic() > deadline:
-                from kaitopy.provisioner.local.system import log_tail
-
                 logs = kubeconfig.parent / "system-nodes" / "nodes" / SYSTEM_NODE / "logs"
                 tails = "; ".join(f"{f.name}: {log_tail(f, lines=8)}" for f in sorted(logs.glob("*.log")))
                 raise SystemExit(f"node {SYSTEM_NODE} did not register within 120s; {tails}")

@@ -178,17 +178,12 @@ def service_accepts(ip: str, port: int = 80, timeout: float = 60.0) -> None:
     """Wait until a Service's cluster IP takes a TCP connection. A Workspace turns Ready with its
     pod; the node's proxy rules follow the EndpointSlice a little later (seconds on a loaded
     machine), and until then the cluster IP refuses: a first request right at Ready would race it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((ip, port), timeout=5):
-                return
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"service {ip}:{port} takes no connection after {timeout:g}s: {exc}"
-                ) from exc
-            time.sleep(0.2)
+
+    def connects() -> bool:
+        socket.create_connection((ip, port), timeout=5).close()
+        return True
+
+    wait(f"service {ip}:{port} to take connections", connects, timeout, interval=0.2)
 
 
 def chat_completion(

@@ -37,7 +37,7 @@ def available() -> bool:
     return Path(BINARY).is_file()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -69,7 +69,7 @@ def run_registry(workdir: Path, username: str = "tuner", password: str = "s3cret
     htpasswd = workdir / "htpasswd"
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
     htpasswd.write_text(f"{username}:{hashed}\n")
-    port = _free_port()
+    port = free_port()
     config = workdir / "config.yml"
     config.write_text(
         json.dumps(

@@ -103,6 +103,10 @@ class _Lru(Generic[K, V]):
         return len(self._data)
 
 
+_SeriesKey = tuple[str, str, str, str, str]
+"""An event's identity for correlation: (object uid, type, reason, action, note)."""
+
+
 @dataclass
 class _Series:
     name: str
@@ -128,13 +132,13 @@ class _Bucket:
 @dataclass(frozen=True)
 class _Create:
     body: Obj
-    key: tuple[str, str, str, str, str]
+    key: _SeriesKey
     series: _Series
 
 
 @dataclass(frozen=True)
 class _CountUpdate:
-    key: tuple[str, str, str, str, str]
+    key: _SeriesKey
     series: _Series
     count: int
 
@@ -161,7 +165,7 @@ class EventRecorder:
         if s.writer_lanes < 1 or s.queue_size < s.writer_lanes:
             raise ValueError("EventRecorderSettings: writer_lanes >= 1 and queue_size >= writer_lanes")
         self._clock = clock or RealClock()
-        self._series: _Lru[tuple[str, str, str, str, str], _Series] = _Lru(s.max_tracked)
+        self._series: _Lru[_SeriesKey, _Series] = _Lru(s.max_tracked)
         self._similar: _Lru[tuple[str, str, str, str], _Similar] = _Lru(s.max_tracked)
         self._buckets: _Lru[str, _Bucket] = _Lru(s.max_tracked)
         # Made on first use: the queues and writers belong to the running event loop.
@@ -196,12 +200,12 @@ class EventRecorder:
         if seen is not None:
             seen.count += 1
             if now - seen.written_at >= self.settings.series_write_interval:
-                self._queue_count(key, seen, now, uid)
+                self._queue_count(key, seen, now)
             return
         body = self._body(regarding, type_, reason, action, note)
         series = _Series(body["metadata"]["name"], body["metadata"]["namespace"], 1, 1, now)
         self._series.put(key, series)
-        self._enqueue(_Create(body, key, series), uid)
+        self._enqueue(_Create(body, key, series))
 
     async def drain(self) -> None:
         """Until every write queued so far was sent (or failed and was logged)."""
@@ -213,7 +217,7 @@ class EventRecorder:
         now = self._clock.now()
         for key, seen in self._series.items():
             if seen.count != seen.written_count:
-                self._queue_count(key, seen, now, key[0])
+                self._queue_count(key, seen, now)
         await self.drain()
 
     async def close(self) -> None:
@@ -224,11 +228,11 @@ class EventRecorder:
         await asyncio.gather(*self._writers, return_exceptions=True)
         self._writers, self._lanes = [], []
 
-    def _queue_count(self, key: tuple[str, str, str, str, str], seen: _Series, now: float, uid: str) -> None:
+    def _queue_count(self, key: _SeriesKey, seen: _Series, now: float) -> None:
         seen.written_count, seen.written_at = seen.count, now
-        self._enqueue(_CountUpdate(key, seen, seen.count), uid)
+        self._enqueue(_CountUpdate(key, seen, seen.count))
 
-    def _enqueue(self, write: _Write, uid: str) -> None:
+    def _enqueue(self, write: _Write) -> None:
         if not self._lanes:
             lanes = self.settings.writer_lanes
             size = self.settings.queue_size // lanes
@@ -237,8 +241,9 @@ class EventRecorder:
                 asyncio.create_task(self._write_lane(q), name=f"event-writer-{i}")
                 for i, q in enumerate(self._lanes)
             ]
-        # A stable hash (not hash(), salted per process) keeps one object on one lane.
-        lane = self._lanes[zlib.crc32(uid.encode()) % len(self._lanes)]
+        # The object's uid (key[0]) by a stable hash (not hash(), salted per process): one object,
+        # one lane.
+        lane = self._lanes[zlib.crc32(write.key[0].encode()) % len(self._lanes)]
         try:
             lane.put_nowait(write)
         except asyncio.QueueFull:

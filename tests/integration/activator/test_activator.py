@@ -7,7 +7,6 @@ idle set to zero from the activator's Lease, and a fresh Lease keeps it up."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ from tests.integration.controllers.test_inferenceset_reconcile import (
     snapshot,
 )
 from tests.support.activator import model_server, running_activator
+from tests.support.registry import free_port
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -298,12 +298,6 @@ async def test_a_set_that_scales_to_zero_gets_a_front_service_and_never_takes_ov
         f"/inferencesets/{namespace}/taken/ until it is renamed or deleted"
     ]
     assert [e["regarding"]["name"] for e in events if e["reason"] == "FrontServiceCreated"] == ["s"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_a_member_that_refuses_the_connection_at_first_is_tried_again_then_502(
