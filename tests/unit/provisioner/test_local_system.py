@@ -46,6 +46,22 @@ def test_alive_needs_the_marker_in_the_command_line() -> None:
     assert not system.alive(proc.pid, "sleep")
 
 
+async def test_a_spawned_daemon_is_alive_as_soon_as_spawn_returns(tmp_path: Path) -> None:
+    # Popen returns while the kernel is still inside the exec, when the command line reads empty
+    # (most spawns here): a liveness check right after the spawn must not call the daemon dead.
+    # The launch did just that and started a second kubelet on a taken port.
+    marker = "sleep"
+    pids = []
+    try:
+        for _ in range(20):
+            pid = await system.spawn_detached(["sleep", "30"], tmp_path / "daemon.log")
+            pids.append(pid)
+            assert system.alive(pid, marker)
+    finally:
+        await system.kill_all(pids, marker)
+    assert not any(system.alive(pid, marker) for pid in pids)
+
+
 def test_a_log_tail_keeps_the_last_lines_that_say_something(tmp_path: Path) -> None:
     log = tmp_path / "containerd.log"
     log.write_text("starting\n\nloading plugin\n  \nfailed to listen: address in use\n")

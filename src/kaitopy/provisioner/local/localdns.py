@@ -50,7 +50,7 @@ class LocalDns:
         await ensure_link()
         self.dir.mkdir(parents=True, exist_ok=True)
         kubeconfig = write_proxier_kubeconfig(self.dir, self.apiserver_url, self.ca)
-        pid = system.spawn_detached(
+        pid = await system.spawn_detached(
             [sys.executable, "-m", "kaitopy.provisioner.local.clusterdns", f"--kubeconfig={kubeconfig}"],
             self.dir / "cluster-dns.log",
         )

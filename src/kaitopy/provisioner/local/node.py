@@ -98,8 +98,9 @@ async def start(
     await network.ensure_bridge(node)
     system.ensure_cgroup(node.cgroup_root)
     marker = str(node.root)
+    _adopt_running_agents(node, record)
     if not system.alive(record.pids.get("containerd", 0), marker):
-        record.pids["containerd"] = system.spawn_detached(
+        record.pids["containerd"] = await system.spawn_detached(
             # --address and --root repeat the config so that the command line names the node's
             # data folder: how reset_machine finds the process when no record is left.
             [
@@ -129,9 +130,23 @@ async def start(
         ]
         if taints:
             argv.append(f"--register-with-taints={configs.taints_arg(taints)}")
-        record.pids["kubelet"] = system.spawn_detached(argv, node.logs / "kubelet.log")
+        record.pids["kubelet"] = await system.spawn_detached(argv, node.logs / "kubelet.log")
     record.state = "running"
     record.save(node.state_file)
+
+
+def _adopt_running_agents(node: NodeLayout, record: NodeRecord) -> None:
+    """An agent of this node that runs although the record does not name it (a start interrupted
+    before the record was saved) is the node's: started a second time, it would find its
+    address, port and socket taken."""
+    marker = str(node.root)
+    for agent in ("containerd", "kubelet"):
+        if system.alive(record.pids.get(agent, 0), marker):
+            continue
+        running = _agents_mentioning(marker, agent)
+        if running:
+            record.pids[agent] = running[0]
+            log.info("adopted a running node agent", extra={"node": node.name, "agent": agent, "pid": running[0]})
 
 
 def dead_agents(node: NodeLayout, record: NodeRecord) -> list[str]:

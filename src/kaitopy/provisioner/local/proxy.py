@@ -32,7 +32,7 @@ class KubeProxy:
         kubeconfig = write_proxier_kubeconfig(self.dir, self.apiserver_url, self.ca)
         config = self.dir / "config.yaml"
         config.write_text(configs.kube_proxy_config(str(kubeconfig)))
-        pid = system.spawn_detached(
+        pid = await system.spawn_detached(
             [str(self.binary), f"--config={config}", "--v=1"], self.dir / "kube-proxy.log"
         )
         system.record_pid(self.dir, pid)

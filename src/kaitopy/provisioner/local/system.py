@@ -47,9 +47,27 @@ async def run(*argv: str, check: bool = True, timeout: float = 60.0) -> str:
 # -- processes ------------------------------------------------------------------------------------
 
 
-def spawn_detached(argv: Sequence[str], log_file: Path, env: dict[str, str] | None = None) -> int:
+async def spawn_detached(
+    argv: Sequence[str], log_file: Path, env: dict[str, str] | None = None, exec_timeout: float = 10.0
+) -> int:
     """Start a daemon in its own session: a node outlives the provisioner that launched it, as a
-    cloud VM outlives the controller that asked for it. Returns the PID."""
+    cloud VM outlives the controller that asked for it. Returns the PID once the process shows
+    its own command line (or has already ended)."""
+    pid = _popen_detached(argv, log_file, env)
+    # Popen returns when the exec has begun, not when it is done: the kernel sets the new
+    # program's arguments last, and until then /proc/<pid>/cmdline is empty (for a Go binary
+    # such as the kubelet, nearly always at this point). `alive` reads the command line, so a
+    # check made now would call the new daemon dead and start a second one.
+    for _ in range(max(1, int(exec_timeout / 0.005))):
+        if cmdline(pid) or _state(pid) in ("", "Z"):
+            break
+        await asyncio.sleep(0.005)
+    return pid
+
+
+def _popen_detached(argv: Sequence[str], log_file: Path, env: dict[str, str] | None) -> int:
+    # Popen, not asyncio's subprocess: asyncio's child watcher would reap the daemon when it
+    # exits, and exit_status could no longer say how it ended. The fork and exec take a moment.
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as out:
         proc = subprocess.Popen(
@@ -86,15 +104,18 @@ def cmdline(pid: int) -> list[str]:
 
 def alive(pid: int, marker: str) -> bool:
     """PID runs and its command line mentions `marker` (a recycled PID never matches)."""
-    if pid <= 0:
+    if pid <= 0 or _state(pid) in ("", "Z"):
         return False
+    return any(marker in part for part in cmdline(pid))
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (R, S, Z, ...); "" when there is no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
-        return False
-    return any(marker in part for part in cmdline(pid))
+        return ""
+    return stat.rsplit(")", 1)[-1].split()[0]
 
 
 def exit_status(pid: int) -> str:
