@@ -146,7 +146,9 @@ def _adopt_running_agents(node: NodeLayout, record: NodeRecord) -> None:
         running = _agents_mentioning(marker, agent)
         if running:
             record.pids[agent] = running[0]
-            log.info("adopted a running node agent", extra={"node": node.name, "agent": agent, "pid": running[0]})
+            log.info(
+                "adopted a running node agent", extra={"node": node.name, "agent": agent, "pid": running[0]}
+            )
 
 
 def dead_agents(node: NodeLayout, record: NodeRecord) -> list[str]:
