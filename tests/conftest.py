@@ -12,6 +12,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.api_client import ApiClient
 
 from tests.support import cluster as cluster_support
+from tests.support import localnodes
 from tests.support.wait import eventually
 
 TESTS = Path(__file__).parent
@@ -33,6 +34,16 @@ def kube_cluster() -> Iterator[cluster_support.Cluster]:
         yield c
     finally:
         cluster_support.release(c)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def loopback_registry() -> Iterator[None]:
+    """The loopback registry the image builds start is stopped after the run that started it,
+    as the control plane is (KAITOPY_KEEP_CLUSTER=1 keeps both); its storage stays as a cache."""
+    was_running = localnodes.registry_healthy()
+    yield
+    if not was_running and os.environ.get("KAITOPY_KEEP_CLUSTER") != "1":
+        localnodes.stop_registry()
 
 
 @pytest.fixture

@@ -67,8 +67,13 @@ def _write_config() -> Path:
 
 def healthy(host: str | None = None, timeout: float = 1.0) -> bool:
     """True when a registry answers /v2/ anonymously (200). A 401 means one with auth: not usable here."""
+    host = host or paths.registry_host()
+    if not _on_this_machine(host.rsplit(":", 1)[0]):
+        # Without our link the address is not this machine's: a probe would leave through the
+        # default route. Nothing of ours can answer there anyway.
+        return False
     try:
-        with urllib.request.urlopen(f"http://{host or paths.registry_host()}/v2/", timeout=timeout) as r:
+        with urllib.request.urlopen(f"http://{host}/v2/", timeout=timeout) as r:
             return int(r.status) == 200
     except (urllib.error.URLError, OSError):
         return False
@@ -137,20 +142,53 @@ def ensure_link() -> None:
     subprocess.run(["ip", "link", "set", link, "up"], check=True)
 
 
+def _link_exists() -> bool:
+    return Path(f"/sys/class/net/{paths.REGISTRY_LINK}").exists()
+
+
+def _on_this_machine(address: str) -> bool:
+    """Our link's address is this machine's only while the link exists; other addresses (loopback,
+    or one given in KAITOPY_REGISTRY_ADDRESS) are not ours to judge."""
+    return address != paths.REGISTRY_ADDRESS or _link_exists()
+
+
+def _listened_on(address: str) -> bool:
+    """Whether any TCP socket listens on `address` (/proc/net/tcp: little-endian hex, state 0A)."""
+    wanted = "".join(f"{int(octet):02X}" for octet in reversed(address.split(".")))
+    try:
+        rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return True  # cannot tell: keep the link
+    return any(row.split()[1].split(":")[0] == wanted and row.split()[3] == "0A" for row in rows)
+
+
+def remove_link() -> None:
+    """The link ensure_link made, once nothing listens on its address any more: registries on
+    other ports (the tests' private ones) and the tests' data servers share it."""
+    ours = paths.registry_address() == paths.REGISTRY_ADDRESS
+    if ours and _link_exists() and not _listened_on(paths.REGISTRY_ADDRESS):
+        subprocess.run(["ip", "link", "delete", paths.REGISTRY_LINK], check=False)
+
+
 def down(timeout: float = 10.0) -> bool:
-    """Stop our registry (only the process our pid file names and whose cmdline is ours)."""
+    """Stop our registry (only the process our pid file names and whose cmdline is ours), and
+    remove the link that held its address when nothing else listens there."""
     pid = _our_pid()
     _pid_path().unlink(missing_ok=True)
-    if pid is None:
-        return False
+    if pid is not None:
+        _stop(pid, timeout)
+    remove_link()
+    return pid is not None
+
+
+def _stop(pid: int, timeout: float) -> None:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
-            return True
+            return
         time.sleep(0.1)
     os.kill(pid, signal.SIGKILL)
-    return True
 
 
 def _is_zombie(pid: int) -> bool:

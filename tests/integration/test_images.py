@@ -138,8 +138,19 @@ def test_registry_up_is_idempotent_and_down_stops_it(tmp_path: Path, monkeypatch
             assert json.load(r) == {"repositories": []}
         again = registry.up()
         assert again.pid == first.pid  # reused, not a second one
+        # Another server on the registry's address (a test's data server, say) keeps its link.
+        address = first.host.rsplit(":", 1)[0]
+        assert address == images.paths.REGISTRY_ADDRESS  # as root: on the link images.py makes
+        link = Path(f"/sys/class/net/{images.paths.REGISTRY_LINK}")
+        with socket.socket() as other:
+            other.bind((address, 0))
+            other.listen()
+            assert registry.down()
+            assert link.exists()
     finally:
-        assert registry.down()
+        registry.down()
+    # The link goes with the last server on its address (the suite's own registry may still run).
+    assert link.exists() == registry._listened_on(address)
     deadline = time.monotonic() + 10
     while registry.healthy(first.host) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -49,6 +49,17 @@ def ensure_images(*names: str) -> LocalImages:
     return LocalImages(registry=refs[names[0]].split("/", 1)[0], refs=refs)
 
 
+def registry_healthy() -> bool:
+    """Whether the loopback registry answers (started by an earlier run, or by this one)."""
+    status = [sys.executable, str(IMAGES_SCRIPT), "registry", "status"]
+    return subprocess.run(status, capture_output=True, timeout=60).returncode == 0
+
+
+def stop_registry() -> None:
+    """Stop the loopback registry and remove its link (its storage, the image cache, stays)."""
+    subprocess.run([sys.executable, str(IMAGES_SCRIPT), "registry", "down"], check=True, timeout=60)
+
+
 def wait(what: str, check: Callable[[], T], timeout: float = 240.0, interval: float = 1.0) -> T:
     """Poll `check` until it returns something truthy; an AssertionError or OSError (a Service
     kube-proxy has not programmed yet) counts as "not yet"."""
