@@ -19,12 +19,13 @@ from kaitopy.provisioner.local.provider import MACHINE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 # The control plane, binaries, images and registry live under the cache; the nodes' runtime
-# data and the machine-wide daemons under DATA_DIR's and MACHINE_DIR's folders.
+# data and the machine-wide daemons under DATA_DIR's and MACHINE_DIR's folders; what the tests
+# start in Python (operators, model servers) runs the checkout's virtual environment.
 MARKERS = (
     str(Path("~/.cache/kaitopy").expanduser()),
     str(DATA_DIR.parent),
     str(MACHINE_DIR),
-    str(REPO),
+    str(REPO / ".venv"),
 )
 # Local nodes' bridges (kpbr<i>), the cluster DNS's link (kpdns0), the API server's and the
 # registry's (kaitopy-api, kaitopy-reg).
