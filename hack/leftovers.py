@@ -8,13 +8,13 @@ tests/support/leftovers.py is the per-test check (a test's own descendants)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+from kaitopy.provisioner.local import network
 from kaitopy.provisioner.local.layout import DATA_DIR
-from kaitopy.provisioner.local.network import holds_pod_address
 from kaitopy.provisioner.local.provider import MACHINE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,16 +74,7 @@ def mounts() -> list[str]:
 
 
 def pod_namespaces() -> list[str]:
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
-    found = []
-    for line in listed.splitlines():
-        name = line.split(" (id:")[0].strip()
-        addrs = subprocess.run(
-            ["ip", "-n", name, "-o", "-4", "addr", "show"], capture_output=True, text=True, check=False
-        ).stdout
-        if name and holds_pod_address(addrs):
-            found.append(f"pod network namespace {name}")
-    return found
+    return [f"pod network namespace {name}" for name in asyncio.run(network.pod_namespaces())]
 
 
 def main() -> int:

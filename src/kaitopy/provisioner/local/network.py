@@ -155,11 +155,9 @@ def holds_pod_address(addr_output: str) -> bool:
     return False
 
 
-async def remove_pod_namespaces() -> list[str]:
-    """Every network namespace that holds a local-node pod address. For a machine-wide reset: a
-    node killed with its runtime never ran CNI DEL for its pods, and once its bridge is gone their
-    namespaces can no longer be found through the veths."""
-    removed = []
+async def pod_namespaces() -> list[str]:
+    """Every network namespace that holds a local-node pod address, whichever node made it."""
+    found = []
     listed = await system.run("ip", "netns", "list", check=False)
     for line in listed.splitlines():
         name = line.split(" (id:")[0].strip()
@@ -167,8 +165,17 @@ async def remove_pod_namespaces() -> list[str]:
             continue
         addrs = await system.run("ip", "-n", name, "-o", "-4", "addr", "show", check=False)
         if holds_pod_address(addrs):
-            await system.run("ip", "netns", "delete", name, check=False)
-            removed.append(name)
+            found.append(name)
+    return found
+
+
+async def remove_pod_namespaces() -> list[str]:
+    """Remove every pod network namespace. For a machine-wide reset: a node killed with its
+    runtime never ran CNI DEL for its pods, and once its bridge is gone their namespaces can no
+    longer be found through the veths."""
+    removed = await pod_namespaces()
+    for name in removed:
+        await system.run("ip", "netns", "delete", name, check=False)
     return removed
 
 
